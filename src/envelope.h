@@ -1,0 +1,22 @@
+/* envelope.h - PROTOCOL §2: validate an envelope and fill a job from it.
+ *
+ * Pure parsing: no I/O, no event loop. The type's own fields are handed to
+ * its executor's parse(); everything common is handled here, with messages
+ * that name the field and the value.
+ */
+#ifndef JOBD_ENVELOPE_H
+#define JOBD_ENVELOPE_H
+
+#include "config.h"
+#include "job.h"
+
+/* Parse job->raw into job->envelope/spec and the job's settings, and run the
+ * executor's parse(). On failure returns -1 with err filled; job->id is set
+ * whenever the envelope carried a valid id, so the rejection can be stored
+ * under it. */
+int envelope_parse(struct job *job, const struct config *cfg, struct job_error *err);
+
+/* 1..128 characters of [A-Za-z0-9._:-]. */
+bool envelope_valid_id(const char *id, size_t len);
+
+#endif

@@ -1,0 +1,49 @@
+/* executor.c - the table of job types, and helpers their parse() share. */
+#include <string.h>
+
+#include "executor.h"
+
+static const struct executor *const executors[] = {
+    &sleep_executor,
+    &hash_executor,
+    &file_executor,
+};
+
+const struct executor *executor_find(const char *type)
+{
+    for (size_t i = 0; i < sizeof(executors) / sizeof(executors[0]); i++)
+        if (!strcmp(executors[i]->type, type))
+            return executors[i];
+    return NULL;
+}
+
+int executors_init(struct daemon *d)
+{
+    (void)d;
+    return 0;
+}
+
+void executors_shutdown(struct daemon *d)
+{
+    (void)d;
+}
+
+int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,
+                      struct job_error *err)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)spec, key, value) {
+        bool known = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (!strcmp(key, *a)) {
+                known = true;
+                break;
+            }
+        if (!known) {
+            job_error_set(err, ERR_INVALID_JOB, "%s: unknown field \"%.64s\"", type, key);
+            return -1;
+        }
+    }
+    return 0;
+}

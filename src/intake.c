@@ -1,0 +1,408 @@
+/* intake.c - pub/sub and stream intake (see intake.h). */
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "intake.h"
+#include "job.h"
+#include "log.h"
+#include "redis.h"
+#include "result.h"
+#include "runner.h"
+
+#define GROUP "jobd"
+#define BLOCK_MS 1000
+#define READ_GRACE_MS 5000
+#define HEARTBEAT_EVERY_MS 2000
+#define HEARTBEAT_LIMIT_MS 6000
+#define READ_RETRY_MS 1000
+
+struct intake {
+    struct daemon *d;
+    bool stopped;
+    bool reading;               /* an XREADGROUP is outstanding */
+    bool groups_ready;          /* XGROUP CREATE answered on this connection */
+    int groups_waiting;
+    int subs_expected, subs_confirmed;
+    bool announced;             /* daemon_intake_ready() called for this round */
+    char control_channel[128];
+    char heartbeat_channel[256];
+    int64_t ping_sent_at;       /* mono ms, 0 when no ping is out */
+    struct event *ping_timer;
+    struct event *retry_timer;  /* read again after an error */
+    uint64_t overflowed;
+};
+
+static bool is_pattern(const char *channel)
+{
+    return strpbrk(channel, "*?[") != NULL;
+}
+
+static void maybe_announce(struct intake *in)
+{
+    if (in->announced || !in->groups_ready || in->subs_confirmed < in->subs_expected ||
+        !redis_ready(in->d->redis, REDIS_CMD))
+        return;
+    in->announced = true;
+    daemon_intake_ready(in->d);
+}
+
+/* ---- streams --------------------------------------------------------------- */
+
+static void read_streams(struct intake *in);
+
+static const char *field_value(const redisReply *fields, const char *name, size_t *len)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+            !strcmp(k->str, name)) {
+            if (len)
+                *len = v->len;
+            return v->str;
+        }
+    }
+    return NULL;
+}
+
+static void take_entry(struct intake *in, const char *stream, const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *entry_id = entry->element[0]->str;
+    const redisReply *fields = entry->element[1];
+    struct job_message msg = {.source = SOURCE_STREAM, .stream = stream, .entry_id = entry_id};
+    if (fields->type != REDIS_REPLY_ARRAY) {
+        /* [id, nil]: the entry was deleted while pending. Nothing to run. */
+        msg.problem = "stream entry was deleted before it was read";
+        msg.raw = "";
+    } else {
+        msg.raw = field_value(fields, "job", &msg.raw_len);
+        if (!msg.raw) {
+            msg.raw = "";
+            msg.problem = "stream entry has no \"job\" field";
+        }
+        msg.id = field_value(fields, "id", NULL);
+        const char *v;
+        if ((v = field_value(fields, "attempts", NULL)))
+            msg.attempts = atoi(v) > 0 && atoi(v) < 1000 ? atoi(v) : 0;
+        if ((v = field_value(fields, "queued_at", NULL)))
+            msg.queued_at = strtoll(v, NULL, 10);
+        if ((v = field_value(fields, "due", NULL))) {
+            msg.due_ms = strtoll(v, NULL, 10);
+            msg.has_due = msg.due_ms > 0;
+        }
+    }
+    runner_accept(in->d->runner, &msg);
+}
+
+static void retry_read_later(struct intake *in)
+{
+    struct timeval tv = {READ_RETRY_MS / 1000, (READ_RETRY_MS % 1000) * 1000};
+    evtimer_add(in->retry_timer, &tv);
+}
+
+static void create_groups(struct intake *in);
+
+static void read_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct intake *in = priv;
+    in->reading = false;
+    if (!reply)
+        return;     /* connection gone; its ready hook starts reading again */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn("XREADGROUP: %s", reply->str);
+        if (!strncmp(reply->str, "NOGROUP", 7)) {
+            /* Someone deleted the stream or the group: make them again. */
+            in->groups_ready = false;
+            create_groups(in);
+        }
+        retry_read_later(in);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t s = 0; s < reply->elements; s++) {
+            const redisReply *sr = reply->element[s];
+            if (sr->type != REDIS_REPLY_ARRAY || sr->elements != 2 ||
+                sr->element[0]->type != REDIS_REPLY_STRING ||
+                sr->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            for (size_t e = 0; e < sr->element[1]->elements; e++)
+                take_entry(in, sr->element[0]->str, sr->element[1]->element[e]);
+        }
+    }
+    /* A nil reply is the BLOCK timeout: simply read again. */
+    read_streams(in);
+}
+
+static void read_streams(struct intake *in)
+{
+    struct daemon *d = in->d;
+    if (in->stopped || in->reading || !in->groups_ready || !redis_ready(d->redis, REDIS_STREAM))
+        return;
+    int room = d->cfg.max_inflight - runner_inflight(d->runner);
+    if (room <= 0)
+        return;     /* full: intake_capacity_changed() resumes */
+    if (room > d->cfg.batch)
+        room = d->cfg.batch;
+    int n = d->cfg.nstreams;
+    int argc = 9 + 2 * n;
+    const char **argv = calloc((size_t)argc, sizeof(*argv));
+    if (!argv)
+        return;
+    char count[16], block[16];
+    snprintf(count, sizeof(count), "%d", room);
+    snprintf(block, sizeof(block), "%d", BLOCK_MS);
+    int i = 0;
+    argv[i++] = "XREADGROUP";
+    argv[i++] = "GROUP";
+    argv[i++] = GROUP;
+    argv[i++] = d->worker_id;
+    argv[i++] = "COUNT";
+    argv[i++] = count;
+    argv[i++] = "BLOCK";
+    argv[i++] = block;
+    argv[i++] = "STREAMS";
+    for (int s = 0; s < n; s++)
+        argv[i++] = d->cfg.streams[s];
+    for (int s = 0; s < n; s++)
+        argv[i++] = ">";
+    if (redis_send(d->redis, REDIS_STREAM, read_reply, in, BLOCK_MS + READ_GRACE_MS, argc, argv,
+                   NULL) == 0)
+        in->reading = true;
+    free(argv);
+}
+
+static void group_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct intake *in = priv;
+    if (!reply)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9))
+        log_error("XGROUP CREATE: %s", reply->str);
+    if (--in->groups_waiting == 0) {
+        in->groups_ready = true;
+        maybe_announce(in);
+        read_streams(in);
+    }
+}
+
+/* Group "jobd" at id 0 with MKSTREAM: jobs queued before any daemon ran are
+ * read, not skipped. Sent on the stream connection so it precedes the read. */
+static void create_groups(struct intake *in)
+{
+    struct daemon *d = in->d;
+    in->groups_waiting = d->cfg.nstreams;
+    for (int s = 0; s < d->cfg.nstreams; s++) {
+        const char *argv[] = {"XGROUP", "CREATE", d->cfg.streams[s], GROUP, "0", "MKSTREAM"};
+        if (redis_send(d->redis, REDIS_STREAM, group_reply, in, 0, 6, argv, NULL))
+            in->groups_waiting--;
+    }
+}
+
+static void stream_up(void *arg)
+{
+    struct intake *in = arg;
+    in->reading = false;
+    in->groups_ready = false;
+    create_groups(in);
+}
+
+static void stream_down(void *arg)
+{
+    struct intake *in = arg;
+    in->reading = false;
+    in->groups_ready = false;
+    in->announced = false;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    read_streams(arg);
+}
+
+/* ---- pub/sub --------------------------------------------------------------- */
+
+static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        log_error("parking a pub/sub job on the stream failed: %s",
+                  reply ? reply->str : "connection lost");
+}
+
+/* Full or draining: park the job on the first stream (durable) instead of
+ * holding it in memory or dropping it. */
+static bool park_on_stream(struct intake *in, const char *raw, size_t len)
+{
+    struct daemon *d = in->d;
+    char queued[24];
+    snprintf(queued, sizeof(queued), "%" PRId64, now_ms());
+    const char *argv[] = {"XADD", d->cfg.streams[0], "*", "job", raw, "queued_at", queued};
+    size_t lens[] = {4, strlen(d->cfg.streams[0]), 1, 3, len, 9, strlen(queued)};
+    if (redis_send(d->redis, REDIS_CMD, overflow_reply, NULL, 0, 7, argv, lens))
+        return false;
+    in->overflowed++;
+    return true;
+}
+
+static void job_message(struct intake *in, const char *payload, size_t len)
+{
+    struct daemon *d = in->d;
+    bool full = runner_inflight(d->runner) >= d->cfg.max_inflight;
+    if ((full || d->draining) && park_on_stream(in, payload, len))
+        return;
+    if (d->draining) {
+        /* Redis commands are down too: all we can do is say what was lost. */
+        log_error("pub/sub job lost during shutdown (no Redis connection): %.*s",
+                  (int)(len > 1024 ? 1024 : len), payload);
+        return;
+    }
+    struct job_message msg = {.raw = payload, .raw_len = len, .source = SOURCE_PUBSUB};
+    runner_accept(d->runner, &msg);
+}
+
+static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct intake *in = privdata;
+    redisReply *reply = r;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type != REDIS_REPLY_STRING &&
+            reply->element[i]->type != REDIS_REPLY_INTEGER)
+            return;
+    const char *kind = reply->element[0]->str;
+    if (!strcmp(kind, "subscribe") || !strcmp(kind, "psubscribe")) {
+        in->subs_confirmed++;
+        maybe_announce(in);
+        return;
+    }
+    const redisReply *channel, *payload;
+    if (!strcmp(kind, "message")) {
+        channel = reply->element[1];
+        payload = reply->element[2];
+    } else if (!strcmp(kind, "pmessage") && reply->elements == 4) {
+        channel = reply->element[2];
+        payload = reply->element[3];
+    } else {
+        return;
+    }
+    if (!strcmp(channel->str, in->heartbeat_channel))
+        in->ping_sent_at = 0;
+    else if (!strcmp(channel->str, in->control_channel))
+        runner_control(in->d->runner, payload->str, payload->len);
+    else
+        job_message(in, payload->str, payload->len);
+}
+
+static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
+{
+    const char *argv[] = {is_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", channel};
+    if (redisAsyncCommandArgv(ac, sub_message, in, 2, argv, NULL) == REDIS_OK)
+        in->subs_expected++;
+}
+
+static void sub_up(void *arg)
+{
+    struct intake *in = arg;
+    redisAsyncContext *ac = redis_context(in->d->redis, REDIS_SUB);
+    if (!ac)
+        return;
+    in->subs_expected = in->subs_confirmed = 0;
+    in->ping_sent_at = 0;
+    for (int i = 0; i < in->d->cfg.nchannels; i++)
+        subscribe(in, ac, in->d->cfg.channels[i]);
+    subscribe(in, ac, in->control_channel);
+    subscribe(in, ac, in->heartbeat_channel);
+}
+
+static void sub_down(void *arg)
+{
+    struct intake *in = arg;
+    in->subs_confirmed = 0;
+    in->announced = false;
+}
+
+/* The subscriber cannot PING in 0.14.1: publish to our private channel from
+ * the command connection and expect to hear it. */
+static void ping_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct intake *in = arg;
+    struct redis *r = in->d->redis;
+    if (!redis_ready(r, REDIS_SUB) || !redis_ready(r, REDIS_CMD) ||
+        in->subs_confirmed < in->subs_expected)
+        return;
+    int64_t now = mono_ms();
+    if (in->ping_sent_at && now - in->ping_sent_at > HEARTBEAT_LIMIT_MS) {
+        in->ping_sent_at = 0;
+        redis_reset(r, REDIS_SUB, "subscriber did not hear its heartbeat");
+        return;
+    }
+    if (!in->ping_sent_at) {
+        const char *argv[] = {"PUBLISH", in->heartbeat_channel, "ping"};
+        if (redis_send(r, REDIS_CMD, NULL, NULL, 0, 3, argv, NULL) == 0)
+            in->ping_sent_at = now;
+    }
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+struct intake *intake_create(struct daemon *d)
+{
+    struct intake *in = calloc(1, sizeof(*in));
+    if (!in)
+        return NULL;
+    in->d = d;
+    snprintf(in->control_channel, sizeof(in->control_channel), "%s:control", d->cfg.ns);
+    snprintf(in->heartbeat_channel, sizeof(in->heartbeat_channel), "%s:heartbeat:%s", d->cfg.ns,
+             d->worker_id);
+    in->retry_timer = evtimer_new(d->base, retry_cb, in);
+    in->ping_timer = event_new(d->base, -1, EV_PERSIST, ping_cb, in);
+    struct timeval tv = {HEARTBEAT_EVERY_MS / 1000, (HEARTBEAT_EVERY_MS % 1000) * 1000};
+    evtimer_add(in->ping_timer, &tv);
+    struct redis_hooks sub = {sub_up, sub_down, in}, stream = {stream_up, stream_down, in};
+    redis_set_hooks(d->redis, REDIS_SUB, &sub);
+    redis_set_hooks(d->redis, REDIS_STREAM, &stream);
+    return in;
+}
+
+void intake_free(struct intake *in)
+{
+    if (!in)
+        return;
+    event_free(in->retry_timer);
+    event_free(in->ping_timer);
+    free(in);
+}
+
+void intake_capacity_changed(struct intake *in)
+{
+    if (in)
+        read_streams(in);
+}
+
+void intake_stop(struct intake *in)
+{
+    in->stopped = true;
+    evtimer_del(in->retry_timer);
+}
+
+int intake_idle(const struct intake *in)
+{
+    return !in->reading;
+}
+
+uint64_t intake_overflowed(const struct intake *in)
+{
+    return in->overflowed;
+}
+
+/* For main.c: the command connection came up (announce may now be due). */
+void intake_cmd_ready(struct intake *in)
+{
+    maybe_announce(in);
+}

@@ -1,0 +1,38 @@
+/* intake.h - takes jobs from Redis: pub/sub channels and streams.
+ *
+ * Pub/sub: SUBSCRIBE / PSUBSCRIBE on the subscriber connection, which also
+ * carries NS:control and a private heartbeat channel proving it is alive.
+ * A pub/sub job that arrives while the daemon is full or draining is parked
+ * on the first stream rather than dropped.
+ * Streams: XREADGROUP (group "jobd") on its own connection, asking for no
+ * more entries than the free slots below limits.max_inflight; reading pauses
+ * when full and resumes as jobs finish.
+ */
+#ifndef JOBD_INTAKE_H
+#define JOBD_INTAKE_H
+
+#include <stdint.h>
+
+struct daemon;
+struct intake;
+
+struct intake *intake_create(struct daemon *d);
+void intake_free(struct intake *in);
+
+/* A job finished: there may be room to read more. */
+void intake_capacity_changed(struct intake *in);
+
+/* Stop taking jobs (shutdown). */
+void intake_stop(struct intake *in);
+
+/* True when no stream read is outstanding (a read in flight may still deliver
+ * entries that must be handled before exit). */
+int intake_idle(const struct intake *in);
+
+/* The command connection came up (readiness depends on it too). */
+void intake_cmd_ready(struct intake *in);
+
+/* Counters for the heartbeat. */
+uint64_t intake_overflowed(const struct intake *in);
+
+#endif

@@ -1,0 +1,359 @@
+/* redis.c - connection keeping for the three hiredis contexts (see redis.h).
+ *
+ * Rules from hiredis 0.14.1 that shape this file:
+ * - a context is freed by hiredis after its disconnect callback returns and
+ *   must never be reused; a failed connect calls only the connect callback;
+ * - no command may be issued from inside a context's own connect or
+ *   disconnect callback, so both only record the fact and arm a timer;
+ * - there are no timeouts, so a periodic check frees a context whose connect
+ *   or oldest unanswered command took too long (pending callbacks then get a
+ *   NULL reply, which every callback here handles).
+ */
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "job.h"
+#include "log.h"
+#include "redis.h"
+
+#define CONNECT_TIMEOUT_MS 5000
+#define COMMAND_TIMEOUT_MS 10000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CHECK_INTERVAL_MS 250
+
+enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_READY };
+
+struct conn {
+    struct redis *r;
+    enum redis_role role;
+    redisAsyncContext *ac;
+    enum conn_state state;
+    uint64_t generation;        /* bumped on every new context */
+    int failures;               /* consecutive failed connects */
+    int64_t connect_started;
+    int outstanding;
+    int64_t oldest_deadline;    /* mono ms; valid while outstanding > 0 */
+    struct event *retry_timer;  /* reconnect after backoff */
+    struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
+    struct redis_hooks hooks;
+};
+
+struct redis {
+    struct daemon *d;
+    struct conn conns[REDIS_NROLES];
+    struct event *check_timer;
+    uint64_t reconnects;
+    bool stopping;
+};
+
+/* One in-flight command: keeps the counters right even when the reply comes
+ * back (as NULL) after the context it was sent on is gone. */
+struct call {
+    struct conn *c;
+    uint64_t generation;
+    int64_t deadline;
+    redis_reply_fn *fn;
+    void *priv;
+};
+
+static const char *const role_names[] = {"command", "subscriber", "stream"};
+
+static void conn_connect(struct conn *c);
+
+static void conn_schedule_retry(struct conn *c)
+{
+    if (c->r->stopping)
+        return;
+    int64_t delay = BACKOFF_MIN_MS << (c->failures < 10 ? c->failures : 10);
+    if (delay > BACKOFF_MAX_MS)
+        delay = BACKOFF_MAX_MS;
+    delay = delay / 2 + (int64_t)(random() % (delay / 2 + 1));   /* jitter: [0.5, 1.0] */
+    c->failures++;
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+    evtimer_add(c->retry_timer, &tv);
+}
+
+/* Forget the context (hiredis frees it) and plan a reconnect. */
+static void conn_lost(struct conn *c)
+{
+    bool was_ready = c->state == CONN_READY;
+    c->ac = NULL;
+    c->state = CONN_IDLE;
+    c->outstanding = 0;
+    c->generation++;
+    if (was_ready && c->hooks.down)
+        c->hooks.down(c->hooks.arg);
+    conn_schedule_retry(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct conn *c = ac->data;
+    if (!c || c->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        log_warn("redis %s connection: connect failed: %s", role_names[c->role], ac->errstr);
+        conn_lost(c);
+        return;
+    }
+    /* Commands may not be sent from here: finish on the next loop turn. */
+    event_active(c->ready_event, 0, 0);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct conn *c = ac->data;
+    if (!c || c->ac != ac)
+        return;     /* a context we dropped ourselves */
+    log_warn("redis %s connection lost: %s", role_names[c->role],
+             status == REDIS_OK ? "closed" : ac->errstr);
+    conn_lost(c);
+}
+
+static void drop_context(struct conn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    log_warn("redis %s connection: %s; reconnecting", role_names[c->role], why);
+    conn_lost(c);
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);     /* pending callbacks run now with NULL replies */
+    }
+}
+
+static void auth_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct conn *c = priv;
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        log_error("redis %s connection: %s", role_names[c->role], reply->str);
+        /* Wrong password or db: retry slowly rather than spin. */
+        c->failures = 10;
+        if (c->ac)
+            drop_context(c, "authentication or SELECT refused");
+    }
+}
+
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    const struct config *cfg = &c->r->d->cfg;
+    if (!c->ac)
+        return;
+    c->state = CONN_READY;
+    c->failures = 0;
+    if (cfg->redis_password && *cfg->redis_password) {
+        if (cfg->redis_username && *cfg->redis_username) {
+            const char *argv[] = {"AUTH", cfg->redis_username, cfg->redis_password};
+            redis_send(c->r, c->role, auth_reply, c, 0, 3, argv, NULL);
+        } else {
+            const char *argv[] = {"AUTH", cfg->redis_password};
+            redis_send(c->r, c->role, auth_reply, c, 0, 2, argv, NULL);
+        }
+    }
+    /* SELECT is meaningless for pub/sub, and the subscriber sends nothing but
+     * (P)SUBSCRIBE once subscribed. */
+    if (cfg->redis_db && c->role != REDIS_SUB)
+        redis_sendf(c->r, c->role, auth_reply, c, "SELECT %d", cfg->redis_db);
+    if (c->ac && c->state == CONN_READY) {
+        log_info("redis %s connection ready", role_names[c->role]);
+        if (c->hooks.ready)
+            c->hooks.ready(c->hooks.arg);
+    }
+}
+
+static void conn_connect(struct conn *c)
+{
+    const struct config *cfg = &c->r->d->cfg;
+    redisAsyncContext *ac;
+    if (cfg->redis_path && *cfg->redis_path)
+        ac = redisAsyncConnectUnix(cfg->redis_path);
+    else
+        ac = redisAsyncConnect(cfg->redis_host, cfg->redis_port);
+    if (!ac) {
+        log_error("redis %s connection: out of memory", role_names[c->role]);
+        conn_schedule_retry(c);
+        return;
+    }
+    if (ac->err) {
+        log_warn("redis %s connection: %s", role_names[c->role], ac->errstr);
+        redisAsyncFree(ac);
+        conn_schedule_retry(c);
+        return;
+    }
+    ac->data = c;
+    c->ac = ac;
+    c->generation++;
+    c->state = CONN_CONNECTING;
+    c->connect_started = mono_ms();
+    c->outstanding = 0;
+    redisLibeventAttach(ac, c->r->d->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (c->failures > 0)
+        c->r->reconnects++;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    conn_connect(arg);
+}
+
+static void check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis *r = arg;
+    int64_t now = mono_ms();
+    for (int i = 0; i < REDIS_NROLES; i++) {
+        struct conn *c = &r->conns[i];
+        if (c->state == CONN_CONNECTING && now - c->connect_started > CONNECT_TIMEOUT_MS)
+            drop_context(c, "connect timed out");
+        else if (c->state == CONN_READY && c->outstanding > 0 && now > c->oldest_deadline)
+            drop_context(c, "command timed out");
+    }
+}
+
+struct redis *redis_create(struct daemon *d)
+{
+    struct redis *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->d = d;
+    for (int i = 0; i < REDIS_NROLES; i++) {
+        struct conn *c = &r->conns[i];
+        c->r = r;
+        c->role = i;
+        c->retry_timer = evtimer_new(d->base, retry_cb, c);
+        c->ready_event = event_new(d->base, -1, 0, ready_cb, c);
+    }
+    r->check_timer = event_new(d->base, -1, EV_PERSIST, check_cb, r);
+    struct timeval tv = {0, CHECK_INTERVAL_MS * 1000};
+    evtimer_add(r->check_timer, &tv);
+    return r;
+}
+
+void redis_set_hooks(struct redis *r, enum redis_role role, const struct redis_hooks *hooks)
+{
+    r->conns[role].hooks = *hooks;
+}
+
+void redis_start(struct redis *r)
+{
+    for (int i = 0; i < REDIS_NROLES; i++)
+        conn_connect(&r->conns[i]);
+}
+
+void redis_free(struct redis *r)
+{
+    if (!r)
+        return;
+    r->stopping = true;
+    for (int i = 0; i < REDIS_NROLES; i++) {
+        struct conn *c = &r->conns[i];
+        c->hooks.down = NULL;
+        if (c->ac) {
+            redisAsyncContext *ac = c->ac;
+            c->ac = NULL;
+            ac->data = NULL;
+            redisAsyncFree(ac);
+        }
+        event_free(c->retry_timer);
+        event_free(c->ready_event);
+    }
+    event_free(r->check_timer);
+    free(r);
+}
+
+bool redis_ready(const struct redis *r, enum redis_role role)
+{
+    return r->conns[role].state == CONN_READY && r->conns[role].ac;
+}
+
+redisAsyncContext *redis_context(struct redis *r, enum redis_role role)
+{
+    return redis_ready(r, role) ? r->conns[role].ac : NULL;
+}
+
+static void call_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct call *call = privdata;
+    struct conn *c = call->c;
+    if (call->generation == c->generation && c->outstanding > 0) {
+        c->outstanding--;
+        /* Replies come in order: the next one's deadline is at least ours. */
+        c->oldest_deadline = mono_ms() + COMMAND_TIMEOUT_MS;
+    }
+    if (call->fn)
+        call->fn(c->r, reply, call->priv);
+    free(call);
+}
+
+int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
+               int64_t timeout_ms, int argc, const char **argv, const size_t *lens)
+{
+    struct conn *c = &r->conns[role];
+    if (!redis_ready(r, role))
+        return -1;
+    struct call *call = malloc(sizeof(*call));
+    if (!call)
+        return -1;
+    call->c = c;
+    call->generation = c->generation;
+    call->fn = fn;
+    call->priv = priv;
+    call->deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : COMMAND_TIMEOUT_MS);
+    if (redisAsyncCommandArgv(c->ac, call_reply, call, argc, argv, lens) != REDIS_OK) {
+        free(call);
+        return -1;
+    }
+    if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
+        c->oldest_deadline = call->deadline;
+    return 0;
+}
+
+int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
+                const char *fmt, ...)
+{
+    struct conn *c = &r->conns[role];
+    if (!redis_ready(r, role))
+        return -1;
+    struct call *call = malloc(sizeof(*call));
+    if (!call)
+        return -1;
+    call->c = c;
+    call->generation = c->generation;
+    call->fn = fn;
+    call->priv = priv;
+    call->deadline = mono_ms() + COMMAND_TIMEOUT_MS;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(c->ac, call_reply, call, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) {
+        free(call);
+        return -1;
+    }
+    if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
+        c->oldest_deadline = call->deadline;
+    return 0;
+}
+
+void redis_reset(struct redis *r, enum redis_role role, const char *why)
+{
+    struct conn *c = &r->conns[role];
+    if (c->ac)
+        drop_context(c, why);
+}
+
+int redis_outstanding(const struct redis *r, enum redis_role role)
+{
+    return r->conns[role].outstanding;
+}
+
+uint64_t redis_reconnects(const struct redis *r)
+{
+    return r->reconnects;
+}

@@ -1,0 +1,62 @@
+/* redis.h - the daemon's three hiredis connections, kept alive.
+ *
+ * hiredis 0.14.1 wants separate contexts for commands, for SUBSCRIBE and for
+ * a blocking XREADGROUP (a blocking command stalls everything queued behind
+ * it). This module connects each one, authenticates, enforces connect and
+ * command timeouts hiredis lacks, and reconnects with capped exponential
+ * backoff and jitter. Users learn of a connection through ready/down hooks.
+ */
+#ifndef JOBD_REDIS_H
+#define JOBD_REDIS_H
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct daemon;
+struct redis;
+
+enum redis_role { REDIS_CMD = 0, REDIS_SUB, REDIS_STREAM, REDIS_NROLES };
+
+/* reply is NULL when the connection went away before the reply came. The
+ * reply is freed when the callback returns: copy what you keep. */
+typedef void redis_reply_fn(struct redis *r, redisReply *reply, void *priv);
+
+struct redis_hooks {
+    void (*ready)(void *arg);   /* connected and authenticated */
+    void (*down)(void *arg);    /* connection lost; a reconnect is scheduled */
+    void *arg;
+};
+
+struct redis *redis_create(struct daemon *d);
+void redis_set_hooks(struct redis *r, enum redis_role role, const struct redis_hooks *hooks);
+/* Begin connecting every role. */
+void redis_start(struct redis *r);
+/* Close every connection (pending callbacks get NULL) and free. */
+void redis_free(struct redis *r);
+
+bool redis_ready(const struct redis *r, enum redis_role role);
+
+/* Send one command on a role's connection. Returns 0, or -1 when that
+ * connection is not ready (fn is then not called). timeout_ms: how long the
+ * reply may take before the connection is declared dead; 0 for the default. */
+int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
+               int64_t timeout_ms, int argc, const char **argv, const size_t *lens);
+/* printf-style for short commands with no binary arguments. */
+int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
+                const char *fmt, ...);
+
+/* The raw hiredis context of a ready connection (for SUBSCRIBE, whose
+ * callback runs once per message), or NULL. */
+redisAsyncContext *redis_context(struct redis *r, enum redis_role role);
+
+/* Drop a connection and reconnect (e.g. the subscriber stopped hearing its
+ * own heartbeat). */
+void redis_reset(struct redis *r, enum redis_role role, const char *why);
+
+/* Commands sent on the connection and not yet answered. */
+int redis_outstanding(const struct redis *r, enum redis_role role);
+uint64_t redis_reconnects(const struct redis *r);
+
+#endif

@@ -1,0 +1,221 @@
+/* result.c - outcome writes (see result.h). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "executor.h"
+#include "log.h"
+#include "redis.h"
+#include "result.h"
+
+#define GROUP "jobd"
+
+void result_key(const struct daemon *d, char *buf, size_t len, const char *suffix)
+{
+    snprintf(buf, len, "%s:%s", d->cfg.ns, suffix);
+}
+
+json_t *result_error_json(const struct job_error *err)
+{
+    json_t *e = json_pack("{s:s, s:s}", "code", err->code ? err->code : ERR_INTERNAL, "message",
+                          err->message);
+    if (err->http_status)
+        json_object_set_new(e, "http_status", json_integer(err->http_status));
+    if (err->sqlstate[0])
+        json_object_set_new(e, "sqlstate", json_string(err->sqlstate));
+    return e;
+}
+
+/* The type as counted and reported: a producer's unknown type string is not
+ * echoed into NS:stats, where it would grow one field per invented name. */
+static const char *reported_type(const struct job *job)
+{
+    return job->exec ? job->exec->type : "unknown";
+}
+
+json_t *result_record(const struct daemon *d, const struct job *job)
+{
+    json_t *rec = json_object();
+    json_object_set_new(rec, "id", job->id[0] ? json_string(job->id) : json_null());
+    json_object_set_new(rec, "type", json_string(reported_type(job)));
+    json_object_set_new(rec, "status", json_string(job_status_name(job->status)));
+    json_object_set_new(rec, "attempts", json_integer(job->attempts));
+    json_object_set_new(rec, "worker", json_string(d->worker_id));
+    json_object_set_new(rec, "queued_at", json_integer(job->queued_at));
+    json_object_set_new(rec, "started_at", json_integer(job->started_at));
+    json_object_set_new(rec, "finished_at", json_integer(job->finished_at));
+    if (job->status == JOB_SUCCEEDED)
+        json_object_set(rec, "result", job->result ? job->result : json_object());
+    else
+        json_object_set_new(rec, "error", result_error_json(&job->error));
+    return rec;
+}
+
+static char *json_dumps_steal(json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    return s;
+}
+
+/* A batch of commands; only the EXEC carries a callback. */
+struct txn {
+    struct daemon *d;
+    struct job *job;
+    result_done_fn *done;
+};
+
+static void exec_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct txn *t = priv;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_job(LOG_ERROR, t->job, "storing the outcome failed: %s", reply->str);
+    if (ok) {
+        /* Errors inside a transaction do not roll it back; report them. */
+        for (size_t i = 0; i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_ERROR)
+                log_job(LOG_WARN, t->job, "command %zu of the outcome failed: %s", i,
+                        reply->element[i]->str);
+    }
+    struct job *job = t->job;
+    result_done_fn *done = t->done;
+    free(t);
+    done(job, ok);
+}
+
+static void send(struct daemon *d, int argc, const char **argv, const size_t *lens)
+{
+    redis_send(d->redis, REDIS_CMD, NULL, NULL, 0, argc, argv, lens);
+}
+
+static void send_xack(struct daemon *d, const struct job *job)
+{
+    if (job->source != SOURCE_STREAM)
+        return;
+    const char *argv[] = {"XACK", job->stream, GROUP, job->entry_id};
+    send(d, 4, argv, NULL);
+}
+
+/* Dead letters keep at most max_job_bytes of the message, so an oversized
+ * message cannot be used to bloat NS:dead. */
+static void send_dead_letter(struct daemon *d, const struct job *job)
+{
+    char key[128], attempts[16];
+    result_key(d, key, sizeof(key), "dead");
+    char *err = json_dumps_steal(result_error_json(&job->error));
+    size_t raw_len = job->raw_len;
+    bool truncated = (int64_t)raw_len > d->cfg.max_job_bytes;
+    if (truncated)
+        raw_len = (size_t)d->cfg.max_job_bytes;
+    snprintf(attempts, sizeof(attempts), "%d", job->attempts);
+    const char *argv[] = {"XADD", key, "*", "job", job->raw ? job->raw : "", "error", err,
+                          "id", job->id, "attempts", attempts, "worker", d->worker_id,
+                          "truncated", truncated ? "1" : "0"};
+    size_t lens[15];
+    for (int i = 0; i < 15; i++)
+        lens[i] = argv[i] ? strlen(argv[i]) : 0;
+    lens[4] = job->raw ? raw_len : 0;
+    send(d, 15, argv, lens);
+    free(err);
+}
+
+static void write_result(struct daemon *d, struct job *job)
+{
+    char key[200], ttl[24], field[96];
+    json_t *rec = result_record(d, job);
+    char *text = json_dumps_steal(rec);
+
+    if (job->id[0]) {
+        snprintf(key, sizeof(key), "%s:result:%s", d->cfg.ns, job->id);
+        snprintf(ttl, sizeof(ttl), "%" PRId64, job->result_ttl);
+        const char *argv[] = {"SET", key, text, "EX", ttl};
+        send(d, 5, argv, NULL);
+    }
+    if (job->reply_to) {
+        const char *argv[] = {"PUBLISH", job->reply_to, text};
+        send(d, 3, argv, NULL);
+    }
+    result_key(d, key, sizeof(key), "events");
+    const char *pub[] = {"PUBLISH", key, text};
+    send(d, 3, pub, NULL);
+    result_key(d, key, sizeof(key), "stats");
+    snprintf(field, sizeof(field), "%s.%s", reported_type(job), job_status_name(job->status));
+    const char *incr[] = {"HINCRBY", key, field, "1"};
+    send(d, 4, incr, NULL);
+    /* Rejected messages and jobs that failed for good go to NS:dead whole. */
+    if (job->status == JOB_REJECTED || job->status == JOB_FAILED || job->status == JOB_TIMED_OUT)
+        send_dead_letter(d, job);
+    free(text);
+}
+
+/* Fields of a stream entry jobd writes when it puts a job back; intake reads
+ * them so the id, attempt count and queue time survive the trip. */
+static void write_requeue(struct daemon *d, struct job *job)
+{
+    char attempts[16], queued[24];
+    snprintf(attempts, sizeof(attempts), "%d", job->attempts);
+    snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
+    const char *stream = job->source == SOURCE_STREAM ? job->stream : d->cfg.streams[0];
+    const char *argv[] = {"XADD", stream, "*", "job", job->raw, "id", job->id,
+                          "attempts", attempts, "queued_at", queued};
+    size_t lens[11];
+    for (int i = 0; i < 11; i++)
+        lens[i] = strlen(argv[i]);
+    lens[4] = job->raw_len;
+    send(d, 11, argv, lens);
+}
+
+/* NS:scheduled members carry everything needed to rebuild the stream entry;
+ * numbers are strings because Lua's cjson would turn them into floats. */
+static void write_schedule(struct daemon *d, struct job *job)
+{
+    static uint64_t nonce;
+    char key[128], due[24], attempts[16], queued[24], uniq[200];
+    result_key(d, key, sizeof(key), "scheduled");
+    snprintf(due, sizeof(due), "%" PRId64, job->write_due);
+    snprintf(attempts, sizeof(attempts), "%d", job->attempts);
+    snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
+    snprintf(uniq, sizeof(uniq), "%s-%" PRIu64, d->worker_id, ++nonce);
+    const char *stream = job->source == SOURCE_STREAM ? job->stream : d->cfg.streams[0];
+    json_t *m = json_pack("{s:s, s:s%, s:s, s:s, s:s, s:s, s:s}", "stream", stream, "job",
+                          job->raw, job->raw_len, "id", job->id, "attempts", attempts,
+                          "queued_at", queued, "due", due, "nonce", uniq);
+    char *member = m ? json_dumps(m, JSON_COMPACT) : NULL;
+    json_decref(m);
+    if (!member) {
+        log_job(LOG_ERROR, job, "cannot encode the scheduled entry (envelope not UTF-8?)");
+        return;
+    }
+    const char *argv[] = {"ZADD", key, due, member};
+    send(d, 4, argv, NULL);
+    free(member);
+}
+
+int result_write(struct daemon *d, struct job *job, result_done_fn *done)
+{
+    if (!redis_ready(d->redis, REDIS_CMD))
+        return -1;
+    struct txn *t = malloc(sizeof(*t));
+    if (!t)
+        return -1;
+    t->d = d;
+    t->job = job;
+    t->done = done;
+    const char *multi[] = {"MULTI"};
+    send(d, 1, multi, NULL);
+    switch (job->write_kind) {
+    case WRITE_RESULT: write_result(d, job); break;
+    case WRITE_SCHEDULE: write_schedule(d, job); break;
+    case WRITE_REQUEUE: write_requeue(d, job); break;
+    }
+    send_xack(d, job);
+    const char *exec[] = {"EXEC"};
+    if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
+        free(t);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,39 @@
+/* result.h - everything the daemon writes to Redis about a job's outcome.
+ *
+ * Each outcome is one MULTI/EXEC on the command connection, so the result,
+ * its events, counters, dead letter and the stream acknowledgement are stored
+ * together or not at all: an entry is never acknowledged without its outcome.
+ */
+#ifndef JOBD_RESULT_H
+#define JOBD_RESULT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "job.h"
+
+struct daemon;
+
+enum job_write {
+    WRITE_RESULT = 1,   /* final record: SET, PUBLISH, HINCRBY, maybe NS:dead, XACK */
+    WRITE_SCHEDULE,     /* retry or delay: ZADD NS:scheduled, XACK */
+    WRITE_REQUEUE,      /* shutdown: XADD back on the stream, XACK */
+};
+
+typedef void result_done_fn(struct job *job, bool stored);
+
+/* Send job->write_kind for JOB. done() follows once (stored = false when the
+ * connection failed; the caller keeps the job and tries again). Returns -1
+ * without calling done() when the command connection is not ready. */
+int result_write(struct daemon *d, struct job *job, result_done_fn *done);
+
+/* The result record of PROTOCOL §4. */
+json_t *result_record(const struct daemon *d, const struct job *job);
+
+/* The error object {"code", "message", ...}. */
+json_t *result_error_json(const struct job_error *err);
+
+/* Key names. */
+void result_key(const struct daemon *d, char *buf, size_t len, const char *suffix);
+
+#endif

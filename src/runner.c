@@ -1,0 +1,478 @@
+/* runner.c - the life of every job (see runner.h).
+ *
+ * States: NEW -> RUNNING -> (STOPPING) -> STORING -> freed. A job is counted
+ * in flight from runner_accept() until its outcome is stored, so intake never
+ * takes more than limits.max_inflight, and an outcome waiting for Redis keeps
+ * its slot (memory stays bounded while Redis is away).
+ */
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "envelope.h"
+#include "executor.h"
+#include "intake.h"
+#include "log.h"
+#include "redis.h"
+#include "result.h"
+#include "runner.h"
+
+#define BUCKETS 4096
+#define CANCEL_MEMORY_MS (3600 * 1000)
+#define CANCEL_MEMORY_MAX 100000
+
+struct runner {
+    struct daemon *d;
+    struct job *live;               /* every job not yet freed */
+    struct job *buckets[BUCKETS];   /* live jobs by id (ids may repeat) */
+    json_t *cancelled;              /* id -> time the cancel expires (ms) */
+    int inflight, running, storing, unstored;
+    uint64_t accepted, succeeded, failed, rejected, retried, requeued;
+    uint64_t next_id;
+    char id_prefix[48];
+};
+
+static unsigned bucket_of(const char *id)
+{
+    unsigned h = 2166136261u;   /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h % BUCKETS;
+}
+
+static void index_add(struct runner *r, struct job *job)
+{
+    unsigned b = bucket_of(job->id);
+    job->hnext = r->buckets[b];
+    r->buckets[b] = job;
+}
+
+static void index_remove(struct runner *r, struct job *job)
+{
+    for (struct job **p = &r->buckets[bucket_of(job->id)]; *p; p = &(*p)->hnext)
+        if (*p == job) {
+            *p = job->hnext;
+            return;
+        }
+}
+
+struct runner *runner_create(struct daemon *d)
+{
+    struct runner *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->d = d;
+    r->cancelled = json_object();
+    /* Generated ids: unique across daemons and restarts without coordination. */
+    unsigned char rnd[6] = {0};
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(rnd, 1, sizeof(rnd), f) != sizeof(rnd))
+            memset(rnd, 0, sizeof(rnd));
+        fclose(f);
+    }
+    snprintf(r->id_prefix, sizeof(r->id_prefix), "%" PRIx64 "-%02x%02x%02x%02x%02x%02x",
+             (uint64_t)now_ms(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+    return r;
+}
+
+static void job_free(struct runner *r, struct job *job)
+{
+    if (job->exec && job->exec->free)
+        job->exec->free(job);
+    if (job->timer)
+        event_free(job->timer);
+    json_decref(job->envelope);
+    json_decref(job->spec);
+    json_decref(job->result);
+    free(job->raw);
+    free(job->stream);
+    free(job->reply_to);
+    free(job);
+}
+
+/* Unlink, free, and give the slot back to intake. */
+static void job_release(struct runner *r, struct job *job)
+{
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        r->live = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    index_remove(r, job);
+    if (job->state == JOB_STORING)
+        r->storing--;
+    job_free(r, job);
+    r->inflight--;
+    intake_capacity_changed(r->d->intake);
+    daemon_check_drained(r->d);
+}
+
+void runner_free(struct runner *r)
+{
+    if (!r)
+        return;
+    while (r->live) {
+        struct job *job = r->live;
+        r->live = job->next;
+        job_free(r, job);
+    }
+    json_decref(r->cancelled);
+    free(r);
+}
+
+/* ---- writing outcomes ---------------------------------------------------- */
+
+static void write_outcome(struct runner *r, struct job *job);
+
+static void write_done(struct job *job, bool stored)
+{
+    struct runner *r = job->d->runner;
+    if (!stored) {
+        /* Keep it; runner_redis_ready() writes it again. */
+        job->write_waiting = true;
+        r->unstored++;
+        log_job(LOG_WARN, job, "outcome not stored yet (Redis unavailable); will retry");
+        return;
+    }
+    switch (job->write_kind) {
+    case WRITE_RESULT:
+        if (job->status == JOB_SUCCEEDED)
+            r->succeeded++;
+        else if (job->status == JOB_REJECTED)
+            r->rejected++;
+        else
+            r->failed++;
+        break;
+    case WRITE_SCHEDULE: r->retried++; break;
+    case WRITE_REQUEUE: r->requeued++; break;
+    }
+    job_release(r, job);
+}
+
+static void write_outcome(struct runner *r, struct job *job)
+{
+    if (job->state != JOB_STORING) {
+        job->state = JOB_STORING;
+        r->storing++;
+    }
+    if (result_write(r->d, job, write_done)) {
+        job->write_waiting = true;
+        r->unstored++;
+    }
+}
+
+void runner_redis_ready(struct runner *r)
+{
+    for (struct job *job = r->live; job; job = job->next) {
+        if (!job->write_waiting)
+            continue;
+        job->write_waiting = false;
+        r->unstored--;
+        if (result_write(r->d, job, write_done)) {
+            job->write_waiting = true;
+            r->unstored++;
+            return;
+        }
+    }
+}
+
+static void finish(struct runner *r, struct job *job, int kind)
+{
+    job->write_kind = kind;
+    if (kind == WRITE_RESULT) {
+        job->finished_at = now_ms();
+        if (!job->started_at)
+            job->started_at = job->finished_at;
+        if (job->status == JOB_SUCCEEDED)
+            log_job(LOG_DEBUG, job, "succeeded after %d attempt(s)", job->attempts);
+        else
+            log_job(LOG_INFO, job, "%s: %s: %s", job_status_name(job->status),
+                    job->error.code ? job->error.code : "?", job->error.message);
+    }
+    write_outcome(r, job);
+}
+
+/* ---- attempts -------------------------------------------------------------- */
+
+static void stop_attempt(struct job *job, enum stop_reason why)
+{
+    if (job->state != JOB_RUNNING)
+        return;
+    job->stop = why;
+    job->state = JOB_STOPPING;
+    atomic_store(&job->cancel_flag, 1);
+    job->exec->cancel(job);
+}
+
+static void timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct job *job = arg;
+    log_job(LOG_INFO, job, "attempt %d timed out after %" PRId64 " ms", job->attempts,
+            job->timeout_ms);
+    stop_attempt(job, STOP_TIMEOUT);
+}
+
+static void start_attempt(struct runner *r, struct job *job)
+{
+    job->attempts++;
+    job->started_at = now_ms();
+    job->stop = STOP_NONE;
+    atomic_store(&job->cancel_flag, 0);
+    job->state = JOB_RUNNING;
+    r->running++;
+    if (!job->timer)
+        job->timer = evtimer_new(r->d->base, timeout_cb, job);
+    struct timeval tv = {job->timeout_ms / 1000, (job->timeout_ms % 1000) * 1000};
+    evtimer_add(job->timer, &tv);
+    log_job(LOG_DEBUG, job, "attempt %d of %d started (%s)", job->attempts, job->retry.attempts,
+            job->exec->type);
+    job->exec->start(job);
+}
+
+static double random01(void)
+{
+    return (double)random() / ((double)RAND_MAX + 1.0);
+}
+
+void runner_attempt_done(struct job *job)
+{
+    struct runner *r = job->d->runner;
+    if (job->state != JOB_RUNNING && job->state != JOB_STOPPING) {
+        log_job(LOG_ERROR, job, "executor reported an outcome twice; ignored");
+        return;
+    }
+    evtimer_del(job->timer);
+    r->running--;
+
+    switch (job->stop) {
+    case STOP_SHUTDOWN:
+        /* Not an outcome: the attempt is given back, uncounted. */
+        job->attempts--;
+        json_decref(job->result);
+        job->result = NULL;
+        log_job(LOG_INFO, job, "stopped by shutdown; back on its stream");
+        finish(r, job, WRITE_REQUEUE);
+        return;
+    case STOP_TIMEOUT:
+        json_decref(job->result);
+        job->result = NULL;
+        job->status = JOB_TIMED_OUT;
+        job_error_set(&job->error, ERR_TIMEOUT, "attempt exceeded timeout_ms (%" PRId64 " ms)",
+                      job->timeout_ms);
+        break;
+    case STOP_CANCEL:
+    case STOP_PARENT:
+        json_decref(job->result);
+        job->result = NULL;
+        job->status = JOB_CANCELLED;
+        job_error_set(&job->error, ERR_CANCELLED, "cancelled by request");
+        break;
+    case STOP_NONE:
+        break;
+    }
+
+    if (job->status != JOB_SUCCEEDED && job->status != JOB_CANCELLED &&
+        job->attempts < job->retry.attempts && job_error_is_transient(&job->error)) {
+        int64_t delay = retry_delay_ms(&job->retry, job->attempts, random01());
+        if (job->error.retry_after_ms > delay)
+            delay = job->error.retry_after_ms;
+        job->write_due = now_ms() + delay;
+        log_job(LOG_INFO, job, "attempt %d failed (%s: %s); retry in %" PRId64 " ms",
+                job->attempts, job->error.code, job->error.message, delay);
+        finish(r, job, WRITE_SCHEDULE);
+        return;
+    }
+    finish(r, job, WRITE_RESULT);
+}
+
+/* ---- intake ---------------------------------------------------------------- */
+
+static int64_t entry_time(const char *entry_id)
+{
+    return entry_id ? strtoll(entry_id, NULL, 10) : 0;
+}
+
+static bool cancel_remembered(struct runner *r, const char *id)
+{
+    json_t *until = json_object_get(r->cancelled, id);
+    return until && json_integer_value(until) > now_ms();
+}
+
+void runner_accept(struct runner *r, const struct job_message *msg)
+{
+    struct daemon *d = r->d;
+    struct job *job = calloc(1, sizeof(*job));
+    if (job)
+        job->raw = malloc(msg->raw_len + 1);
+    if (!job || !job->raw) {
+        /* Not acknowledged: a stream entry stays pending and is redelivered. */
+        log_error("out of memory taking a job; left unacknowledged");
+        free(job);
+        return;
+    }
+    memcpy(job->raw, msg->raw, msg->raw_len);
+    job->raw[msg->raw_len] = '\0';
+    job->raw_len = msg->raw_len;
+    job->d = d;
+    job->source = msg->source;
+    job->type = "";
+    if (msg->source == SOURCE_STREAM) {
+        job->stream = strdup(msg->stream);
+        snprintf(job->entry_id, sizeof(job->entry_id), "%s", msg->entry_id);
+    }
+    job->attempts = msg->attempts;
+    job->queued_at = msg->queued_at ? msg->queued_at
+                     : msg->source == SOURCE_STREAM ? entry_time(msg->entry_id) : now_ms();
+    job->timeout_ms = d->cfg.timeout_ms;
+    job->retry = d->cfg.retry;
+    job->result_ttl = d->cfg.result_ttl;
+
+    job->next = r->live;
+    if (r->live)
+        r->live->prev = job;
+    r->live = job;
+    r->inflight++;
+    r->accepted++;
+
+    struct job_error err = {0};
+    int rc = -1;
+    if (msg->problem)
+        job_error_set(&err, ERR_INVALID_JOB, "%s", msg->problem);
+    else
+        rc = envelope_parse(job, &d->cfg, &err);
+    /* The id: the envelope's, else the one jobd kept across a requeue, else
+     * the stream entry id, else a generated one. */
+    if (!job->id[0] && msg->id && envelope_valid_id(msg->id, strlen(msg->id)))
+        snprintf(job->id, sizeof(job->id), "%s", msg->id);
+    if (!job->id[0] && rc == 0) {
+        if (msg->source == SOURCE_STREAM)
+            snprintf(job->id, sizeof(job->id), "%s", msg->entry_id);
+        else
+            snprintf(job->id, sizeof(job->id), "%s-%" PRIu64, r->id_prefix, ++r->next_id);
+    }
+    index_add(r, job);
+
+    if (rc) {
+        job->status = JOB_REJECTED;
+        job->error = err;
+        log_warn("rejected %s message%s%s: %s: %s",
+                 msg->source == SOURCE_STREAM ? "stream" : "pub/sub", job->id[0] ? " " : "",
+                 job->id, err.code, err.message);
+        finish(r, job, WRITE_RESULT);
+        return;
+    }
+    if (d->draining) {
+        /* Delivered by a read that was in flight when the drain began. */
+        finish(r, job, WRITE_REQUEUE);
+        return;
+    }
+    if (cancel_remembered(r, job->id)) {
+        job->status = JOB_CANCELLED;
+        job_error_set(&job->error, ERR_CANCELLED, "cancelled before it started");
+        finish(r, job, WRITE_RESULT);
+        return;
+    }
+    if (job->due_ms > now_ms() && !msg->has_due) {
+        job->write_due = job->due_ms;
+        finish(r, job, WRITE_SCHEDULE);
+        return;
+    }
+    start_attempt(r, job);
+}
+
+/* ---- control --------------------------------------------------------------- */
+
+static void forget_old_cancels(struct runner *r)
+{
+    int64_t now = now_ms();
+    const char *key;
+    json_t *value;
+    void *tmp;
+    json_object_foreach_safe(r->cancelled, tmp, key, value) {
+        if (json_integer_value(value) <= now)
+            json_object_del(r->cancelled, key);
+    }
+    if (json_object_size(r->cancelled) >= CANCEL_MEMORY_MAX)
+        json_object_clear(r->cancelled);
+}
+
+void runner_cancel_id(struct runner *r, const char *id)
+{
+    if (json_object_size(r->cancelled) >= CANCEL_MEMORY_MAX)
+        forget_old_cancels(r);
+    json_object_set_new(r->cancelled, id, json_integer(now_ms() + CANCEL_MEMORY_MS));
+    int found = 0;
+    for (struct job *job = r->buckets[bucket_of(id)]; job; job = job->hnext) {
+        if (strcmp(job->id, id) != 0)
+            continue;
+        found++;
+        if (job->state == JOB_RUNNING) {
+            log_job(LOG_INFO, job, "cancel requested");
+            stop_attempt(job, STOP_CANCEL);
+        }
+    }
+    if (!found)
+        log_debug("cancel for %s: not running here", id);
+}
+
+void runner_control(struct runner *r, const char *payload, size_t len)
+{
+    json_error_t jerr;
+    json_t *msg = json_loadb(payload, len, 0, &jerr);
+    const char *cmd = NULL, *id = NULL;
+    if (!msg || json_unpack(msg, "{s:s, s?s}", "cmd", &cmd, "id", &id) != 0) {
+        log_warn("control: unreadable message ignored (%s)", msg ? "needs \"cmd\"" : jerr.text);
+    } else if (!strcmp(cmd, "cancel")) {
+        if (id && envelope_valid_id(id, strlen(id)))
+            runner_cancel_id(r, id);
+        else
+            log_warn("control: cancel needs a valid \"id\"");
+    } else {
+        log_warn("control: unknown command \"%.32s\" ignored", cmd);
+    }
+    json_decref(msg);
+}
+
+/* ---- shutdown and counters ------------------------------------------------- */
+
+void runner_stop_all(struct runner *r)
+{
+    struct job *job = r->live;
+    while (job) {
+        /* The executor may finish synchronously; read next first. */
+        struct job *next = job->next;
+        if (job->state == JOB_RUNNING)
+            stop_attempt(job, STOP_SHUTDOWN);
+        job = next;
+    }
+}
+
+int runner_inflight(const struct runner *r)
+{
+    return r->inflight;
+}
+
+int runner_unstored(const struct runner *r)
+{
+    return r->unstored;
+}
+
+void runner_counts(const struct runner *r, struct runner_counts *out)
+{
+    out->inflight = r->inflight;
+    out->running = r->running;
+    out->storing = r->storing;
+    out->unstored = r->unstored;
+    out->accepted = r->accepted;
+    out->succeeded = r->succeeded;
+    out->failed = r->failed;
+    out->rejected = r->rejected;
+    out->retried = r->retried;
+    out->requeued = r->requeued;
+}

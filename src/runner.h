@@ -1,0 +1,73 @@
+/* runner.h - owns every job from intake to stored result.
+ *
+ * The runner parses a message into a job, starts attempts on executors,
+ * enforces the per-attempt timeout, applies cancel requests, decides between
+ * retry and final result, and on shutdown stops what is left and puts it back
+ * on its stream. Executors see none of that: they only do their work.
+ */
+#ifndef JOBD_RUNNER_H
+#define JOBD_RUNNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "job.h"
+
+struct daemon;
+struct runner;
+
+/* One message taken from Redis. Strings are copied by runner_accept. */
+struct job_message {
+    const char *raw;            /* envelope text (not NUL-terminated) */
+    size_t raw_len;
+    enum job_source source;
+    const char *stream;         /* SOURCE_STREAM */
+    const char *entry_id;       /* SOURCE_STREAM */
+    /* Extra stream entry fields written by jobd itself when it puts a job back
+     * (retry, delay, shutdown); NULL / 0 when absent. */
+    const char *id;             /* the job's id, kept across requeues */
+    int attempts;               /* attempts already made */
+    int64_t queued_at;          /* first time the job was queued */
+    int64_t due_ms;             /* the delay was already waited for */
+    bool has_due;
+    /* Set when the message could not even be read as one (a stream entry
+     * without a "job" field): the job is rejected with this reason. */
+    const char *problem;
+};
+
+struct runner *runner_create(struct daemon *d);
+void runner_free(struct runner *r);
+
+/* Take one message: parse, then run, delay, or reject it. */
+void runner_accept(struct runner *r, const struct job_message *msg);
+
+/* A message on NS:control. */
+void runner_control(struct runner *r, const char *payload, size_t len);
+
+/* Jobs taken and not yet stored (running, stopping or being written). */
+int runner_inflight(const struct runner *r);
+/* Jobs whose outcome waits for Redis to come back. */
+int runner_unstored(const struct runner *r);
+
+/* Redis (the command connection) is up again: write what waited. */
+void runner_redis_ready(struct runner *r);
+
+/* Shutdown: stop every running job; each goes back on its stream. */
+void runner_stop_all(struct runner *r);
+
+/* Cancel by id (also remembered for a while, so a job that arrives later with
+ * that id never starts). */
+void runner_cancel_id(struct runner *r, const char *id);
+
+/* For the heartbeat and metrics. */
+struct runner_counts {
+    int inflight, running, storing, unstored;
+    uint64_t accepted, succeeded, failed, rejected, retried, requeued;
+};
+void runner_counts(const struct runner *r, struct runner_counts *out);
+
+/* Called by job_succeed()/job_fail(): an attempt ended. */
+void runner_attempt_done(struct job *job);
+
+#endif
