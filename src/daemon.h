@@ -19,6 +19,7 @@ struct intake;
 struct runner;
 struct scheduler;
 struct heartbeat;
+struct reclaim;
 
 struct daemon {
     struct event_base *base;
@@ -33,6 +34,7 @@ struct daemon {
     struct runner *runner;
     struct scheduler *scheduler;
     struct heartbeat *heartbeat;
+    struct reclaim *reclaim;
 
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *watchdog_timer;

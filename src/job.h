@@ -55,7 +55,7 @@ enum job_source { SOURCE_PUBSUB, SOURCE_STREAM, SOURCE_CHILD };
 
 enum job_state {
     JOB_NEW = 0,        /* parsed, not started */
-    JOB_WAITING,        /* waiting for its start (retry delay handled in Redis) */
+    JOB_CHECKING,       /* redelivered: asking Redis whether it already finished */
     JOB_RUNNING,        /* an executor has it */
     JOB_STOPPING,       /* cancel asked of the executor, waiting for it to finish */
     JOB_STORING,        /* outcome decided, being written to Redis */
@@ -94,6 +94,7 @@ struct job {
     /* Bookkeeping. */
     int attempts;               /* attempts started, this one included */
     int64_t queued_at, started_at, finished_at;   /* ms since the epoch */
+    int64_t taken_mono;         /* when this daemon took it (monotonic ms) */
     enum job_state state;
     enum stop_reason stop;
     struct event *timer;        /* attempt timeout */

@@ -23,6 +23,7 @@
 #include "intake.h"
 #include "job.h"
 #include "log.h"
+#include "reclaim.h"
 #include "redis.h"
 #include "runner.h"
 #include "scheduler.h"
@@ -232,7 +233,8 @@ static int run(struct daemon *d)
     d->intake = intake_create(d);
     d->scheduler = scheduler_create(d);
     d->heartbeat = heartbeat_create(d);
-    if (!d->redis || !d->runner || !d->intake || !d->scheduler || !d->heartbeat)
+    d->reclaim = reclaim_create(d);
+    if (!d->redis || !d->runner || !d->intake || !d->scheduler || !d->heartbeat || !d->reclaim)
         die("out of memory at start-up");
     struct redis_hooks cmd = {cmd_up, NULL, d};
     redis_set_hooks(d->redis, REDIS_CMD, &cmd);
@@ -253,6 +255,7 @@ static int run(struct daemon *d)
     threadpool_destroy(d->pool);
     executors_shutdown(d);
     heartbeat_free(d->heartbeat);
+    reclaim_free(d->reclaim);
     scheduler_free(d->scheduler);
     intake_free(d->intake);
     d->intake = NULL;

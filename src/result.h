@@ -18,6 +18,7 @@ enum job_write {
     WRITE_RESULT = 1,   /* final record: SET, PUBLISH, HINCRBY, maybe NS:dead, XACK */
     WRITE_SCHEDULE,     /* retry or delay: ZADD NS:scheduled, XACK */
     WRITE_REQUEUE,      /* shutdown: XADD back on the stream, XACK */
+    WRITE_ACK,          /* already finished elsewhere: XACK only */
 };
 
 typedef void result_done_fn(struct job *job, bool stored);

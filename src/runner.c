@@ -151,6 +151,7 @@ static void write_done(struct job *job, bool stored)
         break;
     case WRITE_SCHEDULE: r->retried++; break;
     case WRITE_REQUEUE: r->requeued++; break;
+    case WRITE_ACK: break;
     }
     job_release(r, job);
 }
@@ -304,6 +305,34 @@ static bool cancel_remembered(struct runner *r, const char *id)
     return until && json_integer_value(until) > now_ms();
 }
 
+static void proceed(struct runner *r, struct job *job, bool delay_waited);
+
+static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
+{
+    struct job *job = priv;
+    struct runner *r = job->d->runner;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        log_job(LOG_INFO, job, "redelivered but already finished; acknowledged, not run again");
+        finish(r, job, WRITE_ACK);
+        return;
+    }
+    /* Not finished, or Redis could not say: at least once means run it. */
+    job->state = JOB_NEW;
+    proceed(r, job, true);
+}
+
+static void check_finished(struct runner *r, struct job *job)
+{
+    char key[200];
+    snprintf(key, sizeof(key), "%s:result:%s", r->d->cfg.ns, job->id);
+    const char *argv[] = {"EXISTS", key};
+    job->state = JOB_CHECKING;
+    if (redis_send(r->d->redis, REDIS_CMD, finished_reply, job, 0, 2, argv, NULL)) {
+        job->state = JOB_NEW;
+        proceed(r, job, true);
+    }
+}
+
 void runner_accept(struct runner *r, const struct job_message *msg)
 {
     struct daemon *d = r->d;
@@ -329,6 +358,7 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     job->attempts = msg->attempts;
     job->queued_at = msg->queued_at ? msg->queued_at
                      : msg->source == SOURCE_STREAM ? entry_time(msg->entry_id) : now_ms();
+    job->taken_mono = mono_ms();
     job->timeout_ms = d->cfg.timeout_ms;
     job->retry = d->cfg.retry;
     job->result_ttl = d->cfg.result_ttl;
@@ -367,6 +397,26 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         finish(r, job, WRITE_RESULT);
         return;
     }
+    if (msg->poison_deliveries) {
+        job->status = JOB_FAILED;
+        job_error_set(&job->error, ERR_INTERNAL,
+                      "delivered %d times without an outcome (poison job?); not run again",
+                      msg->poison_deliveries);
+        finish(r, job, WRITE_RESULT);
+        return;
+    }
+    if (msg->redelivered) {
+        check_finished(r, job);
+        return;
+    }
+    proceed(r, job, msg->has_due);
+}
+
+/* After parsing: requeue while draining, honour a remembered cancel, park a
+ * delayed job, or start. */
+static void proceed(struct runner *r, struct job *job, bool delay_waited)
+{
+    struct daemon *d = r->d;
     if (d->draining) {
         /* Delivered by a read that was in flight when the drain began. */
         finish(r, job, WRITE_REQUEUE);
@@ -378,7 +428,7 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         finish(r, job, WRITE_RESULT);
         return;
     }
-    if (job->due_ms > now_ms() && !msg->has_due) {
+    if (job->due_ms > now_ms() && !delay_waited) {
         job->write_due = job->due_ms;
         finish(r, job, WRITE_SCHEDULE);
         return;
@@ -451,6 +501,24 @@ void runner_stop_all(struct runner *r)
             stop_attempt(job, STOP_SHUTDOWN);
         job = next;
     }
+}
+
+bool runner_holds_entry(const struct runner *r, const char *stream, const char *entry_id)
+{
+    for (const struct job *job = r->live; job; job = job->next)
+        if (job->source == SOURCE_STREAM && !strcmp(job->entry_id, entry_id) &&
+            !strcmp(job->stream, stream))
+            return true;
+    return false;
+}
+
+void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
+                               void (*fn)(const struct job *job, void *arg), void *arg)
+{
+    int64_t now = mono_ms();
+    for (const struct job *job = r->live; job; job = job->next)
+        if (job->source == SOURCE_STREAM && now - job->taken_mono >= min_age_ms)
+            fn(job, arg);
 }
 
 int runner_inflight(const struct runner *r)

@@ -34,6 +34,11 @@ struct job_message {
     /* Set when the message could not even be read as one (a stream entry
      * without a "job" field): the job is rejected with this reason. */
     const char *problem;
+    /* Reclaimed from another consumer: skip it if its id already has a final
+     * result (redelivery after a crash must not run finished work again). */
+    bool redelivered;
+    /* Delivered too many times without an outcome: fail it without running. */
+    int poison_deliveries;
 };
 
 struct runner *runner_create(struct daemon *d);
@@ -59,6 +64,13 @@ void runner_stop_all(struct runner *r);
 /* Cancel by id (also remembered for a while, so a job that arrives later with
  * that id never starts). */
 void runner_cancel_id(struct runner *r, const char *id);
+
+/* Does this daemon hold the stream entry (running or writing its outcome)? */
+bool runner_holds_entry(const struct runner *r, const char *stream, const char *entry_id);
+
+/* Call FN for every job taken from a stream and held longer than MIN_AGE_MS. */
+void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
+                               void (*fn)(const struct job *job, void *arg), void *arg);
 
 /* For the heartbeat and metrics. */
 struct runner_counts {

@@ -1,0 +1,25 @@
+/* reclaim.h - crash recovery for stream jobs (PROTOCOL §1).
+ *
+ * An entry read by a daemon that died stays pending in the group. Once idle
+ * longer than intake.visibility_timeout_ms it is claimed (XPENDING + XCLAIM,
+ * which also tells how often it was delivered) and run again; one delivered
+ * too often is a poison job and goes to NS:dead instead. A daemon keeps the
+ * entries of its own long jobs fresh (XCLAIM to itself) so they are not
+ * stolen while they run.
+ */
+#ifndef JOBD_RECLAIM_H
+#define JOBD_RECLAIM_H
+
+#include <stdint.h>
+
+struct daemon;
+struct reclaim;
+
+/* Deliveries after which an entry is declared poison. */
+#define RECLAIM_MAX_DELIVERIES 5
+
+struct reclaim *reclaim_create(struct daemon *d);
+void reclaim_free(struct reclaim *rc);
+uint64_t reclaim_claimed(const struct reclaim *rc);
+
+#endif
