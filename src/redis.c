@@ -97,7 +97,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (!c || c->ac != ac)
         return;
     if (status != REDIS_OK) {
-        log_warn("redis %s connection: connect failed: %s", role_names[c->role], ac->errstr);
+        /* Say it once per outage, not on every backoff round. */
+        log_msg(c->failures ? LOG_DEBUG : LOG_WARN, "redis %s connection: connect failed: %s%s",
+                role_names[c->role], ac->errstr, c->failures ? "" : "; retrying with backoff");
         conn_lost(c);
         return;
     }

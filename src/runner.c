@@ -192,7 +192,7 @@ static void finish(struct runner *r, struct job *job, int kind)
             job->started_at = job->finished_at;
         if (job->status == JOB_SUCCEEDED)
             log_job(LOG_DEBUG, job, "succeeded after %d attempt(s)", job->attempts);
-        else
+        else if (job->status != JOB_REJECTED)
             log_job(LOG_INFO, job, "%s: %s: %s", job_status_name(job->status),
                     job->error.code ? job->error.code : "?", job->error.message);
     }
@@ -389,11 +389,15 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     index_add(r, job);
 
     if (rc) {
-        job->status = JOB_REJECTED;
+        /* Not a valid envelope: rejected. A valid one whose request is refused
+         * (a path out of files.root, a backend that is off) failed instead. */
+        bool refused = !strcmp(err.code, ERR_FORBIDDEN) || !strcmp(err.code, ERR_UNAVAILABLE);
+        job->status = refused ? JOB_FAILED : JOB_REJECTED;
         job->error = err;
-        log_warn("rejected %s message%s%s: %s: %s",
-                 msg->source == SOURCE_STREAM ? "stream" : "pub/sub", job->id[0] ? " " : "",
-                 job->id, err.code, err.message);
+        if (!refused)
+            log_warn("rejected a %s message%s%s: %s: %s",
+                     msg->source == SOURCE_STREAM ? "stream" : "pub/sub",
+                     job->id[0] ? " with id " : "", job->id, err.code, err.message);
         finish(r, job, WRITE_RESULT);
         return;
     }
