@@ -484,6 +484,10 @@ int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
         add_error(&e, file, 0, "out of memory");
         return -1;
     }
+    /* The default channel and stream names derive from the namespace, which
+     * the file may set: they are filled in after it is read. */
+    free_list(&cfg->channels, &cfg->nchannels);
+    free_list(&cfg->streams, &cfg->nstreams);
     config_t lc;
     config_init(&lc);
     if (!config_read_file(&lc, file)) {

@@ -49,10 +49,14 @@ struct daemon {
     int term_signals;           /* how many SIGTERM/SIGINT arrived */
 };
 
-/* main.c: every connection is up and intake listens (first time: READY=1). */
+/* Start everything, run the loop until shutdown, free everything. Returns the
+ * exit status. */
+int daemon_run(struct daemon *d);
+
+/* Every connection is up and intake listens (first time: READY=1). */
 void daemon_intake_ready(struct daemon *d);
 
-/* main.c: once draining, exit the loop when nothing is left in flight. */
+/* Once draining, exit the loop when nothing is left in flight. */
 void daemon_check_drained(struct daemon *d);
 
 #endif

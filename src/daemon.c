@@ -1,0 +1,257 @@
+/* daemon.c - the daemon's life: start-up, readiness, signals, reload and the
+ * staged shutdown.
+ *
+ * Signals are libevent events, not real handlers, so their callbacks may do
+ * anything. Shutdown runs in stages: stop intake, let running jobs finish for
+ * shutdown.drain_ms, stop the rest (each goes back on its stream), wait until
+ * every outcome and requeue is written, then leave the loop and exit 0.
+ */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "executor.h"
+#include "heartbeat.h"
+#include "intake.h"
+#include "job.h"
+#include "log.h"
+#include "reclaim.h"
+#include "redis.h"
+#include "runner.h"
+#include "scheduler.h"
+#include "threadpool.h"
+
+#define EXIT_CHECK_MS 50
+#define GIVE_UP_MS 10000
+
+static struct timeval ms_tv(int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+/* ---- readiness ----------------------------------------------------------- */
+
+void daemon_intake_ready(struct daemon *d)
+{
+    heartbeat_now(d->heartbeat);
+    if (!d->ready_notified) {
+        d->ready_notified = true;
+        log_notice("ready: worker %s, %d channel(s), %d stream(s), max_inflight %d",
+                   d->worker_id, d->cfg.nchannels, d->cfg.nstreams, d->cfg.max_inflight);
+        sd_notify(0, "READY=1");
+    } else {
+        log_info("intake resumed");
+    }
+}
+
+static void cmd_up(void *arg)
+{
+    struct daemon *d = arg;
+    runner_redis_ready(d->runner);
+    intake_cmd_ready(d->intake);
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+void daemon_check_drained(struct daemon *d)
+{
+    if (!d->draining || runner_inflight(d->runner) > 0 || !intake_idle(d->intake))
+        return;
+    if (!d->said_goodbye) {
+        d->said_goodbye = true;
+        heartbeat_remove(d->heartbeat);
+    }
+    /* Everything queued on the command connection must reach Redis first:
+     * hiredis does not flush its buffer when the context is freed. */
+    if (redis_ready(d->redis, REDIS_CMD) && redis_outstanding(d->redis, REDIS_CMD) > 0)
+        return;
+    event_base_loopexit(d->base, NULL);
+}
+
+static void exit_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    daemon_check_drained(arg);
+}
+
+static void give_up_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    log_error("shutdown: %d job outcome(s) could not be written to Redis; stream entries stay "
+              "pending there and will be redelivered, pub/sub jobs among them are lost",
+              runner_inflight(d->runner));
+    d->exit_code = 1;
+    event_base_loopexit(d->base, NULL);
+}
+
+static void drain_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stopped_jobs)
+        return;
+    d->stopped_jobs = true;
+    int left = runner_inflight(d->runner);
+    if (left)
+        log_notice("shutdown: stopping %d job(s) still running; they go back on their stream",
+                   left);
+    runner_stop_all(d->runner);
+    struct timeval tv = ms_tv(GIVE_UP_MS);
+    evtimer_add(d->give_up_timer, &tv);
+    daemon_check_drained(d);
+}
+
+static void begin_shutdown(struct daemon *d, int sig)
+{
+    d->term_signals++;
+    if (d->term_signals > 1) {
+        log_notice("second %s: cutting the drain short", strsignal(sig));
+        drain_done_cb(-1, 0, d);
+        return;
+    }
+    log_notice("%s: draining %d job(s) for up to %lld ms", strsignal(sig),
+               runner_inflight(d->runner), (long long)d->cfg.drain_ms);
+    sd_notify(0, "STOPPING=1");
+    d->draining = true;
+    intake_stop(d->intake);
+    struct timeval tv = ms_tv(d->cfg.drain_ms);
+    evtimer_add(d->drain_timer, &tv);
+    tv = ms_tv(EXIT_CHECK_MS);
+    evtimer_add(d->exit_check, &tv);
+    daemon_check_drained(d);
+}
+
+/* ---- reload -------------------------------------------------------------- */
+
+static void reload(struct daemon *d)
+{
+    struct config fresh;
+    char err[4096];
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)mono_ms() * 1000ULL);
+    if (config_load(d->config_path, &fresh, err, sizeof(err))) {
+        log_error("reload: %s is not valid; keeping the running configuration:\n%s",
+                  d->config_path, err);
+        sd_notify(0, "READY=1");
+        return;
+    }
+    char restart[1024];
+    if (config_restart_needed(&d->cfg, &fresh, restart, sizeof(restart)) > 0) {
+        log_warn("reload: these settings change only on restart and keep their running "
+                 "values: %s", restart);
+        config_keep_restart_only(&fresh, &d->cfg);
+    }
+    config_free(&d->cfg);
+    d->cfg = fresh;
+    log_set_level(d->cfg.log_level);
+    log_notice("reload: configuration %s applied", d->config_path);
+    /* max_inflight may have grown: read more. */
+    intake_capacity_changed(d->intake);
+    sd_notify(0, "READY=1");
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (sig == SIGHUP)
+        reload(d);
+    else
+        begin_shutdown(d, (int)sig);
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    /* Firing at all proves the loop turns. */
+    sd_notify(0, "WATCHDOG=1");
+}
+
+/* ---- start-up ------------------------------------------------------------ */
+
+static void setup_events(struct daemon *d)
+{
+    d->sig_term = evsignal_new(d->base, SIGTERM, signal_cb, d);
+    d->sig_int = evsignal_new(d->base, SIGINT, signal_cb, d);
+    d->sig_hup = evsignal_new(d->base, SIGHUP, signal_cb, d);
+    evsignal_add(d->sig_term, NULL);
+    evsignal_add(d->sig_int, NULL);
+    evsignal_add(d->sig_hup, NULL);
+    d->drain_timer = evtimer_new(d->base, drain_done_cb, d);
+    d->exit_check = event_new(d->base, -1, EV_PERSIST, exit_check_cb, d);
+    d->give_up_timer = evtimer_new(d->base, give_up_cb, d);
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+        d->watchdog_timer = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
+        struct timeval tv = ms_tv((int64_t)(usec / 2000));
+        evtimer_add(d->watchdog_timer, &tv);
+    }
+}
+
+static void free_events(struct daemon *d)
+{
+    struct event *evs[] = {d->sig_term,  d->sig_int,        d->sig_hup,       d->drain_timer,
+                           d->exit_check, d->give_up_timer, d->watchdog_timer};
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i])
+            event_free(evs[i]);
+}
+
+int daemon_run(struct daemon *d)
+{
+    char host[100] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(d->worker_id, sizeof(d->worker_id), "%s:%d", host, (int)getpid());
+    d->started_at = now_ms();
+    srandom((unsigned)(now_ms() ^ getpid()));
+
+    /* Blocked before any thread starts, so no thread inherits a handler need. */
+    signal(SIGPIPE, SIG_IGN);
+    d->base = event_base_new();
+    if (!d->base)
+        die("cannot create the event loop");
+    d->pool = threadpool_create(d->base, d->cfg.threads, d->cfg.max_inflight + 16);
+    if (!d->pool)
+        die("cannot start %d worker thread(s)", d->cfg.threads);
+    d->redis = redis_create(d);
+    d->runner = runner_create(d);
+    d->intake = intake_create(d);
+    d->scheduler = scheduler_create(d);
+    d->heartbeat = heartbeat_create(d);
+    d->reclaim = reclaim_create(d);
+    if (!d->redis || !d->runner || !d->intake || !d->scheduler || !d->heartbeat || !d->reclaim)
+        die("out of memory at start-up");
+    struct redis_hooks cmd = {cmd_up, NULL, d};
+    redis_set_hooks(d->redis, REDIS_CMD, &cmd);
+    if (executors_init(d))
+        die("cannot initialise the job executors");
+    setup_events(d);
+
+    log_notice("jobd %s starting: worker %s, redis %s%s%d, namespace %s, %d thread(s)",
+               PACKAGE_VERSION, d->worker_id,
+               d->cfg.redis_path && *d->cfg.redis_path ? d->cfg.redis_path : d->cfg.redis_host,
+               d->cfg.redis_path && *d->cfg.redis_path ? "" : ":",
+               d->cfg.redis_path && *d->cfg.redis_path ? 0 : d->cfg.redis_port, d->cfg.ns,
+               threadpool_size(d->pool));
+    redis_start(d->redis);
+    event_base_dispatch(d->base);
+
+    /* Pool first: its last done() callbacks still need the runner and Redis. */
+    threadpool_destroy(d->pool);
+    executors_shutdown(d);
+    heartbeat_free(d->heartbeat);
+    reclaim_free(d->reclaim);
+    scheduler_free(d->scheduler);
+    intake_free(d->intake);
+    d->intake = NULL;
+    redis_free(d->redis);
+    runner_free(d->runner);
+    free_events(d);
+    event_base_free(d->base);
+    log_notice("stopped");
+    return d->exit_code;
+}
+
