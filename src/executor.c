@@ -7,6 +7,7 @@ static const struct executor *const executors[] = {
     &sleep_executor,
     &hash_executor,
     &file_executor,
+    &group_executor,
 };
 
 const struct executor *executor_find(const char *type)

@@ -43,5 +43,6 @@ int spec_check_fields(const json_t *spec, const char *type, const char *const *a
 extern const struct executor sleep_executor;
 extern const struct executor hash_executor;
 extern const struct executor file_executor;
+extern const struct executor group_executor;
 
 #endif

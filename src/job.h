@@ -56,6 +56,7 @@ enum job_source { SOURCE_PUBSUB, SOURCE_STREAM, SOURCE_CHILD };
 enum job_state {
     JOB_NEW = 0,        /* parsed, not started */
     JOB_CHECKING,       /* redelivered: asking Redis whether it already finished */
+    JOB_WAITING_RETRY,  /* a group child between attempts (on a timer) */
     JOB_RUNNING,        /* an executor has it */
     JOB_STOPPING,       /* cancel asked of the executor, waiting for it to finish */
     JOB_STORING,        /* outcome decided, being written to Redis */

@@ -20,6 +20,7 @@
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
+#include "exec_group.h"
 
 #define BUCKETS 4096
 #define CANCEL_MEMORY_MS (3600 * 1000)
@@ -211,6 +212,103 @@ static void stop_attempt(struct job *job, enum stop_reason why)
     job->exec->cancel(job);
 }
 
+static void start_attempt(struct runner *r, struct job *job);
+
+/* ---- group children -------------------------------------------------------- */
+
+static double random01(void)
+{
+    return (double)random() / ((double)RAND_MAX + 1.0);
+}
+
+
+struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
+                             struct job_error *err)
+{
+    struct job *child = calloc(1, sizeof(*child));
+    if (!child || !(child->raw = json_dumps(envelope, JSON_COMPACT))) {
+        free(child);
+        job_error_set(err, ERR_INTERNAL, "out of memory");
+        return NULL;
+    }
+    child->raw_len = strlen(child->raw);
+    child->d = parent->d;
+    child->source = SOURCE_CHILD;
+    child->parent = parent;
+    child->child_index = index;
+    child->type = "";
+    child->queued_at = parent->queued_at;
+    snprintf(child->id, sizeof(child->id), "%.100s:%d", parent->id[0] ? parent->id : "group",
+             index);
+    struct job_error cerr = {0};
+    if (json_object_get(envelope, "id") || json_object_get(envelope, "reply_to") ||
+        json_object_get(envelope, "run_at") || json_object_get(envelope, "delay_ms")) {
+        job_error_set(&cerr, ERR_INVALID_JOB,
+                      "a child job takes no id, reply_to, run_at or delay_ms");
+    } else if (envelope_parse(child, &parent->d->cfg, &cerr) == 0) {
+        return child;
+    }
+    job_error_set(err, cerr.code, "group.jobs[%d]: %s", index, cerr.message);
+    runner_child_free(child);
+    return NULL;
+}
+
+void runner_child_start(struct job *child)
+{
+    child->attempts = 0;
+    child->status = JOB_SUCCEEDED;
+    memset(&child->error, 0, sizeof(child->error));
+    start_attempt(child->d->runner, child);
+}
+
+static void child_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct job *child = arg;
+    if (child->state == JOB_WAITING_RETRY)
+        start_attempt(child->d->runner, child);
+}
+
+void runner_child_stop(struct job *child)
+{
+    if (child->state == JOB_RUNNING) {
+        stop_attempt(child, STOP_PARENT);
+    } else if (child->state == JOB_WAITING_RETRY) {
+        /* Between attempts: nothing runs, so it ends here. */
+        evtimer_del(child->timer);
+        child->state = JOB_STOPPING;
+        child->stop = STOP_PARENT;
+        child->d->runner->running++;
+        runner_attempt_done(child);
+    }
+}
+
+void runner_child_free(struct job *child)
+{
+    if (child)
+        job_free(child->d->runner, child);
+}
+
+/* A child's attempt ended: retry it on a timer or report to its group. */
+static void child_attempt_done(struct runner *r, struct job *child)
+{
+    if (child->status != JOB_SUCCEEDED && child->status != JOB_CANCELLED &&
+        child->attempts < child->retry.attempts && job_error_is_transient(&child->error)) {
+        int64_t delay = retry_delay_ms(&child->retry, child->attempts, random01());
+        if (child->error.retry_after_ms > delay)
+            delay = child->error.retry_after_ms;
+        log_job(LOG_INFO, child, "attempt %d failed (%s); retry in %lld ms", child->attempts,
+                child->error.code, (long long)delay);
+        child->state = JOB_WAITING_RETRY;
+        event_assign(child->timer, r->d->base, -1, 0, child_retry_cb, child);
+        struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+        evtimer_add(child->timer, &tv);
+        return;
+    }
+    child->finished_at = now_ms();
+    child->state = JOB_NEW;
+    group_child_done(child);
+}
+
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct job *job = arg;
@@ -229,16 +327,13 @@ static void start_attempt(struct runner *r, struct job *job)
     r->running++;
     if (!job->timer)
         job->timer = evtimer_new(r->d->base, timeout_cb, job);
+    else
+        event_assign(job->timer, r->d->base, -1, 0, timeout_cb, job);
     struct timeval tv = {job->timeout_ms / 1000, (job->timeout_ms % 1000) * 1000};
     evtimer_add(job->timer, &tv);
     log_job(LOG_DEBUG, job, "attempt %d of %d started (%s)", job->attempts, job->retry.attempts,
             job->exec->type);
     job->exec->start(job);
-}
-
-static double random01(void)
-{
-    return (double)random() / ((double)RAND_MAX + 1.0);
 }
 
 void runner_attempt_done(struct job *job)
@@ -276,6 +371,10 @@ void runner_attempt_done(struct job *job)
         break;
     case STOP_NONE:
         break;
+    }
+    if (job->source == SOURCE_CHILD) {
+        child_attempt_done(r, job);
+        return;
     }
 
     if (job->status != JOB_SUCCEEDED && job->status != JOB_CANCELLED &&

@@ -72,6 +72,15 @@ bool runner_holds_entry(const struct runner *r, const char *stream, const char *
 void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
                                void (*fn)(const struct job *job, void *arg), void *arg);
 
+/* Group children (exec_group.c). A child is owned by its group, not by the
+ * runner's list, and its outcome goes to group_child_done() instead of Redis;
+ * a child's retries wait on a timer inside the running group. */
+struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
+                             struct job_error *err);
+void runner_child_start(struct job *child);
+void runner_child_stop(struct job *child);
+void runner_child_free(struct job *child);
+
 /* For the heartbeat and metrics. */
 struct runner_counts {
     int inflight, running, storing, unstored;

@@ -1,0 +1,203 @@
+/* exec_group.c - the "group" type (PROTOCOL §3): structured concurrency.
+ *
+ * Children are whole jobs (their own type, timeout and retries) owned by the
+ * group; the runner runs their attempts but hands their outcomes here, never
+ * to Redis. "settle" waits for every child and succeeds with all outcomes;
+ * "all" fails on the first failure and stops the rest, like Python's
+ * TaskGroup. The group's own timeout or cancel stops every child, and the
+ * group reports only once all of them have stopped.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "exec_group.h"
+#include "executor.h"
+#include "result.h"
+#include "runner.h"
+
+struct group_state {
+    struct job **children;
+    int nchildren;
+    bool all;                   /* mode "all" */
+    int running;                /* children not finished in this attempt */
+    int first_failure;          /* index, -1 when none */
+    bool stopping;              /* children are being stopped */
+    bool reported;              /* this attempt's outcome was given */
+};
+
+static int depth_of(const struct job *job)
+{
+    int depth = 1;
+    for (const struct job *p = job->parent; p; p = p->parent)
+        depth++;
+    return depth;
+}
+
+/* Jobs in a "jobs" list, nested groups' children included. */
+static size_t count_jobs(const json_t *jobs)
+{
+    size_t n = json_array_size(jobs), i;
+    json_t *child;
+    json_array_foreach(jobs, i, child) {
+        const char *type = json_string_value(json_object_get(child, "type"));
+        if (type && !strcmp(type, "group") && n <= GROUP_MAX_TOTAL)
+            n += count_jobs(json_object_get(child, "jobs"));
+    }
+    return n;
+}
+
+static int group_parse(struct job *job, const json_t *spec, struct job_error *err)
+{
+    static const char *const fields[] = {"jobs", "mode", NULL};
+    if (spec_check_fields(spec, "group", fields, err))
+        return -1;
+    json_t *jobs = json_object_get(spec, "jobs");
+    json_t *mode = json_object_get(spec, "mode");
+    if (!json_is_array(jobs) || json_array_size(jobs) < 1 ||
+        json_array_size(jobs) > GROUP_MAX_CHILDREN) {
+        job_error_set(err, ERR_INVALID_JOB, "group.jobs: must be a list of 1..%d envelopes",
+                      GROUP_MAX_CHILDREN);
+        return -1;
+    }
+    bool all = false;
+    if (mode) {
+        const char *m = json_string_value(mode);
+        if (m && !strcmp(m, "all"))
+            all = true;
+        else if (!m || strcmp(m, "settle")) {
+            job_error_set(err, ERR_INVALID_JOB, "group.mode: must be settle or all");
+            return -1;
+        }
+    }
+    if (depth_of(job) >= GROUP_MAX_DEPTH) {
+        job_error_set(err, ERR_INVALID_JOB, "group: groups nest at most %d deep",
+                      GROUP_MAX_DEPTH);
+        return -1;
+    }
+    /* Bound the whole tree, not just this level, before building any of it. */
+    if (!job->parent && count_jobs(jobs) > GROUP_MAX_TOTAL) {
+        job_error_set(err, ERR_INVALID_JOB, "group: too many jobs in one tree (at most %d)",
+                      GROUP_MAX_TOTAL);
+        return -1;
+    }
+    struct group_state *st = calloc(1, sizeof(*st));
+    size_t n = json_array_size(jobs);
+    if (!st || !(st->children = calloc(n, sizeof(*st->children)))) {
+        free(st);
+        job_error_set(err, ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    st->all = all;
+    job->exec_state = st;
+    for (size_t i = 0; i < n; i++) {
+        json_t *child = json_array_get(jobs, i);
+        if (!json_is_object(child)) {
+            job_error_set(err, ERR_INVALID_JOB, "group.jobs[%zu]: must be an object", i);
+            return -1;      /* group_free() releases what was built */
+        }
+        st->children[i] = runner_child_new(job, (int)i, child, err);
+        if (!st->children[i])
+            return -1;
+        st->nchildren++;
+    }
+    return 0;
+}
+
+static void stop_children(struct group_state *st)
+{
+    st->stopping = true;
+    for (int i = 0; i < st->nchildren; i++)
+        runner_child_stop(st->children[i]);
+}
+
+static void report(struct job *job)
+{
+    struct group_state *st = job->exec_state;
+    const struct daemon *d = job->d;
+    if (st->all && st->first_failure >= 0) {
+        struct job *c = st->children[st->first_failure];
+        struct job_error e = c->error;
+        /* The group failed because of this child: say which, keep its code. */
+        job_error_set(&e, c->error.code ? c->error.code : ERR_INTERNAL, "group.jobs[%d] %s: %s",
+                      st->first_failure, job_status_name(c->status), c->error.message);
+        e.http_status = c->error.http_status;
+        memcpy(e.sqlstate, c->error.sqlstate, sizeof(e.sqlstate));
+        job_fail_with(job, &e);
+        return;
+    }
+    if (st->stopping) {
+        job_fail(job, ERR_CANCELLED, "group stopped");
+        return;
+    }
+    json_t *results = json_array();
+    int succeeded = 0;
+    for (int i = 0; i < st->nchildren; i++) {
+        json_t *rec = result_record(d, st->children[i]);
+        /* The worker is the group's: no need to repeat it per child. */
+        json_object_del(rec, "worker");
+        json_array_append_new(results, rec);
+        succeeded += st->children[i]->status == JOB_SUCCEEDED;
+    }
+    job_succeed(job, json_pack("{s:o, s:i, s:i}", "results", results, "succeeded", succeeded,
+                               "failed", st->nchildren - succeeded));
+}
+
+void group_child_done(struct job *child)
+{
+    struct job *job = child->parent;
+    struct group_state *st = job->exec_state;
+    st->running--;
+    if (child->status != JOB_SUCCEEDED && st->all && st->first_failure < 0 && !st->stopping) {
+        st->first_failure = child->child_index;
+        stop_children(st);
+    }
+    /* Stopping the others above may already have finished the group. */
+    if (st->running == 0 && !st->reported) {
+        st->reported = true;
+        report(job);
+    }
+}
+
+static void group_start(struct job *job)
+{
+    struct group_state *st = job->exec_state;
+    st->running = st->nchildren;
+    st->first_failure = -1;
+    st->stopping = false;
+    st->reported = false;
+    for (int i = 0; i < st->nchildren; i++) {
+        /* A child may finish synchronously (and even end the group in "all"
+         * mode); later children then start and are stopped at once. */
+        runner_child_start(st->children[i]);
+        if (st->stopping)
+            runner_child_stop(st->children[i]);
+    }
+}
+
+static void group_cancel(struct job *job)
+{
+    struct group_state *st = job->exec_state;
+    if (st->running > 0)
+        stop_children(st);
+}
+
+static void group_free(struct job *job)
+{
+    struct group_state *st = job->exec_state;
+    if (!st)
+        return;
+    for (int i = 0; i < st->nchildren; i++)
+        runner_child_free(st->children[i]);
+    free(st->children);
+    free(st);
+    job->exec_state = NULL;
+}
+
+const struct executor group_executor = {
+    .type = "group",
+    .parse = group_parse,
+    .start = group_start,
+    .cancel = group_cancel,
+    .free = group_free,
+};
