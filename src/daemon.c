@@ -14,6 +14,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
 #include "daemon.h"
 #include "executor.h"
@@ -226,6 +227,11 @@ int daemon_run(struct daemon *d)
         die("out of memory at start-up");
     struct redis_hooks cmd = {cmd_up, NULL, d};
     redis_set_hooks(d->redis, REDIS_CMD, &cmd);
+    int admin_off;
+    d->admin = admin_create(d, &admin_off);
+    if (!d->admin && !admin_off)
+        die("admin.listen %s: cannot listen there (in use? set admin.listen = \"\" to turn "
+            "it off)", d->cfg.admin_listen);
     if (executors_init(d))
         die("cannot initialise the job executors");
     setup_events(d);
@@ -242,6 +248,7 @@ int daemon_run(struct daemon *d)
     /* Pool first: its last done() callbacks still need the runner and Redis. */
     threadpool_destroy(d->pool);
     executors_shutdown(d);
+    admin_free(d->admin);
     heartbeat_free(d->heartbeat);
     reclaim_free(d->reclaim);
     scheduler_free(d->scheduler);

@@ -20,6 +20,7 @@ struct runner;
 struct scheduler;
 struct heartbeat;
 struct reclaim;
+struct admin;
 
 struct daemon {
     struct event_base *base;
@@ -35,6 +36,7 @@ struct daemon {
     struct scheduler *scheduler;
     struct heartbeat *heartbeat;
     struct reclaim *reclaim;
+    struct admin *admin;
 
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *watchdog_timer;

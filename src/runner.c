@@ -17,6 +17,7 @@
 #include "executor.h"
 #include "intake.h"
 #include "log.h"
+#include "metrics.h"
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
@@ -143,6 +144,10 @@ static void write_done(struct job *job, bool stored)
     }
     switch (job->write_kind) {
     case WRITE_RESULT:
+        metrics_job_finished(job->exec ? job->exec->type : "unknown", job_status_name(job->status),
+                             job->finished_at - job->started_at);
+        if (job->status != JOB_SUCCEEDED && job->status != JOB_CANCELLED)
+            metrics_dead_letter();
         if (job->status == JOB_SUCCEEDED)
             r->succeeded++;
         else if (job->status == JOB_REJECTED)
@@ -150,7 +155,12 @@ static void write_done(struct job *job, bool stored)
         else
             r->failed++;
         break;
-    case WRITE_SCHEDULE: r->retried++; break;
+    case WRITE_SCHEDULE:
+        if (job->attempts > 0) {
+            r->retried++;
+            metrics_retry_scheduled();
+        }
+        break;
     case WRITE_REQUEUE: r->requeued++; break;
     case WRITE_ACK: break;
     }

@@ -1,0 +1,192 @@
+/* metrics.c - Prometheus counters and histograms (see metrics.h). */
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "heartbeat.h"
+#include "metrics.h"
+#include "redis.h"
+#include "runner.h"
+#include "threadpool.h"
+
+#define MAX_TYPES 16
+#define MAX_STREAMS 64
+
+/* Bucket bounds in seconds, from 1 ms to 5 minutes. */
+static const double bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                1,     2.5,   5,    10,    30,    60,  300};
+#define NBOUNDS (sizeof(bounds) / sizeof(bounds[0]))
+
+static const char *const statuses[] = {"succeeded", "failed", "timed_out", "cancelled",
+                                       "rejected"};
+#define NSTATUSES (sizeof(statuses) / sizeof(statuses[0]))
+
+struct type_metrics {
+    char type[16];
+    uint64_t total[NSTATUSES];
+    uint64_t buckets[NBOUNDS];  /* cumulative counts are computed when rendering */
+    uint64_t count;
+    double sum;
+};
+
+static struct type_metrics types[MAX_TYPES];
+static int ntypes;
+static uint64_t retries, dead_letters;
+
+static struct {
+    char name[128];
+    int64_t lag, pending;
+} streams[MAX_STREAMS];
+static int nstreams;
+
+static struct type_metrics *type_slot(const char *type)
+{
+    for (int i = 0; i < ntypes; i++)
+        if (!strcmp(types[i].type, type))
+            return &types[i];
+    if (ntypes == MAX_TYPES)
+        return NULL;
+    snprintf(types[ntypes].type, sizeof(types[ntypes].type), "%s", type);
+    return &types[ntypes++];
+}
+
+void metrics_job_finished(const char *type, const char *status, int64_t duration_ms)
+{
+    struct type_metrics *t = type_slot(type);
+    if (!t)
+        return;
+    for (size_t i = 0; i < NSTATUSES; i++)
+        if (!strcmp(statuses[i], status))
+            t->total[i]++;
+    if (!strcmp(status, "rejected"))
+        return;     /* never ran: no duration */
+    double s = (double)duration_ms / 1000.0;
+    for (size_t i = 0; i < NBOUNDS; i++)
+        if (s <= bounds[i]) {
+            t->buckets[i]++;
+            break;
+        }
+    t->count++;
+    t->sum += s;
+}
+
+void metrics_retry_scheduled(void)
+{
+    retries++;
+}
+
+void metrics_dead_letter(void)
+{
+    dead_letters++;
+}
+
+void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
+{
+    int i;
+    for (i = 0; i < nstreams; i++)
+        if (!strcmp(streams[i].name, stream))
+            break;
+    if (i == nstreams) {
+        if (nstreams == MAX_STREAMS)
+            return;
+        snprintf(streams[nstreams++].name, sizeof(streams[0].name), "%s", stream);
+    }
+    streams[i].lag = lag;
+    streams[i].pending = pending;
+}
+
+/* Label values are names from the config: escape \ " and newline anyway. */
+static void label(struct evbuffer *out, const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            evbuffer_add_printf(out, "\\%c", *p);
+        else if (*p == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, p, 1);
+    }
+}
+
+static void gauge(struct evbuffer *out, const char *name, const char *help, double value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name,
+                        value);
+}
+
+static void counter(struct evbuffer *out, const char *name, const char *help, double value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %.17g\n", name, help, name,
+                        name, value);
+}
+
+void metrics_render(const struct daemon *d, struct evbuffer *out)
+{
+    struct runner_counts c;
+    runner_counts(d->runner, &c);
+
+    evbuffer_add_printf(out, "# HELP jobd_build_info jobd version.\n# TYPE jobd_build_info gauge\n"
+                             "jobd_build_info{version=\"%s\"} 1\n",
+                        PACKAGE_VERSION);
+    evbuffer_add_printf(out, "# HELP jobd_jobs_total Jobs that reached a final status.\n"
+                             "# TYPE jobd_jobs_total counter\n");
+    for (int i = 0; i < ntypes; i++)
+        for (size_t s = 0; s < NSTATUSES; s++)
+            evbuffer_add_printf(out, "jobd_jobs_total{type=\"%s\",status=\"%s\"} %llu\n",
+                                types[i].type, statuses[s],
+                                (unsigned long long)types[i].total[s]);
+    evbuffer_add_printf(out, "# HELP jobd_job_duration_seconds Time from a job's last start "
+                             "to its final status.\n# TYPE jobd_job_duration_seconds histogram\n");
+    for (int i = 0; i < ntypes; i++) {
+        uint64_t cumulative = 0;
+        for (size_t b = 0; b < NBOUNDS; b++) {
+            cumulative += types[i].buckets[b];
+            evbuffer_add_printf(out, "jobd_job_duration_seconds_bucket{type=\"%s\",le=\"%g\"} %llu\n",
+                                types[i].type, bounds[b], (unsigned long long)cumulative);
+        }
+        evbuffer_add_printf(out,
+                            "jobd_job_duration_seconds_bucket{type=\"%s\",le=\"+Inf\"} %llu\n"
+                            "jobd_job_duration_seconds_sum{type=\"%s\"} %.17g\n"
+                            "jobd_job_duration_seconds_count{type=\"%s\"} %llu\n",
+                            types[i].type, (unsigned long long)types[i].count, types[i].type,
+                            types[i].sum, types[i].type, (unsigned long long)types[i].count);
+    }
+    gauge(out, "jobd_jobs_inflight", "Jobs taken and not yet stored.", c.inflight);
+    gauge(out, "jobd_jobs_running", "Jobs with an attempt running.", c.running);
+    gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
+    gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
+    counter(out, "jobd_retries_total", "Attempts that failed transiently and were scheduled again.",
+            (double)retries);
+    counter(out, "jobd_dead_letters_total", "Jobs written to the dead-letter stream.",
+            (double)dead_letters);
+    counter(out, "jobd_requeued_total", "Jobs put back on their stream at shutdown.",
+            (double)c.requeued);
+    gauge(out, "jobd_threadpool_threads", "Worker threads.", threadpool_size(d->pool));
+    gauge(out, "jobd_threadpool_busy", "Worker threads running a task.",
+          threadpool_busy(d->pool));
+    gauge(out, "jobd_threadpool_queue_depth", "Tasks waiting for a worker thread.",
+          threadpool_queued(d->pool));
+    counter(out, "jobd_redis_reconnects_total", "Redis reconnections after a failure.",
+            (double)redis_reconnects(d->redis));
+    evbuffer_add_printf(out, "# HELP jobd_redis_connected 1 when the connection is ready.\n"
+                             "# TYPE jobd_redis_connected gauge\n");
+    static const char *const roles[] = {"command", "subscriber", "stream"};
+    for (int r = 0; r < REDIS_NROLES; r++)
+        evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n", roles[r],
+                            redis_ready(d->redis, (enum redis_role)r) ? 1 : 0);
+    evbuffer_add_printf(out, "# HELP jobd_stream_lag Entries in the stream not yet read by "
+                             "group jobd.\n# TYPE jobd_stream_lag gauge\n");
+    for (int i = 0; i < nstreams; i++) {
+        evbuffer_add(out, "jobd_stream_lag{stream=\"", 24);
+        label(out, streams[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n", (long long)streams[i].lag);
+    }
+    evbuffer_add_printf(out, "# HELP jobd_stream_pending Entries read by group jobd and not yet "
+                             "acknowledged.\n# TYPE jobd_stream_pending gauge\n");
+    for (int i = 0; i < nstreams; i++) {
+        evbuffer_add(out, "jobd_stream_pending{stream=\"", 28);
+        label(out, streams[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n", (long long)streams[i].pending);
+    }
+}
