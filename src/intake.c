@@ -24,6 +24,7 @@ struct intake {
     struct daemon *d;
     bool stopped;
     bool reading;               /* an XREADGROUP is outstanding */
+    int reserved;               /* the COUNT it asked for: slots promised to it */
     bool groups_ready;          /* XGROUP CREATE answered on this connection */
     int groups_waiting;
     int subs_expected, subs_confirmed;
@@ -112,6 +113,7 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct intake *in = priv;
     in->reading = false;
+    in->reserved = 0;
     if (!reply)
         return;     /* connection gone; its ready hook starts reading again */
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -172,8 +174,10 @@ static void read_streams(struct intake *in)
     for (int s = 0; s < n; s++)
         argv[i++] = ">";
     if (redis_send(d->redis, REDIS_STREAM, read_reply, in, BLOCK_MS + READ_GRACE_MS, argc, argv,
-                   NULL) == 0)
+                   NULL) == 0) {
         in->reading = true;
+        in->reserved = room;
+    }
     free(argv);
 }
 
@@ -216,6 +220,7 @@ static void stream_down(void *arg)
 {
     struct intake *in = arg;
     in->reading = false;
+    in->reserved = 0;
     in->groups_ready = false;
     in->announced = false;
 }
@@ -252,7 +257,9 @@ static bool park_on_stream(struct intake *in, const char *raw, size_t len)
 static void job_message(struct intake *in, const char *payload, size_t len)
 {
     struct daemon *d = in->d;
-    bool full = runner_inflight(d->runner) >= d->cfg.max_inflight;
+    /* Slots promised to a blocked XREADGROUP count as taken: its entries may
+     * arrive at any moment and must find room. */
+    bool full = runner_inflight(d->runner) + in->reserved >= d->cfg.max_inflight;
     if ((full || d->draining) && park_on_stream(in, payload, len))
         return;
     if (d->draining) {

@@ -1,0 +1,115 @@
+"""PROTOCOL §3 sleep and hash, timeouts, retries and cancel."""
+import hashlib
+import json
+import time
+
+import pytest
+
+from conftest import NS, dead_entries, publish, stats, submit, wait_for, wait_result
+
+
+def python_digest(data, algorithm="sha256", iterations=1):
+    for _ in range(iterations):
+        data = hashlib.new(algorithm, data).digest()
+    return data.hex()
+
+
+def test_sleep(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "z", "type": "sleep", "ms": 0})
+    assert wait_result(r, "z")["result"] == {"slept_ms": 0}
+
+
+def test_hash_equals_the_python_seed_loop(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "h", "type": "hash", "data": "data", "iterations": 1000})
+    assert wait_result(r, "h")["result"]["digest"] == python_digest(b"data", iterations=1000)
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "sha1", "blake2b512"])
+@pytest.mark.parametrize("encoding,data,raw", [
+    ("utf8", "héllo", "héllo".encode()),
+    ("hex", "00ff10", bytes([0, 255, 16])),
+    ("base64", "AAEC/w==", bytes([0, 1, 2, 255])),
+])
+def test_hash_algorithms_and_encodings(r, start_jobd, algorithm, encoding, data, raw):
+    start_jobd()
+    submit(r, {"id": "h", "type": "hash", "data": data, "encoding": encoding,
+               "algorithm": algorithm, "iterations": 3})
+    assert wait_result(r, "h")["result"]["digest"] == python_digest(raw, algorithm, 3)
+
+
+def test_sleep_timeout(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "t", "type": "sleep", "ms": 5000, "timeout_ms": 200})
+    rec = wait_result(r, "t")
+    assert rec["status"] == "timed_out" and rec["error"]["code"] == "timeout"
+    assert 200 <= rec["finished_at"] - rec["started_at"] < 400
+    dead = dead_entries(r)
+    assert len(dead) == 1 and json.loads(dead[0]["error"])["code"] == "timeout"
+
+
+def test_long_hash_stops_promptly_on_timeout(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "big", "type": "hash", "data": "x", "iterations": 10000000,
+               "timeout_ms": 200})
+    rec = wait_result(r, "big")
+    assert rec["status"] == "timed_out"
+    assert rec["finished_at"] - rec["started_at"] < 400
+    # The thread was freed: the next hash job runs at once.
+    submit(r, {"id": "next", "type": "hash", "data": "x"})
+    assert wait_result(r, "next")["status"] == "succeeded"
+
+
+def test_timeout_is_retried_with_backoff(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "rt", "type": "sleep", "ms": 5000, "timeout_ms": 100,
+               "retry": {"attempts": 3, "delay_ms": 200, "backoff": 2.0, "jitter": False}})
+    rec = wait_result(r, "rt", timeout=15)
+    assert rec["status"] == "timed_out" and rec["attempts"] == 3
+    # Attempts: 100 ms, wait 200, 100 ms, wait 400, 100 ms.
+    assert rec["finished_at"] - rec["queued_at"] >= 900
+    assert stats(r)["sleep.timed_out"] == 1
+    assert len(dead_entries(r)) == 1
+
+
+def test_non_transient_failures_are_not_retried(r, start_jobd, tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    start_jobd(files__root=str(root))
+    submit(r, {"id": "nf", "type": "file", "path": "missing", "retry": {"attempts": 5}})
+    rec = wait_result(r, "nf")
+    assert rec["status"] == "failed" and rec["attempts"] == 1
+    assert rec["error"]["code"] == "io_error"
+
+
+@pytest.mark.parametrize("job", [
+    {"type": "sleep", "ms": 10000},
+    {"type": "hash", "data": "x", "iterations": 10000000},
+])
+def test_cancel_running_job(r, start_jobd, job):
+    start_jobd()
+    submit(r, dict(job, id="c"))
+    time.sleep(0.3)
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
+    rec = wait_result(r, "c")
+    assert rec["status"] == "cancelled" and rec["error"]["code"] == "cancelled"
+    assert rec["finished_at"] - rec["started_at"] < 1000
+
+
+def test_cancelled_waiting_job_never_starts(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "w", "type": "sleep", "ms": 1, "delay_ms": 500})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "w"}))
+    rec = wait_result(r, "w")
+    assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"]
+
+
+def test_cancel_of_unknown_id_and_bad_control_messages_are_harmless(r, start_jobd):
+    daemon = start_jobd()
+    for msg in ['{"cmd":"cancel","id":"nobody"}', "garbage", '{"cmd":"explode"}', "{}"]:
+        r.publish(f"{NS}:control", msg)
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after")["status"] == "succeeded"
+    assert daemon.proc.poll() is None
