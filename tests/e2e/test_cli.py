@@ -1,0 +1,32 @@
+"""The command line: --version, -t."""
+import subprocess
+
+from conftest import JOBD_BIN, REPO
+
+
+def run(*args):
+    return subprocess.run([JOBD_BIN, *args], capture_output=True, text=True, timeout=10)
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("jobd ")
+
+
+def test_check_good_config():
+    out = run("-c", f"{REPO}/etc/jobd.conf", "-t")
+    assert out.returncode == 0 and "valid" in out.stdout
+
+
+def test_check_bad_config(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("redis = { port = 6379; };\nlimits = { max_inflight = \"lots\"; };\n")
+    out = run("-c", str(conf), "-t")
+    assert out.returncode == 1
+    assert f"{conf}:2: limits.max_inflight: expected an integer, got a string" in out.stderr
+
+
+def test_missing_file_and_usage(tmp_path):
+    out = run("-c", str(tmp_path / "none.conf"), "-t")
+    assert out.returncode == 1 and "cannot read" in out.stderr
+    assert run().returncode == 1

@@ -1,0 +1,45 @@
+"""Redis killed and restarted under the daemon."""
+import time
+
+import pytest
+
+from conftest import RedisServer, Jobd, NS, submit, wait_for, wait_result, wait_results
+
+
+def test_reconnects_resubscribes_and_resumes(r, redis_server, start_jobd):
+    daemon = start_jobd()
+    redis_server.kill()
+    time.sleep(1.0)
+    assert daemon.proc.poll() is None
+    redis_server.restart()
+    daemon.wait_ready(timeout=15)
+    # Stream reads resumed (the group is recreated on the empty server)...
+    submit(r, {"id": "after-stream", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after-stream", timeout=15)["status"] == "succeeded"
+    # ...and pub/sub re-subscribed.
+    wait_for(lambda: r.publish(f"{NS}:jobs", '{"id":"after-pub","type":"sleep","ms":1}') == 1,
+             timeout=10, interval=0.2, what="the subscriber to come back")
+    assert wait_result(r, "after-pub")["status"] == "succeeded"
+
+
+def test_outcomes_wait_for_redis_and_nothing_is_lost(tmp_path):
+    server = RedisServer(tmp_path, appendonly=True)
+    daemon = Jobd(tmp_path, server.port)
+    try:
+        daemon.start()
+        r = server.client
+        ids = [f"o{i}" for i in range(30)]
+        for i in ids:
+            submit(r, {"id": i, "type": "sleep", "ms": 600})
+        wait_for(lambda: daemon.log_text().count("started (sleep)") >= 30, what="jobs running")
+        server.kill()               # the jobs finish while Redis is away
+        time.sleep(1.5)
+        server.start()
+        recs = wait_results(r, ids, timeout=30)
+        assert all(rec["status"] == "succeeded" for rec in recs.values())
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="acks")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill9()
+        server.kill()
