@@ -1,0 +1,73 @@
+"""PROTOCOL §3 group jobs: settle, all, timeout and cancel reaching children."""
+import json
+import time
+
+from conftest import NS, submit, wait_result
+
+
+def test_settle_keeps_every_outcome_in_order(r, start_jobd, tmp_path):
+    start_jobd(files__root=str(tmp_path))
+    submit(r, {"id": "g", "type": "group", "jobs": [
+        {"type": "sleep", "ms": 50},
+        {"type": "hash", "data": "abc"},
+        {"type": "file", "path": "missing"},
+    ]})
+    rec = wait_result(r, "g")
+    assert rec["status"] == "succeeded"
+    results = rec["result"]["results"]
+    assert [c["status"] for c in results] == ["succeeded", "succeeded", "failed"]
+    assert [c["id"] for c in results] == ["g:0", "g:1", "g:2"]
+    assert results[1]["result"]["digest"].startswith("ba7816bf")
+    assert results[2]["error"]["code"] == "io_error"
+    assert rec["result"]["succeeded"] == 2 and rec["result"]["failed"] == 1
+
+
+def test_all_fails_fast_and_cancels_the_rest(r, start_jobd, tmp_path):
+    start_jobd(files__root=str(tmp_path))
+    submit(r, {"id": "a", "type": "group", "mode": "all", "jobs": [
+        {"type": "sleep", "ms": 5000},
+        {"type": "file", "path": "missing"},
+    ]})
+    rec = wait_result(r, "a")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "io_error"
+    assert "group.jobs[1]" in rec["error"]["message"]
+    assert rec["finished_at"] - rec["started_at"] < 1000
+
+
+def test_group_timeout_and_cancel_reach_nested_children(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "t", "type": "group", "timeout_ms": 200, "jobs": [
+        {"type": "sleep", "ms": 5000},
+        {"type": "group", "jobs": [{"type": "hash", "data": "x", "iterations": 10000000}]},
+    ]})
+    rec = wait_result(r, "t")
+    assert rec["status"] == "timed_out"
+    assert rec["finished_at"] - rec["started_at"] < 600
+    submit(r, {"id": "c", "type": "group", "jobs": [{"type": "sleep", "ms": 5000}] * 3})
+    time.sleep(0.3)
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
+    assert wait_result(r, "c")["status"] == "cancelled"
+
+
+def test_child_retries_inside_the_group(r, start_jobd):
+    start_jobd()
+    submit(r, {"id": "cr", "type": "group", "jobs": [
+        {"type": "sleep", "ms": 1000, "timeout_ms": 50,
+         "retry": {"attempts": 3, "delay_ms": 10, "jitter": False}}]})
+    child = wait_result(r, "cr")["result"]["results"][0]
+    assert child["status"] == "timed_out" and child["attempts"] == 3
+
+
+def test_group_limits(r, start_jobd):
+    start_jobd()
+    deep = {"type": "sleep", "ms": 1}
+    for _ in range(4):
+        deep = {"type": "group", "jobs": [deep]}
+    submit(r, dict(deep, id="deep"))
+    submit(r, {"id": "many", "type": "group", "jobs": [{"type": "sleep", "ms": 1}] * 1001})
+    submit(r, {"id": "child-id", "type": "group", "jobs": [{"type": "sleep", "ms": 1, "id": "x"}]})
+    submit(r, {"id": "empty", "type": "group", "jobs": []})
+    for job_id, words in [("deep", "nest at most"), ("many", "1..1000"),
+                          ("child-id", "takes no id"), ("empty", "1..1000")]:
+        rec = wait_result(r, job_id)
+        assert rec["status"] == "rejected" and words in rec["error"]["message"], rec

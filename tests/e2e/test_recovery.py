@@ -1,0 +1,48 @@
+"""Crash recovery: kill -9 of jobd mid-run, then another daemon reclaims."""
+import json
+
+from conftest import NS, submit, wait_for, wait_results
+
+
+def test_kill9_then_restart_runs_every_job(r, start_jobd):
+    ids = [f"k{i}" for i in range(100)]
+    for i in ids:
+        submit(r, {"id": i, "type": "sleep", "ms": 200})
+    victim = start_jobd(limits__max_inflight=30, intake__visibility_timeout_ms=1000)
+    wait_for(lambda: len(r.keys(f"{NS}:result:*")) >= 10, what="some results")
+    victim.kill9()
+    start_jobd(name="survivor", limits__max_inflight=100, intake__visibility_timeout_ms=1000)
+    recs = wait_results(r, ids, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="all acked")
+
+
+def test_redelivered_finished_job_is_not_run_again(r, start_jobd):
+    """A daemon that died after storing a result but before XACK: the entry
+    is redelivered; the survivor sees the result and only acknowledges."""
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    entry = submit(r, {"id": "done-once", "type": "sleep", "ms": 1})
+    r.xreadgroup("jobd", "dead-consumer", {f"{NS}:queue": ">"}, count=1)
+    stored = {"id": "done-once", "status": "succeeded", "worker": "old"}
+    r.set(f"{NS}:result:done-once", json.dumps(stored))
+    daemon = start_jobd(intake__visibility_timeout_ms=1000)
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, timeout=10,
+             what="the entry to be acknowledged")
+    assert json.loads(r.get(f"{NS}:result:done-once")) == stored
+    assert "already finished" in daemon.log_text()
+    assert entry
+
+
+def test_poison_entry_goes_to_dead(r, start_jobd):
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    submit(r, {"id": "poison", "type": "sleep", "ms": 1})
+    for n in range(5):      # five deliveries, no outcome: five crashed consumers
+        r.xreadgroup("jobd", f"crashed{n}", {f"{NS}:queue": "0" if n else ">"}, count=1)
+        if n:
+            r.xclaim(f"{NS}:queue", "jobd", f"crashed{n}", 0,
+                     [r.xpending_range(f"{NS}:queue", "jobd", "-", "+", 1)[0]["message_id"]])
+    start_jobd(intake__visibility_timeout_ms=1000)
+    rec = wait_results(r, ["poison"], timeout=10)["poison"]
+    assert rec["status"] == "failed" and "poison" in rec["error"]["message"]
+    assert any(json.loads(d["error"])["code"] == "internal"
+               for _, d in r.xrange(f"{NS}:dead"))
