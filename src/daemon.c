@@ -247,7 +247,6 @@ int daemon_run(struct daemon *d)
 
     /* Pool first: its last done() callbacks still need the runner and Redis. */
     threadpool_destroy(d->pool);
-    executors_shutdown(d);
     admin_free(d->admin);
     heartbeat_free(d->heartbeat);
     reclaim_free(d->reclaim);
@@ -256,6 +255,8 @@ int daemon_run(struct daemon *d)
     d->intake = NULL;
     redis_free(d->redis);
     runner_free(d->runner);
+    /* After the runner: freeing a job may still remove its transfers. */
+    executors_shutdown(d);
     free_events(d);
     event_base_free(d->base);
     log_notice("stopped");

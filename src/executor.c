@@ -1,6 +1,7 @@
 /* executor.c - the table of job types, and helpers their parse() share. */
 #include <string.h>
 
+#include "exec_http.h"
 #include "executor.h"
 
 static const struct executor *const executors[] = {
@@ -8,6 +9,7 @@ static const struct executor *const executors[] = {
     &hash_executor,
     &file_executor,
     &group_executor,
+    &http_executor,
 };
 
 const struct executor *executor_find(const char *type)
@@ -20,13 +22,12 @@ const struct executor *executor_find(const char *type)
 
 int executors_init(struct daemon *d)
 {
-    (void)d;
-    return 0;
+    return http_executor_init(d);
 }
 
 void executors_shutdown(struct daemon *d)
 {
-    (void)d;
+    http_executor_shutdown(d);
 }
 
 int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,

@@ -1,0 +1,802 @@
+/* exec_http.c - the "http" type: libcurl's multi_socket API on the daemon's
+ * libevent loop (curl's hiperfifo.c pattern, 7.88 semantics).
+ *
+ * One multi handle for every job, so connections and TLS sessions are reused
+ * across jobs; no thread per request and no blocking call on the loop. A job
+ * is one request or a batch run at most `concurrency` at a time. Safety per
+ * transfer: http and https only (redirects too), redirects only on request
+ * and at most 5, and unless http.allow_private, the address actually connected
+ * to is checked in the open-socket callback, so DNS tricks and numeric forms
+ * of loopback or private addresses do not get through.
+ */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "daemon.h"
+#include "exec_http.h"
+#include "executor.h"
+#include "log.h"
+
+#define MAX_URL 8192
+#define MAX_BATCH 10000
+#define MAX_REDIRECTS 5
+#define MAX_CONCURRENCY 1000
+
+enum response_mode { RESP_TEXT, RESP_JSON, RESP_SHA256, RESP_DISCARD };
+
+struct http_request {
+    struct http_job *hj;
+    int index;
+    CURL *easy;
+    char errbuf[CURL_ERROR_SIZE];
+    /* What to send. */
+    char *url, *method, *body;
+    size_t body_len;
+    struct curl_slist *headers;
+    enum response_mode mode;
+    int64_t max_bytes;          /* 0: no limit */
+    bool raise_for_status, follow_redirects;
+    /* What came back. */
+    char *buf;
+    size_t len, cap;
+    EVP_MD_CTX *sha;
+    int64_t bytes;
+    bool too_large, refused_address, running, done;
+    int64_t retry_after_ms;
+    json_t *outcome;            /* result object, or {"error": {...}} in a batch */
+    struct job_error err;
+    bool failed;
+};
+
+struct http_job {
+    struct job *job;
+    bool batch;
+    int n, next, running, finished, concurrency;
+    struct http_request *reqs;
+};
+
+/* Module state: one multi handle on the daemon's loop. */
+static struct {
+    struct daemon *d;
+    CURLM *multi;
+    CURLSH *share;
+    struct event *timer;
+} http;
+
+struct sock_watch {
+    struct event *ev;
+};
+
+/* ---- address policy -------------------------------------------------------- */
+
+static bool ipv4_private(uint32_t a)    /* host byte order */
+{
+    return (a >> 24) == 0 || (a >> 24) == 10 || (a >> 24) == 127 ||
+           (a & 0xffc00000u) == 0x64400000u ||      /* 100.64/10 shared */
+           (a & 0xffff0000u) == 0xa9fe0000u ||      /* 169.254/16 link-local, metadata */
+           (a & 0xfff00000u) == 0xac100000u ||      /* 172.16/12 */
+           (a & 0xffff0000u) == 0xc0a80000u ||      /* 192.168/16 */
+           (a & 0xffffff00u) == 0xc0000000u ||      /* 192.0.0/24 */
+           (a & 0xfffe0000u) == 0xc6120000u ||      /* 198.18/15 benchmarking */
+           (a >> 28) >= 0xe;                        /* multicast, reserved, broadcast */
+}
+
+bool http_address_is_private(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+    if (sa->sa_family != AF_INET6)
+        return true;
+    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const unsigned char zero[12] = {0};
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    uint32_t v4 = (uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15];
+    /* ::/96 holds ::, ::1 and the deprecated IPv4-compatible form: refuse it
+     * whole. IPv4 in disguise (mapped, NAT64, 6to4) is judged as IPv4. */
+    if (!memcmp(b, zero, 12))
+        return true;
+    if (!memcmp(b, mapped, 12) || !memcmp(b, nat64, 12))
+        return ipv4_private(v4);
+    if (b[0] == 0x20 && b[1] == 0x02)
+        return ipv4_private((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 |
+                            b[5]);
+    return (b[0] & 0xfe) == 0xfc ||                 /* fc00::/7 unique local */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || /* fe80::/10 link-local */
+           b[0] == 0xff;                            /* multicast */
+}
+
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    struct http_request *rq = clientp;
+    if (!http.d->cfg.http_allow_private && http_address_is_private(&addr->addr)) {
+        rq->refused_address = true;
+        return CURL_SOCKET_BAD;
+    }
+    return socket(addr->family, addr->socktype, addr->protocol);
+}
+
+/* ---- parsing ----------------------------------------------------------------- */
+
+static const char *const request_fields[] = {"url", "method", "headers", "body", "response",
+                                             "max_bytes", "raise_for_status",
+                                             "follow_redirects", NULL};
+
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!strchr("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", *s))
+            return false;
+    return true;
+}
+
+static int check_url(const char *where, const char *url, struct job_error *err)
+{
+    if (strlen(url) > MAX_URL) {
+        job_error_set(err, ERR_INVALID_JOB, "%s: longer than %d bytes", where, MAX_URL);
+        return -1;
+    }
+    CURLU *u = curl_url();
+    char *scheme = NULL;
+    int rc = -1;
+    if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+        job_error_set(err, ERR_INVALID_JOB, "%s: not a valid URL", where);
+    else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+             (strcasecmp(scheme, "http") && strcasecmp(scheme, "https")))
+        job_error_set(err, ERR_INVALID_JOB, "%s: only http and https URLs are allowed", where);
+    else
+        rc = 0;
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+/* A field of the request object, else of the job (batch defaults). */
+static json_t *field_of(const json_t *req, const json_t *defaults, const char *name)
+{
+    json_t *v = req ? json_object_get(req, name) : NULL;
+    return v ? v : json_object_get(defaults, name);
+}
+
+static int parse_request(struct http_job *hj, struct http_request *rq, const json_t *req,
+                         const json_t *url, const json_t *defaults, const char *where,
+                         struct job_error *err)
+{
+    const struct config *cfg = &hj->job->d->cfg;
+    char label[64];
+    if (!json_is_string(url) || !json_string_length(url)) {
+        job_error_set(err, ERR_INVALID_JOB, "%s.url: required, a string", where);
+        return -1;
+    }
+    snprintf(label, sizeof(label), "%s.url", where);
+    if (check_url(label, json_string_value(url), err))
+        return -1;
+    rq->url = strdup(json_string_value(url));
+
+    json_t *v = field_of(req, defaults, "method");
+    const char *method = v ? json_string_value(v) : "GET";
+    static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                          "OPTIONS", NULL};
+    bool known = false;
+    for (const char *const *m = methods; method && *m; m++)
+        known |= !strcmp(*m, method);
+    if (!known) {
+        job_error_set(err, ERR_INVALID_JOB,
+                      "%s.method: must be GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS", where);
+        return -1;
+    }
+    rq->method = strdup(method);
+
+    if ((v = field_of(req, defaults, "headers"))) {
+        if (!json_is_object(v)) {
+            job_error_set(err, ERR_INVALID_JOB, "%s.headers: must be an object", where);
+            return -1;
+        }
+        const char *name;
+        json_t *value;
+        json_object_foreach(v, name, value) {
+            const char *text = json_string_value(value);
+            if (!is_token(name) || !text || strpbrk(text, "\r\n") ||
+                strlen(text) != json_string_length(value)) {
+                job_error_set(err, ERR_INVALID_JOB,
+                              "%s.headers: \"%.64s\" must be a token with a string value "
+                              "without CR, LF or NUL",
+                              where, name);
+                return -1;
+            }
+            char line[8192];
+            if ((size_t)snprintf(line, sizeof(line), "%s: %s", name, text) >= sizeof(line)) {
+                job_error_set(err, ERR_INVALID_JOB, "%s.headers: \"%.64s\" is too long", where,
+                              name);
+                return -1;
+            }
+            /* "Name:" alone would make curl drop the header: send "Name;" for empty. */
+            if (!*text)
+                snprintf(line, sizeof(line), "%s;", name);
+            rq->headers = curl_slist_append(rq->headers, line);
+        }
+    }
+    if ((v = field_of(req, defaults, "body"))) {
+        if (!json_is_string(v)) {
+            job_error_set(err, ERR_INVALID_JOB, "%s.body: must be a string", where);
+            return -1;
+        }
+        rq->body_len = json_string_length(v);
+        rq->body = malloc(rq->body_len + 1);
+        memcpy(rq->body, json_string_value(v), rq->body_len + 1);
+    }
+    rq->mode = RESP_TEXT;
+    if ((v = field_of(req, defaults, "response"))) {
+        const char *m = json_string_value(v);
+        if (m && !strcmp(m, "text"))
+            rq->mode = RESP_TEXT;
+        else if (m && !strcmp(m, "json"))
+            rq->mode = RESP_JSON;
+        else if (m && !strcmp(m, "sha256"))
+            rq->mode = RESP_SHA256;
+        else if (m && !strcmp(m, "discard"))
+            rq->mode = RESP_DISCARD;
+        else {
+            job_error_set(err, ERR_INVALID_JOB,
+                          "%s.response: must be text, json, sha256 or discard", where);
+            return -1;
+        }
+    }
+    /* Bodies kept in memory are capped by http.max_bytes; streamed ones
+     * (sha256, discard) only when the job asks. */
+    bool kept = rq->mode == RESP_TEXT || rq->mode == RESP_JSON;
+    rq->max_bytes = kept ? cfg->http_max_bytes : 0;
+    if ((v = field_of(req, defaults, "max_bytes"))) {
+        int64_t cap = kept ? cfg->http_max_bytes : INT64_MAX;
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > cap) {
+            job_error_set(err, ERR_INVALID_JOB, "%s.max_bytes: must be an integer 1..%lld",
+                          where, (long long)cap);
+            return -1;
+        }
+        rq->max_bytes = json_integer_value(v);
+    }
+    rq->raise_for_status = true;
+    if ((v = field_of(req, defaults, "raise_for_status"))) {
+        if (!json_is_boolean(v)) {
+            job_error_set(err, ERR_INVALID_JOB, "%s.raise_for_status: must be true or false",
+                          where);
+            return -1;
+        }
+        rq->raise_for_status = json_is_true(v);
+    }
+    if ((v = field_of(req, defaults, "follow_redirects"))) {
+        if (!json_is_boolean(v)) {
+            job_error_set(err, ERR_INVALID_JOB, "%s.follow_redirects: must be true or false",
+                          where);
+            return -1;
+        }
+        rq->follow_redirects = json_is_true(v);
+    }
+    return 0;
+}
+
+static void request_reset(struct http_request *rq)
+{
+    if (rq->easy) {
+        if (rq->running)
+            curl_multi_remove_handle(http.multi, rq->easy);
+        curl_easy_cleanup(rq->easy);
+        rq->easy = NULL;
+    }
+    rq->running = rq->done = rq->failed = rq->too_large = rq->refused_address = false;
+    free(rq->buf);
+    rq->buf = NULL;
+    rq->len = rq->cap = 0;
+    rq->bytes = 0;
+    rq->retry_after_ms = 0;
+    EVP_MD_CTX_free(rq->sha);
+    rq->sha = NULL;
+    json_decref(rq->outcome);
+    rq->outcome = NULL;
+    memset(&rq->err, 0, sizeof(rq->err));
+}
+
+static void http_free(struct job *job)
+{
+    struct http_job *hj = job->exec_state;
+    if (!hj)
+        return;
+    for (int i = 0; i < hj->n; i++) {
+        struct http_request *rq = &hj->reqs[i];
+        request_reset(rq);
+        free(rq->url);
+        free(rq->method);
+        free(rq->body);
+        curl_slist_free_all(rq->headers);
+    }
+    free(hj->reqs);
+    free(hj);
+    job->exec_state = NULL;
+}
+
+static int http_parse(struct job *job, const json_t *spec, struct job_error *err)
+{
+    static const char *const fields[] = {"url", "method", "headers", "body", "response",
+                                         "max_bytes", "raise_for_status", "follow_redirects",
+                                         "urls", "requests", "concurrency", NULL};
+    if (spec_check_fields(spec, "http", fields, err))
+        return -1;
+    if (!http.multi) {
+        job_error_set(err, ERR_UNAVAILABLE, "http jobs are unavailable (libcurl not initialised)");
+        return -1;
+    }
+    json_t *url = json_object_get(spec, "url");
+    json_t *urls = json_object_get(spec, "urls");
+    json_t *requests = json_object_get(spec, "requests");
+    if (!!url + !!urls + !!requests != 1) {
+        job_error_set(err, ERR_INVALID_JOB, "http: give exactly one of url, urls or requests");
+        return -1;
+    }
+    json_t *list = urls ? urls : requests;
+    if (list && (!json_is_array(list) || json_array_size(list) < 1 ||
+                 json_array_size(list) > MAX_BATCH)) {
+        job_error_set(err, ERR_INVALID_JOB, "http.%s: must be a list of 1..%d items",
+                      urls ? "urls" : "requests", MAX_BATCH);
+        return -1;
+    }
+    struct http_job *hj = calloc(1, sizeof(*hj));
+    if (!hj) {
+        job_error_set(err, ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    hj->job = job;
+    hj->batch = list != NULL;
+    hj->n = list ? (int)json_array_size(list) : 1;
+    hj->reqs = calloc((size_t)hj->n, sizeof(*hj->reqs));
+    job->exec_state = hj;       /* http_free() cleans up after any failure below */
+    if (!hj->reqs) {
+        job_error_set(err, ERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    hj->concurrency = job->d->cfg.http_concurrency;
+    json_t *c = json_object_get(spec, "concurrency");
+    if (c) {
+        if (!hj->batch || !json_is_integer(c) || json_integer_value(c) < 1 ||
+            json_integer_value(c) > MAX_CONCURRENCY) {
+            job_error_set(err, ERR_INVALID_JOB,
+                          "http.concurrency: an integer 1..%d, for urls or requests only",
+                          MAX_CONCURRENCY);
+            return -1;
+        }
+        hj->concurrency = (int)json_integer_value(c);
+    }
+    for (int i = 0; i < hj->n; i++) {
+        struct http_request *rq = &hj->reqs[i];
+        char where[48];
+        rq->hj = hj;
+        rq->index = i;
+        if (!hj->batch) {
+            snprintf(where, sizeof(where), "http");
+            if (parse_request(hj, rq, NULL, url, spec, where, err))
+                return -1;
+        } else if (urls) {
+            snprintf(where, sizeof(where), "http.urls[%d]", i);
+            if (parse_request(hj, rq, NULL, json_array_get(urls, (size_t)i), spec, where, err))
+                return -1;
+        } else {
+            json_t *req = json_array_get(requests, (size_t)i);
+            snprintf(where, sizeof(where), "http.requests[%d]", i);
+            if (!json_is_object(req)) {
+                job_error_set(err, ERR_INVALID_JOB, "%s: must be an object", where);
+                return -1;
+            }
+            if (spec_check_fields(req, where, request_fields, err) ||
+                parse_request(hj, rq, req, json_object_get(req, "url"), spec, where, err))
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- transfers ------------------------------------------------------------- */
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_request *rq = userdata;
+    size_t n = size * nmemb;
+    rq->bytes += (int64_t)n;
+    /* Counted here: 7.88's MAXFILESIZE misses bodies of unknown length. */
+    if (rq->max_bytes && rq->bytes > rq->max_bytes) {
+        rq->too_large = true;
+        return CURL_WRITEFUNC_ERROR;
+    }
+    switch (rq->mode) {
+    case RESP_TEXT:
+    case RESP_JSON:
+        if (rq->len + n + 1 > rq->cap) {
+            size_t cap = rq->cap ? rq->cap : 16384;
+            while (cap < rq->len + n + 1)
+                cap *= 2;
+            char *buf = realloc(rq->buf, cap);
+            if (!buf)
+                return CURL_WRITEFUNC_ERROR;
+            rq->buf = buf;
+            rq->cap = cap;
+        }
+        memcpy(rq->buf + rq->len, ptr, n);
+        rq->len += n;
+        break;
+    case RESP_SHA256:
+        EVP_DigestUpdate(rq->sha, ptr, n);
+        break;
+    case RESP_DISCARD: break;
+    }
+    return n;
+}
+
+/* Retry-After: seconds or an HTTP date. A new response (redirect) resets it. */
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_request *rq = userdata;
+    size_t n = size * nmemb;
+    if (n > 5 && !strncmp(ptr, "HTTP/", 5)) {
+        rq->retry_after_ms = 0;
+    } else if (n > 12 && !strncasecmp(ptr, "retry-after:", 12)) {
+        char value[128];
+        size_t len = n - 12 < sizeof(value) - 1 ? n - 12 : sizeof(value) - 1;
+        memcpy(value, ptr + 12, len);
+        value[len] = '\0';
+        char *end;
+        long long secs = strtoll(value, &end, 10);
+        while (*end == ' ' || *end == '\r' || *end == '\n')
+            end++;
+        if (!*end && secs >= 0) {
+            rq->retry_after_ms = secs * 1000;
+        } else {
+            time_t when = curl_getdate(value, NULL);
+            if (when > 0 && when > time(NULL))
+                rq->retry_after_ms = (int64_t)(when - time(NULL)) * 1000;
+        }
+        /* A server may not park a job for longer than a day. */
+        if (rq->retry_after_ms > 86400000)
+            rq->retry_after_ms = 86400000;
+    }
+    return n;
+}
+
+static void start_transfers(struct http_job *hj);
+
+static int request_setup(struct http_job *hj, struct http_request *rq)
+{
+    const struct config *cfg = &hj->job->d->cfg;
+    CURL *e = curl_easy_init();
+    if (!e)
+        return -1;
+    rq->easy = e;
+    if (rq->mode == RESP_SHA256) {
+        rq->sha = EVP_MD_CTX_new();
+        if (!rq->sha || !EVP_DigestInit_ex2(rq->sha, EVP_sha256(), NULL))
+            return -1;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, rq->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, rq->follow_redirects ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
+    /* Environment proxies are not the daemon's business. */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_USERAGENT, cfg->http_user_agent);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, rq->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, rq);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, rq);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cfg->http_ca_file && *cfg->http_ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cfg->http_ca_file);
+    /* The runner's timer is the real limit; this is a second guard. */
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)hj->job->timeout_ms + 1000L);
+    if (http.share)
+        curl_easy_setopt(e, CURLOPT_SHARE, http.share);
+    if (!strcmp(rq->method, "HEAD"))
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(rq->method, "GET") && strcmp(rq->method, "POST"))
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
+    if (rq->body || !strcmp(rq->method, "POST")) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body ? rq->body : "");
+        if (strcmp(rq->method, "POST"))
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
+    }
+    return 0;
+}
+
+static json_t *hex_digest(EVP_MD_CTX *ctx)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    if (!EVP_DigestFinal_ex(ctx, md, &len))
+        return NULL;
+    for (unsigned i = 0; i < len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return json_string(hex);
+}
+
+/* Turn a finished transfer into its result or error. */
+static void request_outcome(struct http_request *rq, CURLcode code)
+{
+    long status = 0;
+    curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
+    rq->failed = true;
+    if (rq->too_large) {
+        job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
+                      rq->url, (long long)rq->max_bytes);
+    } else if (rq->refused_address) {
+        job_error_set(&rq->err, ERR_FORBIDDEN,
+                      "%s: the address is loopback, private or link-local "
+                      "(http.allow_private is false)",
+                      rq->url);
+    } else if (code == CURLE_OPERATION_TIMEDOUT) {
+        job_error_set(&rq->err, ERR_TIMEOUT, "%s: %s", rq->url,
+                      rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(code));
+    } else if (code != CURLE_OK) {
+        job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: %s", rq->url,
+                      rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(code));
+    } else if (status >= 400 && rq->raise_for_status) {
+        job_error_set(&rq->err, ERR_HTTP_STATUS, "%s: HTTP status %ld", rq->url, status);
+        rq->err.http_status = (int)status;
+        rq->err.retry_after_ms = rq->retry_after_ms;
+    } else {
+        json_t *res = json_pack("{s:i, s:I}", "status", (int)status, "bytes", (json_int_t)rq->bytes);
+        if (rq->mode == RESP_TEXT) {
+            json_t *text = rq->len ? json_stringn(rq->buf, rq->len) : json_string("");
+            if (text && !memchr(rq->buf ? rq->buf : "", '\0', rq->len)) {
+                json_object_set_new(res, "body", text);
+            } else {
+                json_decref(text);
+                char *b64 = malloc(4 * ((rq->len + 2) / 3) + 1);
+                if (b64)
+                    EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)rq->buf, (int)rq->len);
+                json_object_set_new(res, "body_base64", json_string(b64 ? b64 : ""));
+                free(b64);
+            }
+        } else if (rq->mode == RESP_JSON) {
+            json_error_t jerr;
+            json_t *doc = json_loadb(rq->buf ? rq->buf : "", rq->len,
+                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+            if (!doc) {
+                json_decref(res);
+                job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: response is not JSON: %s", rq->url,
+                              jerr.text);
+                return;
+            }
+            json_object_set_new(res, "json", doc);
+        } else if (rq->mode == RESP_SHA256) {
+            json_object_set_new(res, "sha256", hex_digest(rq->sha));
+        }
+        rq->outcome = res;
+        rq->failed = false;
+    }
+    /* Keep only the result: bodies can be large. */
+    free(rq->buf);
+    rq->buf = NULL;
+    rq->len = rq->cap = 0;
+}
+
+static void job_report(struct http_job *hj)
+{
+    struct job *job = hj->job;
+    if (!hj->batch) {
+        struct http_request *rq = &hj->reqs[0];
+        if (rq->failed) {
+            job_fail_with(job, &rq->err);
+        } else {
+            json_t *res = rq->outcome;
+            rq->outcome = NULL;
+            job_succeed(job, res);
+        }
+        return;
+    }
+    json_t *results = json_array();
+    int ok = 0;
+    for (int i = 0; i < hj->n; i++) {
+        struct http_request *rq = &hj->reqs[i];
+        if (rq->failed) {
+            json_t *e = json_pack("{s:s, s:s}", "code", rq->err.code, "message", rq->err.message);
+            if (rq->err.http_status)
+                json_object_set_new(e, "http_status", json_integer(rq->err.http_status));
+            json_array_append_new(results, json_pack("{s:o}", "error", e));
+        } else {
+            json_array_append(results, rq->outcome);
+            ok++;
+        }
+    }
+    job_succeed(job, json_pack("{s:o, s:i, s:i}", "results", results, "succeeded", ok, "failed",
+                               hj->n - ok));
+}
+
+static void check_done(void)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(http.multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        /* Copy out before removing: the message dies with the handle. */
+        CURL *e = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        struct http_request *rq = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&rq);
+        curl_multi_remove_handle(http.multi, e);
+        rq->running = false;
+        rq->done = true;
+        request_outcome(rq, code);
+        curl_easy_cleanup(rq->easy);
+        rq->easy = NULL;
+        struct http_job *hj = rq->hj;
+        hj->running--;
+        hj->finished++;
+        if (hj->finished == hj->n)
+            job_report(hj);
+        else
+            start_transfers(hj);
+    }
+}
+
+static void start_transfers(struct http_job *hj)
+{
+    while (hj->running < hj->concurrency && hj->next < hj->n) {
+        struct http_request *rq = &hj->reqs[hj->next++];
+        if (request_setup(hj, rq) || curl_multi_add_handle(http.multi, rq->easy) != CURLM_OK) {
+            rq->failed = true;
+            job_error_set(&rq->err, ERR_INTERNAL, "%s: cannot start the transfer", rq->url);
+            hj->finished++;
+            if (hj->finished == hj->n) {
+                job_report(hj);
+                return;
+            }
+            continue;
+        }
+        rq->running = true;
+        hj->running++;
+    }
+}
+
+/* ---- libcurl <-> libevent -------------------------------------------------- */
+
+static void on_socket_event(evutil_socket_t fd, short kind, void *arg)
+{
+    int action = (kind & EV_READ ? CURL_CSELECT_IN : 0) | (kind & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(http.multi, fd, action, &running);
+    check_done();
+    if (running <= 0)
+        evtimer_del(http.timer);
+}
+
+static void on_timer(evutil_socket_t fd, short kind, void *arg)
+{
+    int running;
+    curl_multi_socket_action(http.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done();
+}
+
+/* CURLMOPT_TIMERFUNCTION: -1 deletes the timer, anything else (0 too) arms it.
+ * libcurl may not be called from here. */
+static int set_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    if (timeout_ms < 0) {
+        evtimer_del(http.timer);
+    } else {
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        evtimer_add(http.timer, &tv);
+    }
+    return 0;
+}
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct sock_watch *w = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        /* The fd may come back later (connection cache): drop our event now. */
+        if (w) {
+            event_free(w->ev);
+            free(w);
+        }
+        return 0;
+    }
+    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0) |
+                         EV_PERSIST);
+    if (!w) {
+        w = calloc(1, sizeof(*w));
+        if (!w)
+            return -1;
+        curl_multi_assign(http.multi, s, w);
+    } else {
+        event_free(w->ev);
+    }
+    w->ev = event_new(http.d->base, s, kind, on_socket_event, NULL);
+    event_add(w->ev, NULL);
+    return 0;
+}
+
+/* ---- executor hooks ---------------------------------------------------------- */
+
+static void http_start(struct job *job)
+{
+    struct http_job *hj = job->exec_state;
+    for (int i = 0; i < hj->n; i++)
+        request_reset(&hj->reqs[i]);
+    hj->next = hj->running = hj->finished = 0;
+    start_transfers(hj);
+}
+
+/* From loop context (timer or control message), never inside a curl callback:
+ * remove every transfer of the job; no DONE message follows for them. */
+static void http_cancel(struct job *job)
+{
+    struct http_job *hj = job->exec_state;
+    if (hj->finished == hj->n)
+        return;
+    for (int i = 0; i < hj->n; i++)
+        request_reset(&hj->reqs[i]);
+    hj->finished = hj->n;
+    hj->running = 0;
+    job_fail(job, ERR_CANCELLED, "http transfer stopped");
+}
+
+int http_executor_init(struct daemon *d)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return -1;
+    http.d = d;
+    http.multi = curl_multi_init();
+    http.timer = evtimer_new(d->base, on_timer, NULL);
+    if (!http.multi || !http.timer)
+        return -1;
+    curl_multi_setopt(http.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(http.multi, CURLMOPT_TIMERFUNCTION, set_timer);
+    curl_multi_setopt(http.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      (long)d->cfg.http_max_connections);
+    /* DNS answers and TLS sessions shared by every transfer (one thread). */
+    http.share = curl_share_init();
+    if (http.share) {
+        curl_share_setopt(http.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+        curl_share_setopt(http.share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    }
+    return 0;
+}
+
+void http_executor_shutdown(struct daemon *d)
+{
+    if (http.multi)
+        curl_multi_cleanup(http.multi);
+    if (http.share)
+        curl_share_cleanup(http.share);
+    if (http.timer)
+        event_free(http.timer);
+    memset(&http, 0, sizeof(http));
+    curl_global_cleanup();
+}
+
+const struct executor http_executor = {
+    .type = "http",
+    .parse = http_parse,
+    .start = http_start,
+    .cancel = http_cancel,
+    .free = http_free,
+};
