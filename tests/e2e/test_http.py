@@ -1,0 +1,189 @@
+"""PROTOCOL §3 http jobs against a real HTTP server on loopback."""
+import hashlib
+import json
+import time
+
+import pytest
+
+from conftest import NS, stats, submit, wait_for, wait_result
+from http_server import HttpServer
+
+
+@pytest.fixture
+def web():
+    server = HttpServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def jobd_http(start_jobd):
+    return start_jobd(http__allow_private=True, jobs__timeout_ms=10000)
+
+
+def run(r, job_id, **fields):
+    submit(r, dict(fields, id=job_id, type="http"))
+    return wait_result(r, job_id, timeout=30)
+
+
+def test_text_json_sha256_discard(r, web, jobd_http):
+    rec = run(r, "t", url=web.url("/bytes/10"))
+    assert rec["result"] == {"status": 200, "bytes": 10, "body": "y" * 10}
+    rec = run(r, "j", url=web.url("/json"), response="json")
+    assert rec["result"]["json"] == {"a": [1, 2, {"b": None}], "ok": True}
+    rec = run(r, "s", url=web.url("/chunked/200000"), response="sha256")
+    assert rec["result"]["sha256"] == hashlib.sha256(b"x" * 200000).hexdigest()
+    assert rec["result"]["bytes"] == 200000
+    rec = run(r, "d", url=web.url("/bytes/5000"), response="discard")
+    assert rec["result"] == {"status": 200, "bytes": 5000}
+
+
+def test_not_json_fails_clearly(r, web, jobd_http):
+    rec = run(r, "nj", url=web.url("/notjson"), response="json")
+    assert rec["status"] == "failed" and "not JSON" in rec["error"]["message"]
+
+
+def test_method_headers_body_user_agent(r, web, jobd_http):
+    rec = run(r, "e", url=web.url("/echo"), method="PUT", body="payload",
+              headers={"X-Token": "abc", "Content-Type": "text/plain"}, response="json")
+    echo = rec["result"]["json"]
+    assert echo["method"] == "PUT" and echo["body"] == "payload"
+    assert echo["headers"]["X-Token"] == "abc"
+    assert echo["headers"]["User-Agent"].startswith("jobd/")
+    rec = run(r, "h", url=web.url("/bytes/100"), method="HEAD")
+    assert rec["result"]["status"] == 200 and rec["result"]["bytes"] == 0
+
+
+def test_raise_for_status(r, web, jobd_http):
+    rec = run(r, "404", url=web.url("/status/404"))
+    assert rec["status"] == "failed"
+    assert rec["error"]["code"] == "http_status" and rec["error"]["http_status"] == 404
+    assert rec["attempts"] == 1     # a 404 is not transient
+    rec = run(r, "404ok", url=web.url("/status/404"), raise_for_status=False)
+    assert rec["status"] == "succeeded" and rec["result"]["status"] == 404
+
+
+def test_max_bytes_on_chunked_body(r, web, jobd_http):
+    rec = run(r, "big", url=web.url("/chunked/100000"), max_bytes=50000)
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large"
+
+
+def test_100mb_sha256_in_bounded_memory(r, web, start_jobd):
+    daemon = start_jobd(http__allow_private=True)
+    rec = run(r, "huge", url=web.url(f"/chunked/{100 * 1024 * 1024}"), response="sha256",
+              timeout_ms=60000)
+    assert rec["status"] == "succeeded", rec
+    assert rec["result"]["sha256"] == hashlib.sha256(b"x" * (100 * 1024 * 1024)).hexdigest()
+    status = open(f"/proc/{daemon.proc.pid}/status").read()
+    peak_kb = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kb < 64 * 1024, f"peak RSS {peak_kb} kB"
+
+
+def test_slow_server_times_out(r, web, jobd_http):
+    rec = run(r, "slow", url=web.url("/delay/3000"), timeout_ms=300)
+    assert rec["status"] == "timed_out"
+    assert rec["finished_at"] - rec["started_at"] < 800
+
+
+def test_cancel_mid_download(r, web, jobd_http):
+    submit(r, {"id": "cx", "type": "http", "url": web.url("/slow-chunks/100"),
+               "response": "sha256"})
+    time.sleep(0.5)
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "cx"}))
+    rec = wait_result(r, "cx")
+    assert rec["status"] == "cancelled"
+    assert rec["finished_at"] - rec["started_at"] < 2000
+
+
+@pytest.mark.parametrize("url,code", [
+    ("file:///etc/passwd", "invalid_job"),
+    ("gopher://127.0.0.1/", "invalid_job"),
+    ("ftp://127.0.0.1/", "invalid_job"),
+    ("not a url", "invalid_job"),
+])
+def test_only_http_and_https(r, jobd_http, url, code):
+    rec = run(r, "scheme", url=url)
+    assert rec["status"] == "rejected" and rec["error"]["code"] == code
+
+
+def test_crlf_in_headers_is_invalid(r, web, jobd_http):
+    rec = run(r, "crlf", url=web.url("/echo"), headers={"X-A": "1\r\nX-Injected: 2"})
+    assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_job"
+    rec = run(r, "badname", url=web.url("/echo"), headers={"X A": "1"})
+    assert rec["error"]["code"] == "invalid_job"
+
+
+def test_redirects(r, web, jobd_http):
+    rec = run(r, "r0", url=web.url("/redirect/1"))
+    assert rec["result"]["status"] == 302     # not followed unless asked
+    rec = run(r, "r1", url=web.url("/redirect/3"), follow_redirects=True)
+    assert rec["result"] == {"status": 200, "bytes": 4, "body": "done"}
+    rec = run(r, "r2", url=web.url("/redirect/6"), follow_redirects=True)
+    assert rec["status"] == "failed" and rec["error"]["code"] == "http_error"
+    assert "redirect" in rec["error"]["message"].lower()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f.1", "[::1]",
+                                  "[::ffff:127.0.0.1]", "localhost", "169.254.169.254",
+                                  "10.0.0.1", "192.168.1.1", "[fd00::1]", "0.0.0.0"])
+def test_private_addresses_are_refused(r, web, start_jobd, host):
+    start_jobd()        # http.allow_private = false, the default
+    rec = run(r, "priv", url=f"http://{host}:{web.port}/bytes/1")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "forbidden", rec
+    assert web.state.requests == 0
+
+
+def test_429_retry_after_is_honoured(r, web, jobd_http):
+    rec = run(r, "ra", url=web.url("/retry/k1/1"),
+              retry={"attempts": 3, "delay_ms": 10, "jitter": False})
+    assert rec["status"] == "succeeded" and rec["attempts"] == 2
+    assert rec["result"]["body"] == "finally"
+    assert rec["finished_at"] - rec["queued_at"] >= 1000     # waited Retry-After: 1
+
+
+def test_batch_of_1000_in_order_with_concurrency(r, web, jobd_http):
+    urls = []
+    for i in range(1000):
+        if i % 10 == 3:
+            urls.append(web.url("/status/500"))
+        elif i % 10 == 7:
+            urls.append(f"http://127.0.0.1:1/{i}")
+        else:
+            urls.append(web.url(f"/bytes/{i}"))
+    rec = run(r, "batch", urls=urls, concurrency=20, timeout_ms=60000)
+    assert rec["status"] == "succeeded"
+    res = rec["result"]
+    assert res["succeeded"] == 800 and res["failed"] == 200
+    for i, item in enumerate(res["results"]):
+        if i % 10 == 3:
+            assert item["error"]["http_status"] == 500
+        elif i % 10 == 7:
+            assert item["error"]["code"] == "http_error"
+        else:
+            assert item["bytes"] == i
+    c = run(r, "conc", urls=[web.url("/concurrent")] * 60, concurrency=5)
+    assert c["result"]["succeeded"] == 60
+    assert web.state.max_active <= 5
+
+
+def test_requests_list_and_per_item_fields(r, web, jobd_http):
+    rec = run(r, "reqs", requests=[
+        {"url": web.url("/echo"), "method": "POST", "body": "one", "response": "json"},
+        {"url": web.url("/status/404"), "raise_for_status": False},
+    ])
+    items = rec["result"]["results"]
+    assert items[0]["json"]["body"] == "one"
+    assert items[1]["status"] == 404
+    rec = run(r, "reqbad", requests=[{"url": web.url("/x"), "colour": "red"}])
+    assert rec["status"] == "rejected" and "colour" in rec["error"]["message"]
+
+
+def test_flaky_server_retries_succeed(r, web, jobd_http):
+    ids = [f"f{i}" for i in range(20)]
+    for i in ids:
+        submit(r, {"id": i, "type": "http", "url": web.url(f"/flaky/{i}"),
+                   "retry": {"attempts": 3, "delay_ms": 20, "jitter": False}})
+    for i in ids:
+        rec = wait_result(r, i, timeout=20)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 2
+    assert stats(r)["http.succeeded"] == 20
