@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -27,7 +28,7 @@
 #include "log.h"
 
 #define MAX_URL 8192
-#define MAX_BATCH 10000
+#define MAX_BATCH 100000
 #define MAX_REDIRECTS 5
 #define MAX_CONCURRENCY 1000
 
@@ -73,8 +74,29 @@ static struct {
 } http;
 
 struct sock_watch {
-    struct event *ev;
+    struct event ev;            /* re-assigned in place when the interest changes */
 };
+
+/* Finished easy handles kept for reuse (curl_easy_reset): creating one per
+ * request costs more than the request itself on a fast local server. */
+#define SPARE_HANDLES 256
+static CURL *spare[SPARE_HANDLES];
+static int nspare;
+
+static CURL *easy_get(void)
+{
+    return nspare ? spare[--nspare] : curl_easy_init();
+}
+
+static void easy_put(CURL *e)
+{
+    if (nspare < SPARE_HANDLES) {
+        curl_easy_reset(e);
+        spare[nspare++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
 
 /* ---- address policy -------------------------------------------------------- */
 
@@ -292,7 +314,7 @@ static void request_reset(struct http_request *rq)
     if (rq->easy) {
         if (rq->running)
             curl_multi_remove_handle(http.multi, rq->easy);
-        curl_easy_cleanup(rq->easy);
+        easy_put(rq->easy);
         rq->easy = NULL;
     }
     rq->running = rq->done = rq->failed = rq->too_large = rq->refused_address = false;
@@ -476,7 +498,7 @@ static void start_transfers(struct http_job *hj);
 static int request_setup(struct http_job *hj, struct http_request *rq)
 {
     const struct config *cfg = &hj->job->d->cfg;
-    CURL *e = curl_easy_init();
+    CURL *e = easy_get();
     if (!e)
         return -1;
     rq->easy = e;
@@ -645,7 +667,7 @@ static void check_done(void)
         rq->running = false;
         rq->done = true;
         request_outcome(rq, code);
-        curl_easy_cleanup(rq->easy);
+        easy_put(rq->easy);
         rq->easy = NULL;
         struct http_job *hj = rq->hj;
         hj->running--;
@@ -714,7 +736,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
     if (what == CURL_POLL_REMOVE) {
         /* The fd may come back later (connection cache): drop our event now. */
         if (w) {
-            event_free(w->ev);
+            event_del(&w->ev);
             free(w);
         }
         return 0;
@@ -727,10 +749,10 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
             return -1;
         curl_multi_assign(http.multi, s, w);
     } else {
-        event_free(w->ev);
+        event_del(&w->ev);
     }
-    w->ev = event_new(http.d->base, s, kind, on_socket_event, NULL);
-    event_add(w->ev, NULL);
+    event_assign(&w->ev, http.d->base, s, kind, on_socket_event, NULL);
+    event_add(&w->ev, NULL);
     return 0;
 }
 
@@ -783,6 +805,8 @@ int http_executor_init(struct daemon *d)
 
 void http_executor_shutdown(struct daemon *d)
 {
+    while (nspare)
+        curl_easy_cleanup(spare[--nspare]);
     if (http.multi)
         curl_multi_cleanup(http.multi);
     if (http.share)
