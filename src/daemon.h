@@ -21,6 +21,7 @@ struct scheduler;
 struct heartbeat;
 struct reclaim;
 struct admin;
+struct pgpool;
 
 struct daemon {
     struct event_base *base;
@@ -37,6 +38,7 @@ struct daemon {
     struct heartbeat *heartbeat;
     struct reclaim *reclaim;
     struct admin *admin;
+    struct pgpool *pgpool;     /* NULL when postgres.conninfo is empty */
 
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *watchdog_timer;

@@ -1,7 +1,9 @@
 /* executor.c - the table of job types, and helpers their parse() share. */
 #include <string.h>
 
+#include "daemon.h"
 #include "exec_http.h"
+#include "pgpool.h"
 #include "executor.h"
 
 static const struct executor *const executors[] = {
@@ -10,6 +12,7 @@ static const struct executor *const executors[] = {
     &file_executor,
     &group_executor,
     &http_executor,
+    &sql_executor,
 };
 
 const struct executor *executor_find(const char *type)
@@ -22,12 +25,15 @@ const struct executor *executor_find(const char *type)
 
 int executors_init(struct daemon *d)
 {
+    d->pgpool = pgpool_create(d);
     return http_executor_init(d);
 }
 
 void executors_shutdown(struct daemon *d)
 {
     http_executor_shutdown(d);
+    pgpool_free(d->pgpool);
+    d->pgpool = NULL;
 }
 
 int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,

@@ -45,5 +45,6 @@ extern const struct executor hash_executor;
 extern const struct executor file_executor;
 extern const struct executor group_executor;
 extern const struct executor http_executor;
+extern const struct executor sql_executor;
 
 #endif

@@ -1,0 +1,69 @@
+/* pgpool.h - a pool of non-blocking libpq connections on the daemon's loop.
+ *
+ * min_size connections are kept open, more are opened on demand up to
+ * max_size, and idle ones above min_size close after a minute. A query waits
+ * in a FIFO for a free connection (that wait counts toward its job's
+ * timeout). Named queries are prepared once per connection and reused.
+ * Cancelling a running query sends PQcancel from a pool thread (it blocks) and
+ * keeps reading the connection until the server gives it back.
+ */
+#ifndef JOBD_PGPOOL_H
+#define JOBD_PGPOOL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "job.h"
+
+struct daemon;
+struct pgpool;
+
+/* Rows and bytes one result may hold; more is too_large, and the query is
+ * cancelled on the server rather than read to the end. */
+#define SQL_MAX_ROWS 100000
+#define SQL_MAX_BYTES (16 * 1024 * 1024)
+
+struct sql_query {
+    /* Set by the caller. */
+    const char *name;           /* named query: prepared as "q_<name>"; NULL for raw SQL */
+    const char *sql;
+    int nparams;
+    const char *const *params;  /* text values, NULL for SQL NULL */
+    int64_t timeout_ms;         /* statement_timeout guard */
+    void (*done)(struct sql_query *q);  /* exactly once, on the loop */
+    void *arg;
+
+    /* Filled by the pool before done(). */
+    json_t *rows;               /* array of objects; NULL on error */
+    char command[64];           /* command tag, e.g. "SELECT 1" */
+    long long row_count;
+    struct job_error err;       /* err.code NULL on success */
+
+    /* Private to the pool. */
+    struct pg_conn *conn;
+    struct sql_query *next;
+    int phase;
+    bool cancelled, too_large;
+    size_t bytes;
+    json_t *fields;             /* column names */
+    Oid *types;
+};
+
+struct pgpool_counts {
+    int open, busy, idle, connecting, waiting;
+    uint64_t queries, errors, reconnects;
+};
+
+/* NULL when postgres.conninfo is empty (SQL is off). */
+struct pgpool *pgpool_create(struct daemon *d);
+void pgpool_free(struct pgpool *pool);
+
+/* Queue or run Q; done() follows (possibly before this returns). */
+void pgpool_submit(struct pgpool *pool, struct sql_query *q);
+/* Stop Q: dropped from the queue, or cancelled on the server. done() follows. */
+void pgpool_cancel(struct pgpool *pool, struct sql_query *q);
+
+void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out);
+
+#endif
