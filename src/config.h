@@ -68,6 +68,7 @@ struct config {
     char *pg_conninfo;      /* empty: sql jobs are refused with unavailable */
     int pg_min_size;
     int pg_max_size;
+    int64_t pg_idle_timeout_ms; /* idle connections above min_size close after this */
     bool pg_allow_raw_sql;
     struct named_query *pg_queries;
     int pg_nqueries;

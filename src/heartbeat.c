@@ -8,6 +8,7 @@
 #include "daemon.h"
 #include "heartbeat.h"
 #include "intake.h"
+#include "pgpool.h"
 #include "job.h"
 #include "redis.h"
 #include "runner.h"
@@ -47,6 +48,12 @@ json_t *heartbeat_snapshot(const struct daemon *d)
         (json_int_t)c.retried, "requeued", (json_int_t)c.requeued, "threads", "size",
         threadpool_size(d->pool), "busy", threadpool_busy(d->pool), "queued",
         threadpool_queued(d->pool), "redis_reconnects", (json_int_t)redis_reconnects(d->redis));
+    struct pgpool_counts pg;
+    pgpool_counts(d->pgpool, &pg);
+    if (s && d->pgpool)
+        json_object_set_new(s, "postgres", json_pack("{s:i, s:i, s:i, s:i}", "open", pg.open,
+                                                     "busy", pg.busy, "idle", pg.idle,
+                                                     "waiting", pg.waiting));
     if (s) {
         json_object_set_new(s, "channels", string_array(d->cfg.channels, d->cfg.nchannels));
         json_object_set_new(s, "streams", string_array(d->cfg.streams, d->cfg.nstreams));

@@ -6,6 +6,7 @@
 #include "daemon.h"
 #include "heartbeat.h"
 #include "metrics.h"
+#include "pgpool.h"
 #include "redis.h"
 #include "runner.h"
 #include "threadpool.h"
@@ -175,6 +176,18 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     for (int r = 0; r < REDIS_NROLES; r++)
         evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n", roles[r],
                             redis_ready(d->redis, (enum redis_role)r) ? 1 : 0);
+    struct pgpool_counts pg;
+    pgpool_counts(d->pgpool, &pg);
+    evbuffer_add_printf(out, "# HELP jobd_postgres_connections PostgreSQL pool connections by "
+                             "state.\n# TYPE jobd_postgres_connections gauge\n"
+                             "jobd_postgres_connections{state=\"busy\"} %d\n"
+                             "jobd_postgres_connections{state=\"idle\"} %d\n"
+                             "jobd_postgres_connections{state=\"connecting\"} %d\n",
+                        pg.busy, pg.idle, pg.connecting);
+    gauge(out, "jobd_postgres_waiting", "sql jobs waiting for a free connection.", pg.waiting);
+    counter(out, "jobd_postgres_queries_total", "Queries sent to PostgreSQL.", (double)pg.queries);
+    counter(out, "jobd_postgres_reconnects_total", "PostgreSQL connections opened after a failure.",
+            (double)pg.reconnects);
     evbuffer_add_printf(out, "# HELP jobd_stream_lag Entries in the stream not yet read by "
                              "group jobd.\n# TYPE jobd_stream_lag gauge\n");
     for (int i = 0; i < nstreams; i++) {

@@ -20,7 +20,6 @@
 #include "threadpool.h"
 
 #define CONNECT_TIMEOUT_MS 5000
-#define IDLE_CLOSE_MS 60000
 #define TICK_MS 250
 #define BACKOFF_MAX_MS 5000
 
@@ -513,7 +512,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
         if (c->state == C_CONNECTING && now - c->started > CONNECT_TIMEOUT_MS)
             connect_failed(c, "connect timed out");
         else if (c->state == C_IDLE && ++idle && pool->nconns > pool->d->cfg.pg_min_size &&
-                 now - c->idle_since > IDLE_CLOSE_MS)
+                 now - c->idle_since > pool->d->cfg.pg_idle_timeout_ms)
             conn_close(c);
         c = next;
     }

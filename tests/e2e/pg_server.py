@@ -55,7 +55,12 @@ class PgServer:
     def stop(self, mode="fast"):
         if self.proc and self.proc.poll() is None:
             sig = {"fast": 2, "immediate": 3}[mode]     # SIGINT fast, SIGQUIT immediate
-            self.proc.send_signal(sig)
+            # Signal the postmaster itself: runuser does not pass SIGQUIT on.
+            try:
+                pid = int((self.data / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, sig)
+            except (OSError, ValueError, IndexError):
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:

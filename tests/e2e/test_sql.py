@@ -124,15 +124,35 @@ def test_pool_grows_to_max_and_queues(r, pg, start_jobd):
     start_jobd(**config_for(pg))
     ids = [f"p{i}" for i in range(8)]
     for i in ids:
-        submit(r, {"id": i, "type": "sql", "query": "sleep", "params": [0.4]})
+        submit(r, {"id": i, "type": "sql", "query": "sleep", "params": [3.5]})
     wait_for(lambda: backends_running_sleep(pg) == 4, what="4 busy connections (max_size)")
     time.sleep(0.1)
     assert backends_running_sleep(pg) == 4
+    # The pool's state is in the worker heartbeat (refreshed every 3 s).
+    def pool_state():
+        snap = json.loads(r.get(r.keys(f"{NS}:worker:*")[0]))
+        return snap["postgres"]["busy"] == 4 and snap["postgres"]["waiting"] == 4
+    wait_for(pool_state, timeout=3.2, what="busy 4, waiting 4 in the heartbeat")
     recs = wait_results(r, ids)
     assert all(rec["status"] == "succeeded" for rec in recs.values())
     starts = sorted(rec["started_at"] for rec in recs.values())
     ends = sorted(rec["finished_at"] for rec in recs.values())
-    assert ends[-1] - starts[0] >= 800      # two waves of four
+    assert ends[-1] - starts[0] >= 7000     # two waves of four
+
+
+def jobd_connections(pg):
+    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobd'"))
+
+
+def test_pool_shrinks_back_to_min_size(r, pg, start_jobd):
+    start_jobd(**config_for(pg, postgres__idle_timeout_ms=300))
+    wait_for(lambda: jobd_connections(pg) == 1, what="min_size connections")
+    ids = [f"s{i}" for i in range(4)]
+    for i in ids:
+        submit(r, {"id": i, "type": "sql", "query": "sleep", "params": [0.3]})
+    wait_for(lambda: jobd_connections(pg) == 4, what="growth to 4")
+    wait_results(r, ids)
+    wait_for(lambda: jobd_connections(pg) == 1, timeout=5, what="shrink back to 1")
 
 
 def test_server_restart_under_load_loses_nothing(r, pg, start_jobd):
