@@ -9,6 +9,7 @@
  * on rows and bytes holds while the result streams in.
  */
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +31,9 @@ struct pg_conn {
     struct pgpool *pool;
     PGconn *pg;
     enum conn_state state;
-    struct event *ev;
+    struct event ev;            /* one persistent event, re-armed only when */
+    short ev_what;              /* the interest or the socket changes */
+    int ev_fd;
     int64_t started, idle_since;
     int64_t statement_timeout;  /* as set on the server; -1 unknown */
     json_t *prepared;           /* statement names prepared here */
@@ -56,12 +59,19 @@ static void on_io(evutil_socket_t fd, short what, void *arg);
 
 /* ---- connections ----------------------------------------------------------- */
 
+/* epoll_ctl on every step of every query costs more than the query on a
+ * local server: keep the event and touch it only when something changed. */
 static void watch(struct pg_conn *c, short what)
 {
-    if (c->ev)
-        event_free(c->ev);
-    c->ev = event_new(c->pool->d->base, PQsocket(c->pg), what, on_io, c);
-    event_add(c->ev, NULL);
+    int fd = PQsocket(c->pg);
+    if (c->ev_what == what && c->ev_fd == fd)
+        return;
+    if (c->ev_what)
+        event_del(&c->ev);
+    event_assign(&c->ev, c->pool->d->base, fd, (short)(what | EV_PERSIST), on_io, c);
+    event_add(&c->ev, NULL);
+    c->ev_what = what;
+    c->ev_fd = fd;
 }
 
 static void conn_close(struct pg_conn *c)
@@ -73,8 +83,8 @@ static void conn_close(struct pg_conn *c)
             break;
         }
     pool->nconns--;
-    if (c->ev)
-        event_free(c->ev);
+    if (c->ev_what)
+        event_del(&c->ev);
     PQfinish(c->pg);
     json_decref(c->prepared);
     free(c);
@@ -119,6 +129,12 @@ static void connect_failed(struct pg_conn *c, const char *why)
 
 static void connect_step(struct pg_conn *c, PostgresPollingStatusType st)
 {
+    /* While connecting libpq may close a socket and open another that gets
+     * the same number: always re-register. */
+    if (c->ev_what) {
+        event_del(&c->ev);
+        c->ev_what = 0;
+    }
     switch (st) {
     case PGRES_POLLING_READING: watch(c, EV_READ); break;
     case PGRES_POLLING_WRITING: watch(c, EV_WRITE); break;
