@@ -86,7 +86,7 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
     done(job, ok);
 }
 
-static void send(struct daemon *d, int argc, const char **argv, const size_t *lens)
+static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
 {
     redis_send(d->redis, REDIS_CMD, NULL, NULL, 0, argc, argv, lens);
 }
@@ -96,7 +96,7 @@ static void send_xack(struct daemon *d, const struct job *job)
     if (job->source != SOURCE_STREAM)
         return;
     const char *argv[] = {"XACK", job->stream, GROUP, job->entry_id};
-    send(d, 4, argv, NULL);
+    queue_command(d, 4, argv, NULL);
 }
 
 /* Dead letters keep at most max_job_bytes of the message, so an oversized
@@ -118,7 +118,7 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
     for (int i = 0; i < 15; i++)
         lens[i] = argv[i] ? strlen(argv[i]) : 0;
     lens[4] = job->raw ? raw_len : 0;
-    send(d, 15, argv, lens);
+    queue_command(d, 15, argv, lens);
     free(err);
 }
 
@@ -132,19 +132,19 @@ static void write_result(struct daemon *d, struct job *job)
         snprintf(key, sizeof(key), "%s:result:%s", d->cfg.ns, job->id);
         snprintf(ttl, sizeof(ttl), "%" PRId64, job->result_ttl);
         const char *argv[] = {"SET", key, text, "EX", ttl};
-        send(d, 5, argv, NULL);
+        queue_command(d, 5, argv, NULL);
     }
     if (job->reply_to) {
         const char *argv[] = {"PUBLISH", job->reply_to, text};
-        send(d, 3, argv, NULL);
+        queue_command(d, 3, argv, NULL);
     }
     result_key(d, key, sizeof(key), "events");
     const char *pub[] = {"PUBLISH", key, text};
-    send(d, 3, pub, NULL);
+    queue_command(d, 3, pub, NULL);
     result_key(d, key, sizeof(key), "stats");
     snprintf(field, sizeof(field), "%s.%s", reported_type(job), job_status_name(job->status));
     const char *incr[] = {"HINCRBY", key, field, "1"};
-    send(d, 4, incr, NULL);
+    queue_command(d, 4, incr, NULL);
     /* Rejected messages and jobs that failed for good go to NS:dead whole. */
     if (job->status == JOB_REJECTED || job->status == JOB_FAILED || job->status == JOB_TIMED_OUT)
         send_dead_letter(d, job);
@@ -165,7 +165,7 @@ static void write_requeue(struct daemon *d, struct job *job)
     for (int i = 0; i < 11; i++)
         lens[i] = strlen(argv[i]);
     lens[4] = job->raw_len;
-    send(d, 11, argv, lens);
+    queue_command(d, 11, argv, lens);
 }
 
 /* NS:scheduled members carry everything needed to rebuild the stream entry;
@@ -190,7 +190,7 @@ static void write_schedule(struct daemon *d, struct job *job)
         return;
     }
     const char *argv[] = {"ZADD", key, due, member};
-    send(d, 4, argv, NULL);
+    queue_command(d, 4, argv, NULL);
     free(member);
 }
 
@@ -205,7 +205,7 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done)
     t->job = job;
     t->done = done;
     const char *multi[] = {"MULTI"};
-    send(d, 1, multi, NULL);
+    queue_command(d, 1, multi, NULL);
     switch (job->write_kind) {
     case WRITE_RESULT: write_result(d, job); break;
     case WRITE_SCHEDULE: write_schedule(d, job); break;

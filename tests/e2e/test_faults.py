@@ -3,38 +3,9 @@ signals, every id checked at the end: exactly one final result or one dead
 letter. Lost and duplicated jobs are counted and reported."""
 import json
 import random
-import threading
 import time
 
-from conftest import NS, submit, wait_for
-
-
-class Ledger:
-    """Every final record published on NS:events, per id, from the start."""
-
-    def __init__(self, r):
-        self.pubsub = r.pubsub()
-        self.pubsub.subscribe(f"{NS}:events")
-        self.records = {}
-        self.running = True
-        self.thread = threading.Thread(target=self.listen, daemon=True)
-        self.thread.start()
-
-    def listen(self):
-        while self.running:
-            msg = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if msg and msg["type"] == "message":
-                rec = json.loads(msg["data"])
-                self.records.setdefault(rec["id"], []).append(rec)
-
-    def report(self, ids):
-        time.sleep(0.3)
-        self.running = False
-        self.thread.join()
-        lost = [i for i in ids if i not in self.records]
-        duplicated = {i: len(v) for i, v in self.records.items() if len(v) > 1}
-        print(f"jobs: {len(ids)}, lost: {len(lost)}, duplicated: {len(duplicated)}")
-        return lost, duplicated
+from conftest import NS, Ledger, submit, wait_for
 
 
 def test_two_daemons_share_a_stream_and_one_is_killed(r, start_jobd):

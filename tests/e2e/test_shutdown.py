@@ -1,38 +1,13 @@
 """PROTOCOL §6: SIGTERM drains, puts back what is left, loses nothing."""
 import json
 import signal
-import threading
 import time
 
-from conftest import NS, submit, wait_for, wait_results
-
-
-class EventCounter:
-    """Counts final records per id on NS:events, from before the first job."""
-
-    def __init__(self, r):
-        self.pubsub = r.pubsub()
-        self.pubsub.subscribe(f"{NS}:events")
-        self.counts = {}
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop:
-            msg = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if msg and msg["type"] == "message":
-                rec = json.loads(msg["data"])
-                self.counts[rec["id"]] = self.counts.get(rec["id"], 0) + 1
-
-    def close(self):
-        time.sleep(0.3)
-        self.stop = True
-        self.thread.join()
+from conftest import NS, Ledger, submit, wait_for, wait_results
 
 
 def test_sigterm_under_load_loses_nothing(r, start_jobd):
-    events = EventCounter(r)
+    ledger = Ledger(r)
     ids = [f"L{i}" for i in range(200)]
     for i in ids:
         submit(r, {"id": i, "type": "sleep", "ms": 200})
@@ -43,9 +18,9 @@ def test_sigterm_under_load_loses_nothing(r, start_jobd):
     assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
     start_jobd(name="second", limits__max_inflight=50)
     recs = wait_results(r, ids, timeout=30)
-    events.close()
+    lost, duplicated = ledger.report(ids)
     assert all(rec["status"] == "succeeded" for rec in recs.values())
-    assert {i: events.counts.get(i) for i in ids} == {i: 1 for i in ids}, "lost or duplicated"
+    assert lost == [] and duplicated == {}
 
 
 def test_drain_timeout_puts_long_jobs_back(r, start_jobd):
