@@ -38,7 +38,8 @@ struct http_request {
     struct http_job *hj;
     int index;
     CURL *easy;
-    char errbuf[CURL_ERROR_SIZE];
+    char *errbuf;               /* CURL_ERROR_SIZE, only while the transfer exists:
+                                 * a batch of 100,000 items stays small */
     /* What to send. */
     char *url, *method, *body;
     size_t body_len;
@@ -317,6 +318,8 @@ static void request_reset(struct http_request *rq)
         easy_put(rq->easy);
         rq->easy = NULL;
     }
+    free(rq->errbuf);
+    rq->errbuf = NULL;
     rq->running = rq->done = rq->failed = rq->too_large = rq->refused_address = false;
     free(rq->buf);
     rq->buf = NULL;
@@ -502,6 +505,8 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     if (!e)
         return -1;
     rq->easy = e;
+    if (!(rq->errbuf = calloc(1, CURL_ERROR_SIZE)))
+        return -1;
     if (rq->mode == RESP_SHA256) {
         rq->sha = EVP_MD_CTX_new();
         if (!rq->sha || !EVP_DigestInit_ex2(rq->sha, EVP_sha256(), NULL))
@@ -669,6 +674,8 @@ static void check_done(void)
         request_outcome(rq, code);
         easy_put(rq->easy);
         rq->easy = NULL;
+        free(rq->errbuf);
+        rq->errbuf = NULL;
         struct http_job *hj = rq->hj;
         hj->running--;
         hj->finished++;
