@@ -1,0 +1,430 @@
+/* jobctl.c - the command-line client: submit jobs, read results, cancel,
+ * look at counters, workers and dead letters, follow events. Synchronous
+ * hiredis: a client waits for its answers anyway.
+ *
+ * Exit codes: 0 ok (every waited job succeeded), 1 a job failed or was not
+ * found, 2 usage or configuration error, 3 Redis error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define EXIT_JOB 1
+#define EXIT_USAGE 2
+#define EXIT_REDIS 3
+
+static struct {
+    char host[64];
+    int port;
+    char ns[80];
+    char stream[256];
+    char password[256];
+    bool json;
+    redisContext *c;
+} ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: jobctl [-c jobd.conf | -H host -p port -n namespace] [--json] COMMAND\n"
+            "commands:\n"
+            "  submit [--publish] [--wait] [JSON | @FILE | -]   one envelope, or NDJSON from a file/stdin\n"
+            "  status ID         the result record of ID\n"
+            "  cancel ID         ask every daemon to cancel ID\n"
+            "  stats             counters per type and status\n"
+            "  workers           live daemons and their state\n"
+            "  dead list [N]     the last N dead letters (default 20)\n"
+            "  dead retry ENTRY  put a dead letter back on the stream\n"
+            "  dead purge        delete every dead letter\n"
+            "  tail              follow result events\n"
+            "exit codes: 0 ok, 1 a job failed or was not found, 2 usage, 3 Redis error\n");
+}
+
+static redisReply *cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(ctl.c, fmt, ap);
+    va_end(ap);
+    if (!r) {
+        fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
+        exit(EXIT_REDIS);
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "jobctl: redis: %s\n", r->str);
+        exit(EXIT_REDIS);
+    }
+    return r;
+}
+
+static void connect_redis(void)
+{
+    ctl.c = redisConnect(ctl.host, ctl.port);
+    if (!ctl.c || ctl.c->err) {
+        fprintf(stderr, "jobctl: cannot connect to Redis at %s:%d: %s\n", ctl.host, ctl.port,
+                ctl.c ? ctl.c->errstr : "out of memory");
+        exit(EXIT_REDIS);
+    }
+    if (ctl.password[0])
+        freeReplyObject(cmd("AUTH %s", ctl.password));
+    if (!ctl.stream[0])
+        snprintf(ctl.stream, sizeof(ctl.stream), "%s:queue", ctl.ns);
+}
+
+/* ---- submit ---------------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void progress(size_t done, size_t total, int64_t started)
+{
+    double secs = (double)(mono_ms() - started) / 1000.0;
+    double rate = secs > 0 ? (double)done / secs : 0;
+    int width = 30, filled = total ? (int)((double)width * (double)done / (double)total) : 0;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[width] = '\0';
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "\r[%s] %zu/%zu %.0f jobs/s ETA %.0fs ", bar, done, total, rate, eta);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+/* Every line: an envelope. Returns the ids to wait for (stream entry ids for
+ * envelopes without one). */
+static int submit(int argc, char **argv)
+{
+    bool publish = false, wait = false;
+    const char *source = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--publish"))
+            publish = true;
+        else if (!strcmp(argv[i], "--wait"))
+            wait = true;
+        else if (!source)
+            source = argv[i];
+        else {
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    json_t *envelopes = json_array();
+    if (source && source[0] != '@' && strcmp(source, "-")) {
+        json_array_append_new(envelopes, json_string(source));
+    } else {
+        FILE *in = stdin;
+        if (source && source[0] == '@' && !(in = fopen(source + 1, "r"))) {
+            fprintf(stderr, "jobctl: %s: %s\n", source + 1, strerror(errno));
+            return EXIT_USAGE;
+        }
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t n;
+        while ((n = getline(&line, &cap, in)) > 0) {
+            while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+                line[--n] = '\0';
+            if (n > 0)
+                json_array_append_new(envelopes, json_stringn(line, (size_t)n));
+        }
+        free(line);
+        if (in != stdin)
+            fclose(in);
+    }
+    size_t total = json_array_size(envelopes), i;
+    bool bar = isatty(STDERR_FILENO) && total > 1;
+    json_t *ids = json_array(), *text;
+    char channel[128];
+    snprintf(channel, sizeof(channel), "%s:jobs", ctl.ns);
+    int64_t started = mono_ms();
+    json_array_foreach(envelopes, i, text) {
+        const char *env = json_string_value(text);
+        json_t *parsed = json_loads(env, 0, NULL);
+        const char *id = json_string_value(json_object_get(parsed, "id"));
+        redisReply *r = publish ? cmd("PUBLISH %s %s", channel, env)
+                                : cmd("XADD %s * job %s", ctl.stream, env);
+        const char *wait_id = id ? id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
+        if (wait_id)
+            json_array_append_new(ids, json_string(wait_id));
+        if (!wait && !bar)
+            printf("%s\n", wait_id ? wait_id : "(published, no id)");
+        freeReplyObject(r);
+        json_decref(parsed);
+        if (bar && !wait && (i % 100 == 99 || i + 1 == total))
+            progress(i + 1, total, started);
+    }
+    int rc = 0;
+    if (wait) {
+        size_t done = 0;
+        json_t *pending = json_deep_copy(ids);
+        started = mono_ms();
+        while (json_array_size(pending)) {
+            for (size_t k = 0; k < json_array_size(pending);) {
+                const char *id = json_string_value(json_array_get(pending, k));
+                redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
+                if (r->type == REDIS_REPLY_STRING) {
+                    json_t *rec = json_loads(r->str, 0, NULL);
+                    const char *status = json_string_value(json_object_get(rec, "status"));
+                    if (!status || strcmp(status, "succeeded"))
+                        rc = EXIT_JOB;
+                    if (!bar)
+                        printf("%s\n", r->str);
+                    json_decref(rec);
+                    json_array_remove(pending, k);
+                    done++;
+                    if (bar)
+                        progress(done, json_array_size(ids), started);
+                } else {
+                    k++;
+                }
+                freeReplyObject(r);
+            }
+            if (json_array_size(pending))
+                usleep(20000);
+        }
+        json_decref(pending);
+    }
+    json_decref(ids);
+    json_decref(envelopes);
+    return rc;
+}
+
+/* ---- the other commands ------------------------------------------------------ */
+
+static int status(const char *id)
+{
+    redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
+    int rc = EXIT_JOB;
+    if (r->type == REDIS_REPLY_STRING) {
+        json_t *rec = json_loads(r->str, 0, NULL);
+        const char *st = json_string_value(json_object_get(rec, "status"));
+        if (ctl.json)
+            printf("%s\n", r->str);
+        else
+            printf("%s %s attempts=%lld%s%s\n", id, st ? st : "?",
+                   (long long)json_integer_value(json_object_get(rec, "attempts")),
+                   json_object_get(rec, "error") ? " error=" : "",
+                   json_object_get(rec, "error")
+                       ? json_string_value(json_object_get(json_object_get(rec, "error"), "code"))
+                       : "");
+        rc = st && !strcmp(st, "succeeded") ? 0 : EXIT_JOB;
+        json_decref(rec);
+    } else {
+        fprintf(stderr, "jobctl: no result for %s (not finished, unknown, or expired)\n", id);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int cancel(const char *id)
+{
+    json_t *msg = json_pack("{s:s, s:s}", "cmd", "cancel", "id", id);
+    char *text = json_dumps(msg, JSON_COMPACT);
+    redisReply *r = cmd("PUBLISH %s:control %s", ctl.ns, text);
+    printf(ctl.json ? "{\"id\":\"%s\",\"daemons\":%lld}\n" : "cancel %s sent to %lld daemon(s)\n",
+           id, r->integer);
+    freeReplyObject(r);
+    free(text);
+    json_decref(msg);
+    return 0;
+}
+
+static int stats(void)
+{
+    redisReply *r = cmd("HGETALL %s:stats", ctl.ns);
+    json_t *out = json_object();
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        json_object_set_new(out, r->element[i]->str, json_integer(atoll(r->element[i + 1]->str)));
+    if (ctl.json) {
+        char *s = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("%s\n", s);
+        free(s);
+    } else {
+        const char *k;
+        json_t *v;
+        json_object_foreach(out, k, v)
+            printf("%-28s %lld\n", k, (long long)json_integer_value(v));
+    }
+    json_decref(out);
+    freeReplyObject(r);
+    return 0;
+}
+
+static int workers(void)
+{
+    char pattern[128];
+    snprintf(pattern, sizeof(pattern), "%s:worker:*", ctl.ns);
+    unsigned long long cursor = 0;
+    do {
+        redisReply *r = cmd("SCAN %llu MATCH %s COUNT 100", cursor, pattern);
+        cursor = strtoull(r->element[0]->str, NULL, 10);
+        for (size_t i = 0; i < r->element[1]->elements; i++) {
+            redisReply *w = cmd("GET %s", r->element[1]->element[i]->str);
+            if (w->type == REDIS_REPLY_STRING) {
+                if (ctl.json) {
+                    printf("%s\n", w->str);
+                } else {
+                    json_t *s = json_loads(w->str, 0, NULL);
+                    json_t *jobs = json_object_get(s, "jobs");
+                    printf("%s inflight=%lld running=%lld draining=%s version=%s\n",
+                           json_string_value(json_object_get(s, "worker")),
+                           (long long)json_integer_value(json_object_get(jobs, "inflight")),
+                           (long long)json_integer_value(json_object_get(jobs, "running")),
+                           json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
+                           json_string_value(json_object_get(s, "version")));
+                    json_decref(s);
+                }
+            }
+            freeReplyObject(w);
+        }
+        freeReplyObject(r);
+    } while (cursor);
+    return 0;
+}
+
+static const char *field(const redisReply *fields, const char *name)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (!strcmp(fields->element[i]->str, name))
+            return fields->element[i + 1]->str;
+    return "";
+}
+
+static int dead(int argc, char **argv)
+{
+    if (argc < 1) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!strcmp(argv[0], "list")) {
+        long n = argc > 1 ? atol(argv[1]) : 20;
+        redisReply *r = cmd("XREVRANGE %s:dead + - COUNT %ld", ctl.ns, n > 0 ? n : 20);
+        for (size_t i = 0; i < r->elements; i++) {
+            const redisReply *e = r->element[i], *f = e->element[1];
+            if (ctl.json)
+                printf("{\"entry\":\"%s\",\"id\":\"%s\",\"error\":%s}\n", e->element[0]->str,
+                       field(f, "id"), *field(f, "error") ? field(f, "error") : "null");
+            else
+                printf("%s %s %s\n", e->element[0]->str, field(f, "id"), field(f, "error"));
+        }
+        freeReplyObject(r);
+        return 0;
+    }
+    if (!strcmp(argv[0], "retry") && argc == 2) {
+        redisReply *r = cmd("XRANGE %s:dead %s %s", ctl.ns, argv[1], argv[1]);
+        if (r->elements != 1) {
+            fprintf(stderr, "jobctl: no dead letter %s\n", argv[1]);
+            freeReplyObject(r);
+            return EXIT_JOB;
+        }
+        const char *job = field(r->element[0]->element[1], "job");
+        redisReply *x = cmd("XADD %s * job %s", ctl.stream, job);
+        freeReplyObject(cmd("XDEL %s:dead %s", ctl.ns, argv[1]));
+        printf("%s\n", x->str);
+        freeReplyObject(x);
+        freeReplyObject(r);
+        return 0;
+    }
+    if (!strcmp(argv[0], "purge")) {
+        redisReply *r = cmd("DEL %s:dead", ctl.ns);
+        printf("purged\n");
+        freeReplyObject(r);
+        return 0;
+    }
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+static int tail(void)
+{
+    redisReply *r = cmd("SUBSCRIBE %s:events", ctl.ns);
+    freeReplyObject(r);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    void *reply;
+    while (redisGetReply(ctl.c, &reply) == REDIS_OK) {
+        redisReply *m = reply;
+        if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 && m->element[2]->str)
+            printf("%s\n", m->element[2]->str);
+        freeReplyObject(m);
+    }
+    fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
+    return EXIT_REDIS;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},   {"namespace", required_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "+c:H:p:n:jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': {
+            struct config cfg;
+            char err[4096];
+            if (config_load(optarg, &cfg, err, sizeof(err))) {
+                fprintf(stderr, "%s", err);
+                return EXIT_USAGE;
+            }
+            snprintf(ctl.host, sizeof(ctl.host), "%s", cfg.redis_host);
+            ctl.port = cfg.redis_port;
+            snprintf(ctl.ns, sizeof(ctl.ns), "%s", cfg.ns);
+            snprintf(ctl.stream, sizeof(ctl.stream), "%s", cfg.streams[0]);
+            snprintf(ctl.password, sizeof(ctl.password), "%s", cfg.redis_password);
+            config_free(&cfg);
+            break;
+        }
+        case 'H': snprintf(ctl.host, sizeof(ctl.host), "%s", optarg); break;
+        case 'p': ctl.port = atoi(optarg); break;
+        case 'n': snprintf(ctl.ns, sizeof(ctl.ns), "%s", optarg); break;
+        case 'j': ctl.json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *command = argv[optind];
+    int nargs = argc - optind - 1;
+    char **args = argv + optind + 1;
+    connect_redis();
+    int rc;
+    if (!strcmp(command, "submit"))
+        rc = submit(nargs, args);
+    else if (!strcmp(command, "status") && nargs == 1)
+        rc = status(args[0]);
+    else if (!strcmp(command, "cancel") && nargs == 1)
+        rc = cancel(args[0]);
+    else if (!strcmp(command, "stats"))
+        rc = stats();
+    else if (!strcmp(command, "workers"))
+        rc = workers();
+    else if (!strcmp(command, "dead"))
+        rc = dead(nargs, args);
+    else if (!strcmp(command, "tail"))
+        rc = tail();
+    else {
+        usage(stderr);
+        rc = EXIT_USAGE;
+    }
+    redisFree(ctl.c);
+    return rc;
+}

@@ -1,0 +1,73 @@
+"""jobctl driven end to end against a live daemon."""
+import json
+import os
+import subprocess
+
+from conftest import NS, REPO, submit, wait_for, wait_result
+
+JOBCTL = os.path.join(os.path.dirname(os.environ.get("JOBD_BIN", REPO + "/src/jobd")), "jobctl")
+
+
+def ctl(daemon, *args, stdin=None):
+    return subprocess.run([JOBCTL, "-c", str(daemon.conf), *args], input=stdin,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_submit_wait_status_stats_workers(r, start_jobd):
+    daemon = start_jobd()
+    out = ctl(daemon, "submit", "--wait", '{"id":"a","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "succeeded"
+    out = ctl(daemon, "submit", "--wait", '{"id":"b","type":"sleep","ms":"x"}')
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "rejected"
+    assert ctl(daemon, "status", "a").returncode == 0
+    assert ctl(daemon, "status", "b").returncode == 1
+    assert ctl(daemon, "status", "nope").returncode == 1
+    st = ctl(daemon, "--json", "stats")
+    assert json.loads(st.stdout) == {"sleep.succeeded": 1, "sleep.rejected": 1}
+    w = ctl(daemon, "--json", "workers")
+    assert json.loads(w.stdout.splitlines()[0])["worker"].endswith(str(daemon.proc.pid))
+
+
+def test_ndjson_publish_cancel_and_dead(r, start_jobd, tmp_path):
+    daemon = start_jobd()
+    lines = "\n".join(json.dumps({"id": f"n{i}", "type": "sleep", "ms": 1}) for i in range(20))
+    out = ctl(daemon, "submit", "--wait", "-", stdin=lines + "\n")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 20
+    assert ctl(daemon, "submit", "--publish", '{"id":"p","type":"sleep","ms":1}').returncode == 0
+    assert wait_result(r, "p")["status"] == "succeeded"
+    submit(r, {"id": "long", "type": "sleep", "ms": 10000})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="start")
+    assert "1 daemon" in ctl(daemon, "cancel", "long").stdout
+    assert wait_result(r, "long")["status"] == "cancelled"
+    submit(r, {"id": "bad", "type": "nope"})
+    wait_result(r, "bad")
+    dead = ctl(daemon, "--json", "dead", "list")
+    entry = json.loads(dead.stdout.splitlines()[0])
+    assert entry["id"] == "bad" and entry["error"]["code"] == "unknown_type"
+    assert ctl(daemon, "dead", "retry", entry["entry"]).returncode == 0
+    wait_for(lambda: r.xlen(f"{NS}:dead") == 1, what="the retried job to fail again")
+    assert ctl(daemon, "dead", "purge").returncode == 0
+    assert r.xlen(f"{NS}:dead") == 0
+
+
+def test_progress_bar_on_a_terminal(r, start_jobd, tmp_path):
+    daemon = start_jobd()
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_text("".join(json.dumps({"id": f"t{i}", "type": "sleep", "ms": 1}) + "\n"
+                            for i in range(300)))
+    # script(1) gives jobctl a pseudo-terminal: the bar is drawn there.
+    out = subprocess.run(["script", "-qec", f"{JOBCTL} -c {daemon.conf} submit --wait @{jobs}",
+                          "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout
+    assert "300/300" in out.stdout and "jobs/s" in out.stdout and "ETA" in out.stdout
+    # Without a terminal: plain lines, one per job.
+    plain = ctl(daemon, "submit", f"@{jobs}")
+    assert "jobs/s" not in plain.stdout + plain.stderr
+    assert len(plain.stdout.splitlines()) == 300
+
+
+def test_usage_and_redis_errors(tmp_path):
+    assert subprocess.run([JOBCTL], capture_output=True).returncode == 2
+    out = subprocess.run([JOBCTL, "-p", "1", "stats"], capture_output=True, text=True)
+    assert out.returncode == 3 and "cannot connect" in out.stderr
