@@ -71,3 +71,17 @@ def test_usage_and_redis_errors(tmp_path):
     assert subprocess.run([JOBCTL], capture_output=True).returncode == 2
     out = subprocess.run([JOBCTL, "-p", "1", "stats"], capture_output=True, text=True)
     assert out.returncode == 3 and "cannot connect" in out.stderr
+
+
+def test_tail_follows_events(r, start_jobd):
+    daemon = start_jobd()
+    proc = subprocess.Popen([JOBCTL, "-c", str(daemon.conf), "tail"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: r.pubsub_numsub(f"{NS}:events")[0][1] >= 1, what="tail to subscribe")
+        submit(r, {"id": "tailed", "type": "sleep", "ms": 1})
+        line = proc.stdout.readline()
+        assert json.loads(line)["id"] == "tailed"
+    finally:
+        proc.kill()
+        proc.wait()
