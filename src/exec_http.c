@@ -72,6 +72,8 @@ static struct {
     CURLM *multi;
     CURLSH *share;
     struct event *timer;
+    int sockets;                /* connections libcurl has us watching */
+    int transfers;              /* transfers in the multi handle */
 } http;
 
 struct sock_watch {
@@ -313,8 +315,10 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
 static void request_reset(struct http_request *rq)
 {
     if (rq->easy) {
-        if (rq->running)
+        if (rq->running) {
             curl_multi_remove_handle(http.multi, rq->easy);
+            http.transfers--;
+        }
         easy_put(rq->easy);
         rq->easy = NULL;
     }
@@ -670,6 +674,7 @@ static void check_done(void)
         curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&rq);
         curl_multi_remove_handle(http.multi, e);
         rq->running = false;
+        http.transfers--;
         rq->done = true;
         request_outcome(rq, code);
         easy_put(rq->easy);
@@ -702,6 +707,7 @@ static void start_transfers(struct http_job *hj)
         }
         rq->running = true;
         hj->running++;
+        http.transfers++;
     }
 }
 
@@ -745,6 +751,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
         if (w) {
             event_del(&w->ev);
             free(w);
+            http.sockets--;
         }
         return 0;
     }
@@ -755,6 +762,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
         if (!w)
             return -1;
         curl_multi_assign(http.multi, s, w);
+        http.sockets++;
     } else {
         event_del(&w->ev);
     }
@@ -786,6 +794,12 @@ static void http_cancel(struct job *job)
     hj->finished = hj->n;
     hj->running = 0;
     job_fail(job, ERR_CANCELLED, "http transfer stopped");
+}
+
+void http_counts(int *sockets, int *transfers)
+{
+    *sockets = http.sockets;
+    *transfers = http.transfers;
 }
 
 int http_executor_init(struct daemon *d)

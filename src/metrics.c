@@ -5,6 +5,7 @@
 
 #include "daemon.h"
 #include "heartbeat.h"
+#include "exec_http.h"
 #include "metrics.h"
 #include "pgpool.h"
 #include "redis.h"
@@ -176,6 +177,11 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     for (int r = 0; r < REDIS_NROLES; r++)
         evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n", roles[r],
                             redis_ready(d->redis, (enum redis_role)r) ? 1 : 0);
+    int http_sockets, http_transfers;
+    http_counts(&http_sockets, &http_transfers);
+    gauge(out, "jobd_http_connections", "HTTP connections libcurl has open and active.",
+          http_sockets);
+    gauge(out, "jobd_http_transfers", "HTTP transfers running.", http_transfers);
     struct pgpool_counts pg;
     pgpool_counts(d->pgpool, &pg);
     evbuffer_add_printf(out, "# HELP jobd_postgres_connections PostgreSQL pool connections by "

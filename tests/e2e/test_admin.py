@@ -54,6 +54,7 @@ def test_healthz_and_metrics(r, redis_server, start_jobd, tmp_path):
     assert samples['jobd_redis_connected{connection="command"}'] == 1
     assert samples["jobd_dead_letters_total"] == 2
     for name in ["jobd_jobs_inflight", "jobd_threadpool_queue_depth", "jobd_retries_total",
+                 "jobd_http_connections", "jobd_http_transfers", "jobd_postgres_waiting",
                  "jobd_redis_reconnects_total", 'jobd_build_info{version="0.1.0"}']:
         assert name in samples
     wait_for(lambda: 'jobd_stream_lag{stream="jobd:queue"}' in parse_metrics(get(base + "/metrics")[1]),
