@@ -18,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "timer.h"
 
 #define LAG_POLL_MS 5000
 
@@ -39,11 +40,10 @@ static void healthz(struct evhttp_request *req, void *arg)
     struct admin *a = arg;
     struct daemon *d = a->d;
     struct evbuffer *body = evbuffer_new();
-    static const char *const names[] = {"command", "subscriber", "stream"};
     const char *problem = NULL;
     for (int r = 0; r < REDIS_NROLES && !problem; r++)
         if (!redis_ready(d->redis, (enum redis_role)r))
-            problem = names[r];
+            problem = redis_role_name((enum redis_role)r);
     if (d->draining) {
         evbuffer_add_printf(body, "{\"status\":\"stopping\",\"reason\":\"draining for shutdown\"}\n");
         reply(req, 503, "Service Unavailable", "application/json", body);
@@ -149,9 +149,7 @@ struct admin *admin_create(struct daemon *d, int *off)
     evhttp_set_cb(a->http, "/healthz", healthz, a);
     evhttp_set_cb(a->http, "/metrics", metrics, a);
     evhttp_set_gencb(a->http, not_found, a);
-    a->lag_timer = event_new(d->base, -1, EV_PERSIST, lag_poll, a);
-    struct timeval tv = {LAG_POLL_MS / 1000, (LAG_POLL_MS % 1000) * 1000};
-    evtimer_add(a->lag_timer, &tv);
+    a->lag_timer = timer_new_periodic(d->base, LAG_POLL_MS, lag_poll, a);
     log_info("admin: /healthz and /metrics on http://%s", listen);
     return a;
 }

@@ -27,15 +27,10 @@
 #include "runner.h"
 #include "scheduler.h"
 #include "threadpool.h"
+#include "timer.h"
 
 #define EXIT_CHECK_MS 50
 #define GIVE_UP_MS 10000
-
-static struct timeval ms_tv(int64_t ms)
-{
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    return tv;
-}
 
 /* ---- readiness ----------------------------------------------------------- */
 
@@ -102,8 +97,7 @@ static void drain_done_cb(evutil_socket_t fd, short what, void *arg)
         log_notice("shutdown: stopping %d job(s) still running; they go back on their stream",
                    left);
     runner_stop_all(d->runner);
-    struct timeval tv = ms_tv(GIVE_UP_MS);
-    evtimer_add(d->give_up_timer, &tv);
+    timer_add_ms(d->give_up_timer, GIVE_UP_MS);
     daemon_check_drained(d);
 }
 
@@ -120,10 +114,8 @@ static void begin_shutdown(struct daemon *d, int sig)
     sd_notify(0, "STOPPING=1");
     d->draining = true;
     intake_stop(d->intake);
-    struct timeval tv = ms_tv(d->cfg.drain_ms);
-    evtimer_add(d->drain_timer, &tv);
-    tv = ms_tv(EXIT_CHECK_MS);
-    evtimer_add(d->exit_check, &tv);
+    timer_add_ms(d->drain_timer, d->cfg.drain_ms);
+    timer_add_ms(d->exit_check, EXIT_CHECK_MS);
     daemon_check_drained(d);
 }
 
@@ -182,14 +174,11 @@ static void setup_events(struct daemon *d)
     evsignal_add(d->sig_int, NULL);
     evsignal_add(d->sig_hup, NULL);
     d->drain_timer = evtimer_new(d->base, drain_done_cb, d);
-    d->exit_check = event_new(d->base, -1, EV_PERSIST, exit_check_cb, d);
+    d->exit_check = event_new(d->base, -1, EV_PERSIST, exit_check_cb, d);  /* armed on SIGTERM */
     d->give_up_timer = evtimer_new(d->base, give_up_cb, d);
     uint64_t usec = 0;
-    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
-        d->watchdog_timer = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
-        struct timeval tv = ms_tv((int64_t)(usec / 2000));
-        evtimer_add(d->watchdog_timer, &tv);
-    }
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0)
+        d->watchdog_timer = timer_new_periodic(d->base, (int64_t)(usec / 2000), watchdog_cb, d);
 }
 
 static void free_events(struct daemon *d)
@@ -209,7 +198,9 @@ int daemon_run(struct daemon *d)
     d->started_at = now_ms();
     srandom((unsigned)(now_ms() ^ getpid()));
 
-    /* Blocked before any thread starts, so no thread inherits a handler need. */
+    /* Ignored before any thread starts, so a peer closing a socket mid-write
+     * (Redis, libcurl, libpq) is an EPIPE error in whichever thread wrote,
+     * never a signal that kills the daemon. */
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     if (!d->base)
@@ -236,12 +227,13 @@ int daemon_run(struct daemon *d)
         die("cannot initialise the job executors");
     setup_events(d);
 
-    log_notice("jobd %s starting: worker %s, redis %s%s%d, namespace %s, %d thread(s)",
-               PACKAGE_VERSION, d->worker_id,
-               d->cfg.redis_path && *d->cfg.redis_path ? d->cfg.redis_path : d->cfg.redis_host,
-               d->cfg.redis_path && *d->cfg.redis_path ? "" : ":",
-               d->cfg.redis_path && *d->cfg.redis_path ? 0 : d->cfg.redis_port, d->cfg.ns,
-               threadpool_size(d->pool));
+    char endpoint[300];
+    if (d->cfg.redis_path && *d->cfg.redis_path)
+        snprintf(endpoint, sizeof(endpoint), "%s", d->cfg.redis_path);
+    else
+        snprintf(endpoint, sizeof(endpoint), "%s:%d", d->cfg.redis_host, d->cfg.redis_port);
+    log_notice("jobd %s starting: worker %s, redis %s, namespace %s, %d thread(s)",
+               PACKAGE_VERSION, d->worker_id, endpoint, d->cfg.ns, threadpool_size(d->pool));
     redis_start(d->redis);
     event_base_dispatch(d->base);
 

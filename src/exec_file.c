@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "encode.h"
 #include "executor.h"
 #include "threadpool.h"
 
@@ -212,19 +213,11 @@ static void do_read(struct file_state *st)
     } else if (len > (size_t)sb.st_size) {
         job_error_set(&st->err, ERR_IO_ERROR, "%s: file grew while being read", st->path);
     } else {
-        /* Text when it is valid UTF-8 without NUL; base64 otherwise. */
-        json_t *text = memchr(buf, '\0', len) ? NULL : json_stringn(buf, len);
-        if (text) {
-            st->result = json_pack("{s:s, s:I, s:o}", "path", st->path, "size", (json_int_t)len,
-                                   "content", text);
-        } else {
-            char *b64 = malloc(4 * ((len + 2) / 3) + 1);
-            if (b64) {
-                EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)buf, (int)len);
-                st->result = json_pack("{s:s, s:I, s:s}", "path", st->path, "size",
-                                       (json_int_t)len, "content_base64", b64);
-                free(b64);
-            }
+        st->result = json_pack("{s:s, s:I}", "path", st->path, "size", (json_int_t)len);
+        if (json_set_text_or_base64(st->result, "content", "content_base64", buf, len)) {
+            json_decref(st->result);
+            st->result = NULL;
+            job_error_set(&st->err, ERR_INTERNAL, "out of memory");
         }
     }
     free(buf);
@@ -253,8 +246,7 @@ static void do_sha256(struct file_state *st)
             fail_errno(st, errno, "read");
         } else if (n == 0 && EVP_DigestFinal_ex(ctx, md, &mdlen)) {
             char hex[2 * EVP_MAX_MD_SIZE + 1];
-            for (unsigned i = 0; i < mdlen; i++)
-                snprintf(hex + 2 * i, 3, "%02x", md[i]);
+            hex_encode(md, mdlen, hex);
             st->result = json_pack("{s:s, s:I, s:s}", "path", st->path, "size",
                                    (json_int_t)total, "sha256", hex);
         }

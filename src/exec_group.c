@@ -117,12 +117,14 @@ static void report(struct job *job)
     const struct daemon *d = job->d;
     if (st->all && st->first_failure >= 0) {
         struct job *c = st->children[st->first_failure];
+        /* The group failed because of this child: say which, keep its code,
+         * status and SQLSTATE; the child's Retry-After was for the child. */
         struct job_error e = c->error;
-        /* The group failed because of this child: say which, keep its code. */
-        job_error_set(&e, c->error.code ? c->error.code : ERR_INTERNAL, "group.jobs[%d] %s: %s",
-                      st->first_failure, job_status_name(c->status), c->error.message);
-        e.http_status = c->error.http_status;
-        memcpy(e.sqlstate, c->error.sqlstate, sizeof(e.sqlstate));
+        if (!e.code)
+            e.code = ERR_INTERNAL;
+        e.retry_after_ms = 0;
+        snprintf(e.message, sizeof(e.message), "group.jobs[%d] %s: %.480s", st->first_failure,
+                 job_status_name(c->status), c->error.message);
         job_fail_with(job, &e);
         return;
     }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "encode.h"
 #include "exec_hash.h"
 #include "executor.h"
 #include "threadpool.h"
@@ -236,13 +237,8 @@ static void hash_done(struct pool_task *task)
         job_fail(job, ERR_INTERNAL, "OpenSSL digest failed");
         return;
     }
-    static const char hexdigits[] = "0123456789abcdef";
     char hex[2 * EVP_MAX_MD_SIZE + 1];
-    for (unsigned i = 0; i < st->digest_len; i++) {
-        hex[2 * i] = hexdigits[st->digest[i] >> 4];
-        hex[2 * i + 1] = hexdigits[st->digest[i] & 15];
-    }
-    hex[2 * st->digest_len] = '\0';
+    hex_encode(st->digest, st->digest_len, hex);
     job_succeed(job, json_pack("{s:s}", "digest", hex));
 }
 

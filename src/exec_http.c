@@ -23,9 +23,12 @@
 #include <time.h>
 
 #include "daemon.h"
+#include "encode.h"
 #include "exec_http.h"
 #include "executor.h"
 #include "log.h"
+#include "result.h"
+#include "timer.h"
 
 #define MAX_URL 8192
 #define MAX_BATCH 100000
@@ -52,7 +55,7 @@ struct http_request {
     size_t len, cap;
     EVP_MD_CTX *sha;
     int64_t bytes;
-    bool too_large, refused_address, running, done;
+    bool too_large, refused_address, running;
     int64_t retry_after_ms;
     json_t *outcome;            /* result object, or {"error": {...}} in a batch */
     struct job_error err;
@@ -324,7 +327,7 @@ static void request_reset(struct http_request *rq)
     }
     free(rq->errbuf);
     rq->errbuf = NULL;
-    rq->running = rq->done = rq->failed = rq->too_large = rq->refused_address = false;
+    rq->running = rq->failed = rq->too_large = rq->refused_address = false;
     free(rq->buf);
     rq->buf = NULL;
     rq->len = rq->cap = 0;
@@ -562,8 +565,7 @@ static json_t *hex_digest(EVP_MD_CTX *ctx)
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     if (!EVP_DigestFinal_ex(ctx, md, &len))
         return NULL;
-    for (unsigned i = 0; i < len; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    hex_encode(md, len, hex);
     return json_string(hex);
 }
 
@@ -594,17 +596,7 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     } else {
         json_t *res = json_pack("{s:i, s:I}", "status", (int)status, "bytes", (json_int_t)rq->bytes);
         if (rq->mode == RESP_TEXT) {
-            json_t *text = rq->len ? json_stringn(rq->buf, rq->len) : json_string("");
-            if (text && !memchr(rq->buf ? rq->buf : "", '\0', rq->len)) {
-                json_object_set_new(res, "body", text);
-            } else {
-                json_decref(text);
-                char *b64 = malloc(4 * ((rq->len + 2) / 3) + 1);
-                if (b64)
-                    EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)rq->buf, (int)rq->len);
-                json_object_set_new(res, "body_base64", json_string(b64 ? b64 : ""));
-                free(b64);
-            }
+            json_set_text_or_base64(res, "body", "body_base64", rq->buf, rq->len);
         } else if (rq->mode == RESP_JSON) {
             json_error_t jerr;
             json_t *doc = json_loadb(rq->buf ? rq->buf : "", rq->len,
@@ -647,10 +639,8 @@ static void job_report(struct http_job *hj)
     for (int i = 0; i < hj->n; i++) {
         struct http_request *rq = &hj->reqs[i];
         if (rq->failed) {
-            json_t *e = json_pack("{s:s, s:s}", "code", rq->err.code, "message", rq->err.message);
-            if (rq->err.http_status)
-                json_object_set_new(e, "http_status", json_integer(rq->err.http_status));
-            json_array_append_new(results, json_pack("{s:o}", "error", e));
+            json_array_append_new(results,
+                                  json_pack("{s:o}", "error", result_error_json(&rq->err)));
         } else {
             json_array_append(results, rq->outcome);
             ok++;
@@ -675,7 +665,6 @@ static void check_done(void)
         curl_multi_remove_handle(http.multi, e);
         rq->running = false;
         http.transfers--;
-        rq->done = true;
         request_outcome(rq, code);
         easy_put(rq->easy);
         rq->easy = NULL;
@@ -737,8 +726,7 @@ static int set_timer(CURLM *multi, long timeout_ms, void *userp)
     if (timeout_ms < 0) {
         evtimer_del(http.timer);
     } else {
-        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-        evtimer_add(http.timer, &tv);
+        timer_add_ms(http.timer, timeout_ms);
     }
     return 0;
 }

@@ -4,6 +4,7 @@
 
 #include "daemon.h"
 #include "executor.h"
+#include "timer.h"
 
 #define SLEEP_MAX_MS (7LL * 24 * 3600 * 1000)
 
@@ -51,8 +52,7 @@ static void sleep_start(struct job *job)
     struct sleep_state *st = job->exec_state;
     if (!st->timer)
         st->timer = evtimer_new(job->d->base, sleep_fired, job);
-    struct timeval tv = {st->ms / 1000, (st->ms % 1000) * 1000};
-    if (!st->timer || evtimer_add(st->timer, &tv)) {
+    if (!st->timer || timer_add_ms(st->timer, st->ms)) {
         job_fail(job, ERR_INTERNAL, "cannot arm timer");
         return;
     }

@@ -14,6 +14,7 @@
 #include "runner.h"
 #include "scheduler.h"
 #include "threadpool.h"
+#include "timer.h"
 
 #define EVERY_MS 3000
 #define TTL_S "10"
@@ -89,9 +90,7 @@ struct heartbeat *heartbeat_create(struct daemon *d)
     if (!hb)
         return NULL;
     hb->d = d;
-    hb->timer = event_new(d->base, -1, EV_PERSIST, tick, hb);
-    struct timeval tv = {EVERY_MS / 1000, (EVERY_MS % 1000) * 1000};
-    evtimer_add(hb->timer, &tv);
+    hb->timer = timer_new_periodic(d->base, EVERY_MS, tick, hb);
     return hb;
 }
 

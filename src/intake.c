@@ -12,6 +12,7 @@
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
+#include "timer.h"
 
 #define GROUP "jobd"
 #define BLOCK_MS 1000
@@ -69,42 +70,50 @@ static const char *field_value(const redisReply *fields, const char *name, size_
     return NULL;
 }
 
-static void take_entry(struct intake *in, const char *stream, const redisReply *entry)
+int intake_parse_entry(const redisReply *entry, const char *stream, struct job_message *msg)
 {
     if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
         entry->element[0]->type != REDIS_REPLY_STRING)
-        return;
-    const char *entry_id = entry->element[0]->str;
+        return -1;
     const redisReply *fields = entry->element[1];
-    struct job_message msg = {.source = SOURCE_STREAM, .stream = stream, .entry_id = entry_id};
+    memset(msg, 0, sizeof(*msg));
+    msg->source = SOURCE_STREAM;
+    msg->stream = stream;
+    msg->entry_id = entry->element[0]->str;
+    msg->raw = "";
     if (fields->type != REDIS_REPLY_ARRAY) {
         /* [id, nil]: the entry was deleted while pending. Nothing to run. */
-        msg.problem = "stream entry was deleted before it was read";
-        msg.raw = "";
-    } else {
-        msg.raw = field_value(fields, "job", &msg.raw_len);
-        if (!msg.raw) {
-            msg.raw = "";
-            msg.problem = "stream entry has no \"job\" field";
-        }
-        msg.id = field_value(fields, "id", NULL);
-        const char *v;
-        if ((v = field_value(fields, "attempts", NULL)))
-            msg.attempts = atoi(v) > 0 && atoi(v) < 1000 ? atoi(v) : 0;
-        if ((v = field_value(fields, "queued_at", NULL)))
-            msg.queued_at = strtoll(v, NULL, 10);
-        if ((v = field_value(fields, "due", NULL))) {
-            msg.due_ms = strtoll(v, NULL, 10);
-            msg.has_due = msg.due_ms > 0;
-        }
+        msg->problem = "stream entry was deleted while pending";
+        return 0;
     }
-    runner_accept(in->d->runner, &msg);
+    const char *raw = field_value(fields, "job", &msg->raw_len);
+    if (raw)
+        msg->raw = raw;
+    else
+        msg->problem = "stream entry has no \"job\" field";
+    msg->id = field_value(fields, "id", NULL);
+    const char *v;
+    if ((v = field_value(fields, "attempts", NULL)))
+        msg->attempts = atoi(v) > 0 && atoi(v) < 1000 ? atoi(v) : 0;
+    if ((v = field_value(fields, "queued_at", NULL)))
+        msg->queued_at = strtoll(v, NULL, 10);
+    if ((v = field_value(fields, "due", NULL))) {
+        msg->due_ms = strtoll(v, NULL, 10);
+        msg->has_due = msg->due_ms > 0;
+    }
+    return 0;
+}
+
+static void take_entry(struct intake *in, const char *stream, const redisReply *entry)
+{
+    struct job_message msg;
+    if (intake_parse_entry(entry, stream, &msg) == 0)
+        runner_accept(in->d->runner, &msg);
 }
 
 static void retry_read_later(struct intake *in)
 {
-    struct timeval tv = {READ_RETRY_MS / 1000, (READ_RETRY_MS % 1000) * 1000};
-    evtimer_add(in->retry_timer, &tv);
+    timer_add_ms(in->retry_timer, READ_RETRY_MS);
 }
 
 static void create_groups(struct intake *in);
@@ -368,9 +377,7 @@ struct intake *intake_create(struct daemon *d)
     snprintf(in->heartbeat_channel, sizeof(in->heartbeat_channel), "%s:heartbeat:%s", d->cfg.ns,
              d->worker_id);
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
-    in->ping_timer = event_new(d->base, -1, EV_PERSIST, ping_cb, in);
-    struct timeval tv = {HEARTBEAT_EVERY_MS / 1000, (HEARTBEAT_EVERY_MS % 1000) * 1000};
-    evtimer_add(in->ping_timer, &tv);
+    in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
     struct redis_hooks sub = {sub_up, sub_down, in}, stream = {stream_up, stream_down, in};
     redis_set_hooks(d->redis, REDIS_SUB, &sub);
     redis_set_hooks(d->redis, REDIS_STREAM, &stream);

@@ -11,13 +11,21 @@
 #ifndef JOBD_INTAKE_H
 #define JOBD_INTAKE_H
 
+#include <hiredis/hiredis.h>
 #include <stdint.h>
+
+#include "runner.h"
 
 struct daemon;
 struct intake;
 
 struct intake *intake_create(struct daemon *d);
 void intake_free(struct intake *in);
+
+/* Read a stream entry reply [id, [field, value, ...]] into MSG, whose
+ * strings then point into the reply: the job, and the fields jobd adds when it
+ * puts a job back (id, attempts, queued_at, due). -1 when it is not an entry. */
+int intake_parse_entry(const redisReply *entry, const char *stream, struct job_message *msg);
 
 /* A job finished: there may be room to read more. */
 void intake_capacity_changed(struct intake *in);

@@ -4,11 +4,12 @@
 #include <string.h>
 
 #include "daemon.h"
-#include "heartbeat.h"
 #include "exec_http.h"
+#include "executor.h"
 #include "metrics.h"
 #include "pgpool.h"
 #include "redis.h"
+#include "result.h"
 #include "runner.h"
 #include "threadpool.h"
 
@@ -20,13 +21,11 @@ static const double bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                 1,     2.5,   5,    10,    30,    60,  300};
 #define NBOUNDS (sizeof(bounds) / sizeof(bounds[0]))
 
-static const char *const statuses[] = {"succeeded", "failed", "timed_out", "cancelled",
-                                       "rejected"};
-#define NSTATUSES (sizeof(statuses) / sizeof(statuses[0]))
+#define NSTATUSES (JOB_REJECTED + 1)
 
 struct type_metrics {
     char type[16];
-    uint64_t total[NSTATUSES];
+    uint64_t total[NSTATUSES];  /* by enum job_status */
     uint64_t buckets[NBOUNDS];  /* cumulative counts are computed when rendering */
     uint64_t count;
     double sum;
@@ -34,7 +33,7 @@ struct type_metrics {
 
 static struct type_metrics types[MAX_TYPES];
 static int ntypes;
-static uint64_t retries, dead_letters;
+static uint64_t dead_letters;
 
 static struct {
     char name[128];
@@ -53,17 +52,16 @@ static struct type_metrics *type_slot(const char *type)
     return &types[ntypes++];
 }
 
-void metrics_job_finished(const char *type, const char *status, int64_t duration_ms)
+void metrics_job_finished(const struct job *job)
 {
-    struct type_metrics *t = type_slot(type);
+    dead_letters += result_goes_to_dead(job);
+    struct type_metrics *t = type_slot(job->exec ? job->exec->type : "unknown");
     if (!t)
         return;
-    for (size_t i = 0; i < NSTATUSES; i++)
-        if (!strcmp(statuses[i], status))
-            t->total[i]++;
-    if (!strcmp(status, "rejected"))
+    t->total[job->status]++;
+    if (job->status == JOB_REJECTED)
         return;     /* never ran: no duration */
-    double s = (double)duration_ms / 1000.0;
+    double s = (double)(job->finished_at - job->started_at) / 1000.0;
     for (size_t i = 0; i < NBOUNDS; i++)
         if (s <= bounds[i]) {
             t->buckets[i]++;
@@ -71,16 +69,6 @@ void metrics_job_finished(const char *type, const char *status, int64_t duration
         }
     t->count++;
     t->sum += s;
-}
-
-void metrics_retry_scheduled(void)
-{
-    retries++;
-}
-
-void metrics_dead_letter(void)
-{
-    dead_letters++;
 }
 
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
@@ -111,16 +99,34 @@ static void label(struct evbuffer *out, const char *value)
     }
 }
 
+/* One unlabelled sample with its HELP and TYPE lines. */
+static void sample(struct evbuffer *out, const char *type, const char *name, const char *help,
+                   double value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type,
+                        name, value);
+}
+
 static void gauge(struct evbuffer *out, const char *name, const char *help, double value)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name,
-                        value);
+    sample(out, "gauge", name, help, value);
 }
 
 static void counter(struct evbuffer *out, const char *name, const char *help, double value)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %.17g\n", name, help, name,
-                        name, value);
+    sample(out, "counter", name, help, value);
+}
+
+/* A gauge per stream: its lag, or its pending count. */
+static void stream_gauge(struct evbuffer *out, const char *name, const char *help, bool lag)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    for (int i = 0; i < nstreams; i++) {
+        evbuffer_add_printf(out, "%s{stream=\"", name);
+        label(out, streams[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n",
+                            (long long)(lag ? streams[i].lag : streams[i].pending));
+    }
 }
 
 void metrics_render(const struct daemon *d, struct evbuffer *out)
@@ -136,7 +142,7 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     for (int i = 0; i < ntypes; i++)
         for (size_t s = 0; s < NSTATUSES; s++)
             evbuffer_add_printf(out, "jobd_jobs_total{type=\"%s\",status=\"%s\"} %llu\n",
-                                types[i].type, statuses[s],
+                                types[i].type, job_status_name((enum job_status)s),
                                 (unsigned long long)types[i].total[s]);
     evbuffer_add_printf(out, "# HELP jobd_job_duration_seconds Time from a job's last start "
                              "to its final status.\n# TYPE jobd_job_duration_seconds histogram\n");
@@ -159,7 +165,7 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
     counter(out, "jobd_retries_total", "Attempts that failed transiently and were scheduled again.",
-            (double)retries);
+            (double)c.retried);
     counter(out, "jobd_dead_letters_total", "Jobs written to the dead-letter stream.",
             (double)dead_letters);
     counter(out, "jobd_requeued_total", "Jobs put back on their stream at shutdown.",
@@ -173,9 +179,9 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
             (double)redis_reconnects(d->redis));
     evbuffer_add_printf(out, "# HELP jobd_redis_connected 1 when the connection is ready.\n"
                              "# TYPE jobd_redis_connected gauge\n");
-    static const char *const roles[] = {"command", "subscriber", "stream"};
     for (int r = 0; r < REDIS_NROLES; r++)
-        evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n", roles[r],
+        evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n",
+                            redis_role_name((enum redis_role)r),
                             redis_ready(d->redis, (enum redis_role)r) ? 1 : 0);
     int http_sockets, http_transfers;
     http_counts(&http_sockets, &http_transfers);
@@ -194,18 +200,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     counter(out, "jobd_postgres_queries_total", "Queries sent to PostgreSQL.", (double)pg.queries);
     counter(out, "jobd_postgres_reconnects_total", "PostgreSQL connections opened after a failure.",
             (double)pg.reconnects);
-    evbuffer_add_printf(out, "# HELP jobd_stream_lag Entries in the stream not yet read by "
-                             "group jobd.\n# TYPE jobd_stream_lag gauge\n");
-    for (int i = 0; i < nstreams; i++) {
-        evbuffer_add(out, "jobd_stream_lag{stream=\"", 24);
-        label(out, streams[i].name);
-        evbuffer_add_printf(out, "\"} %lld\n", (long long)streams[i].lag);
-    }
-    evbuffer_add_printf(out, "# HELP jobd_stream_pending Entries read by group jobd and not yet "
-                             "acknowledged.\n# TYPE jobd_stream_pending gauge\n");
-    for (int i = 0; i < nstreams; i++) {
-        evbuffer_add(out, "jobd_stream_pending{stream=\"", 28);
-        label(out, streams[i].name);
-        evbuffer_add_printf(out, "\"} %lld\n", (long long)streams[i].pending);
-    }
+    stream_gauge(out, "jobd_stream_lag", "Entries in the stream not yet read by group jobd.",
+                 true);
+    stream_gauge(out, "jobd_stream_pending",
+                 "Entries read by group jobd and not yet acknowledged.", false);
 }

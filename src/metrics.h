@@ -11,10 +11,11 @@
 struct daemon;
 struct evbuffer;
 
-/* A job reached its final status; DURATION_MS from its first start to its end. */
-void metrics_job_finished(const char *type, const char *status, int64_t duration_ms);
-void metrics_retry_scheduled(void);
-void metrics_dead_letter(void);
+struct job;
+
+/* A job's final outcome was stored: count it by type and status, time it
+ * from its last start, and count its dead letter. */
+void metrics_job_finished(const struct job *job);
 
 /* Stream lag and pending counts, refreshed from XINFO GROUPS. */
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "pgpool.h"
 #include "threadpool.h"
+#include "timer.h"
 
 #define CONNECT_TIMEOUT_MS 5000
 #define TICK_MS 250
@@ -90,6 +91,31 @@ static void conn_close(struct pg_conn *c)
     free(c);
 }
 
+/* Hand Q back to its owner: rows only on success, the scratch state freed. */
+static void query_complete(struct pgpool *pool, struct sql_query *q)
+{
+    q->conn = NULL;
+    if (q->err.code) {
+        pool->errors++;
+        json_decref(q->rows);
+        q->rows = NULL;
+    } else if (!q->rows) {
+        q->rows = json_array();
+    }
+    json_decref(q->fields);
+    q->fields = NULL;
+    free(q->types);
+    q->types = NULL;
+    q->done(q);
+}
+
+/* libpq's messages end in a newline and may run on: keep the first line. */
+static void first_line(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src);
+    dst[strcspn(dst, "\n")] = '\0';
+}
+
 static void fail_waiting(struct pgpool *pool, const char *why)
 {
     struct sql_query *q;
@@ -97,7 +123,7 @@ static void fail_waiting(struct pgpool *pool, const char *why)
         pool->wait_head = q->next;
         pool->nwaiting--;
         job_error_set(&q->err, ERR_UNAVAILABLE, "PostgreSQL is unreachable: %s", why);
-        q->done(q);
+        query_complete(pool, q);
     }
     pool->wait_tail = NULL;
 }
@@ -114,8 +140,7 @@ static void connect_failed(struct pg_conn *c, const char *why)
 {
     struct pgpool *pool = c->pool;
     char msg[256];
-    snprintf(msg, sizeof(msg), "%s", why);
-    msg[strcspn(msg, "\n")] = '\0';
+    first_line(msg, sizeof(msg), why);
     pool->failures++;
     int64_t delay = 100LL << (pool->failures < 6 ? pool->failures : 6);
     pool->next_connect = mono_ms() + (delay < BACKOFF_MAX_MS ? delay : BACKOFF_MAX_MS);
@@ -187,25 +212,14 @@ static void finish(struct pg_conn *c)
     struct sql_query *q = c->q;
     c->q = NULL;
     c->cancel_sent = false;
-    q->conn = NULL;
     c->state = C_IDLE;
     c->idle_since = mono_ms();
     watch(c, EV_READ);
+    /* The cancel that stopped an oversized result surfaces as an SQL error. */
     if (q->too_large && (!q->err.code || !strcmp(q->err.code, ERR_SQL_ERROR)))
         job_error_set(&q->err, ERR_TOO_LARGE, "result larger than %d rows or %d bytes",
                       SQL_MAX_ROWS, SQL_MAX_BYTES);
-    if (q->err.code) {
-        c->pool->errors++;
-        json_decref(q->rows);
-        q->rows = NULL;
-    } else if (!q->rows) {
-        q->rows = json_array();
-    }
-    json_decref(q->fields);
-    q->fields = NULL;
-    free(q->types);
-    q->types = NULL;
-    q->done(q);
+    query_complete(c->pool, q);
     dispatch(c->pool);
 }
 
@@ -213,24 +227,15 @@ static void finish(struct pg_conn *c)
 static void conn_broken(struct pg_conn *c)
 {
     char msg[256];
-    snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c->pg));
-    msg[strcspn(msg, "\n")] = '\0';
+    first_line(msg, sizeof(msg), PQerrorMessage(c->pg));
     log_warn("postgres: connection lost: %s", msg);
     struct sql_query *q = c->q;
     c->q = NULL;
     struct pgpool *pool = c->pool;
     conn_close(c);
     if (q) {
-        q->conn = NULL;
-        json_decref(q->rows);
-        q->rows = NULL;
-        json_decref(q->fields);
-        q->fields = NULL;
-        free(q->types);
-        q->types = NULL;
         job_error_set(&q->err, ERR_UNAVAILABLE, "connection to PostgreSQL lost: %s", msg);
-        pool->errors++;
-        q->done(q);
+        query_complete(pool, q);
     }
     dispatch(pool);
 }
@@ -545,9 +550,7 @@ struct pgpool *pgpool_create(struct daemon *d)
     if (!pool)
         return NULL;
     pool->d = d;
-    pool->tick = event_new(d->base, -1, EV_PERSIST, tick, pool);
-    struct timeval tv = {0, TICK_MS * 1000};
-    evtimer_add(pool->tick, &tv);
+    pool->tick = timer_new_periodic(d->base, TICK_MS, tick, pool);
     for (int i = 0; i < d->cfg.pg_min_size; i++)
         conn_open(pool);
     return pool;
@@ -595,19 +598,21 @@ void pgpool_cancel(struct pgpool *pool, struct sql_query *q)
         return;
     }
     /* Still waiting for a connection: leave the queue. */
-    for (struct sql_query **p = &pool->wait_head; *p; p = &(*p)->next)
-        if (*p == q) {
-            *p = q->next;
-            if (pool->wait_tail == q) {
-                pool->wait_tail = NULL;
-                for (struct sql_query *t = pool->wait_head; t; t = t->next)
-                    pool->wait_tail = t;
-            }
-            pool->nwaiting--;
-            job_error_set(&q->err, ERR_CANCELLED, "query cancelled before it started");
-            q->done(q);
-            return;
-        }
+    struct sql_query *prev = NULL;
+    for (struct sql_query *t = pool->wait_head; t; prev = t, t = t->next) {
+        if (t != q)
+            continue;
+        if (prev)
+            prev->next = q->next;
+        else
+            pool->wait_head = q->next;
+        if (pool->wait_tail == q)
+            pool->wait_tail = prev;
+        pool->nwaiting--;
+        job_error_set(&q->err, ERR_CANCELLED, "query cancelled before it started");
+        query_complete(pool, q);
+        return;
+    }
 }
 
 void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out)

@@ -13,11 +13,13 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "intake.h"
 #include "job.h"
 #include "log.h"
 #include "reclaim.h"
 #include "redis.h"
 #include "runner.h"
+#include "timer.h"
 
 #define GROUP "jobd"
 #define MAX_CLAIM 100
@@ -26,7 +28,6 @@ struct reclaim {
     struct daemon *d;
     struct event *timer;
     int busy;                   /* XPENDING/XCLAIM replies still to come */
-    uint64_t claimed;
 };
 
 /* ---- keeping our own long jobs' entries fresh ------------------------------ */
@@ -42,51 +43,44 @@ static void refresh_one(const struct job *job, void *arg)
 
 /* ---- claiming abandoned entries -------------------------------------------- */
 
-struct claim {
+/* The context of an XPENDING or XCLAIM reply. */
+struct stream_call {
     struct reclaim *rc;
     char *stream;
-    int deliveries;             /* > 0: poison, with this many deliveries */
+    int deliveries;             /* XCLAIM of poison entries: how often they were delivered */
 };
 
-static void take_claimed(struct claim *c, const redisReply *entry)
+static void stream_call_free(struct stream_call *call)
 {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
-        entry->element[0]->type != REDIS_REPLY_STRING)
+    free(call->stream);
+    free(call);
+}
+
+/* Send a command about STREAM; FN gets a stream_call and frees it. Counted in
+ * rc->busy until the reply, so ticks do not pile up behind a slow Redis. */
+static void send_stream_call(struct reclaim *rc, const char *stream, int deliveries,
+                             redis_reply_fn *fn, int argc, const char **argv)
+{
+    struct stream_call *call = calloc(1, sizeof(*call));
+    if (!call || !(call->stream = strdup(stream))) {
+        free(call);
         return;
-    const redisReply *fields = entry->element[1];
-    struct job_message msg = {
-        .source = SOURCE_STREAM,
-        .stream = c->stream,
-        .entry_id = entry->element[0]->str,
-        .redelivered = true,
-        .poison_deliveries = c->deliveries,
-        .raw = "",
-    };
-    if (fields->type != REDIS_REPLY_ARRAY) {
-        msg.problem = "stream entry was deleted while pending";
-    } else {
-        for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-            const redisReply *k = fields->element[i], *v = fields->element[i + 1];
-            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-                continue;
-            if (!strcmp(k->str, "job")) {
-                msg.raw = v->str;
-                msg.raw_len = v->len;
-            } else if (!strcmp(k->str, "id")) {
-                msg.id = v->str;
-            } else if (!strcmp(k->str, "attempts")) {
-                msg.attempts = atoi(v->str) > 0 && atoi(v->str) < 1000 ? atoi(v->str) : 0;
-            } else if (!strcmp(k->str, "queued_at")) {
-                msg.queued_at = strtoll(v->str, NULL, 10);
-            } else if (!strcmp(k->str, "due")) {
-                msg.due_ms = strtoll(v->str, NULL, 10);
-                msg.has_due = msg.due_ms > 0;
-            }
-        }
-        if (!msg.raw_len && !msg.problem)
-            msg.problem = "stream entry has no \"job\" field";
     }
-    c->rc->claimed++;
+    call->rc = rc;
+    call->deliveries = deliveries;
+    if (redis_send(rc->d->redis, REDIS_CMD, fn, call, 0, argc, argv, NULL) == 0)
+        rc->busy++;
+    else
+        stream_call_free(call);
+}
+
+static void take_claimed(struct stream_call *c, const redisReply *entry)
+{
+    struct job_message msg;
+    if (intake_parse_entry(entry, c->stream, &msg))
+        return;
+    msg.redelivered = true;
+    msg.poison_deliveries = c->deliveries;
     log_info("reclaimed %s %s from a consumer that went quiet%s", c->stream, msg.entry_id,
              c->deliveries ? " (poison)" : "");
     runner_accept(c->rc->d->runner, &msg);
@@ -94,7 +88,7 @@ static void take_claimed(struct claim *c, const redisReply *entry)
 
 static void claim_reply(struct redis *r, redisReply *reply, void *priv)
 {
-    struct claim *c = priv;
+    struct stream_call *c = priv;
     c->rc->busy--;
     if (reply && reply->type == REDIS_REPLY_ARRAY && !c->rc->d->draining)
         for (size_t i = 0; i < reply->elements; i++)
@@ -102,8 +96,7 @@ static void claim_reply(struct redis *r, redisReply *reply, void *priv)
     else if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements)
         log_info("shutdown: %zu claimed entr(ies) left pending for another daemon",
                  reply->elements);
-    free(c->stream);
-    free(c);
+    stream_call_free(c);
 }
 
 static void send_claim(struct reclaim *rc, const char *stream, const char **ids, int n,
@@ -111,16 +104,10 @@ static void send_claim(struct reclaim *rc, const char *stream, const char **ids,
 {
     if (n == 0)
         return;
-    struct claim *c = calloc(1, sizeof(*c));
     const char **argv = calloc((size_t)n + 5, sizeof(*argv));
     char idle[24];
-    if (!c || !argv || !(c->stream = strdup(stream))) {
-        free(c);
-        free(argv);
+    if (!argv)
         return;
-    }
-    c->rc = rc;
-    c->deliveries = deliveries;
     snprintf(idle, sizeof(idle), "%" PRId64, rc->d->cfg.visibility_timeout_ms);
     argv[0] = "XCLAIM";
     argv[1] = stream;
@@ -129,23 +116,13 @@ static void send_claim(struct reclaim *rc, const char *stream, const char **ids,
     argv[4] = idle;
     for (int i = 0; i < n; i++)
         argv[5 + i] = ids[i];
-    if (redis_send(rc->d->redis, REDIS_CMD, claim_reply, c, 0, n + 5, argv, NULL) == 0) {
-        rc->busy++;
-    } else {
-        free(c->stream);
-        free(c);
-    }
+    send_stream_call(rc, stream, deliveries, claim_reply, n + 5, argv);
     free(argv);
 }
 
-struct pending {
-    struct reclaim *rc;
-    char *stream;
-};
-
 static void pending_reply(struct redis *r, redisReply *reply, void *priv)
 {
-    struct pending *p = priv;
+    struct stream_call *p = priv;
     struct reclaim *rc = p->rc;
     rc->busy--;
     if (reply && reply->type == REDIS_REPLY_ARRAY && !rc->d->draining) {
@@ -173,8 +150,7 @@ static void pending_reply(struct redis *r, redisReply *reply, void *priv)
     } else if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOGROUP", 7)) {
         log_warn("XPENDING %s: %s", p->stream, reply->str);
     }
-    free(p->stream);
-    free(p);
+    stream_call_free(p);
 }
 
 static void tick(evutil_socket_t fd, short what, void *arg)
@@ -196,19 +172,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     snprintf(idle, sizeof(idle), "%" PRId64, d->cfg.visibility_timeout_ms);
     snprintf(count, sizeof(count), "%d", room);
     for (int s = 0; s < d->cfg.nstreams; s++) {
-        struct pending *p = calloc(1, sizeof(*p));
-        if (!p || !(p->stream = strdup(d->cfg.streams[s]))) {
-            free(p);
-            continue;
-        }
-        p->rc = rc;
-        const char *argv[] = {"XPENDING", p->stream, GROUP, "IDLE", idle, "-", "+", count};
-        if (redis_send(d->redis, REDIS_CMD, pending_reply, p, 0, 8, argv, NULL) == 0) {
-            rc->busy++;
-        } else {
-            free(p->stream);
-            free(p);
-        }
+        const char *argv[] = {"XPENDING", d->cfg.streams[s], GROUP, "IDLE", idle, "-", "+", count};
+        send_stream_call(rc, d->cfg.streams[s], 0, pending_reply, 8, argv);
     }
 }
 
@@ -223,9 +188,7 @@ struct reclaim *reclaim_create(struct daemon *d)
         every = 250;
     if (every > 10000)
         every = 10000;
-    rc->timer = event_new(d->base, -1, EV_PERSIST, tick, rc);
-    struct timeval tv = {every / 1000, (every % 1000) * 1000};
-    evtimer_add(rc->timer, &tv);
+    rc->timer = timer_new_periodic(d->base, every, tick, rc);
     return rc;
 }
 
@@ -235,9 +198,4 @@ void reclaim_free(struct reclaim *rc)
         return;
     event_free(rc->timer);
     free(rc);
-}
-
-uint64_t reclaim_claimed(const struct reclaim *rc)
-{
-    return rc->claimed;
 }

@@ -10,8 +10,6 @@
 #ifndef JOBD_RECLAIM_H
 #define JOBD_RECLAIM_H
 
-#include <stdint.h>
-
 struct daemon;
 struct reclaim;
 
@@ -20,6 +18,5 @@ struct reclaim;
 
 struct reclaim *reclaim_create(struct daemon *d);
 void reclaim_free(struct reclaim *rc);
-uint64_t reclaim_claimed(const struct reclaim *rc);
 
 #endif

@@ -19,6 +19,7 @@
 #include "job.h"
 #include "log.h"
 #include "redis.h"
+#include "timer.h"
 
 #define CONNECT_TIMEOUT_MS 5000
 #define COMMAND_TIMEOUT_MS 10000
@@ -74,8 +75,7 @@ static void conn_schedule_retry(struct conn *c)
         delay = BACKOFF_MAX_MS;
     delay = delay / 2 + (int64_t)(random() % (delay / 2 + 1));   /* jitter: [0.5, 1.0] */
     c->failures++;
-    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
-    evtimer_add(c->retry_timer, &tv);
+    timer_add_ms(c->retry_timer, delay);
 }
 
 /* Forget the context (hiredis frees it) and plan a reconnect. */
@@ -231,9 +231,7 @@ struct redis *redis_create(struct daemon *d)
         c->retry_timer = evtimer_new(d->base, retry_cb, c);
         c->ready_event = event_new(d->base, -1, 0, ready_cb, c);
     }
-    r->check_timer = event_new(d->base, -1, EV_PERSIST, check_cb, r);
-    struct timeval tv = {0, CHECK_INTERVAL_MS * 1000};
-    evtimer_add(r->check_timer, &tv);
+    r->check_timer = timer_new_periodic(d->base, CHECK_INTERVAL_MS, check_cb, r);
     return r;
 }
 
@@ -267,6 +265,11 @@ void redis_free(struct redis *r)
     }
     event_free(r->check_timer);
     free(r);
+}
+
+const char *redis_role_name(enum redis_role role)
+{
+    return role_names[role];
 }
 
 bool redis_ready(const struct redis *r, enum redis_role role)

@@ -37,6 +37,8 @@ void redis_start(struct redis *r);
 void redis_free(struct redis *r);
 
 bool redis_ready(const struct redis *r, enum redis_role role);
+/* "command", "subscriber" or "stream". */
+const char *redis_role_name(enum redis_role role);
 
 /* Send one command on a role's connection. Returns 0, or -1 when that
  * connection is not ready (fn is then not called). timeout_ms: how long the

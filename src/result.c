@@ -35,6 +35,12 @@ static const char *reported_type(const struct job *job)
     return job->exec ? job->exec->type : "unknown";
 }
 
+bool result_goes_to_dead(const struct job *job)
+{
+    return job->status == JOB_REJECTED || job->status == JOB_FAILED ||
+           job->status == JOB_TIMED_OUT;
+}
+
 json_t *result_record(const struct daemon *d, const struct job *job)
 {
     json_t *rec = json_object();
@@ -145,8 +151,7 @@ static void write_result(struct daemon *d, struct job *job)
     snprintf(field, sizeof(field), "%s.%s", reported_type(job), job_status_name(job->status));
     const char *incr[] = {"HINCRBY", key, field, "1"};
     queue_command(d, 4, incr, NULL);
-    /* Rejected messages and jobs that failed for good go to NS:dead whole. */
-    if (job->status == JOB_REJECTED || job->status == JOB_FAILED || job->status == JOB_TIMED_OUT)
+    if (result_goes_to_dead(job))
         send_dead_letter(d, job);
     free(text);
 }

@@ -28,6 +28,9 @@ typedef void result_done_fn(struct job *job, bool stored);
  * without calling done() when the command connection is not ready. */
 int result_write(struct daemon *d, struct job *job, result_done_fn *done);
 
+/* Rejected messages and jobs that failed for good go to NS:dead whole. */
+bool result_goes_to_dead(const struct job *job);
+
 /* The result record of PROTOCOL §4. */
 json_t *result_record(const struct daemon *d, const struct job *job);
 

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "daemon.h"
 #include "envelope.h"
@@ -22,6 +21,7 @@
 #include "result.h"
 #include "runner.h"
 #include "exec_group.h"
+#include "timer.h"
 
 #define BUCKETS 4096
 #define CANCEL_MEMORY_MS (3600 * 1000)
@@ -130,24 +130,25 @@ void runner_free(struct runner *r)
 
 /* ---- writing outcomes ---------------------------------------------------- */
 
-static void write_outcome(struct runner *r, struct job *job);
+/* The write could not be sent or was lost with the connection: keep the job
+ * (and its slot); runner_redis_ready() writes it again. */
+static void mark_unstored(struct runner *r, struct job *job)
+{
+    job->write_waiting = true;
+    r->unstored++;
+}
 
 static void write_done(struct job *job, bool stored)
 {
     struct runner *r = job->d->runner;
     if (!stored) {
-        /* Keep it; runner_redis_ready() writes it again. */
-        job->write_waiting = true;
-        r->unstored++;
+        mark_unstored(r, job);
         log_job(LOG_WARN, job, "outcome not stored yet (Redis unavailable); will retry");
         return;
     }
     switch (job->write_kind) {
     case WRITE_RESULT:
-        metrics_job_finished(job->exec ? job->exec->type : "unknown", job_status_name(job->status),
-                             job->finished_at - job->started_at);
-        if (job->status != JOB_SUCCEEDED && job->status != JOB_CANCELLED)
-            metrics_dead_letter();
+        metrics_job_finished(job);
         if (job->status == JOB_SUCCEEDED)
             r->succeeded++;
         else if (job->status == JOB_REJECTED)
@@ -156,10 +157,7 @@ static void write_done(struct job *job, bool stored)
             r->failed++;
         break;
     case WRITE_SCHEDULE:
-        if (job->attempts > 0) {
-            r->retried++;
-            metrics_retry_scheduled();
-        }
+        r->retried += job->attempts > 0;    /* a retry, not a first delay */
         break;
     case WRITE_REQUEUE: r->requeued++; break;
     case WRITE_ACK: break;
@@ -173,10 +171,8 @@ static void write_outcome(struct runner *r, struct job *job)
         job->state = JOB_STORING;
         r->storing++;
     }
-    if (result_write(r->d, job, write_done)) {
-        job->write_waiting = true;
-        r->unstored++;
-    }
+    if (result_write(r->d, job, write_done))
+        mark_unstored(r, job);
 }
 
 void runner_redis_ready(struct runner *r)
@@ -187,9 +183,8 @@ void runner_redis_ready(struct runner *r)
         job->write_waiting = false;
         r->unstored--;
         if (result_write(r->d, job, write_done)) {
-            job->write_waiting = true;
-            r->unstored++;
-            return;
+            mark_unstored(r, job);
+            return;     /* the connection went again: wait for the next ready */
         }
     }
 }
@@ -224,12 +219,25 @@ static void stop_attempt(struct job *job, enum stop_reason why)
 
 static void start_attempt(struct runner *r, struct job *job);
 
-/* ---- group children -------------------------------------------------------- */
-
 static double random01(void)
 {
     return (double)random() / ((double)RAND_MAX + 1.0);
 }
+
+/* PROTOCOL §2: a transient failure with attempts left is tried again after the
+ * backoff, or after the server's Retry-After when that is longer. */
+static bool retry_due(const struct job *job, int64_t *delay)
+{
+    if (job->status == JOB_SUCCEEDED || job->status == JOB_CANCELLED ||
+        job->attempts >= job->retry.attempts || !job_error_is_transient(&job->error))
+        return false;
+    *delay = retry_delay_ms(&job->retry, job->attempts, random01());
+    if (job->error.retry_after_ms > *delay)
+        *delay = job->error.retry_after_ms;
+    return true;
+}
+
+/* ---- group children -------------------------------------------------------- */
 
 
 struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
@@ -278,17 +286,23 @@ static void child_retry_cb(evutil_socket_t fd, short what, void *arg)
         start_attempt(child->d->runner, child);
 }
 
+static void child_finished(struct job *child)
+{
+    child->finished_at = now_ms();
+    child->state = JOB_NEW;
+    group_child_done(child);
+}
+
 void runner_child_stop(struct job *child)
 {
     if (child->state == JOB_RUNNING) {
         stop_attempt(child, STOP_PARENT);
     } else if (child->state == JOB_WAITING_RETRY) {
-        /* Between attempts: nothing runs, so it ends here. */
+        /* Between attempts: nothing runs, so it ends here, cancelled. */
         evtimer_del(child->timer);
-        child->state = JOB_STOPPING;
-        child->stop = STOP_PARENT;
-        child->d->runner->running++;
-        runner_attempt_done(child);
+        child->status = JOB_CANCELLED;
+        job_error_set(&child->error, ERR_CANCELLED, "cancelled by request");
+        child_finished(child);
     }
 }
 
@@ -301,22 +315,16 @@ void runner_child_free(struct job *child)
 /* A child's attempt ended: retry it on a timer or report to its group. */
 static void child_attempt_done(struct runner *r, struct job *child)
 {
-    if (child->status != JOB_SUCCEEDED && child->status != JOB_CANCELLED &&
-        child->attempts < child->retry.attempts && job_error_is_transient(&child->error)) {
-        int64_t delay = retry_delay_ms(&child->retry, child->attempts, random01());
-        if (child->error.retry_after_ms > delay)
-            delay = child->error.retry_after_ms;
+    int64_t delay;
+    if (retry_due(child, &delay)) {
         log_job(LOG_INFO, child, "attempt %d failed (%s); retry in %lld ms", child->attempts,
                 child->error.code, (long long)delay);
         child->state = JOB_WAITING_RETRY;
         event_assign(child->timer, r->d->base, -1, 0, child_retry_cb, child);
-        struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
-        evtimer_add(child->timer, &tv);
+        timer_add_ms(child->timer, delay);
         return;
     }
-    child->finished_at = now_ms();
-    child->state = JOB_NEW;
-    group_child_done(child);
+    child_finished(child);
 }
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -339,8 +347,7 @@ static void start_attempt(struct runner *r, struct job *job)
         job->timer = evtimer_new(r->d->base, timeout_cb, job);
     else
         event_assign(job->timer, r->d->base, -1, 0, timeout_cb, job);
-    struct timeval tv = {job->timeout_ms / 1000, (job->timeout_ms % 1000) * 1000};
-    evtimer_add(job->timer, &tv);
+    timer_add_ms(job->timer, job->timeout_ms);
     log_job(LOG_DEBUG, job, "attempt %d of %d started (%s)", job->attempts, job->retry.attempts,
             job->exec->type);
     job->exec->start(job);
@@ -356,26 +363,25 @@ void runner_attempt_done(struct job *job)
     evtimer_del(job->timer);
     r->running--;
 
+    if (job->stop != STOP_NONE) {
+        /* Whatever the executor reported, the runner's reason decides. */
+        json_decref(job->result);
+        job->result = NULL;
+    }
     switch (job->stop) {
     case STOP_SHUTDOWN:
         /* Not an outcome: the attempt is given back, uncounted. */
         job->attempts--;
-        json_decref(job->result);
-        job->result = NULL;
         log_job(LOG_INFO, job, "stopped by shutdown; back on its stream");
         finish(r, job, WRITE_REQUEUE);
         return;
     case STOP_TIMEOUT:
-        json_decref(job->result);
-        job->result = NULL;
         job->status = JOB_TIMED_OUT;
         job_error_set(&job->error, ERR_TIMEOUT, "attempt exceeded timeout_ms (%" PRId64 " ms)",
                       job->timeout_ms);
         break;
     case STOP_CANCEL:
     case STOP_PARENT:
-        json_decref(job->result);
-        job->result = NULL;
         job->status = JOB_CANCELLED;
         job_error_set(&job->error, ERR_CANCELLED, "cancelled by request");
         break;
@@ -387,11 +393,8 @@ void runner_attempt_done(struct job *job)
         return;
     }
 
-    if (job->status != JOB_SUCCEEDED && job->status != JOB_CANCELLED &&
-        job->attempts < job->retry.attempts && job_error_is_transient(&job->error)) {
-        int64_t delay = retry_delay_ms(&job->retry, job->attempts, random01());
-        if (job->error.retry_after_ms > delay)
-            delay = job->error.retry_after_ms;
+    int64_t delay;
+    if (retry_due(job, &delay)) {
         job->write_due = now_ms() + delay;
         log_job(LOG_INFO, job, "attempt %d failed (%s: %s); retry in %" PRId64 " ms",
                 job->attempts, job->error.code, job->error.message, delay);
@@ -637,11 +640,6 @@ void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
 int runner_inflight(const struct runner *r)
 {
     return r->inflight;
-}
-
-int runner_unstored(const struct runner *r)
-{
-    return r->unstored;
 }
 
 void runner_counts(const struct runner *r, struct runner_counts *out)

@@ -52,8 +52,6 @@ void runner_control(struct runner *r, const char *payload, size_t len);
 
 /* Jobs taken and not yet stored (running, stopping or being written). */
 int runner_inflight(const struct runner *r);
-/* Jobs whose outcome waits for Redis to come back. */
-int runner_unstored(const struct runner *r);
 
 /* Redis (the command connection) is up again: write what waited. */
 void runner_redis_ready(struct runner *r);

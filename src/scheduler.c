@@ -9,6 +9,7 @@
 #include "log.h"
 #include "redis.h"
 #include "scheduler.h"
+#include "timer.h"
 
 #define TICK_MS 100
 #define MOVE_BATCH "500"
@@ -75,9 +76,7 @@ struct scheduler *scheduler_create(struct daemon *d)
     if (!s)
         return NULL;
     s->d = d;
-    s->timer = event_new(d->base, -1, EV_PERSIST, tick, s);
-    struct timeval tv = {0, TICK_MS * 1000};
-    evtimer_add(s->timer, &tv);
+    s->timer = timer_new_periodic(d->base, TICK_MS, tick, s);
     return s;
 }
 
