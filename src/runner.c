@@ -339,6 +339,10 @@ static void start_attempt(struct runner *r, struct job *job)
 {
     job->attempts++;
     job->started_at = now_ms();
+    /* libevent measures timers from the time cached when this loop pass
+     * began, which can be milliseconds before started_at: refresh it so the
+     * timeout (and a sleep) never ends early by the length of the pass. */
+    event_base_update_cache_time(r->d->base);
     job->stop = STOP_NONE;
     atomic_store(&job->cancel_flag, 0);
     job->state = JOB_RUNNING;
