@@ -52,9 +52,10 @@ json_t *heartbeat_snapshot(const struct daemon *d)
     struct pgpool_counts pg;
     pgpool_counts(d->pgpool, &pg);
     if (s && d->pgpool)
-        json_object_set_new(s, "postgres", json_pack("{s:i, s:i, s:i, s:i}", "open", pg.open,
-                                                     "busy", pg.busy, "idle", pg.idle,
-                                                     "waiting", pg.waiting));
+        json_object_set_new(s, "postgres",
+                            json_pack("{s:i, s:i, s:i, s:i, s:i}", "open", pg.open, "busy",
+                                      pg.busy, "idle", pg.idle, "waiting", pg.waiting,
+                                      "inflight", pg.inflight));
     if (s) {
         json_object_set_new(s, "channels", string_array(d->cfg.channels, d->cfg.nchannels));
         json_object_set_new(s, "streams", string_array(d->cfg.streams, d->cfg.nstreams));

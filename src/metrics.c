@@ -197,6 +197,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
                              "jobd_postgres_connections{state=\"connecting\"} %d\n",
                         pg.busy, pg.idle, pg.connecting);
     gauge(out, "jobd_postgres_waiting", "sql jobs waiting for a free connection.", pg.waiting);
+    gauge(out, "jobd_postgres_inflight", "Queries sent and not yet answered (postgres.pipeline "
+          "above 1 lets one connection carry several).", pg.inflight);
     counter(out, "jobd_postgres_queries_total", "Queries sent to PostgreSQL.", (double)pg.queries);
     counter(out, "jobd_postgres_reconnects_total", "PostgreSQL connections opened after a failure.",
             (double)pg.reconnects);

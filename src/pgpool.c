@@ -7,10 +7,24 @@
  * PQgetResult while !PQisBusy. Never PQexec. PQcancel blocks, so it runs on a
  * pool thread. Results are read one row at a time (single-row mode) so a cap
  * on rows and bytes holds while the result streams in.
+ *
+ * Every connection is in pipeline mode (PQenterPipelineMode): a query is sent
+ * whole at once as [SET statement_timeout, Sync] when the connection's value
+ * differs, [Prepare] the first time a named query runs there, then Execute and
+ * Sync; its results are read back in that order. With postgres.pipeline = 1
+ * a connection carries one query at a time, as without pipeline mode.
+ *
+ * A cancel stops whatever the backend runs when it arrives. It is sent only
+ * for the query at the head of a connection's pipeline, but it can race that
+ * query's end and hit the next one: a query that fails with query_canceled
+ * (57014) without having been cancelled itself, after a cancel went to its
+ * connection, is sent again once (it was rolled back: its own transaction).
  */
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +39,8 @@
 #define TICK_MS 250
 #define BACKOFF_MAX_MS 5000
 
-enum conn_state { C_CONNECTING, C_IDLE, C_BUSY };
-enum phase { PHASE_TIMEOUT = 1, PHASE_PREPARE, PHASE_EXECUTE };
+enum conn_state { C_CONNECTING, C_READY };
+enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
 
 struct pg_conn {
     struct pgpool *pool;
@@ -36,11 +50,22 @@ struct pg_conn {
     short ev_what;              /* the interest or the socket changes */
     int ev_fd;
     int64_t started, idle_since;
-    int64_t statement_timeout;  /* as set on the server; -1 unknown */
-    json_t *prepared;           /* statement names prepared here */
-    struct sql_query *q;
-    bool cancel_sent;
+    int64_t statement_timeout;  /* as last sent to the server; -1 unknown */
+    json_t *prepared;           /* statement names prepared (or sent) here */
+    struct sql_query *head, *tail;  /* sent, answers pending, in order */
+    int inflight;
+    const struct sql_query *cancel_for; /* the query a cancel was last sent for */
+    uint64_t cancels;           /* cancel requests sent on this connection */
+    int round_sends;            /* queries sent in this dispatch() round */
+    bool corked;
     struct pg_conn *next;
+};
+
+/* Queries answered while reading a connection: their done() callbacks run
+ * after the connection is no longer touched, since done() may start another
+ * job whose query breaks and frees that very connection. */
+struct answered {
+    struct sql_query *head, *tail;
 };
 
 struct pgpool {
@@ -50,6 +75,7 @@ struct pgpool {
     struct sql_query *wait_head, *wait_tail;
     int nwaiting;
     struct event *tick;
+    struct event *kick;         /* dispatch() once the current loop pass ends */
     int64_t next_connect;       /* mono ms: backoff after a failed connect */
     int failures;
     uint64_t queries, errors, reconnects;
@@ -109,6 +135,26 @@ static void query_complete(struct pgpool *pool, struct sql_query *q)
     q->done(q);
 }
 
+static void answered_add(struct answered *a, struct sql_query *q)
+{
+    q->next = NULL;
+    if (a->tail)
+        a->tail->next = q;
+    else
+        a->head = q;
+    a->tail = q;
+}
+
+static void answered_complete(struct pgpool *pool, struct answered *a)
+{
+    struct sql_query *q;
+    while ((q = a->head)) {
+        a->head = q->next;
+        query_complete(pool, q);
+    }
+    a->tail = NULL;
+}
+
 /* libpq's messages end in a newline and may run on: keep the first line. */
 static void first_line(char *dst, size_t len, const char *src)
 {
@@ -164,14 +210,14 @@ static void connect_step(struct pg_conn *c, PostgresPollingStatusType st)
     case PGRES_POLLING_READING: watch(c, EV_READ); break;
     case PGRES_POLLING_WRITING: watch(c, EV_WRITE); break;
     case PGRES_POLLING_OK:
-        if (PQsetnonblocking(c->pg, 1)) {
-            connect_failed(c, "cannot make the connection non-blocking");
+        if (PQsetnonblocking(c->pg, 1) || !PQenterPipelineMode(c->pg)) {
+            connect_failed(c, "cannot make the connection non-blocking and pipelined");
             return;
         }
         if (c->pool->failures)
             log_notice("postgres: connected again");
         c->pool->failures = 0;
-        c->state = C_IDLE;
+        c->state = C_READY;
         c->idle_since = mono_ms();
         watch(c, EV_READ);      /* idle: notice at once when the server closes it */
         dispatch(c->pool);
@@ -205,40 +251,25 @@ static void conn_open(struct pgpool *pool)
     connect_step(c, PGRES_POLLING_WRITING);
 }
 
-/* ---- queries --------------------------------------------------------------- */
-
-static void finish(struct pg_conn *c)
-{
-    struct sql_query *q = c->q;
-    c->q = NULL;
-    c->cancel_sent = false;
-    c->state = C_IDLE;
-    c->idle_since = mono_ms();
-    watch(c, EV_READ);
-    /* The cancel that stopped an oversized result surfaces as an SQL error. */
-    if (q->too_large && (!q->err.code || !strcmp(q->err.code, ERR_SQL_ERROR)))
-        job_error_set(&q->err, ERR_TOO_LARGE, "result larger than %d rows or %d bytes",
-                      SQL_MAX_ROWS, SQL_MAX_BYTES);
-    query_complete(c->pool, q);
-    dispatch(c->pool);
-}
-
-/* The connection died under a query: the query is unavailable (transient). */
+/* The connection died under its queries: each is unavailable (transient). */
 static void conn_broken(struct pg_conn *c)
 {
     char msg[256];
     first_line(msg, sizeof(msg), PQerrorMessage(c->pg));
     log_warn("postgres: connection lost: %s", msg);
-    struct sql_query *q = c->q;
-    c->q = NULL;
     struct pgpool *pool = c->pool;
+    struct sql_query *q = c->head;
+    c->head = c->tail = NULL;
     conn_close(c);
-    if (q) {
+    while (q) {
+        struct sql_query *next = q->next;
         job_error_set(&q->err, ERR_UNAVAILABLE, "connection to PostgreSQL lost: %s", msg);
         query_complete(pool, q);
+        q = next;
     }
-    dispatch(pool);
 }
+
+/* ---- cancel ---------------------------------------------------------------- */
 
 struct cancel_task {
     struct pool_task task;
@@ -262,11 +293,12 @@ static void cancel_done(struct pool_task *t)
     free(ct);
 }
 
-/* PQcancel blocks (a new connection to the server): a pool thread sends it
- * while the loop goes on reading this connection. */
-static void send_cancel(struct pg_conn *c)
+/* Stop Q, the query at the head of C's pipeline. PQcancel blocks (a new
+ * connection to the server): a pool thread sends it while the loop goes on
+ * reading this connection. */
+static void send_cancel(struct pg_conn *c, const struct sql_query *q)
 {
-    if (c->cancel_sent)
+    if (c->cancel_for == q)
         return;
     struct cancel_task *ct = calloc(1, sizeof(*ct));
     if (!ct || !(ct->cancel = PQgetCancel(c->pg))) {
@@ -280,8 +312,11 @@ static void send_cancel(struct pg_conn *c)
         free(ct);
         return;     /* statement_timeout is the second guard */
     }
-    c->cancel_sent = true;
+    c->cancel_for = q;
+    c->cancels++;
 }
+
+/* ---- results --------------------------------------------------------------- */
 
 static json_t *value_of(const PGresult *res, int row, int col, Oid type)
 {
@@ -315,7 +350,7 @@ static json_t *value_of(const PGresult *res, int row, int col, Oid type)
     return text ? text : json_string("");
 }
 
-static void take_row(struct sql_query *q, const PGresult *res)
+static void take_row(struct sql_query *q, const PGresult *res, int r)
 {
     int ncols = PQnfields(res);
     if (!q->fields) {
@@ -332,9 +367,9 @@ static void take_row(struct sql_query *q, const PGresult *res)
         return;
     json_t *row = json_object();
     for (int i = 0; i < ncols; i++) {
-        q->bytes += (size_t)PQgetlength(res, 0, i) + 8;
+        q->bytes += (size_t)PQgetlength(res, r, i) + 8;
         json_object_set_new(row, json_string_value(json_array_get(q->fields, (size_t)i)),
-                            value_of(res, 0, i, q->types[i]));
+                            value_of(res, r, i, q->types[i]));
     }
     json_array_append_new(q->rows, row);
     if (json_array_size(q->rows) > SQL_MAX_ROWS || q->bytes > SQL_MAX_BYTES) {
@@ -342,26 +377,40 @@ static void take_row(struct sql_query *q, const PGresult *res)
         q->too_large = true;
         json_decref(q->rows);
         q->rows = json_array();
-        send_cancel(q->conn);
+        send_cancel(q->conn, q);
     }
 }
 
-static void take_result(struct sql_query *q, PGresult *res)
+static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, PGresult *res)
 {
-    switch (PQresultStatus(res)) {
-    case PGRES_SINGLE_TUPLE: take_row(q, res); break;
+    ExecStatusType status = PQresultStatus(res);
+    switch (status) {
+    case PGRES_SINGLE_TUPLE: take_row(q, res, 0); break;
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
-        if (q->phase == PHASE_EXECUTE) {
-            snprintf(q->command, sizeof(q->command), "%s", PQcmdStatus(res));
-            const char *n = PQcmdTuples(res);
-            q->row_count = *n ? atoll(n) : (q->rows ? (long long)json_array_size(q->rows) : 0);
-            if (!strncmp(q->command, "SELECT", 6) && q->rows)
-                q->row_count = (long long)json_array_size(q->rows);
+    case PGRES_EMPTY_QUERY:
+        if (step != STEP_EXECUTE)
+            break;
+        /* Rows here too when single-row mode could not be set. */
+        for (int r = 0; r < PQntuples(res) && !q->too_large; r++)
+            take_row(q, res, r);
+        q->executed = true;
+        if (status == PGRES_EMPTY_QUERY) {
+            q->command[0] = '\0';
+            break;
         }
+        snprintf(q->command, sizeof(q->command), "%s", PQcmdStatus(res));
+        const char *n = PQcmdTuples(res);
+        q->row_count = *n ? atoll(n) : (q->rows ? (long long)json_array_size(q->rows) : 0);
+        if (!strncmp(q->command, "SELECT", 6) && q->rows)
+            q->row_count = (long long)json_array_size(q->rows);
         break;
-    case PGRES_EMPTY_QUERY: q->command[0] = '\0'; break;
+    case PGRES_PIPELINE_ABORTED: break;    /* an earlier step's error says why */
     default:
+        if (step == STEP_PREPARE)           /* the next one prepares it again */
+            json_object_del(c->prepared, q->name);
+        if (step == STEP_SET_TIMEOUT)
+            c->statement_timeout = -1;
         if (!q->err.code) {
             const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
@@ -372,130 +421,189 @@ static void take_result(struct sql_query *q, PGresult *res)
     }
 }
 
-static void flush(struct pg_conn *c)
+/* Q's answer is complete: off C's pipeline, and either sent again (hit by a
+ * cancel meant for the query before it) or set aside for done(). */
+static void query_answered(struct pg_conn *c, struct sql_query *q, struct answered *out)
 {
-    int rc = PQflush(c->pg);
-    if (rc < 0)
-        conn_broken(c);
-    else
-        watch(c, (short)(EV_READ | (rc == 1 ? EV_WRITE : 0)));
-}
-
-static void statement_name(const struct sql_query *q, char *buf, size_t len)
-{
-    snprintf(buf, len, "q_%s", q->name);
-}
-
-/* Send the next step of Q; returns -1 when libpq refused it. */
-static int send_phase(struct pg_conn *c, struct sql_query *q)
-{
-    char stmt[160];
-    if (q->phase == PHASE_TIMEOUT) {
-        char sql[96];
-        /* An integer we computed: no injection possible. */
-        snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)q->timeout_ms);
-        return PQsendQuery(c->pg, sql) ? 0 : -1;
-    }
-    if (q->phase == PHASE_PREPARE) {
-        statement_name(q, stmt, sizeof(stmt));
-        return PQsendPrepare(c->pg, stmt, q->sql, q->nparams, NULL) ? 0 : -1;
-    }
-    int ok;
-    if (q->name) {
-        statement_name(q, stmt, sizeof(stmt));
-        ok = PQsendQueryPrepared(c->pg, stmt, q->nparams, q->params, NULL, NULL, 0);
+    struct pgpool *pool = c->pool;
+    c->head = q->next;
+    if (!c->head)
+        c->tail = NULL;
+    c->inflight--;
+    if (!c->inflight)
+        c->idle_since = mono_ms();
+    q->next = NULL;
+    if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
+        !q->requeued && c->cancels > q->cancels_seen) {
+        q->requeued = true;
+        memset(&q->err, 0, sizeof(q->err));
+        json_decref(q->rows);
+        q->rows = NULL;
+        json_decref(q->fields);
+        q->fields = NULL;
+        free(q->types);
+        q->types = NULL;
+        q->bytes = 0;
+        q->conn = NULL;
+        q->next = pool->wait_head;      /* first in line: it was already sent once */
+        pool->wait_head = q;
+        if (!pool->wait_tail)
+            pool->wait_tail = q;
+        pool->nwaiting++;
     } else {
-        ok = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+        /* The cancel that stopped an oversized result surfaces as an SQL error. */
+        if (q->too_large && (!q->err.code || !strcmp(q->err.code, ERR_SQL_ERROR)))
+            job_error_set(&q->err, ERR_TOO_LARGE, "result larger than %d rows or %d bytes",
+                          SQL_MAX_ROWS, SQL_MAX_BYTES);
+        if (q->cancelled && !q->err.code && !q->executed)
+            job_error_set(&q->err, ERR_CANCELLED, "query cancelled");
+        answered_add(out, q);
     }
-    if (ok)
-        PQsetSingleRowMode(c->pg);
-    return ok ? 0 : -1;
+    /* The next query now runs: a cancel asked while it waited goes now. */
+    if (c->head && c->head->cancelled)
+        send_cancel(c, c->head);
 }
+
+/* Read every answer libpq has complete on C. */
+static void read_results(struct pg_conn *c, struct answered *out)
+{
+    while (c->head && !PQisBusy(c->pg)) {
+        struct sql_query *q = c->head;
+        enum step step = q->steps[q->step];
+        if (step == STEP_EXECUTE && !q->row_mode) {
+            /* Allowed once the execute step's results are next. Should it
+             * fail, the rows come whole and take_result takes them all. */
+            q->row_mode = true;
+            PQsetSingleRowMode(c->pg);
+        }
+        PGresult *res = PQgetResult(c->pg);
+        if (!res) {
+            if (step == STEP_SYNC)
+                break;          /* no NULL precedes a sync: nothing more yet */
+            q->step++;          /* the end of one step's results */
+            continue;
+        }
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            if (++q->step >= q->nsteps)
+                query_answered(c, q, out);
+            continue;
+        }
+        take_result(c, q, step, res);
+        PQclear(res);
+    }
+}
+
+/* ---- sending --------------------------------------------------------------- */
 
 static bool is_prepared(const struct pg_conn *c, const struct sql_query *q)
 {
     return q->name && json_object_get(c->prepared, q->name);
 }
 
-/* Move Q to its next phase, or finish it. */
-static void advance(struct pg_conn *c)
+/* Queue every step of Q on C's pipeline; -1 when libpq refused one (the
+ * connection is then unusable). */
+static int send_query(struct pg_conn *c, struct sql_query *q)
 {
-    struct sql_query *q = c->q;
-    if (q->err.code || q->too_large || (q->cancelled && q->phase != PHASE_EXECUTE && q->phase)) {
-        if (!q->err.code && q->cancelled)
-            job_error_set(&q->err, ERR_CANCELLED, "query cancelled");
-        finish(c);
-        return;
-    }
-    switch (q->phase) {
-    case 0:
-        q->phase = c->statement_timeout != q->timeout_ms ? PHASE_TIMEOUT
-                   : q->name && !is_prepared(c, q)       ? PHASE_PREPARE
-                                                         : PHASE_EXECUTE;
-        break;
-    case PHASE_TIMEOUT:
+    PGconn *pg = c->pg;
+    char stmt[160];
+    q->nsteps = q->step = 0;
+    q->row_mode = q->executed = false;
+    q->cancels_seen = c->cancels;
+    if (c->statement_timeout != q->timeout_ms) {
+        char sql[96];
+        /* An integer we computed: no injection possible. A sync of its own,
+         * so the query's failure does not roll the setting back. */
+        snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)q->timeout_ms);
+        if (!PQsendQueryParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(pg))
+            return -1;
+        q->steps[q->nsteps++] = STEP_SET_TIMEOUT;
+        q->steps[q->nsteps++] = STEP_SYNC;
         c->statement_timeout = q->timeout_ms;
-        q->phase = q->name && !is_prepared(c, q) ? PHASE_PREPARE : PHASE_EXECUTE;
-        break;
-    case PHASE_PREPARE:
+    }
+    if (q->name)
+        snprintf(stmt, sizeof(stmt), "q_%s", q->name);
+    if (q->name && !is_prepared(c, q)) {
+        if (!PQsendPrepare(pg, stmt, q->sql, q->nparams, NULL))
+            return -1;
+        q->steps[q->nsteps++] = STEP_PREPARE;
+        /* Marked now: the queries pipelined after this one must not send a
+         * second Prepare of the same name. */
         json_object_set_new(c->prepared, q->name, json_true());
-        q->phase = PHASE_EXECUTE;
-        break;
-    case PHASE_EXECUTE: finish(c); return;
     }
-    if (send_phase(c, q)) {
-        conn_broken(c);
-        return;
-    }
-    flush(c);
+    int ok = q->name ? PQsendQueryPrepared(pg, stmt, q->nparams, q->params, NULL, NULL, 0)
+                     : PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+    if (!ok || !PQpipelineSync(pg))
+        return -1;
+    q->steps[q->nsteps++] = STEP_EXECUTE;
+    q->steps[q->nsteps++] = STEP_SYNC;
+    return 0;
+}
+
+/* After a read or a send: wait for the answers, and for room to write what
+ * libpq could not send yet. Returns -1 when the connection broke. */
+static int rearm(struct pg_conn *c)
+{
+    int pending = PQflush(c->pg);
+    if (pending < 0 || PQstatus(c->pg) == CONNECTION_BAD)
+        return -1;
+    watch(c, (short)(EV_READ | (pending == 1 ? EV_WRITE : 0)));
+    return 0;
 }
 
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     struct pg_conn *c = arg;
+    struct pgpool *pool = c->pool;
     if (c->state == C_CONNECTING) {
         connect_step(c, PQconnectPoll(c->pg));
         return;
     }
-    if (c->state != C_BUSY) {
-        /* Idle and readable: the server closed it, or sent a notice. */
-        if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD)
-            conn_broken(c);
-        else
-            watch(c, EV_READ);
-        return;
-    }
+    struct answered done = {NULL, NULL};
+    /* Idle and readable too: the server closed it, or sent a notice. */
     if ((what & EV_READ) && !PQconsumeInput(c->pg)) {
         conn_broken(c);
-        return;
+    } else {
+        read_results(c, &done);
+        if (rearm(c))
+            conn_broken(c);
     }
-    int pending = PQflush(c->pg);
-    if (pending < 0) {
-        conn_broken(c);
-        return;
-    }
-    while (!PQisBusy(c->pg)) {
-        PGresult *res = PQgetResult(c->pg);
-        if (!res) {
-            advance(c);     /* finishes the phase; may finish the query */
-            return;
-        }
-        take_result(c->q, res);
-        PQclear(res);
-    }
-    watch(c, (short)(EV_READ | (pending == 1 ? EV_WRITE : 0)));
+    answered_complete(pool, &done);
+    dispatch(pool);
 }
 
 /* ---- the pool -------------------------------------------------------------- */
 
+/* An idle connection first, else the least loaded one with room in its
+ * pipeline (postgres.pipeline queries at most). */
+static struct pg_conn *pick_conn(const struct pgpool *pool)
+{
+    struct pg_conn *best = NULL;
+    for (struct pg_conn *c = pool->conns; c; c = c->next) {
+        if (c->state != C_READY || c->inflight >= pool->d->cfg.pg_pipeline)
+            continue;
+        if (!best || c->inflight < best->inflight)
+            best = c;
+        if (!c->inflight)
+            break;
+    }
+    return best;
+}
+
+/* libpq flushes at every sync, and each packet wakes the backend, which on
+ * a small machine preempts the loop: a connection given several queries in
+ * one round is corked after the first, so the rest leave as one packet. A
+ * Unix socket refuses TCP_CORK, harmlessly. */
+static void cork(struct pg_conn *c, int on)
+{
+    setsockopt(PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+    c->corked = on;
+}
+
 static void dispatch(struct pgpool *pool)
 {
-    while (pool->wait_head) {
-        struct pg_conn *c = pool->conns;
-        while (c && c->state != C_IDLE)
-            c = c->next;
-        if (!c)
-            break;
+    struct pg_conn *c;
+    while (pool->wait_head && (c = pick_conn(pool))) {
         struct sql_query *q = pool->wait_head;
         pool->wait_head = q->next;
         if (!pool->wait_head)
@@ -503,23 +611,45 @@ static void dispatch(struct pgpool *pool)
         pool->nwaiting--;
         q->next = NULL;
         q->conn = c;
-        q->phase = 0;
-        c->q = q;
-        c->state = C_BUSY;
+        if (c->tail)
+            c->tail->next = q;
+        else
+            c->head = q;
+        c->tail = q;
+        c->inflight++;
         pool->queries++;
-        advance(c);     /* may finish the query, and re-enter dispatch() */
+        if (c->round_sends++ == 1)
+            cork(c, 1);
+        if (send_query(c, q) || rearm(c))
+            conn_broken(c);     /* fails Q and whatever else C carried */
     }
-    int connecting = 0;
-    for (struct pg_conn *c = pool->conns; c; c = c->next)
+    /* Open connections for the queries still waiting, and while pipelines
+     * are filling (a query that waits behind another is demand, too). */
+    int connecting = 0, queued_behind = 0;
+    for (c = pool->conns; c; c = c->next) {
+        if (c->corked)
+            cork(c, 0);         /* sends what was held back */
+        c->round_sends = 0;
         connecting += c->state == C_CONNECTING;
-    while (pool->nwaiting > connecting && pool->nconns < pool->d->cfg.pg_max_size &&
-           mono_ms() >= pool->next_connect) {
+        queued_behind += c->inflight > 1 ? c->inflight - 1 : 0;
+    }
+    while (pool->nwaiting + queued_behind > connecting &&
+           pool->nconns < pool->d->cfg.pg_max_size && mono_ms() >= pool->next_connect) {
         int before = pool->nconns;
         conn_open(pool);
         if (pool->nconns <= before)
             break;      /* failed at once */
         connecting++;
     }
+    /* Nothing can serve them and nothing is being opened: the server is
+     * down and we are backing off. Say so now rather than waiting out jobs. */
+    if (pool->nwaiting && pool->nconns == 0 && pool->failures)
+        fail_waiting(pool, "connection attempts are failing");
+}
+
+static void kick(evutil_socket_t fd, short what, void *arg)
+{
+    dispatch(arg);
 }
 
 static void tick(evutil_socket_t fd, short what, void *arg)
@@ -532,7 +662,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
         struct pg_conn *next = c->next;
         if (c->state == C_CONNECTING && now - c->started > CONNECT_TIMEOUT_MS)
             connect_failed(c, "connect timed out");
-        else if (c->state == C_IDLE && ++idle && pool->nconns > pool->d->cfg.pg_min_size &&
+        else if (c->state == C_READY && !c->inflight && ++idle &&
+                 pool->nconns > pool->d->cfg.pg_min_size &&
                  now - c->idle_since > pool->d->cfg.pg_idle_timeout_ms)
             conn_close(c);
         c = next;
@@ -551,6 +682,7 @@ struct pgpool *pgpool_create(struct daemon *d)
         return NULL;
     pool->d = d;
     pool->tick = timer_new_periodic(d->base, TICK_MS, tick, pool);
+    pool->kick = event_new(d->base, -1, 0, kick, pool);
     for (int i = 0; i < d->cfg.pg_min_size; i++)
         conn_open(pool);
     return pool;
@@ -563,6 +695,7 @@ void pgpool_free(struct pgpool *pool)
     while (pool->conns)
         conn_close(pool->conns);
     event_free(pool->tick);
+    event_free(pool->kick);
     free(pool);
 }
 
@@ -570,8 +703,7 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
 {
     q->next = NULL;
     q->conn = NULL;
-    q->phase = 0;
-    q->cancelled = q->too_large = false;
+    q->cancelled = q->too_large = q->requeued = false;
     q->bytes = 0;
     q->rows = NULL;
     q->row_count = 0;
@@ -583,18 +715,19 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
         pool->wait_head = q;
     pool->wait_tail = q;
     pool->nwaiting++;
-    dispatch(pool);
-    /* Nothing can serve it and nothing is being opened: the server is down
-     * and we are backing off. Say so now rather than waiting out the job. */
-    if (q->conn == NULL && pool->nconns == 0 && pool->nwaiting && pool->failures)
-        fail_waiting(pool, "connection attempts are failing");
+    /* Queries submitted in one loop pass (a batch of jobs read together) go
+     * out in one round, so each connection's share leaves in one packet. */
+    event_active(pool->kick, EV_TIMEOUT, 0);     /* no-op when already active */
 }
 
 void pgpool_cancel(struct pgpool *pool, struct sql_query *q)
 {
     q->cancelled = true;
     if (q->conn) {
-        send_cancel(q->conn);
+        /* Sent: stopped on the server when it is the query running there;
+         * one still queued behind another is stopped when its turn comes. */
+        if (q->conn->head == q)
+            send_cancel(q->conn, q);
         return;
     }
     /* Still waiting for a connection: leave the queue. */
@@ -622,9 +755,10 @@ void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out)
         return;
     for (const struct pg_conn *c = pool->conns; c; c = c->next) {
         out->open++;
-        out->busy += c->state == C_BUSY;
-        out->idle += c->state == C_IDLE;
+        out->busy += c->inflight > 0;
+        out->idle += c->state == C_READY && !c->inflight;
         out->connecting += c->state == C_CONNECTING;
+        out->inflight += c->inflight;
     }
     out->open -= out->connecting;
     out->waiting = pool->nwaiting;

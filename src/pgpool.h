@@ -6,6 +6,13 @@
  * timeout). Named queries are prepared once per connection and reused.
  * Cancelling a running query sends PQcancel from a pool thread (it blocks) and
  * keeps reading the connection until the server gives it back.
+ *
+ * Connections run in libpq's pipeline mode, each query with a sync of its own
+ * (its own implicit transaction, so one query's error aborts no other).
+ * postgres.pipeline (default 1) is how many queries one connection may have
+ * in flight: above 1, a busy pool sends further queries down the least loaded
+ * connection without waiting for the previous answer, trading head-of-line
+ * blocking behind a slow query for far fewer round trips.
  */
 #ifndef JOBD_PGPOOL_H
 #define JOBD_PGPOOL_H
@@ -42,9 +49,13 @@ struct sql_query {
 
     /* Private to the pool. */
     struct pg_conn *conn;
-    struct sql_query *next;
-    int phase;
-    bool cancelled, too_large;
+    struct sql_query *next;     /* in the wait queue, or in conn's pipeline */
+    unsigned char steps[5];     /* what was sent for it, in order (enum step) */
+    int nsteps, step;           /* step: whose results are being read */
+    bool row_mode;              /* single-row mode asked for the execute step */
+    bool executed;              /* the execute step completed */
+    bool cancelled, too_large, requeued;
+    uint64_t cancels_seen;      /* conn->cancels when it was sent */
     size_t bytes;
     json_t *fields;             /* column names */
     Oid *types;
@@ -52,6 +63,7 @@ struct sql_query {
 
 struct pgpool_counts {
     int open, busy, idle, connecting, waiting;
+    int inflight;               /* queries sent and not yet answered */
     uint64_t queries, errors, reconnects;
 };
 
@@ -59,7 +71,8 @@ struct pgpool_counts {
 struct pgpool *pgpool_create(struct daemon *d);
 void pgpool_free(struct pgpool *pool);
 
-/* Queue or run Q; done() follows (possibly before this returns). */
+/* Queue Q; it is sent when the current loop pass ends, and done() follows
+ * (never before this returns). */
 void pgpool_submit(struct pgpool *pool, struct sql_query *q);
 /* Stop Q: dropped from the queue, or cancelled on the server. done() follows. */
 void pgpool_cancel(struct pgpool *pool, struct sql_query *q);

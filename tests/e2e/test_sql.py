@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from conftest import NS, stats, submit, wait_for, wait_result, wait_results
+from conftest import NS, free_port, stats, submit, wait_for, wait_result, wait_results
 from pg_server import PgServer
+from test_admin import get, parse_metrics
 
 QUERIES = {
     "types": "SELECT 1::int2 AS i2, 2::int4 AS i4, 9007199254740993::int8 AS i8, "
@@ -30,9 +31,10 @@ def pg(tmp_path):
     server.remove()
 
 
-def config_for(pg, **extra):
+def config_for(pg, depth=1, **extra):
     settings = {"postgres__conninfo": pg.conninfo(), "postgres__min_size": 1,
-                "postgres__max_size": 4, "postgres__queries": QUERIES}
+                "postgres__max_size": 4, "postgres__pipeline": depth,
+                "postgres__queries": QUERIES}
     settings.update(extra)
     return settings
 
@@ -42,8 +44,9 @@ def run(r, job_id, **fields):
     return wait_result(r, job_id, timeout=20)
 
 
-def test_type_mapping_and_nulls(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_type_mapping_and_nulls(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     rec = run(r, "types", query="types")
     assert rec["status"] == "succeeded", rec
     row = rec["result"]["rows"][0]
@@ -53,8 +56,9 @@ def test_type_mapping_and_nulls(r, pg, start_jobd):
     assert rec["result"]["row_count"] == 1 and rec["result"]["command"] == "SELECT 1"
 
 
-def test_params_are_parameters_not_text(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_params_are_parameters_not_text(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     evil = "x'); DROP TABLE items; --"
     rec = run(r, "inj", query="echo", params=[evil])
     assert rec["result"]["rows"] == [{"v": evil}]
@@ -81,8 +85,9 @@ def test_raw_sql_when_allowed(r, pg, start_jobd):
     assert rec["result"]["rows"] == [{"x": 42}]
 
 
-def test_sql_error_carries_sqlstate_and_is_not_retried(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_sql_error_carries_sqlstate_and_is_not_retried(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     rec = run(r, "div", query="fail", retry={"attempts": 3})
     assert rec["status"] == "failed" and rec["attempts"] == 1
     assert rec["error"]["code"] == "sql_error" and rec["error"]["sqlstate"] == "22012"
@@ -93,8 +98,9 @@ def backends_running_sleep(pg):
                        "AND query LIKE '%pg_sleep%' AND state = 'active'"))
 
 
-def test_timeout_cancels_on_the_server(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_timeout_cancels_on_the_server(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     submit(r, {"id": "slow", "type": "sql", "query": "sleep", "params": [30],
                "timeout_ms": 500})
     wait_for(lambda: backends_running_sleep(pg) == 1, what="the query on the server")
@@ -105,8 +111,9 @@ def test_timeout_cancels_on_the_server(r, pg, start_jobd):
     assert run(r, "after", query="add", params=[1, 1])["result"]["rows"] == [{"sum": 2}]
 
 
-def test_cancel_message_cancels_on_the_server(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_cancel_message_cancels_on_the_server(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     submit(r, {"id": "c", "type": "sql", "query": "sleep", "params": [30]})
     wait_for(lambda: backends_running_sleep(pg) == 1, what="the query on the server")
     r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
@@ -114,8 +121,9 @@ def test_cancel_message_cancels_on_the_server(r, pg, start_jobd):
     wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backend to stop")
 
 
-def test_result_size_cap(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_result_size_cap(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     rec = run(r, "big", query="big", params=[200000], timeout_ms=20000)
     assert rec["status"] == "failed" and rec["error"]["code"] == "too_large"
 
@@ -155,8 +163,9 @@ def test_pool_shrinks_back_to_min_size(r, pg, start_jobd):
     wait_for(lambda: jobd_connections(pg) == 1, timeout=5, what="shrink back to 1")
 
 
-def test_server_restart_under_load_loses_nothing(r, pg, start_jobd):
-    start_jobd(**config_for(pg))
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_server_restart_under_load_loses_nothing(r, pg, start_jobd, depth):
+    start_jobd(**config_for(pg, depth))
     ids = [f"r{i}" for i in range(100)]
     for i in ids[:50]:
         submit(r, {"id": i, "type": "sql", "query": "insert", "params": [i],
@@ -176,6 +185,82 @@ def test_server_restart_under_load_loses_nothing(r, pg, start_jobd):
     names = pg.psql("SELECT name FROM items").split("\n")
     assert set(ids) <= set(names)
     print(f"jobs: 100, lost: 0, rows duplicated by redelivery: {len(names) - len(set(names))}")
+
+
+def pool_metrics(base):
+    samples = parse_metrics(get(base + "/metrics")[1])
+    return samples["jobd_postgres_inflight"], samples["jobd_postgres_waiting"]
+
+
+def with_admin():
+    port = free_port()
+    return {"admin__listen": f"127.0.0.1:{port}"}, f"http://127.0.0.1:{port}"
+
+
+def test_pipeline_sends_queries_without_waiting_for_answers(r, pg, start_jobd):
+    # One connection, pipeline 4: four slow queries are all on the wire at
+    # once (inflight 4, none waiting), and run one after another.
+    admin, base = with_admin()
+    start_jobd(**config_for(pg, 4, postgres__max_size=1, **admin))
+    ids = [f"q{i}" for i in range(4)]
+    for i in ids:
+        submit(r, {"id": i, "type": "sql", "query": "sleep", "params": [1]})
+    wait_for(lambda: pool_metrics(base) == (4, 0), timeout=1,
+             what="4 queries in flight on one connection, none waiting")
+    assert jobd_connections(pg) == 1
+    recs = wait_results(r, ids)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+
+
+def test_pipeline_isolates_errors_and_settings(r, pg, start_jobd):
+    # Many queries down two pipelined connections: each has its own
+    # transaction (one's error aborts no other), timeouts change between
+    # queries (SET steps inside the pipeline), a prepare is sent once.
+    start_jobd(**config_for(pg, 16, postgres__max_size=2, postgres__min_size=2))
+    wait_for(lambda: jobd_connections(pg) == 2, what="2 connections")
+    jobs = {}
+    for i in range(600):
+        if i % 7 == 0:
+            jobs[f"e{i}"] = {"query": "fail"}
+        elif i % 5 == 0:
+            jobs[f"t{i}"] = {"query": "add", "params": [i, 1], "timeout_ms": 10000 + i}
+        else:
+            jobs[f"a{i}"] = {"query": "add", "params": [i, 1]}
+    pipe = r.pipeline(transaction=False)
+    for job_id, spec in jobs.items():
+        pipe.xadd(f"{NS}:queue", {"job": json.dumps(dict(spec, id=job_id, type="sql"))})
+    pipe.execute()
+    recs = wait_results(r, list(jobs), timeout=60)
+    for job_id, rec in recs.items():
+        if job_id[0] == "e":
+            assert rec["status"] == "failed" and rec["error"]["sqlstate"] == "22012", rec
+        else:
+            assert rec["status"] == "succeeded", rec
+            assert rec["result"]["rows"] == [{"sum": int(job_id[1:]) + 1}], rec
+    assert jobd_connections(pg) == 2
+
+
+def test_pipeline_cancel_and_timeout_stop_only_their_query(r, pg, start_jobd):
+    admin, base = with_admin()
+    start_jobd(**config_for(pg, 4, postgres__max_size=1, **admin))
+    submit(r, {"id": "slow", "type": "sql", "query": "sleep", "params": [30]})
+    submit(r, {"id": "behind", "type": "sql", "query": "add", "params": [1, 2]})
+    submit(r, {"id": "queued-cancel", "type": "sql", "query": "sleep", "params": [30]})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the first query on the server")
+    wait_for(lambda: pool_metrics(base)[0] == 3, what="3 in flight")
+    # Cancelled while queued behind the running one: stopped when it starts.
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "queued-cancel"}))
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "slow"}))
+    assert wait_result(r, "slow")["status"] == "cancelled"
+    assert wait_result(r, "behind")["result"]["rows"] == [{"sum": 3}]
+    assert wait_result(r, "queued-cancel")["status"] == "cancelled"
+    wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backends to stop")
+    # A timeout at the head of a pipeline: the query behind it still answers.
+    submit(r, {"id": "late", "type": "sql", "query": "sleep", "params": [30], "timeout_ms": 500})
+    submit(r, {"id": "next", "type": "sql", "query": "add", "params": [2, 2]})
+    assert wait_result(r, "late")["status"] == "timed_out"
+    assert wait_result(r, "next")["result"]["rows"] == [{"sum": 4}]
+    wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backend to stop")
 
 
 def test_sql_off_without_conninfo(r, start_jobd):
