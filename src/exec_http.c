@@ -139,7 +139,7 @@ bool http_address_is_private(const struct sockaddr *sa)
         return ipv4_private((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 |
                             b[5]);
     return (b[0] & 0xfe) == 0xfc ||                 /* fc00::/7 unique local */
-           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || /* fe80::/10 link-local */
+           (b[0] == 0xfe && (b[1] & 0x80)) ||        /* fe80::/10 link-local, fec0::/10 site-local */
            b[0] == 0xff;                            /* multicast */
 }
 
