@@ -187,6 +187,20 @@ def test_server_restart_under_load_loses_nothing(r, pg, start_jobd, depth):
     print(f"jobs: 100, lost: 0, rows duplicated by redelivery: {len(names) - len(set(names))}")
 
 
+def test_server_down_is_unavailable_then_recovers(r, pg, start_jobd):
+    start_jobd(**config_for(pg))
+    assert run(r, "before", query="add", params=[1, 1])["status"] == "succeeded"
+    pg.stop("fast")
+    rec = run(r, "down", query="add", params=[1, 1], retry={"attempts": 1})
+    assert rec["status"] == "failed" and rec["error"]["code"] == "unavailable", rec
+    assert "PostgreSQL" in rec["error"]["message"]
+    pg.start()
+    # The pool reconnects on its own (backoff capped at 5 s).
+    rec = run(r, "after", query="add", params=[2, 2],
+              retry={"attempts": 10, "delay_ms": 300, "max_delay_ms": 1000})
+    assert rec["status"] == "succeeded" and rec["result"]["rows"] == [{"sum": 4}], rec
+
+
 def pool_metrics(base):
     samples = parse_metrics(get(base + "/metrics")[1])
     return samples["jobd_postgres_inflight"], samples["jobd_postgres_waiting"]
