@@ -202,14 +202,7 @@ int daemon_run(struct daemon *d)
      * (Redis, libcurl, libpq) is an EPIPE error in whichever thread wrote,
      * never a signal that kills the daemon. */
     signal(SIGPIPE, SIG_IGN);
-    /* Precise timers: libevent's default coarse monotonic clock ticks every
-     * few milliseconds, so a 200 ms timeout could end at 197 ms. */
-    struct event_config *evcfg = event_config_new();
-    if (!evcfg)
-        die("out of memory at start-up");
-    event_config_set_flag(evcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
-    d->base = event_base_new_with_config(evcfg);
-    event_config_free(evcfg);
+    d->base = event_base_new();
     if (!d->base)
         die("cannot create the event loop");
     d->pool = threadpool_create(d->base, d->cfg.threads, d->cfg.max_inflight + 16);

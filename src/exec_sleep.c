@@ -10,6 +10,7 @@
 
 struct sleep_state {
     int64_t ms;
+    int64_t deadline;           /* timer_deadline() */
     struct event *timer;
 };
 
@@ -43,6 +44,8 @@ static void sleep_fired(evutil_socket_t fd, short what, void *arg)
 {
     struct job *job = arg;
     struct sleep_state *st = job->exec_state;
+    if (timer_early(st->timer, st->deadline))
+        return;
     json_t *result = json_pack("{s:I}", "slept_ms", (json_int_t)st->ms);
     job_succeed(job, result);
 }
@@ -52,7 +55,8 @@ static void sleep_start(struct job *job)
     struct sleep_state *st = job->exec_state;
     if (!st->timer)
         st->timer = evtimer_new(job->d->base, sleep_fired, job);
-    if (!st->timer || timer_add_ms(st->timer, st->ms)) {
+    st->deadline = timer_deadline(st->ms);
+    if (!st->timer || timer_add_until(st->timer, st->deadline)) {
         job_fail(job, ERR_INTERNAL, "cannot arm timer");
         return;
     }

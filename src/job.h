@@ -95,6 +95,7 @@ struct job {
     /* Bookkeeping. */
     int attempts;               /* attempts started, this one included */
     int64_t queued_at, started_at, finished_at;   /* ms since the epoch */
+    int64_t deadline;           /* this attempt's end, timer_deadline() */
     int64_t taken_mono;         /* when this daemon took it (monotonic ms) */
     enum job_state state;
     enum stop_reason stop;

@@ -38,6 +38,7 @@
 #define CONNECT_TIMEOUT_MS 5000
 #define TICK_MS 250
 #define BACKOFF_MAX_MS 5000
+#define CANCEL_AGAIN_MS 500
 
 enum conn_state { C_CONNECTING, C_READY };
 enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
@@ -55,6 +56,7 @@ struct pg_conn {
     struct sql_query *head, *tail;  /* sent, answers pending, in order */
     int inflight;
     const struct sql_query *cancel_for; /* the query a cancel was last sent for */
+    int64_t cancel_sent_at;     /* mono ms */
     uint64_t cancels;           /* cancel requests sent on this connection */
     int round_sends;            /* queries sent in this dispatch() round */
     bool corked;
@@ -313,7 +315,21 @@ static void send_cancel(struct pg_conn *c, const struct sql_query *q)
         return;     /* statement_timeout is the second guard */
     }
     c->cancel_for = q;
+    c->cancel_sent_at = mono_ms();
     c->cancels++;
+}
+
+/* A cancel that reaches the backend between two queries is forgotten (the
+ * backend clears it when it goes idle), and in a pipeline the next query may
+ * start just after: while a cancelled query still runs, cancel it again. */
+static void cancel_again(struct pg_conn *c, int64_t now)
+{
+    struct sql_query *q = c->head;
+    if (q && (q->cancelled || q->too_large) && c->cancel_for == q &&
+        now - c->cancel_sent_at >= CANCEL_AGAIN_MS) {
+        c->cancel_for = NULL;
+        send_cancel(c, q);
+    }
 }
 
 /* ---- results --------------------------------------------------------------- */
@@ -666,6 +682,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
                  pool->nconns > pool->d->cfg.pg_min_size &&
                  now - c->idle_since > pool->d->cfg.pg_idle_timeout_ms)
             conn_close(c);
+        else
+            cancel_again(c, now);
         c = next;
     }
     if (pool->nconns < pool->d->cfg.pg_min_size && now >= pool->next_connect)

@@ -330,6 +330,8 @@ static void child_attempt_done(struct runner *r, struct job *child)
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct job *job = arg;
+    if (timer_early(job->timer, job->deadline))
+        return;
     log_job(LOG_INFO, job, "attempt %d timed out after %" PRId64 " ms", job->attempts,
             job->timeout_ms);
     stop_attempt(job, STOP_TIMEOUT);
@@ -339,10 +341,6 @@ static void start_attempt(struct runner *r, struct job *job)
 {
     job->attempts++;
     job->started_at = now_ms();
-    /* libevent measures timers from the time cached when this loop pass
-     * began, which can be milliseconds before started_at: refresh it so the
-     * timeout (and a sleep) never ends early by the length of the pass. */
-    event_base_update_cache_time(r->d->base);
     job->stop = STOP_NONE;
     atomic_store(&job->cancel_flag, 0);
     job->state = JOB_RUNNING;
@@ -351,7 +349,8 @@ static void start_attempt(struct runner *r, struct job *job)
         job->timer = evtimer_new(r->d->base, timeout_cb, job);
     else
         event_assign(job->timer, r->d->base, -1, 0, timeout_cb, job);
-    timer_add_ms(job->timer, job->timeout_ms);
+    job->deadline = timer_deadline(job->timeout_ms);
+    timer_add_until(job->timer, job->deadline);
     log_job(LOG_DEBUG, job, "attempt %d of %d started (%s)", job->attempts, job->retry.attempts,
             job->exec->type);
     job->exec->start(job);

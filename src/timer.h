@@ -3,6 +3,7 @@
 #define JOBD_TIMER_H
 
 #include <event2/event.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* (Re)arm a timer event to fire in MS milliseconds. Returns evtimer_add's. */
@@ -11,5 +12,16 @@ int timer_add_ms(struct event *ev, int64_t ms);
 /* A timer that fires every MS milliseconds until freed; NULL on failure. */
 struct event *timer_new_periodic(struct event_base *base, int64_t ms, event_callback_fn cb,
                                  void *arg);
+
+/* Timers that must not end early (a job's timeout, a sleep). libevent
+ * measures time with the coarse monotonic clock, cached per loop pass, so a
+ * plain timer may fire a few milliseconds before its time; the precise-timer
+ * flag would fix that at the cost of a timerfd syscall on every loop pass.
+ * Instead: a deadline on the precise monotonic clock (microseconds), and the
+ * callback asks timer_early() first. */
+int64_t timer_deadline(int64_t ms);
+int timer_add_until(struct event *ev, int64_t deadline);
+/* In the callback: true, and the timer re-armed, when it fired early. */
+bool timer_early(struct event *ev, int64_t deadline);
 
 #endif
