@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -301,13 +302,17 @@ int main(int argc, char **argv)
     double sum = 0;
     for (long k = 0; k < m; k++)
         sum += (double)lat[k];
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     printf("{\"n\": %ld, \"received\": %ld, \"failed\": %ld, \"duplicates\": %ld, "
            "\"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, \"elapsed_s\": %.4f, "
-           "\"rate\": %.1f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
+           "\"rate\": %.1f, \"cpu_s\": %.3f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
            "\"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}, "
            "\"record_lat_ms\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"max\": %.0f}}\n",
            n, got, failed + (n - got), duplicates, rate, send_s, send_s > 0 ? n / send_s : 0,
-           elapsed, elapsed > 0 ? got / elapsed : 0, m ? sum / m / 1000 : -1,
+           elapsed, elapsed > 0 ? got / elapsed : 0, cpu_s, m ? sum / m / 1000 : -1,
            pct(lat, m, 50, 1000), pct(lat, m, 90, 1000), pct(lat, m, 99, 1000),
            pct(lat, m, 99.9, 1000), pct(lat, m, 100, 1000), pct(lat_ms, mm, 50, 1),
            pct(lat_ms, mm, 99, 1), pct(lat_ms, mm, 99.9, 1), pct(lat_ms, mm, 100, 1));
