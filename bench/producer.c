@@ -2,7 +2,7 @@
  * latency sample per job.
  *
  *   producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]
- *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST]
+ *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]
  *
  * Each job is TEMPLATE with "%ID%" replaced by PREFIX followed by the job's
  * index and "%AID%" by a pseudo-random pgbench account id (1..1000000). Jobs
@@ -18,7 +18,9 @@
  * "queued_at"), so the ms-resolution "finished_at - queued_at" from the
  * records is kept as a cross-check.
  *
- * Prints one JSON object on stdout: counts, rates and percentiles (ms).
+ * Prints one JSON object on stdout: counts, rates and percentiles (ms). With
+ * -o FILE, also one line per job: its send time (us from the first send) and
+ * latency (us), -1 when its record never came: for looking at the tail.
  * Exit status 0 when every job succeeded, 1 otherwise.
  *
  * Build: cc -O2 -o producer producer.c $(pkg-config --cflags --libs hiredis) -pthread
@@ -48,6 +50,7 @@ static long batch = 500;
 static const char *stream = "jobd:queue";
 static const char *channel = "jobd:events";
 static double timeout_s = 600;
+static const char *dump_path;
 
 static int64_t *sent_us;            /* per job: when its batch was written */
 static int64_t *recv_us;            /* per job: when its record arrived, 0 = not yet */
@@ -190,14 +193,14 @@ static double pct(const int64_t *v, long len, double p, double unit)
 static void usage(void)
 {
     fprintf(stderr, "usage: producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]\n"
-                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST]\n");
+                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:n:j:x:r:b:s:e:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:n:j:x:r:b:s:e:t:o:")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -209,6 +212,7 @@ int main(int argc, char **argv)
         case 's': stream = optarg; break;
         case 'e': channel = optarg; break;
         case 't': timeout_s = atof(optarg); break;
+        case 'o': dump_path = optarg; break;
         default: usage();
         }
     }
@@ -295,6 +299,15 @@ int main(int argc, char **argv)
         lat[m++] = recv_us[k] - sent_us[k];
         if (ms_lat[k] >= 0)
             lat_ms[mm++] = ms_lat[k];
+    }
+    if (dump_path) {
+        FILE *f = fopen(dump_path, "w");
+        if (!f)
+            die(dump_path, NULL);
+        for (long k = 0; k < n; k++)
+            fprintf(f, "%" PRId64 " %" PRId64 "\n", sent_us[k] - t0,
+                    recv_us[k] ? recv_us[k] - sent_us[k] : -1);
+        fclose(f);
     }
     qsort(lat, (size_t)m, sizeof(*lat), cmp_i64);
     qsort(lat_ms, (size_t)mm, sizeof(*lat_ms), cmp_i64);
