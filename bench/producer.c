@@ -1,0 +1,338 @@
+/* producer.c - bench/run's job producer: pipelined XADD in batches, one
+ * latency sample per job.
+ *
+ *   producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]
+ *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]
+ *
+ * Each job is TEMPLATE with "%ID%" replaced by PREFIX followed by the job's
+ * index and "%AID%" by a pseudo-random pgbench account id (1..1000000). Jobs
+ * are added with "XADD STREAM * job <envelope>" in pipelined batches of BATCH
+ * (default 500); with -r RATE the producer is paced to RATE jobs/s (batches
+ * every millisecond), otherwise it sends as fast as Redis takes them.
+ *
+ * Before sending, a second connection subscribes to CHANNEL (jobd:events,
+ * where jobd publishes every result record), and a thread timestamps each
+ * record of this run as it arrives. Latency = arrival of the result record -
+ * the moment the job's batch was written to Redis (CLOCK_MONOTONIC, us). The
+ * stream entry id carries the enqueue time too (jobd reports it as
+ * "queued_at"), so the ms-resolution "finished_at - queued_at" from the
+ * records is kept as a cross-check.
+ *
+ * Prints one JSON object on stdout: counts, rates and percentiles (ms). With
+ * -o FILE, also one line per job: its send time (us from the first send) and
+ * latency (us), -1 when its record never came: for looking at the tail.
+ * Exit status 0 when every job succeeded, 1 otherwise.
+ *
+ * Build: cc -O2 -o producer producer.c $(pkg-config --cflags --libs hiredis) -pthread
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *host = "127.0.0.1";
+static int port = 6379;
+static long n = 1000;
+static const char *tmpl = "{\"id\":\"%ID%\",\"type\":\"sleep\",\"ms\":0}";
+static const char *prefix = "p";
+static double rate;                 /* jobs/s, 0: unpaced */
+static long batch = 500;
+static const char *stream = "jobd:queue";
+static const char *channel = "jobd:events";
+static double timeout_s = 600;
+static const char *dump_path;
+
+static int64_t *sent_us;            /* per job: when its batch was written */
+static int64_t *recv_us;            /* per job: when its record arrived, 0 = not yet */
+static int64_t *ms_lat;             /* per job: finished_at - queued_at from the record */
+static atomic_long received;
+static long failed, duplicates, foreign;
+static atomic_bool subscribed, stop;
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void die(const char *what, const redisContext *c)
+{
+    fprintf(stderr, "producer: %s: %s\n", what, c && c->err ? c->errstr : strerror(errno));
+    exit(2);
+}
+
+static redisContext *connect_redis(void)
+{
+    redisContext *c = redisConnect(host, port);
+    if (!c || c->err)
+        die("connect", c);
+    return c;
+}
+
+/* The integer after "KEY": in a JSON text, or -1. */
+static int64_t json_int_after(const char *s, const char *key)
+{
+    const char *p = strstr(s, key);
+    return p ? strtoll(p + strlen(key), NULL, 10) : -1;
+}
+
+static void take_record(const char *rec, int64_t t)
+{
+    /* jobd writes "id" first: {"id":"<prefix><index>","type":...}. */
+    static const char idkey[] = "{\"id\":\"";
+    size_t plen = strlen(prefix);
+    if (strncmp(rec, idkey, sizeof(idkey) - 1) ||
+        strncmp(rec + sizeof(idkey) - 1, prefix, plen)) {
+        foreign++;
+        return;
+    }
+    char *end;
+    long i = strtol(rec + sizeof(idkey) - 1 + plen, &end, 10);
+    if (*end != '"' || i < 0 || i >= n) {
+        foreign++;
+        return;
+    }
+    if (recv_us[i]) {
+        duplicates++;
+        return;
+    }
+    recv_us[i] = t;
+    if (!strstr(rec, "\"status\":\"succeeded\"")) {
+        if (failed < 3)
+            fprintf(stderr, "producer: job failed: %.300s\n", rec);
+        failed++;
+    }
+    int64_t q = json_int_after(rec, "\"queued_at\":"), f = json_int_after(rec, "\"finished_at\":");
+    ms_lat[i] = q > 0 && f > 0 ? f - q : -1;
+    atomic_fetch_add(&received, 1);
+}
+
+static void *subscriber(void *arg)
+{
+    (void)arg;
+    redisContext *c = connect_redis();
+    struct timeval tv = {0, 200000};
+    redisSetTimeout(c, tv);
+    redisReply *r = redisCommand(c, "SUBSCRIBE %s", channel);
+    if (!r)
+        die("SUBSCRIBE", c);
+    freeReplyObject(r);
+    atomic_store(&subscribed, true);
+    while (!atomic_load(&stop) && atomic_load(&received) < n) {
+        void *reply;
+        if (redisGetReply(c, &reply) != REDIS_OK) {
+            if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                /* Read timeout: look at the stop flag and wait again. */
+                c->err = 0;
+                c->errstr[0] = '\0';
+                continue;
+            }
+            die("reading results", c);
+        }
+        int64_t t = now_us();
+        redisReply *m = reply;
+        if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 &&
+            m->element[2]->type == REDIS_REPLY_STRING)
+            take_record(m->element[2]->str, t);
+        freeReplyObject(reply);
+    }
+    redisFree(c);
+    return NULL;
+}
+
+/* TEMPLATE with %ID% and %AID% replaced. */
+static size_t render(char *buf, size_t cap, long i, uint64_t *rng)
+{
+    size_t o = 0;
+    for (const char *p = tmpl; *p && o + 64 < cap;) {
+        if (!strncmp(p, "%ID%", 4)) {
+            o += (size_t)snprintf(buf + o, cap - o, "%s%ld", prefix, i);
+            p += 4;
+        } else if (!strncmp(p, "%AID%", 5)) {
+            *rng ^= *rng << 13, *rng ^= *rng >> 7, *rng ^= *rng << 17;
+            o += (size_t)snprintf(buf + o, cap - o, "%" PRIu64, *rng % 1000000 + 1);
+            p += 5;
+        } else {
+            buf[o++] = *p++;
+        }
+    }
+    buf[o] = '\0';
+    return o;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of sorted v[0..len), in ms. */
+static double pct(const int64_t *v, long len, double p, double unit)
+{
+    if (len <= 0)
+        return -1;
+    long k = (long)(p / 100.0 * (double)len + 0.999999) - 1;
+    if (k < 0)
+        k = 0;
+    if (k >= len)
+        k = len - 1;
+    return (double)v[k] / unit;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]\n"
+                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    int opt;
+    while ((opt = getopt(argc, argv, "H:p:n:j:x:r:b:s:e:t:o:")) != -1) {
+        switch (opt) {
+        case 'H': host = optarg; break;
+        case 'p': port = atoi(optarg); break;
+        case 'n': n = atol(optarg); break;
+        case 'j': tmpl = optarg; break;
+        case 'x': prefix = optarg; break;
+        case 'r': rate = atof(optarg); break;
+        case 'b': batch = atol(optarg); break;
+        case 's': stream = optarg; break;
+        case 'e': channel = optarg; break;
+        case 't': timeout_s = atof(optarg); break;
+        case 'o': dump_path = optarg; break;
+        default: usage();
+        }
+    }
+    if (n <= 0 || batch <= 0 || port <= 0)
+        usage();
+    sent_us = calloc((size_t)n, sizeof(*sent_us));
+    recv_us = calloc((size_t)n, sizeof(*recv_us));
+    ms_lat = calloc((size_t)n, sizeof(*ms_lat));
+    if (!sent_us || !recv_us || !ms_lat)
+        die("calloc", NULL);
+
+    pthread_t sub;
+    pthread_create(&sub, NULL, subscriber, NULL);
+    while (!atomic_load(&subscribed))
+        usleep(1000);
+
+    redisContext *c = connect_redis();
+    size_t cap = strlen(tmpl) + 4096;
+    char *buf = malloc(cap);
+    uint64_t rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+    const char *args[4] = {"XADD", stream, "*", "job"};
+    size_t lens[5] = {4, strlen(stream), 1, 3, 0};
+    int64_t t0 = now_us();
+    long i = 0;
+    while (i < n) {
+        long upto = n;
+        if (rate > 0) {
+            /* Jobs due by now on a schedule of RATE/s from t0; at most one
+             * batch per millisecond tick. */
+            long due = (long)((double)(now_us() - t0) * rate / 1e6) + 1;
+            if (due <= i) {
+                int64_t next = t0 + (int64_t)((double)i * 1e6 / rate);
+                int64_t tick = now_us() + 1000;
+                int64_t wake = next < tick ? next : tick;
+                struct timespec ts = {wake / 1000000, (wake % 1000000) * 1000};
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+                continue;
+            }
+            upto = due < n ? due : n;
+        }
+        if (upto - i > batch)
+            upto = i + batch;
+        for (long k = i; k < upto; k++) {
+            const char *argv5[5] = {args[0], args[1], args[2], args[3], buf};
+            lens[4] = render(buf, cap, k, &rng);
+            redisAppendCommandArgv(c, 5, argv5, lens);
+        }
+        int done = 0;
+        int64_t t = now_us();
+        while (!done)
+            if (redisBufferWrite(c, &done) != REDIS_OK)
+                die("XADD", c);
+        for (long k = i; k < upto; k++) {
+            sent_us[k] = t;
+            void *reply;
+            if (redisGetReply(c, &reply) != REDIS_OK)
+                die("XADD reply", c);
+            if (((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+                fprintf(stderr, "producer: XADD: %s\n", ((redisReply *)reply)->str);
+                exit(2);
+            }
+            freeReplyObject(reply);
+        }
+        i = upto;
+    }
+    int64_t t_sent = now_us();
+
+    int64_t deadline = t0 + (int64_t)(timeout_s * 1e6);
+    while (atomic_load(&received) < n && now_us() < deadline)
+        usleep(1000);
+    atomic_store(&stop, true);
+    pthread_join(sub, NULL);
+    redisFree(c);
+
+    long got = atomic_load(&received);
+    int64_t last = t0;
+    int64_t *lat = malloc((size_t)n * sizeof(*lat)), *lat_ms = malloc((size_t)n * sizeof(*lat));
+    long m = 0, mm = 0;
+    for (long k = 0; k < n; k++) {
+        if (!recv_us[k])
+            continue;
+        if (recv_us[k] > last)
+            last = recv_us[k];
+        lat[m++] = recv_us[k] - sent_us[k];
+        if (ms_lat[k] >= 0)
+            lat_ms[mm++] = ms_lat[k];
+    }
+    if (dump_path) {
+        FILE *f = fopen(dump_path, "w");
+        if (!f)
+            die(dump_path, NULL);
+        for (long k = 0; k < n; k++)
+            fprintf(f, "%" PRId64 " %" PRId64 "\n", sent_us[k] - t0,
+                    recv_us[k] ? recv_us[k] - sent_us[k] : -1);
+        fclose(f);
+    }
+    qsort(lat, (size_t)m, sizeof(*lat), cmp_i64);
+    qsort(lat_ms, (size_t)mm, sizeof(*lat_ms), cmp_i64);
+    double elapsed = (double)(last - t0) / 1e6, send_s = (double)(t_sent - t0) / 1e6;
+    double sum = 0;
+    for (long k = 0; k < m; k++)
+        sum += (double)lat[k];
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    printf("{\"n\": %ld, \"received\": %ld, \"failed\": %ld, \"duplicates\": %ld, "
+           "\"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, \"elapsed_s\": %.4f, "
+           "\"rate\": %.1f, \"cpu_s\": %.3f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
+           "\"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}, "
+           "\"record_lat_ms\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"max\": %.0f}}\n",
+           n, got, failed + (n - got), duplicates, rate, send_s, send_s > 0 ? n / send_s : 0,
+           elapsed, elapsed > 0 ? got / elapsed : 0, cpu_s, m ? sum / m / 1000 : -1,
+           pct(lat, m, 50, 1000), pct(lat, m, 90, 1000), pct(lat, m, 99, 1000),
+           pct(lat, m, 99.9, 1000), pct(lat, m, 100, 1000), pct(lat_ms, mm, 50, 1),
+           pct(lat_ms, mm, 99, 1), pct(lat_ms, mm, 99.9, 1), pct(lat_ms, mm, 100, 1));
+    if (foreign)
+        fprintf(stderr, "producer: %ld records of other jobs ignored\n", foreign);
+    if (got < n)
+        fprintf(stderr, "producer: %ld of %ld results missing after %.0f s\n", n - got, n,
+                timeout_s);
+    return failed || got < n || duplicates ? 1 : 0;
+}
