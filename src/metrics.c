@@ -6,6 +6,7 @@
 #include "daemon.h"
 #include "exec_http.h"
 #include "executor.h"
+#include "intake.h"
 #include "metrics.h"
 #include "pgpool.h"
 #include "redis.h"
@@ -170,6 +171,9 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
             (double)dead_letters);
     counter(out, "jobd_requeued_total", "Jobs put back on their stream at shutdown.",
             (double)c.requeued);
+    counter(out, "jobd_pubsub_parked_total",
+            "Pub/sub jobs that found jobd full or draining and were parked on the first stream.",
+            (double)intake_overflowed(d->intake));
     gauge(out, "jobd_threadpool_threads", "Worker threads.", threadpool_size(d->pool));
     gauge(out, "jobd_threadpool_busy", "Worker threads running a task.",
           threadpool_busy(d->pool));

@@ -2,7 +2,8 @@
 import json
 import time
 
-from conftest import NS, publish, result, submit, wait_for, wait_result, wait_results
+from conftest import NS, free_port, publish, result, submit, wait_for, wait_result, wait_results
+from test_admin import get, parse_metrics
 
 
 def test_pubsub_job_runs_with_a_generated_id(r, start_jobd):
@@ -64,7 +65,8 @@ def test_backpressure_never_more_than_max_inflight(r, start_jobd):
 
 
 def test_pubsub_overflow_is_parked_on_the_stream(r, start_jobd):
-    start_jobd(limits__max_inflight=1)
+    port = free_port()
+    start_jobd(limits__max_inflight=1, admin__listen=f"127.0.0.1:{port}")
     publish(r, {"id": "first", "type": "sleep", "ms": 500})
     time.sleep(0.1)
     publish(r, {"id": "second", "type": "sleep", "ms": 1})
@@ -74,3 +76,5 @@ def test_pubsub_overflow_is_parked_on_the_stream(r, start_jobd):
     first, second = wait_result(r, "first"), wait_result(r, "second")
     assert second["started_at"] >= first["finished_at"]
     assert first["queued_at"] < second["queued_at"]
+    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert metrics["jobd_pubsub_parked_total"] == 2
