@@ -6,6 +6,7 @@
  * own parse() refuses whatever it does not know either.
  */
 #include <fnmatch.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,7 +133,10 @@ static int parse_due(struct job *job, const json_t *env, struct job_error *err)
     if (run_at >= 0)
         job->due_ms = run_at;
     else if (delay > 0)
-        job->due_ms = job->queued_at + delay;
+        /* queued_at comes from the stream entry (its id or a queued_at field),
+         * which a producer can make as large as INT64_MAX: saturate rather
+         * than overflow (undefined behaviour; found by fuzz/fuzz_intake.c). */
+        job->due_ms = job->queued_at > INT64_MAX - delay ? INT64_MAX : job->queued_at + delay;
     return 0;
 }
 

@@ -17,10 +17,51 @@ void result_key(const struct daemon *d, char *buf, size_t len, const char *suffi
     snprintf(buf, len, "%s:%s", d->cfg.ns, suffix);
 }
 
+/* Length of the UTF-8 sequence at S as jansson accepts it (no overlong
+ * forms, surrogates or code points past U+10FFFF), 0 when it is not one. */
+static size_t utf8_sequence(const unsigned char *s)
+{
+    unsigned c = s[0], cp, min;
+    size_t n;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xe0) == 0xc0)
+        n = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        n = 3, cp = c & 0x0f, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        n = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)      /* also stops at the terminating NUL */
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
 json_t *result_error_json(const struct job_error *err)
 {
+    /* A message may not be valid UTF-8: "%.64s" or the 512-byte buffer can
+     * cut a character in two, and jansson's own parse errors quote the raw
+     * bytes near the error. json_pack() refuses such a string, which left
+     * the record without its "error" (PROTOCOL §4) and the dead letter with
+     * an empty one (found by fuzz/fuzz_envelope.c). Each byte that does not
+     * start a valid sequence becomes '?'. */
+    char message[sizeof(err->message)];
+    snprintf(message, sizeof(message), "%s", err->message);
+    for (unsigned char *p = (unsigned char *)message; *p;) {
+        size_t n = utf8_sequence(p);
+        if (n == 0)
+            *p++ = '?';
+        else
+            p += n;
+    }
     json_t *e = json_pack("{s:s, s:s}", "code", err->code ? err->code : ERR_INTERNAL, "message",
-                          err->message);
+                          message);
     if (err->http_status)
         json_object_set_new(e, "http_status", json_integer(err->http_status));
     if (err->sqlstate[0])
@@ -53,7 +94,9 @@ json_t *result_record(const struct daemon *d, const struct job *job)
     json_object_set_new(rec, "started_at", json_integer(job->started_at));
     json_object_set_new(rec, "finished_at", json_integer(job->finished_at));
     if (job->status == JOB_SUCCEEDED)
-        json_object_set(rec, "result", job->result ? job->result : json_object());
+        /* _set_new with our own reference: json_object_set() on a fresh
+         * json_object() leaked it whenever an executor gave no result. */
+        json_object_set_new(rec, "result", job->result ? json_incref(job->result) : json_object());
     else
         json_object_set_new(rec, "error", result_error_json(&job->error));
     return rec;

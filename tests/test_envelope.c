@@ -12,6 +12,7 @@
 #include "daemon.h"
 #include "envelope.h"
 #include "executor.h"
+#include "result.h"
 
 static struct daemon d;
 
@@ -32,15 +33,20 @@ struct parsed {
     int rc;
 };
 
-static struct parsed *parse(const char *text)
+static struct parsed *parse_queued(const char *text, int64_t queued_at)
 {
     struct parsed *p = calloc(1, sizeof(*p));
     p->job.d = &d;
     p->job.raw = strdup(text);
     p->job.raw_len = strlen(text);
-    p->job.queued_at = 1000000;
+    p->job.queued_at = queued_at;
     p->rc = envelope_parse(&p->job, &d.cfg, &p->err);
     return p;
+}
+
+static struct parsed *parse(const char *text)
+{
+    return parse_queued(text, 1000000);
 }
 
 static void release(struct parsed *p)
@@ -228,6 +234,52 @@ static void test_too_large(void **state)
     d.cfg.max_job_bytes = saved;
 }
 
+/* A stream entry's id or queued_at field sets queued_at, up to INT64_MAX:
+ * the due time saturates instead of overflowing (found by fuzz_intake). */
+static void test_delay_from_huge_queued_at(void **state)
+{
+    struct parsed *p = parse_queued("{\"type\":\"sleep\",\"ms\":1,\"delay_ms\":5}", INT64_MAX);
+    assert_int_equal(p->rc, 0);
+    assert_true(p->job.due_ms == INT64_MAX);
+    release(p);
+}
+
+/* The error of a rejected envelope always reaches the result record, even
+ * when its message is not UTF-8 (jansson quotes the raw bytes near a parse
+ * error; "%.64s" can cut a character): found by fuzz_envelope. */
+static void test_error_record_survives_bad_utf8(void **state)
+{
+    const char *texts[] = {"{\"type\":\"\\u0\xd0\xa4\"}", "{\"type\":\"\xff\"}"};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        struct parsed *p = parse(texts[i]);
+        assert_int_equal(p->rc, -1);
+        p->job.status = JOB_REJECTED;
+        p->job.error = p->err;
+        json_t *rec = result_record(&d, &p->job);
+        json_t *e = json_object_get(rec, "error");
+        assert_non_null(json_object_get(e, "message"));
+        assert_string_equal(json_string_value(json_object_get(e, "code")), ERR_INVALID_JOB);
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "not JSON"));
+        json_decref(rec);
+        release(p);
+    }
+    /* A character cut in two by "%.64s": 63 ASCII bytes, then e-acute. */
+    char text[200], type[80];
+    memset(type, 'a', 63);
+    strcpy(type + 63, "\xc3\xa9");
+    snprintf(text, sizeof(text), "{\"type\":\"%s\"}", type);
+    struct parsed *p = parse(text);
+    assert_string_equal(p->err.code, ERR_UNKNOWN_TYPE);
+    p->job.status = JOB_REJECTED;
+    p->job.error = p->err;
+    json_t *rec = result_record(&d, &p->job);
+    const char *msg = json_string_value(json_object_get(json_object_get(rec, "error"), "message"));
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "aaa?"));
+    json_decref(rec);
+    release(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +297,8 @@ int main(void)
         cmocka_unit_test(test_result_ttl_and_due),
         cmocka_unit_test(test_unknown_fields),
         cmocka_unit_test(test_too_large),
+        cmocka_unit_test(test_delay_from_huge_queued_at),
+        cmocka_unit_test(test_error_record_survives_bad_utf8),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

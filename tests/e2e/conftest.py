@@ -19,6 +19,10 @@ import redis
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 JOBD_BIN = os.environ.get("JOBD_BIN", os.path.join(REPO, "src", "jobd"))
 NS = "jobd"
+# Set by scripts/test-sanitizers: the binaries are built with ASan/UBSan, and
+# every sanitizer report is written into JOBD_SANITIZER_LOGS.
+SANITIZERS = os.environ.get("JOBD_SANITIZERS") == "1"
+SANITIZER_LOGS = os.environ.get("JOBD_SANITIZER_LOGS")
 
 
 def free_port():
@@ -201,6 +205,26 @@ def start_jobd(tmp_path, redis_server, request):
         if failed:
             print(f"---- {daemon.log} (tail) ----")
             print("\n".join(daemon.log_text().splitlines()[-60:]))
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_report():
+    """Under sanitizers, a report written while a test ran (an error, or a
+    leak found when a daemon exited) fails that test, even when the test
+    itself did not look at how the daemon ended. Autouse fixtures are set up
+    first, so this check runs after every daemon of the test was stopped."""
+    if not SANITIZER_LOGS:
+        yield
+        return
+    before = set(os.listdir(SANITIZER_LOGS))
+    yield
+    new = sorted(set(os.listdir(SANITIZER_LOGS)) - before)
+    if new:
+        texts = []
+        for name in new:
+            with open(os.path.join(SANITIZER_LOGS, name), errors="replace") as f:
+                texts.append(f"==== {name}\n" + "".join(f.readlines()[:80]))
+        pytest.fail("sanitizer report(s) during this test:\n" + "\n".join(texts), pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

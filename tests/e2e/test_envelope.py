@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import redis
 
 from conftest import (NS, dead_entries, publish, result, stats, submit, wait_for,
                       wait_result)
@@ -85,6 +86,24 @@ def test_not_json_and_not_object_go_to_dead(r, start_jobd):
             records.append(json.loads(msg["data"]))
     assert [rec["status"] for rec in records] == ["rejected"] * 3
     assert all(rec["id"] is None for rec in records)
+
+
+def test_rejection_message_that_is_not_utf8_keeps_its_error(r, redis_server, start_jobd):
+    """An error message cut inside a character ("%.64s" of a producer's type)
+    or quoting raw bytes (jansson's parse error) once made the record lose its
+    "error" and the dead letter get an empty one (found by fuzz_envelope)."""
+    start_jobd()
+    submit(r, {"id": "cut", "type": "a" * 63 + "\u00e9"})
+    rec = wait_result(r, "cut")
+    assert rec["status"] == "rejected" and rec["error"]["code"] == "unknown_type"
+    assert "a" * 60 + "?" in rec["error"]["message"]
+    raw = redis.Redis(port=redis_server.port)       # bytes: the job is not UTF-8
+    raw.xadd(f"{NS}:queue", {"job": b'{"id":"x","type":"\\u0\xd0\xa4"}'})
+    dead = wait_for(lambda: len(raw.xrange(f"{NS}:dead")) == 2 and raw.xrange(f"{NS}:dead"),
+                    what="2 dead letters")
+    errors = [json.loads(fields[b"error"]) for _, fields in dead]
+    assert [e["code"] for e in errors] == ["unknown_type", "invalid_job"]
+    assert "not JSON" in errors[1]["message"]
 
 
 def test_stream_entry_without_job_field_is_rejected(r, start_jobd):

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import NS, stats, submit, wait_for, wait_result
+from conftest import NS, SANITIZERS, stats, submit, wait_for, wait_result
 from http_server import HttpServer
 
 
@@ -74,6 +74,10 @@ def test_100mb_sha256_in_bounded_memory(r, web, start_jobd):
               timeout_ms=60000)
     assert rec["status"] == "succeeded", rec
     assert rec["result"]["sha256"] == hashlib.sha256(b"x" * (100 * 1024 * 1024)).hexdigest()
+    if SANITIZERS:
+        # ASan's shadow memory and allocation quarantine inflate RSS far past
+        # the bound: only the digest is checked there; the normal run checks both.
+        return
     status = open(f"/proc/{daemon.proc.pid}/status").read()
     peak_kb = int(status.split("VmHWM:")[1].split()[0])
     assert peak_kb < 64 * 1024, f"peak RSS {peak_kb} kB"

@@ -7,10 +7,12 @@ import subprocess
 
 import pytest
 
-from conftest import JOBD_BIN, Jobd, publish, submit, wait_for, wait_results
+from conftest import JOBD_BIN, SANITIZERS, Jobd, publish, submit, wait_for, wait_results
 
 
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed")
+@pytest.mark.skipif(SANITIZERS, reason="an ASan build cannot run under valgrind (both take over "
+                    "malloc); the sanitizer run checks for leaks and memory errors itself")
 def test_memcheck_clean_run(tmp_path, redis_server, r):
     root = tmp_path / "files"
     root.mkdir()
