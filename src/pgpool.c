@@ -119,6 +119,25 @@ static void conn_close(struct pg_conn *c)
     free(c);
 }
 
+/* Q at the end of the FIFO HEAD..TAIL (the wait queue, a pipeline, ...). */
+static void append(struct sql_query **head, struct sql_query **tail, struct sql_query *q)
+{
+    q->next = NULL;
+    if (*tail)
+        (*tail)->next = q;
+    else
+        *head = q;
+    *tail = q;
+}
+
+static void free_scratch(struct sql_query *q)
+{
+    json_decref(q->fields);
+    q->fields = NULL;
+    free(q->types);
+    q->types = NULL;
+}
+
 /* Hand Q back to its owner: rows only on success, the scratch state freed. */
 static void query_complete(struct pgpool *pool, struct sql_query *q)
 {
@@ -130,21 +149,8 @@ static void query_complete(struct pgpool *pool, struct sql_query *q)
     } else if (!q->rows) {
         q->rows = json_array();
     }
-    json_decref(q->fields);
-    q->fields = NULL;
-    free(q->types);
-    q->types = NULL;
+    free_scratch(q);
     q->done(q);
-}
-
-static void answered_add(struct answered *a, struct sql_query *q)
-{
-    q->next = NULL;
-    if (a->tail)
-        a->tail->next = q;
-    else
-        a->head = q;
-    a->tail = q;
 }
 
 static void answered_complete(struct pgpool *pool, struct answered *a)
@@ -448,6 +454,8 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
     c->inflight--;
     if (!c->inflight)
         c->idle_since = mono_ms();
+    if (c->cancel_for == q)
+        c->cancel_for = NULL;   /* Q's memory may serve another query next */
     q->next = NULL;
     if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
         !q->requeued && c->cancels > q->cancels_seen) {
@@ -455,10 +463,7 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
         memset(&q->err, 0, sizeof(q->err));
         json_decref(q->rows);
         q->rows = NULL;
-        json_decref(q->fields);
-        q->fields = NULL;
-        free(q->types);
-        q->types = NULL;
+        free_scratch(q);
         q->bytes = 0;
         q->conn = NULL;
         q->next = pool->wait_head;      /* first in line: it was already sent once */
@@ -473,7 +478,7 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
                           SQL_MAX_ROWS, SQL_MAX_BYTES);
         if (q->cancelled && !q->err.code && !q->executed)
             job_error_set(&q->err, ERR_CANCELLED, "query cancelled");
-        answered_add(out, q);
+        append(&out->head, &out->tail, q);
     }
     /* The next query now runs: a cancel asked while it waited goes now. */
     if (c->head && c->head->cancelled)
@@ -625,13 +630,8 @@ static void dispatch(struct pgpool *pool)
         if (!pool->wait_head)
             pool->wait_tail = NULL;
         pool->nwaiting--;
-        q->next = NULL;
         q->conn = c;
-        if (c->tail)
-            c->tail->next = q;
-        else
-            c->head = q;
-        c->tail = q;
+        append(&c->head, &c->tail, q);
         c->inflight++;
         pool->queries++;
         if (c->round_sends++ == 1)
@@ -727,11 +727,7 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
     q->row_count = 0;
     q->command[0] = '\0';
     memset(&q->err, 0, sizeof(q->err));
-    if (pool->wait_tail)
-        pool->wait_tail->next = q;
-    else
-        pool->wait_head = q;
-    pool->wait_tail = q;
+    append(&pool->wait_head, &pool->wait_tail, q);
     pool->nwaiting++;
     /* Queries submitted in one loop pass (a batch of jobs read together) go
      * out in one round, so each connection's share leaves in one packet. */
