@@ -24,6 +24,7 @@
 #include "log.h"
 #include "reclaim.h"
 #include "redis.h"
+#include "result.h"
 #include "runner.h"
 #include "scheduler.h"
 #include "threadpool.h"
@@ -249,6 +250,7 @@ int daemon_run(struct daemon *d)
     runner_free(d->runner);
     /* After the runner: freeing a job may still remove its transfers. */
     executors_shutdown(d);
+    result_shutdown();
     free_events(d);
     event_base_free(d->base);
     log_notice("stopped");

@@ -27,6 +27,9 @@ typedef void result_done_fn(struct job *job, bool stored);
  * connection failed; the caller keeps the job and tries again). Returns -1
  * without calling done() when the command connection is not ready. */
 int result_write(struct daemon *d, struct job *job, result_done_fn *done);
+/* Frees the batching state (outcomes are written together once per loop
+ * pass); after the loop has stopped, before the event base goes. */
+void result_shutdown(void);
 
 /* Rejected messages and jobs that failed for good go to NS:dead whole. */
 bool result_goes_to_dead(const struct job *job);
