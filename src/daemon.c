@@ -238,15 +238,19 @@ int daemon_run(struct daemon *d)
     redis_start(d->redis);
     event_base_dispatch(d->base);
 
-    /* Pool first: its last done() callbacks still need the runner and Redis. */
+    /* Pool first: its last done() callbacks still need the runner and Redis.
+     * Then Redis, while every module is alive: freeing the contexts runs the
+     * callbacks of commands still pending (the scheduler's EVAL, a reclaim
+     * scan, an admin XINFO) with no reply, and they free their own state. */
     threadpool_destroy(d->pool);
+    redis_free(d->redis);
+    d->redis = NULL;
     admin_free(d->admin);
     heartbeat_free(d->heartbeat);
     reclaim_free(d->reclaim);
     scheduler_free(d->scheduler);
     intake_free(d->intake);
     d->intake = NULL;
-    redis_free(d->redis);
     runner_free(d->runner);
     /* After the runner: freeing a job may still remove its transfers. */
     executors_shutdown(d);
