@@ -138,6 +138,20 @@ static void free_scratch(struct sql_query *q)
     q->types = NULL;
 }
 
+/* Q as before it was sent: no answer, no error, on no connection. */
+static void reset_answer(struct sql_query *q)
+{
+    json_decref(q->rows);
+    q->rows = NULL;
+    free_scratch(q);
+    memset(&q->err, 0, sizeof(q->err));
+    q->command[0] = '\0';
+    q->row_count = 0;
+    q->bytes = 0;
+    q->too_large = false;
+    q->conn = NULL;
+}
+
 /* Hand Q back to its owner: rows only on success, the scratch state freed. */
 static void query_complete(struct pgpool *pool, struct sql_query *q)
 {
@@ -460,12 +474,7 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
     if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
         !q->requeued && c->cancels > q->cancels_seen) {
         q->requeued = true;
-        memset(&q->err, 0, sizeof(q->err));
-        json_decref(q->rows);
-        q->rows = NULL;
-        free_scratch(q);
-        q->bytes = 0;
-        q->conn = NULL;
+        reset_answer(q);
         q->next = pool->wait_head;      /* first in line: it was already sent once */
         pool->wait_head = q;
         if (!pool->wait_tail)
@@ -719,14 +728,9 @@ void pgpool_free(struct pgpool *pool)
 
 void pgpool_submit(struct pgpool *pool, struct sql_query *q)
 {
-    q->next = NULL;
-    q->conn = NULL;
-    q->cancelled = q->too_large = q->requeued = false;
-    q->bytes = 0;
-    q->rows = NULL;
-    q->row_count = 0;
-    q->command[0] = '\0';
-    memset(&q->err, 0, sizeof(q->err));
+    q->rows = NULL;             /* the caller's to free: exec_sql has */
+    reset_answer(q);
+    q->cancelled = q->requeued = false;
     append(&pool->wait_head, &pool->wait_tail, q);
     pool->nwaiting++;
     /* Queries submitted in one loop pass (a batch of jobs read together) go

@@ -127,7 +127,6 @@ struct txn {
 };
 
 static struct {
-    struct daemon *d;
     struct event *flush;
     struct pending *items;
     int n, cap;
@@ -160,12 +159,12 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
 static void send_xacks(struct daemon *d, const struct txn *t)
 {
     const char **argv = malloc(((size_t)t->n + 3) * sizeof(*argv));
-    bool *done = calloc((size_t)t->n, sizeof(*done));
-    if (!argv || !done)
+    bool *acked = calloc((size_t)t->n, sizeof(*acked));
+    if (!argv || !acked)
         goto out;
     for (int i = 0; i < t->n; i++) {
         const struct job *first = t->items[i].job;
-        if (done[i] || first->source != SOURCE_STREAM)
+        if (acked[i] || first->source != SOURCE_STREAM)
             continue;
         int argc = 0;
         argv[argc++] = "XACK";
@@ -173,40 +172,53 @@ static void send_xacks(struct daemon *d, const struct txn *t)
         argv[argc++] = GROUP;
         for (int j = i; j < t->n; j++) {
             const struct job *job = t->items[j].job;
-            if (!done[j] && job->source == SOURCE_STREAM && !strcmp(job->stream, first->stream)) {
+            if (!acked[j] && job->source == SOURCE_STREAM && !strcmp(job->stream, first->stream)) {
                 argv[argc++] = job->entry_id;
-                done[j] = true;
+                acked[j] = true;
             }
         }
         queue_command(d, argc, argv, NULL);
     }
 out:
     free(argv);
-    free(done);
+    free(acked);
 }
 
-/* One HINCRBY per type.status field for the results in T. */
+/* One HINCRBY per type.status field for the results in T. The fields are
+ * few (job types x statuses): a small table, no allocation per job. */
+#define STATS_FIELDS 64
+
 static void send_stats(struct daemon *d, const struct txn *t)
 {
-    char key[128], field[96], count[24];
-    json_t *counts = json_object();
-    for (int i = 0; i < t->n && counts; i++) {
+    struct {
+        char name[96];
+        long n;
+    } fields[STATS_FIELDS];
+    int nfields = 0;
+    char field[96];
+    for (int i = 0; i < t->n; i++) {
         const struct job *job = t->items[i].job;
         if (job->write_kind != WRITE_RESULT)
             continue;
         snprintf(field, sizeof(field), "%s.%s", reported_type(job), job_status_name(job->status));
-        json_t *n = json_object_get(counts, field);
-        json_object_set_new(counts, field, json_integer(n ? json_integer_value(n) + 1 : 1));
+        int f = 0;
+        while (f < nfields && strcmp(fields[f].name, field))
+            f++;
+        if (f == nfields) {
+            if (nfields == STATS_FIELDS)
+                continue;   /* cannot happen: reported_type() bounds the types */
+            memcpy(fields[nfields].name, field, sizeof(field));
+            fields[nfields++].n = 0;
+        }
+        fields[f].n++;
     }
+    char key[128], count[24];
     result_key(d, key, sizeof(key), "stats");
-    const char *name;
-    json_t *n;
-    json_object_foreach(counts, name, n) {
-        snprintf(count, sizeof(count), "%" JSON_INTEGER_FORMAT, json_integer_value(n));
-        const char *argv[] = {"HINCRBY", key, name, count};
+    for (int f = 0; f < nfields; f++) {
+        snprintf(count, sizeof(count), "%ld", fields[f].n);
+        const char *argv[] = {"HINCRBY", key, fields[f].name, count};
         queue_command(d, 4, argv, NULL);
     }
-    json_decref(counts);
 }
 
 /* Dead letters keep at most max_job_bytes of the message, so an oversized
@@ -312,20 +324,27 @@ static struct txn *take_batch(int n)
     return t;
 }
 
+/* Not stored: each caller keeps its job and writes it again when the
+ * connection is back. */
+static void hand_back(const struct pending *items, int n)
+{
+    for (int i = 0; i < n; i++)
+        items[i].done(items[i].job, false);
+}
+
 static void flush_batch(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
     while (batch.n) {
         int n = batch.n < BATCH_MAX ? batch.n : BATCH_MAX;
         struct txn *t = take_batch(n);
-        if (!t || !redis_ready(d->redis, REDIS_CMD)) {
-            /* Not stored: each caller keeps its job and writes it again
-             * when the connection is back. */
-            struct pending *items = t ? t->items : batch.items;
-            for (int i = 0; i < n; i++)
-                items[i].done(items[i].job, false);
-            if (!t)
-                batch.n = 0;
+        if (!t) {
+            hand_back(batch.items, batch.n);
+            batch.n = 0;
+            return;
+        }
+        if (!redis_ready(d->redis, REDIS_CMD)) {
+            hand_back(t->items, n);
             free(t);
             continue;
         }
@@ -344,8 +363,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         send_xacks(d, t);
         const char *exec[] = {"EXEC"};
         if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
-            for (int i = 0; i < n; i++)
-                t->items[i].done(t->items[i].job, false);
+            hand_back(t->items, n);
             free(t);
         }
     }
@@ -356,7 +374,6 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done)
     if (!redis_ready(d->redis, REDIS_CMD))
         return -1;
     if (!batch.flush) {
-        batch.d = d;
         batch.flush = event_new(d->base, -1, 0, flush_batch, d);
         if (!batch.flush)
             return -1;
