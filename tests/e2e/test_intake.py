@@ -2,7 +2,7 @@
 import json
 import time
 
-from conftest import NS, free_port, publish, result, submit, wait_for, wait_result, wait_results
+from conftest import NS, free_port, publish, result, stats, submit, wait_for, wait_result, wait_results
 from test_admin import get, parse_metrics
 
 
@@ -78,3 +78,26 @@ def test_pubsub_overflow_is_parked_on_the_stream(r, start_jobd):
     assert first["queued_at"] < second["queued_at"]
     metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
     assert metrics["jobd_pubsub_parked_total"] == 2
+
+
+def test_outcomes_written_together_are_acked_and_counted_per_job(r, start_jobd):
+    # Jobs queued before jobd starts finish in the same loop passes, so their
+    # outcomes share transactions (one XACK per stream, one HINCRBY per
+    # field): every entry must still be acknowledged on its own stream and
+    # every outcome counted once.
+    streams = [f"{NS}:queue", f"{NS}:urgent"]
+    pipe = r.pipeline(transaction=False)
+    for i in range(600):
+        job = {"id": f"b{i}", "type": "sleep"}
+        if i % 3:
+            job["ms"] = 0           # every third one lacks ms: rejected
+        pipe.xadd(streams[i % 2], {"job": json.dumps(job)})
+    pipe.execute()
+    start_jobd(intake__streams=streams)
+    recs = wait_results(r, [f"b{i}" for i in range(600)], timeout=30)
+    assert sum(rec["status"] == "succeeded" for rec in recs.values()) == 400
+    assert sum(rec["status"] == "rejected" for rec in recs.values()) == 200
+    for stream in streams:
+        wait_for(lambda: r.xpending(stream, "jobd")["pending"] == 0, what=f"XACK on {stream}")
+    counts = stats(r)
+    assert counts["sleep.succeeded"] == 400 and counts["sleep.rejected"] == 200, counts
