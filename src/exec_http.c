@@ -757,9 +757,10 @@ static void on_socket_event(evutil_socket_t fd, short kind, void *arg)
     int action = (kind & EV_READ ? CURL_CSELECT_IN : 0) | (kind & EV_WRITE ? CURL_CSELECT_OUT : 0);
     int running;
     curl_multi_socket_action(http.multi, fd, action, &running);
+    /* The timer is libcurl's to delete (set_timer(-1)), not ours when nothing
+     * runs: check_done() may just have added the next transfer of a batch,
+     * and that transfer starts from the timer libcurl armed in add_handle. */
     check_done();
-    if (running <= 0)
-        evtimer_del(http.timer);
 }
 
 static void on_timer(evutil_socket_t fd, short kind, void *arg)

@@ -170,6 +170,16 @@ def test_batch_of_1000_in_order_with_concurrency(r, web, jobd_http):
     assert web.state.max_active <= 5
 
 
+def test_batch_at_concurrency_one_runs_every_item(r, web, jobd_http):
+    # Each item starts when the one before it ends, with nothing else running:
+    # the moment the multi handle is empty must not stop the next transfer.
+    urls = [web.url(f"/bytes/{i}") for i in range(1, 31)]
+    rec = run(r, "one-at-a-time", urls=urls, concurrency=1, timeout_ms=5000)
+    assert rec["status"] == "succeeded", rec.get("error")
+    assert rec["result"]["succeeded"] == 30
+    assert [item["bytes"] for item in rec["result"]["results"]] == list(range(1, 31))
+
+
 def test_requests_list_and_per_item_fields(r, web, jobd_http):
     rec = run(r, "reqs", requests=[
         {"url": web.url("/echo"), "method": "POST", "body": "one", "response": "json"},
