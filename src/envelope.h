@@ -16,6 +16,10 @@
  * under it. */
 int envelope_parse(struct job *job, const struct config *cfg, struct job_error *err);
 
+/* Whether KEY is one of the fields every job has (PROTOCOL §2): the types'
+ * own parse() read the envelope itself and skip these. */
+bool envelope_common_field(const char *key);
+
 /* 1..128 characters of [A-Za-z0-9._:-]. */
 bool envelope_valid_id(const char *id, size_t len);
 

@@ -442,7 +442,7 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
                 job_error_set(err, ERR_INVALID_JOB, "%s: must be an object", where);
                 return -1;
             }
-            if (spec_check_fields(req, where, request_fields, err) ||
+            if (object_check_fields(req, where, request_fields, err) ||
                 parse_request(hj, rq, req, json_object_get(req, "url"), spec, where, err))
                 return -1;
         }

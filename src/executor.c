@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "envelope.h"
 #include "exec_http.h"
 #include "pgpool.h"
 #include "executor.h"
@@ -36,22 +37,31 @@ void executors_shutdown(struct daemon *d)
     d->pgpool = NULL;
 }
 
-int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,
-                      struct job_error *err)
+static int check_fields(const json_t *obj, const char *where, const char *const *allowed,
+                        bool skip_common, struct job_error *err)
 {
     const char *key;
     json_t *value;
-    json_object_foreach((json_t *)spec, key, value) {
-        bool known = false;
-        for (const char *const *a = allowed; *a; a++)
-            if (!strcmp(key, *a)) {
-                known = true;
-                break;
-            }
+    json_object_foreach((json_t *)obj, key, value) {
+        bool known = skip_common && envelope_common_field(key);
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = !strcmp(key, *a);
         if (!known) {
-            job_error_set(err, ERR_INVALID_JOB, "%s: unknown field \"%.64s\"", type, key);
+            job_error_set(err, ERR_INVALID_JOB, "%s: unknown field \"%.64s\"", where, key);
             return -1;
         }
     }
     return 0;
+}
+
+int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,
+                      struct job_error *err)
+{
+    return check_fields(spec, type, allowed, true, err);
+}
+
+int object_check_fields(const json_t *obj, const char *where, const char *const *allowed,
+                        struct job_error *err)
+{
+    return check_fields(obj, where, allowed, false, err);
 }

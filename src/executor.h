@@ -34,11 +34,14 @@ const struct executor *executor_find(const char *type);
 int executors_init(struct daemon *d);
 void executors_shutdown(struct daemon *d);
 
-/* Helpers for parse(): check that SPEC has no names beyond ALLOWED
- * (NULL-terminated). Returns 0, or -1 with err set to invalid_job naming the
- * first unknown field. */
+/* Helpers for parse(): check that SPEC (the envelope: its common fields are
+ * known) has no names beyond ALLOWED (NULL-terminated). Returns 0, or -1 with
+ * err set to invalid_job naming the first unknown field. */
 int spec_check_fields(const json_t *spec, const char *type, const char *const *allowed,
                       struct job_error *err);
+/* The same for a nested object (retry, one request of a batch): only ALLOWED. */
+int object_check_fields(const json_t *obj, const char *where, const char *const *allowed,
+                        struct job_error *err);
 
 extern const struct executor sleep_executor;
 extern const struct executor hash_executor;

@@ -75,7 +75,7 @@ struct job {
     char *raw;
     size_t raw_len;
     json_t *envelope;           /* NULL for a message that did not parse */
-    json_t *spec;               /* the type's own fields (envelope minus common ones) */
+    json_t *spec;               /* what the type parses: the envelope (a reference) */
     const char *type;           /* points into envelope; "" when unreadable */
 
     /* Source. */

@@ -17,6 +17,7 @@
 
 #include "daemon.h"
 #include "job.h"
+#include "jsonw.h"
 #include "log.h"
 #include "redis.h"
 #include "timer.h"
@@ -50,6 +51,7 @@ struct redis {
     struct event *check_timer;
     uint64_t reconnects;
     bool stopping;
+    struct jbuf resp;           /* redis_send_unanswered()'s buffer, reused */
 };
 
 /* One in-flight command: keeps the counters right even when the reply comes
@@ -264,6 +266,7 @@ void redis_free(struct redis *r)
         event_free(c->ready_event);
     }
     event_free(r->check_timer);
+    free(r->resp.p);
     free(r);
 }
 
@@ -317,6 +320,40 @@ int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *
     if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
         c->oldest_deadline = call->deadline;
     return 0;
+}
+
+/* RESP: *<argc> then $<len> <bytes> per argument, each line ending in CRLF. */
+static void resp_header(struct jbuf *b, char kind, size_t n)
+{
+    jbuf_raw(b, &kind, 1);
+    jbuf_int(b, (int64_t)n);
+    jbuf_lit(b, "\r\n");
+}
+
+int redis_send_unanswered(struct redis *r, enum redis_role role, int argc, const char **argv,
+                          const size_t *lens)
+{
+    struct jbuf *resp = &r->resp;
+    struct conn *c = &r->conns[role];
+    if (!redis_ready(r, role))
+        return -1;
+    resp->len = 0;
+    resp_header(resp, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = lens ? lens[i] : strlen(argv[i]);
+        resp_header(resp, '$', n);
+        jbuf_raw(resp, argv[i], n);
+        jbuf_lit(resp, "\r\n");
+    }
+    if (resp->failed) {
+        free(jbuf_take(resp, NULL));
+        return -1;
+    }
+    /* hiredis peeks one byte past a one-argument command (hasnext in
+     * __redisAsyncCommand): a NUL there, as its own sds strings have. The
+     * buffer always keeps room for it. */
+    resp->p[resp->len] = '\0';
+    return redisAsyncFormattedCommand(c->ac, NULL, NULL, resp->p, resp->len) == REDIS_OK ? 0 : -1;
 }
 
 int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,

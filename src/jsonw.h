@@ -1,0 +1,40 @@
+/* jsonw.h - writing JSON text into a growable buffer.
+ *
+ * Every outcome becomes a JSON record, and jansson's json_dumps() was the
+ * largest single cost of writing one (16% of jobd's CPU in bench/sql): it
+ * formats each object's address with snprintf("%p") into a hash table to
+ * detect cycles, and goes through a callback per token. This writer appends
+ * straight into one buffer and produces the same text as
+ * json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) (tests/test_jsonw.c checks).
+ */
+#ifndef JOBD_JSONW_H
+#define JOBD_JSONW_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct jbuf {
+    char *p;
+    size_t len, cap;
+    bool failed;                /* out of memory, or a value jansson cannot dump */
+};
+
+/* Bytes as they are. */
+void jbuf_raw(struct jbuf *b, const char *s, size_t n);
+#define jbuf_lit(b, s) jbuf_raw((b), (s), sizeof(s) - 1)
+/* A quoted, escaped JSON string of N bytes (UTF-8 expected, not checked). */
+void jbuf_string(struct jbuf *b, const char *s, size_t n);
+void jbuf_int(struct jbuf *b, int64_t v);
+/* Any jansson value, compact, keys in the object's own order. */
+void jbuf_value(struct jbuf *b, const json_t *v);
+
+/* The text, NUL-terminated, now the caller's to free(); NULL if anything
+ * failed (the buffer is freed then). Leaves B empty for reuse. */
+char *jbuf_take(struct jbuf *b, size_t *len);
+
+/* json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) through this writer. */
+char *jsonw_dumps(const json_t *v, size_t *len);
+
+#endif
