@@ -12,6 +12,8 @@ Paths:
   /flaky/<key>              fails (503) every other request per key
   /slow-chunks/<n>          n chunks of 64 KiB, 100 ms apart
   /concurrent               counts overlapping requests (sleeps 50 ms)
+  /hangup                   200 "bye" as if keep-alive, then the server closes
+                            the connection 100 ms later (an idle timeout)
 """
 import json
 import threading
@@ -26,6 +28,7 @@ class State:
         self.active = 0
         self.max_active = 0
         self.requests = 0
+        self.connections = 0
 
     def bump(self, key):
         with self.lock:
@@ -38,6 +41,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        with self.server.state.lock:
+            self.server.state.connections += 1
 
     def send(self, code, body=b"", headers=None):
         self.send_response(code)
@@ -117,6 +125,11 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.active -= 1
             self.send(200, b"c")
+        elif kind == "hangup":
+            self.send(200, b"bye")
+            self.wfile.flush()
+            time.sleep(0.1)
+            self.close_connection = True
         else:
             self.send(404, b"no such path")
 

@@ -1,6 +1,7 @@
 """PROTOCOL §3 http jobs against a real HTTP server on loopback."""
 import hashlib
 import json
+import os
 import time
 
 import pytest
@@ -178,6 +179,28 @@ def test_batch_at_concurrency_one_runs_every_item(r, web, jobd_http):
     assert rec["status"] == "succeeded", rec.get("error")
     assert rec["result"]["succeeded"] == 30
     assert [item["bytes"] for item in rec["result"]["results"]] == list(range(1, 31))
+
+
+def cpu_seconds(pid):
+    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_connection_closed_by_server_while_idle(r, web, start_jobd):
+    # A kept-alive connection stays registered with the loop between
+    # requests; when the server closes it, the wake-up must unregister it
+    # (not spin on the readable EOF), and the next job must get a new
+    # connection instead of failing on the dead one.
+    daemon = start_jobd(http__allow_private=True)
+    for i in range(3):
+        rec = run(r, f"hup{i}", url=web.url("/hangup"))
+        assert rec["status"] == "succeeded", rec.get("error")
+        assert rec["result"]["body"] == "bye"
+        time.sleep(0.3)             # the server has closed it by now
+        before = cpu_seconds(daemon.proc.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(daemon.proc.pid) - before < 0.3, "jobd spins on a closed connection"
+    assert web.state.connections == 3
 
 
 def test_requests_list_and_per_item_fields(r, web, jobd_http):
