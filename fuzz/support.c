@@ -7,6 +7,7 @@
 #include "envelope.h"
 #include "exec_http.h"
 #include "executor.h"
+#include "jsonw.h"
 #include "log.h"
 #include "result.h"
 #include "support.h"
@@ -137,6 +138,15 @@ void fuzz_envelope(struct daemon *d, const char *raw, size_t len, int64_t queued
     }
     if (job.id[0])
         FUZZ_CHECK(envelope_valid_id(job.id, strlen(job.id)));
+    /* Records are written by jsonw.c: on any document jansson parsed, it
+     * must give jansson's own text. */
+    if (job.envelope) {
+        char *want = json_dumps(job.envelope, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *got = jsonw_dumps(job.envelope, NULL);
+        FUZZ_CHECK(want && got && !strcmp(want, got));
+        free(want);
+        free(got);
+    }
     json_t *rec = result_record(d, &job);
     check_record(&job, rec);
     json_decref(rec);
