@@ -44,8 +44,17 @@ static const char *const short_escape[32] = {
 
 void jbuf_string(struct jbuf *b, const char *s, size_t n)
 {
-    /* At most 6 bytes out per byte in, plus the quotes. */
-    if (n > (SIZE_MAX - 2) / 6 || !reserve(b, 6 * n + 2)) {
+    /* The exact size first: reserving the worst case (6 bytes per byte)
+     * would ask for 600 MB to write a 100 MB body. */
+    size_t out_len = n + 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            out_len += 1;
+        else if (c < 0x20)
+            out_len += short_escape[c] ? 1 : 5;
+    }
+    if (out_len < n || !reserve(b, out_len)) {
         b->failed = true;
         return;
     }
