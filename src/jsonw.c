@@ -97,7 +97,8 @@ void jbuf_int(struct jbuf *b, int64_t v)
 }
 
 /* jansson's jsonp_dtostr(): %.17g, ".0" when it would read as an integer,
- * no '+' and no leading zeros in the exponent. */
+ * no '+' and no leading zeros in the exponent. jobd never calls setlocale(),
+ * so the decimal point is always '.'. */
 static void jbuf_real(struct jbuf *b, double v)
 {
     char tmp[64];
@@ -106,10 +107,6 @@ static void jbuf_real(struct jbuf *b, double v)
         b->failed = true;
         return;
     }
-    /* A locale with a decimal comma must not leak into JSON. */
-    char *comma = strchr(tmp, ',');
-    if (comma)
-        *comma = '.';
     if (!strchr(tmp, '.') && !strchr(tmp, 'e')) {
         memcpy(tmp + n, ".0", 3);
         n += 2;

@@ -1,8 +1,7 @@
 /* test_jsonw.c - the JSON writer against jansson: the same text as
  * json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) for every kind of value,
- * every escape and the awkward numbers; and RESP-safe byte counts (the
- * length it reports is the length of the text). */
-#include <math.h>
+ * every escape and the awkward numbers; and the length it reports is the
+ * length of the text (RESP sends that many bytes). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
