@@ -84,6 +84,7 @@ static const struct cf_setting settings[] = {
     INT("postgres.max_size", pg_max_size, 20, 1, 1000, false),
     INT64("postgres.idle_timeout_ms", pg_idle_timeout_ms, 60000, 100, 86400000, true),
     INT("postgres.pipeline", pg_pipeline, 1, 1, 256, true),
+    INT64("postgres.pipeline_pack_us", pg_pipeline_pack_us, 500, 0, 60000000, true),
     BOOL("postgres.allow_raw_sql", pg_allow_raw_sql, 0, true),
     {"postgres.queries", CF_QUERIES, OFF(pg_queries), OFF(pg_nqueries), 0, 0, NULL, 0, 0, true,
      NULL},

@@ -70,6 +70,7 @@ struct config {
     int pg_max_size;
     int64_t pg_idle_timeout_ms; /* idle connections above min_size close after this */
     int pg_pipeline;            /* queries one connection may have in flight */
+    int64_t pg_pipeline_pack_us;    /* expected wait a query may queue behind */
     bool pg_allow_raw_sql;
     struct named_query *pg_queries;
     int pg_nqueries;

@@ -56,6 +56,8 @@ struct sql_query {
     bool executed;              /* the execute step completed */
     bool cancelled, too_large, requeued;
     uint64_t cancels_seen;      /* conn->cancels when it was sent */
+    int64_t sent_us;            /* mono_us() when it was sent */
+    int64_t expected_us;        /* its run time as estimated when it was sent */
     size_t bytes;
     json_t *fields;             /* column names */
     Oid *types;

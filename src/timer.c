@@ -3,7 +3,7 @@
 
 #include "timer.h"
 
-static int64_t mono_us(void)
+int64_t mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

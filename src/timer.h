@@ -19,6 +19,8 @@ struct event *timer_new_periodic(struct event_base *base, int64_t ms, event_call
  * flag would fix that at the cost of a timerfd syscall on every loop pass.
  * Instead: a deadline on the precise monotonic clock (microseconds), and the
  * callback asks timer_early() first. */
+/* The precise monotonic clock, in microseconds. */
+int64_t mono_us(void);
 int64_t timer_deadline(int64_t ms);
 int timer_add_until(struct event *ev, int64_t deadline);
 /* In the callback: true, and the timer re-armed, when it fired early. */

@@ -20,6 +20,7 @@ QUERIES = {
     "sleep": "SELECT pg_sleep($1::float8) AS slept",
     "big": "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, $1::int) g",
     "fail": "SELECT 1/0",
+    "pid": "SELECT pg_backend_pid() AS pid",
 }
 
 
@@ -275,6 +276,57 @@ def test_pipeline_cancel_and_timeout_stop_only_their_query(r, pg, start_jobd):
     assert wait_result(r, "late")["status"] == "timed_out"
     assert wait_result(r, "next")["result"]["rows"] == [{"sum": 4}]
     wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backend to stop")
+
+
+def submit_round(r, ids, query="pid"):
+    """The jobs of IDS added in one round trip, as a producer's batch."""
+    pipe = r.pipeline(transaction=False)
+    for i in ids:
+        pipe.xadd(f"{NS}:queue", {"job": json.dumps({"id": i, "type": "sql", "query": query})})
+    pipe.execute()
+
+
+def backend_pids(recs):
+    return {rec["result"]["rows"][0]["pid"] for rec in recs.values()}
+
+
+@pytest.mark.parametrize("pack_us", [5000000, 0], ids=["packed", "spread"])
+def test_pipeline_packs_quick_queries_on_a_busy_connection(r, pg, start_jobd, pack_us):
+    # Four connections, pipeline 8. Rounds of 6 quick queries: with a packing
+    # budget (generous here, so a slow sanitizer build still packs) each round
+    # wakes one backend; without one (0) a round spreads over idle connections.
+    start_jobd(**config_for(pg, 8, postgres__min_size=4, postgres__pipeline_pack_us=pack_us))
+    wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
+    assert run(r, "first", query="pid")["status"] == "succeeded"   # its run time is now known
+    per_round = []
+    for n in range(5):
+        ids = [f"p{n}.{i}" for i in range(6)]
+        submit_round(r, ids)
+        per_round.append(backend_pids(wait_results(r, ids)))
+    if pack_us:
+        assert all(len(pids) == 1 for pids in per_round), per_round
+    else:
+        assert max(len(pids) for pids in per_round) > 1, per_round
+
+
+def test_pipeline_packs_nothing_behind_a_slow_query(r, pg, start_jobd):
+    # A query whose run time is unknown (never ran) or above the budget is not
+    # queued behind: quick queries arriving while it runs take other
+    # connections and finish long before it.
+    start_jobd(**config_for(pg, 8, postgres__min_size=4, postgres__pipeline_pack_us=500000))
+    wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
+    assert run(r, "first", query="pid")["status"] == "succeeded"
+    for n in range(2):      # unknown the first time, measured at 3 s the second
+        submit(r, {"id": f"slow{n}", "type": "sql", "query": "sleep", "params": [3]})
+        wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+        sleeper = int(pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'jobd' "
+                              "AND query LIKE '%pg_sleep%' AND state = 'active'"))
+        ids = [f"q{n}.{i}" for i in range(6)]
+        submit_round(r, ids)
+        recs = wait_results(r, ids, timeout=2.5)
+        assert sleeper not in backend_pids(recs)
+        assert not r.exists(f"{NS}:result:slow{n}")     # still running
+        assert wait_result(r, f"slow{n}")["status"] == "succeeded"
 
 
 def test_sql_off_without_conninfo(r, start_jobd):
