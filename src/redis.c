@@ -10,7 +10,7 @@
  *   NULL reply, which every callback here handles).
  */
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +20,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "redis.h"
+#include "redis_loop.h"
 #include "timer.h"
 
 #define CONNECT_TIMEOUT_MS 5000
@@ -189,13 +190,18 @@ static void conn_connect(struct conn *c)
         conn_schedule_retry(c);
         return;
     }
+    if (redis_loop_attach(ac, c->r->d->base)) {
+        log_error("redis %s connection: out of memory", role_names[c->role]);
+        redisAsyncFree(ac);
+        conn_schedule_retry(c);
+        return;
+    }
     ac->data = c;
     c->ac = ac;
     c->generation++;
     c->state = CONN_CONNECTING;
     c->connect_started = mono_ms();
     c->outstanding = 0;
-    redisLibeventAttach(ac, c->r->d->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (c->failures > 0)

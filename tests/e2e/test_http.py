@@ -69,6 +69,22 @@ def test_max_bytes_on_chunked_body(r, web, jobd_http):
     assert rec["status"] == "failed" and rec["error"]["code"] == "too_large"
 
 
+def test_records_larger_than_the_socket_buffer_are_written_whole(r, web, start_jobd):
+    # Two 3 MB bodies: each outcome transaction (SET + PUBLISH of the record)
+    # is far more than one write() to Redis takes, so the rest waits for the
+    # socket to drain; both records arrive whole, and the connection still
+    # carries the next job.
+    start_jobd(http__allow_private=True, http__max_bytes=4 << 20)
+    size = 3 * 1000 * 1000
+    for i in range(2):
+        submit(r, {"id": f"big{i}", "type": "http", "url": web.url(f"/bytes/{size}")})
+    for i in range(2):
+        rec = wait_result(r, f"big{i}", timeout=30)
+        assert rec["status"] == "succeeded" and rec["result"]["bytes"] == size
+        assert rec["result"]["body"] == "y" * size
+    assert run(r, "after", url=web.url("/bytes/10"))["result"]["body"] == "y" * 10
+
+
 def test_100mb_sha256_in_bounded_memory(r, web, start_jobd):
     daemon = start_jobd(http__allow_private=True)
     rec = run(r, "huge", url=web.url(f"/chunked/{100 * 1024 * 1024}"), response="sha256",
