@@ -305,27 +305,42 @@ static void call_reply(redisAsyncContext *ac, void *reply, void *privdata)
     free(call);
 }
 
-int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
-               int64_t timeout_ms, int argc, const char **argv, const size_t *lens)
+/* The bookkeeping of one command about to go out on C; NULL when out of memory. */
+static struct call *call_new(struct conn *c, redis_reply_fn *fn, void *priv, int64_t timeout_ms)
 {
-    struct conn *c = &r->conns[role];
-    if (!redis_ready(r, role))
-        return -1;
     struct call *call = malloc(sizeof(*call));
     if (!call)
-        return -1;
+        return NULL;
     call->c = c;
     call->generation = c->generation;
     call->fn = fn;
     call->priv = priv;
     call->deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : COMMAND_TIMEOUT_MS);
-    if (redisAsyncCommandArgv(c->ac, call_reply, call, argc, argv, lens) != REDIS_OK) {
+    return call;
+}
+
+/* CALL went out (0), or hiredis refused it (-1, and it is freed). */
+static int call_sent(struct conn *c, struct call *call, int rc)
+{
+    if (rc != REDIS_OK) {
         free(call);
         return -1;
     }
     if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
         c->oldest_deadline = call->deadline;
     return 0;
+}
+
+int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
+               int64_t timeout_ms, int argc, const char **argv, const size_t *lens)
+{
+    struct conn *c = &r->conns[role];
+    if (!redis_ready(r, role))
+        return -1;
+    struct call *call = call_new(c, fn, priv, timeout_ms);
+    if (!call)
+        return -1;
+    return call_sent(c, call, redisAsyncCommandArgv(c->ac, call_reply, call, argc, argv, lens));
 }
 
 /* RESP: *<argc> then $<len> <bytes> per argument, each line ending in CRLF. */
@@ -368,25 +383,14 @@ int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void 
     struct conn *c = &r->conns[role];
     if (!redis_ready(r, role))
         return -1;
-    struct call *call = malloc(sizeof(*call));
+    struct call *call = call_new(c, fn, priv, 0);
     if (!call)
         return -1;
-    call->c = c;
-    call->generation = c->generation;
-    call->fn = fn;
-    call->priv = priv;
-    call->deadline = mono_ms() + COMMAND_TIMEOUT_MS;
     va_list ap;
     va_start(ap, fmt);
     int rc = redisvAsyncCommand(c->ac, call_reply, call, fmt, ap);
     va_end(ap);
-    if (rc != REDIS_OK) {
-        free(call);
-        return -1;
-    }
-    if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
-        c->oldest_deadline = call->deadline;
-    return 0;
+    return call_sent(c, call, rc);
 }
 
 void redis_reset(struct redis *r, enum redis_role role, const char *why)
