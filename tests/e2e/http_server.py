@@ -51,7 +51,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        if code in (204, 304):      # RFC 9110: no content, and no length for it
+            body = b""
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -62,6 +62,11 @@ def test_raise_for_status(r, web, jobd_http):
     assert rec["attempts"] == 1     # a 404 is not transient
     rec = run(r, "404ok", url=web.url("/status/404"), raise_for_status=False)
     assert rec["status"] == "succeeded" and rec["result"]["status"] == 404
+    # No content: a success with an empty body, and the kept-alive connection
+    # (no Content-Length to read by) still serves the next request.
+    rec = run(r, "204", url=web.url("/status/204"))
+    assert rec["status"] == "succeeded" and rec["result"] == {"status": 204, "bytes": 0, "body": ""}
+    assert run(r, "after204", url=web.url("/bytes/3"))["result"]["body"] == "yyy"
 
 
 def test_max_bytes_on_chunked_body(r, web, jobd_http):
