@@ -11,8 +11,9 @@ struct daemon;
 int http_executor_init(struct daemon *d);
 void http_executor_shutdown(struct daemon *d);
 
-/* For /metrics: sockets libcurl has open and watched, transfers running. */
-void http_counts(int *sockets, int *transfers);
+/* For /metrics: sockets libcurl has open and watched, transfers running,
+ * jobs waiting for a transfer slot. */
+void http_counts(int *sockets, int *transfers, int *waiting);
 
 /* Loopback, private, shared, link-local, unique-local, multicast, reserved,
  * and IPv4 in IPv6 disguise of those: refused unless http.allow_private. */

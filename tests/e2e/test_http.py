@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from conftest import NS, SANITIZERS, stats, submit, wait_for, wait_result
+from conftest import NS, SANITIZERS, free_port, stats, submit, wait_for, wait_result
 from http_server import HttpServer
+from test_admin import get, parse_metrics
 
 
 @pytest.fixture
@@ -72,6 +73,45 @@ def test_raise_for_status(r, web, jobd_http):
 def test_max_bytes_on_chunked_body(r, web, jobd_http):
     rec = run(r, "big", url=web.url("/chunked/100000"), max_bytes=50000)
     assert rec["status"] == "failed" and rec["error"]["code"] == "too_large"
+
+
+def test_transfers_beyond_max_connections_wait_in_turn(r, web, start_jobd):
+    # Two connections: of six one-second requests two run and four jobs wait
+    # in jobd (not in libcurl's pending list); all finish, two at a time.
+    admin = free_port()
+    start_jobd(http__allow_private=True, http__max_connections=2,
+               admin__listen=f"127.0.0.1:{admin}")
+
+    def http_gauges():
+        m = parse_metrics(get(f"http://127.0.0.1:{admin}/metrics")[1])
+        return m["jobd_http_transfers"], m["jobd_http_waiting"]
+
+    for i in range(6):
+        submit(r, {"id": f"w{i}", "type": "http", "url": web.url("/delay/1000")})
+    wait_for(lambda: http_gauges() == (2, 4), timeout=5, what="2 running, 4 waiting")
+    started = time.monotonic()
+    for i in range(6):
+        assert wait_result(r, f"w{i}", timeout=20)["status"] == "succeeded"
+    assert time.monotonic() - started > 1.5     # three rounds of two, not one of six
+    assert http_gauges() == (0, 0)
+
+
+def test_jobs_take_turns_for_transfer_slots(r, web, start_jobd):
+    # A batch of ten half-second requests asks for ten transfers at once but
+    # two connections exist; a single request queued right after it gets the
+    # next turn instead of waiting behind the whole batch.
+    start_jobd(http__allow_private=True, http__max_connections=2, jobs__timeout_ms=20000)
+    pipe = r.pipeline(transaction=False)
+    pipe.xadd(f"{NS}:queue", {"job": json.dumps({
+        "id": "batch", "type": "http", "concurrency": 10,
+        "urls": [web.url("/delay/500") for _ in range(10)]})})
+    pipe.xadd(f"{NS}:queue", {"job": json.dumps({
+        "id": "single", "type": "http", "url": web.url("/delay/500")})})
+    pipe.execute()
+    assert wait_result(r, "single", timeout=20)["status"] == "succeeded"
+    assert not r.exists(f"{NS}:result:batch")      # at most 2 of its 10 done
+    rec = wait_result(r, "batch", timeout=20)
+    assert rec["status"] == "succeeded" and rec["result"]["succeeded"] == 10
 
 
 def test_records_larger_than_the_socket_buffer_are_written_whole(r, web, start_jobd):
