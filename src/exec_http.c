@@ -527,7 +527,6 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-
 static int request_setup(struct http_job *hj, struct http_request *rq)
 {
     const struct config *cfg = &hj->job->d->cfg;
