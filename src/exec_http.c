@@ -749,10 +749,18 @@ static void wait_remove(struct http_job *hj)
     hj->qprev = hj->qnext = NULL;
 }
 
-/* HJ wants more transfers (or a slot was freed): they start when this loop
- * pass ends, never from inside a libcurl callback or the caller's loop. */
+static bool start_one(struct http_job *hj);
+
+/* HJ wants more transfers (or, HJ NULL, a slot was freed). With nobody
+ * waiting they start now, as many as there are free slots; the rest wait
+ * their turn, which comes when this loop pass ends (start_waiting). */
 static void start_transfers(struct http_job *hj)
 {
+    if (hj && !http.wait_head) {
+        while (wants_transfer(hj) && http.transfers < http.d->cfg.http_max_connections)
+            if (!start_one(hj))
+                return;         /* that ended the job */
+    }
     if (hj && wants_transfer(hj))
         wait_append(hj);
     if (http.wait_head)
