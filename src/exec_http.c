@@ -368,6 +368,8 @@ static void http_free(struct job *job)
     struct http_job *hj = job->exec_state;
     if (!hj)
         return;
+    /* Every attempt ends through http_cancel or job_report, both off the
+     * queue; this keeps the list sound should a job ever be freed sooner. */
     wait_remove(hj);
     for (int i = 0; i < hj->n; i++) {
         struct http_request *rq = &hj->reqs[i];
@@ -717,6 +719,11 @@ static bool wants_transfer(const struct http_job *hj)
     return hj->running < hj->concurrency && hj->next < hj->n;
 }
 
+static bool slot_free(void)
+{
+    return http.transfers < http.d->cfg.http_max_connections;
+}
+
 static void wait_append(struct http_job *hj)
 {
     if (hj->queued)
@@ -757,7 +764,7 @@ static bool start_one(struct http_job *hj);
 static void start_transfers(struct http_job *hj)
 {
     if (hj && !http.wait_head) {
-        while (wants_transfer(hj) && http.transfers < http.d->cfg.http_max_connections)
+        while (wants_transfer(hj) && slot_free())
             if (!start_one(hj))
                 return;         /* that ended the job */
     }
@@ -789,7 +796,7 @@ static bool start_one(struct http_job *hj)
 
 static void start_waiting(evutil_socket_t fd, short what, void *arg)
 {
-    while (http.wait_head && http.transfers < http.d->cfg.http_max_connections) {
+    while (http.wait_head && slot_free()) {
         struct http_job *hj = http.wait_head;
         wait_remove(hj);
         if (start_one(hj) && wants_transfer(hj))
@@ -910,7 +917,6 @@ static void http_start(struct job *job)
     for (int i = 0; i < hj->n; i++)
         request_reset(&hj->reqs[i]);
     hj->next = hj->running = hj->finished = 0;
-    wait_remove(hj);            /* a retry: it queues again, at the back */
     start_transfers(hj);
 }
 

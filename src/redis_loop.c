@@ -1,4 +1,8 @@
-/* redis_loop.c - hiredis async contexts on the libevent loop (see redis_loop.h). */
+/* redis_loop.c - hiredis async contexts on the libevent loop (see redis_loop.h).
+ *
+ * No flags of our own for what is armed: event_add() of a pending event,
+ * event_del() of one that is not, and event_active() of an active one change
+ * nothing and make no system call. */
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -9,7 +13,6 @@ struct loop_events {
     struct event *rev;          /* persistent while hiredis wants reads */
     struct event *wev;          /* only while a write is waiting for room */
     struct event *flush;        /* activated: write when this loop pass ends */
-    bool reading, writing, flush_queued;
     bool in_flush;              /* inside on_flush's redisAsyncHandleWrite */
     bool released;              /* cleanup ran inside it: on_flush frees */
 };
@@ -29,7 +32,6 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct loop_events *e = arg;
-    e->flush_queued = false;
     e->in_flush = true;
     redisAsyncHandleWrite(e->ac);
     if (e->released) {          /* the write failed and hiredis let go of E */
@@ -41,53 +43,45 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 
 static void add_read(void *priv)
 {
-    struct loop_events *e = priv;
-    if (!e->reading && event_add(e->rev, NULL) == 0)
-        e->reading = true;
+    event_add(((struct loop_events *)priv)->rev, NULL);
 }
 
 static void del_read(void *priv)
 {
-    struct loop_events *e = priv;
-    if (e->reading) {
-        event_del(e->rev);
-        e->reading = false;
-    }
+    event_del(((struct loop_events *)priv)->rev);
 }
 
 static void add_write(void *priv)
 {
     struct loop_events *e = priv;
-    if (e->writing)
-        return;
     /* Until connected, writability is how hiredis learns the connect ended;
      * and a write that left bytes behind must wait for room. */
-    if ((e->ac->c.flags & REDIS_CONNECTED) && !e->in_flush) {
-        if (!e->flush_queued) {
-            event_active(e->flush, EV_WRITE, 0);
-            e->flush_queued = true;
-        }
-        return;
-    }
-    if (event_add(e->wev, NULL) == 0)
-        e->writing = true;
+    if ((e->ac->c.flags & REDIS_CONNECTED) && !e->in_flush &&
+        !event_pending(e->wev, EV_WRITE, NULL))
+        event_active(e->flush, EV_WRITE, 0);
+    else
+        event_add(e->wev, NULL);
 }
 
 static void del_write(void *priv)
 {
-    struct loop_events *e = priv;
-    if (e->writing) {
-        event_del(e->wev);
-        e->writing = false;
-    }
+    event_del(((struct loop_events *)priv)->wev);
+}
+
+static void free_events(struct loop_events *e)
+{
+    if (e->rev)
+        event_free(e->rev);
+    if (e->wev)
+        event_free(e->wev);
+    if (e->flush)
+        event_free(e->flush);
 }
 
 static void cleanup(void *priv)
 {
     struct loop_events *e = priv;
-    event_free(e->rev);
-    event_free(e->wev);
-    event_free(e->flush);
+    free_events(e);
     if (e->in_flush)
         e->released = true;
     else
@@ -107,12 +101,7 @@ int redis_loop_attach(redisAsyncContext *ac, struct event_base *base)
     e->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, e);
     e->flush = event_new(base, -1, 0, on_flush, e);
     if (!e->rev || !e->wev || !e->flush) {
-        if (e->rev)
-            event_free(e->rev);
-        if (e->wev)
-            event_free(e->wev);
-        if (e->flush)
-            event_free(e->flush);
+        free_events(e);
         free(e);
         return -1;
     }
