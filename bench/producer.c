@@ -7,8 +7,10 @@
  * Each job is TEMPLATE with "%ID%" replaced by PREFIX followed by the job's
  * index and "%AID%" by a pseudo-random pgbench account id (1..1000000). Jobs
  * are added with "XADD STREAM * job <envelope>" in pipelined batches of BATCH
- * (default 500); with -r RATE the producer is paced to RATE jobs/s (batches
- * every millisecond), otherwise it sends as fast as Redis takes them.
+ * (default 500); with -r RATE the producer is paced to RATE jobs/s: it sends
+ * each job when it is due, as independent producers would (one XADD at a
+ * time, or what fell due together when it woke late), otherwise it sends as
+ * fast as Redis takes them.
  *
  * Before sending, a second connection subscribes to CHANNEL (jobd:events,
  * where jobd publishes every result record), and a thread timestamps each
@@ -240,8 +242,8 @@ int main(int argc, char **argv)
     while (i < n) {
         long upto = n;
         if (rate > 0) {
-            /* Jobs due by now on a schedule of RATE/s from t0; at most one
-             * batch per millisecond tick. */
+            /* Jobs due by now on a schedule of RATE/s from t0; with none
+             * due, sleep until the next one is (at most a millisecond). */
             long due = (long)((double)(now_us() - t0) * rate / 1e6) + 1;
             if (due <= i) {
                 int64_t next = t0 + (int64_t)((double)i * 1e6 / rate);

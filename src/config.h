@@ -43,6 +43,7 @@ struct config {
     int nstreams;
     int64_t visibility_timeout_ms;
     int batch;              /* XREADGROUP COUNT upper bound (extension) */
+    int64_t linger_us;      /* pause before reading again after a short read (extension) */
 
     /* limits */
     int max_inflight;

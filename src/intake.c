@@ -26,6 +26,7 @@ struct intake {
     bool stopped;
     bool reading;               /* an XREADGROUP is outstanding */
     int reserved;               /* the COUNT it asked for: slots promised to it */
+    int64_t read_sent_us;       /* when it was sent (mono) */
     bool groups_ready;          /* XGROUP CREATE answered on this connection */
     int groups_waiting;
     int subs_expected, subs_confirmed;
@@ -35,6 +36,7 @@ struct intake {
     int64_t ping_sent_at;       /* mono ms, 0 when no ping is out */
     struct event *ping_timer;
     struct event *retry_timer;  /* read again after an error */
+    struct precise_timer *linger; /* read again after a short read */
     uint64_t overflowed;
 };
 
@@ -121,6 +123,8 @@ static void create_groups(struct intake *in);
 static void read_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct intake *in = priv;
+    int asked = in->reserved;
+    size_t taken = 0;
     in->reading = false;
     in->reserved = 0;
     if (!reply)
@@ -144,16 +148,29 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
                 continue;
             for (size_t e = 0; e < sr->element[1]->elements; e++)
                 take_entry(in, sr->element[0]->str, sr->element[1]->element[e]);
+            taken += sr->element[1]->elements;
         }
     }
-    /* A nil reply is the BLOCK timeout: simply read again. */
+    /* A nil reply is the BLOCK timeout: simply read again. A short read
+     * (fewer entries than asked, so the stream is drained) under
+     * intake.linger_us waits out the rest of the linger from when it was
+     * sent: at a steady trickle every read then brings what arrived over
+     * the linger, not one job each. A read that came back full, or a first
+     * job after a quiet spell (its read was sent long ago), reads again at
+     * once. */
+    int64_t wait = in->read_sent_us + in->d->cfg.linger_us - mono_us();
+    if (taken > 0 && taken < (size_t)asked && wait > 0) {
+        precise_timer_arm(in->linger, wait);
+        return;
+    }
     read_streams(in);
 }
 
 static void read_streams(struct intake *in)
 {
     struct daemon *d = in->d;
-    if (in->stopped || in->reading || !in->groups_ready || !redis_ready(d->redis, REDIS_STREAM))
+    if (in->stopped || in->reading || !in->groups_ready || !redis_ready(d->redis, REDIS_STREAM) ||
+        precise_timer_pending(in->linger))
         return;
     int room = d->cfg.max_inflight - runner_inflight(d->runner);
     if (room <= 0)
@@ -186,6 +203,7 @@ static void read_streams(struct intake *in)
                    NULL) == 0) {
         in->reading = true;
         in->reserved = room;
+        in->read_sent_us = mono_us();
     }
     free(argv);
 }
@@ -232,6 +250,11 @@ static void stream_down(void *arg)
     in->reserved = 0;
     in->groups_ready = false;
     in->announced = false;
+}
+
+static void linger_done(void *arg)
+{
+    read_streams(arg);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -377,7 +400,12 @@ struct intake *intake_create(struct daemon *d)
     snprintf(in->heartbeat_channel, sizeof(in->heartbeat_channel), "%s:heartbeat:%s", d->cfg.ns,
              d->worker_id);
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
+    in->linger = precise_timer_new(d->base, linger_done, in);
     in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
+    if (!in->retry_timer || !in->linger || !in->ping_timer) {
+        intake_free(in);
+        return NULL;
+    }
     struct redis_hooks sub = {sub_up, sub_down, in}, stream = {stream_up, stream_down, in};
     redis_set_hooks(d->redis, REDIS_SUB, &sub);
     redis_set_hooks(d->redis, REDIS_STREAM, &stream);
@@ -388,8 +416,11 @@ void intake_free(struct intake *in)
 {
     if (!in)
         return;
-    event_free(in->retry_timer);
-    event_free(in->ping_timer);
+    if (in->retry_timer)
+        event_free(in->retry_timer);
+    precise_timer_free(in->linger);
+    if (in->ping_timer)
+        event_free(in->ping_timer);
     free(in);
 }
 
@@ -403,6 +434,7 @@ void intake_stop(struct intake *in)
 {
     in->stopped = true;
     evtimer_del(in->retry_timer);
+    precise_timer_cancel(in->linger);
 }
 
 int intake_idle(const struct intake *in)

@@ -1,5 +1,6 @@
 """PROTOCOL §1: both intake paths, consumer group, acknowledgement, backpressure."""
 import json
+import signal
 import time
 
 from conftest import NS, free_port, publish, result, stats, submit, wait_for, wait_result, wait_results
@@ -101,3 +102,43 @@ def test_outcomes_written_together_are_acked_and_counted_per_job(r, start_jobd):
         wait_for(lambda: r.xpending(stream, "jobd")["pending"] == 0, what=f"XACK on {stream}")
     counts = stats(r)
     assert counts["sleep.succeeded"] == 400 and counts["sleep.rejected"] == 200, counts
+
+
+
+def _reads_while_trickling(r, jobs, gap_s):
+    """Queue JOBS one at a time GAP_S apart; the XREADGROUPs jobd made."""
+    r.config_resetstat()
+    ids = []
+    for _ in range(jobs):
+        ids.append(submit(r, {"type": "sleep", "ms": 0}))
+        time.sleep(gap_s)
+    recs = wait_results(r, ids)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    calls = r.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0)
+    return calls, recs
+
+
+def test_linger_gathers_a_trickle_of_jobs_into_fewer_reads(r, start_jobd):
+    # 40 jobs 5 ms apart. Without linger every job is its own read. With a
+    # 100 ms linger (set by a reload) a read that came back short waits out
+    # the rest of 100 ms from when it was sent: the 200 ms trickle takes a
+    # handful of reads, and no job waits much longer than the linger.
+    daemon = start_jobd()
+    plain, _ = _reads_while_trickling(r, 40, 0.005)
+    assert plain >= 20, plain
+    daemon.settings["intake"]["linger_us"] = 100000
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    lingering, recs = _reads_while_trickling(r, 40, 0.005)
+    assert lingering <= 8, lingering
+    waited = [rec["started_at"] - rec["queued_at"] for rec in recs.values()]
+    assert max(waited) >= 20, waited        # some did wait for the linger
+    assert max(waited) <= 100 + 150, waited
+    # SIGTERM while a linger is pending: the daemon drains and exits at once.
+    submit(r, {"id": "last", "type": "sleep", "ms": 0})
+    submit(r, {"id": "after-last", "type": "sleep", "ms": 0})
+    wait_result(r, "after-last")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 2
