@@ -117,7 +117,7 @@ static void begin_shutdown(struct daemon *d, int sig)
     intake_stop(d->intake);
     timer_add_ms(d->drain_timer, d->cfg.drain_ms);
     timer_add_ms(d->exit_check, EXIT_CHECK_MS);
-    daemon_check_drained(d);
+    runner_capacity_changed(d->runner);     /* jobs queued for a slot go back */
 }
 
 /* ---- reload -------------------------------------------------------------- */
@@ -144,8 +144,8 @@ static void reload(struct daemon *d)
     d->cfg = fresh;
     log_set_level(d->cfg.log_level);
     log_notice("reload: configuration %s applied", d->config_path);
-    /* max_inflight may have grown: read more. */
-    intake_capacity_changed(d->intake);
+    /* max_inflight may have grown: start queued jobs, read more. */
+    runner_capacity_changed(d->runner);
     sd_notify(0, "READY=1");
 }
 

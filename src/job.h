@@ -55,6 +55,7 @@ enum job_source { SOURCE_PUBSUB, SOURCE_STREAM, SOURCE_CHILD };
 
 enum job_state {
     JOB_NEW = 0,        /* parsed, not started */
+    JOB_QUEUED,         /* taken beyond limits.max_inflight: waits for a slot */
     JOB_CHECKING,       /* redelivered: asking Redis whether it already finished */
     JOB_WAITING_RETRY,  /* a group child between attempts (on a timer) */
     JOB_RUNNING,        /* an executor has it */
@@ -118,6 +119,7 @@ struct job {
 
     /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
     struct job *prev, *next, *hnext;
+    struct job *qnext;          /* JOB_QUEUED: the runner's wait queue */
 };
 
 /* For executors: the attempt ended. Exactly one of these per start(), also

@@ -162,6 +162,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
                             types[i].sum, types[i].type, (unsigned long long)types[i].count);
     }
     gauge(out, "jobd_jobs_inflight", "Jobs taken and not yet stored.", c.inflight);
+    gauge(out, "jobd_jobs_queued", "Jobs taken beyond limits.max_inflight (one read of several "
+          "streams brought more), waiting unstarted for a slot.", c.queued);
     gauge(out, "jobd_jobs_running", "Jobs with an attempt running.", c.running);
     gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);

@@ -3,7 +3,11 @@
  * States: NEW -> RUNNING -> (STOPPING) -> STORING -> freed. A job is counted
  * in flight from runner_accept() until its outcome is stored, so intake never
  * takes more than limits.max_inflight, and an outcome waiting for Redis keeps
- * its slot (memory stays bounded while Redis is away).
+ * its slot (memory stays bounded while Redis is away). One read of several
+ * streams (COUNT applies to each) or a reclaim of several can still bring more
+ * than the free slots: those jobs wait unstarted in a queue (JOB_QUEUED), so
+ * no more than max_inflight ever run or store at once, and intake, which
+ * counts them as taken, reads nothing until they have started.
  */
 #include <event2/event.h>
 #include <inttypes.h>
@@ -33,6 +37,9 @@ struct runner {
     struct job *buckets[BUCKETS];   /* live jobs by id (ids may repeat) */
     json_t *cancelled;              /* id -> time the cancel expires (ms) */
     int inflight, running, storing, unstored;
+    struct job *queue_head, *queue_tail;    /* JOB_QUEUED, oldest first */
+    int queued;
+    bool starting_queued;           /* start_queued() is on the stack */
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
     uint64_t next_id;
     char id_prefix[48];
@@ -111,8 +118,7 @@ static void job_release(struct runner *r, struct job *job)
         r->storing--;
     job_free(r, job);
     r->inflight--;
-    intake_capacity_changed(r->d->intake);
-    daemon_check_drained(r->d);
+    runner_capacity_changed(r);
 }
 
 void runner_free(struct runner *r)
@@ -552,7 +558,60 @@ static void proceed(struct runner *r, struct job *job, bool delay_waited)
         finish(r, job, WRITE_SCHEDULE);
         return;
     }
+    if (r->inflight - r->queued > d->cfg.max_inflight) {
+        /* Every slot is taken by jobs that started before it. */
+        job->state = JOB_QUEUED;
+        job->qnext = NULL;
+        if (r->queue_tail)
+            r->queue_tail->qnext = job;
+        else
+            r->queue_head = job;
+        r->queue_tail = job;
+        r->queued++;
+        log_job(LOG_DEBUG, job, "waiting for a slot (limits.max_inflight %d)", d->cfg.max_inflight);
+        return;
+    }
     start_attempt(r, job);
+}
+
+static void unqueue(struct runner *r, struct job *job)
+{
+    struct job **p = &r->queue_head, *before = NULL;
+    while (*p && *p != job) {
+        before = *p;
+        p = &(*p)->qnext;
+    }
+    if (!*p)
+        return;
+    *p = job->qnext;
+    if (r->queue_tail == job)
+        r->queue_tail = before;
+    job->qnext = NULL;
+    job->state = JOB_NEW;
+    r->queued--;
+}
+
+/* Start queued jobs while slots are free; while draining, every one of them
+ * (proceed() puts them back on their stream). */
+static void start_queued(struct runner *r)
+{
+    if (r->starting_queued)
+        return;     /* a job that ended at once: the loop below goes on */
+    r->starting_queued = true;
+    while (r->queue_head &&
+           (r->d->draining || r->inflight - r->queued < r->d->cfg.max_inflight)) {
+        struct job *job = r->queue_head;
+        unqueue(r, job);
+        proceed(r, job, true);
+    }
+    r->starting_queued = false;
+}
+
+void runner_capacity_changed(struct runner *r)
+{
+    start_queued(r);
+    intake_capacity_changed(r->d->intake);
+    daemon_check_drained(r->d);
 }
 
 /* ---- control --------------------------------------------------------------- */
@@ -584,6 +643,9 @@ void runner_cancel_id(struct runner *r, const char *id)
         if (job->state == JOB_RUNNING) {
             log_job(LOG_INFO, job, "cancel requested");
             stop_attempt(job, STOP_CANCEL);
+        } else if (job->state == JOB_QUEUED) {
+            unqueue(r, job);
+            proceed(r, job, true);      /* the cancel is remembered: ends cancelled */
         }
     }
     if (!found)
@@ -648,6 +710,7 @@ int runner_inflight(const struct runner *r)
 void runner_counts(const struct runner *r, struct runner_counts *out)
 {
     out->inflight = r->inflight;
+    out->queued = r->queued;
     out->running = r->running;
     out->storing = r->storing;
     out->unstored = r->unstored;

@@ -81,10 +81,14 @@ void runner_child_free(struct job *child);
 
 /* For the heartbeat and metrics. */
 struct runner_counts {
-    int inflight, running, storing, unstored;
+    int inflight, queued, running, storing, unstored;
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
 };
 void runner_counts(const struct runner *r, struct runner_counts *out);
+
+/* A slot came free or limits.max_inflight changed (or the drain began): start
+ * jobs queued for a slot (put them back while draining), then let intake read. */
+void runner_capacity_changed(struct runner *r);
 
 /* Called by job_succeed()/job_fail(): an attempt ended. */
 void runner_attempt_done(struct job *job);

@@ -65,6 +65,59 @@ def test_backpressure_never_more_than_max_inflight(r, start_jobd):
     assert max(f for _, f in spans) - min(s for s, _ in spans) >= 5 * 300 - 50
 
 
+def test_backpressure_holds_over_several_streams(r, start_jobd):
+    # XREADGROUP's COUNT applies to each stream: with three streams one read
+    # can bring three times the free slots. The extra jobs wait unstarted in
+    # jobd (jobd_jobs_queued), so never more than max_inflight run at once.
+    streams = [f"{NS}:queue", f"{NS}:urgent", f"{NS}:low"]
+    ids = [f"m{i}" for i in range(12)]
+    for i, job_id in enumerate(ids):
+        submit(r, {"id": job_id, "type": "sleep", "ms": 300}, stream=streams[i % 3])
+    port = free_port()
+    start_jobd(limits__max_inflight=2, intake__streams=streams, admin__listen=f"127.0.0.1:{port}")
+    queued = wait_for(lambda: parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+                      ["jobd_jobs_queued"], what="jobs queued for a slot")
+    assert queued <= 4, queued      # one read: 2 from each of 3 streams, 2 of them running
+    recs = wait_results(r, ids, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    spans = [(rec["started_at"], rec["finished_at"]) for rec in recs.values()]
+    worst = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
+    assert worst <= 2, sorted(spans)
+    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert metrics["jobd_jobs_queued"] == 0 and metrics["jobd_jobs_inflight"] == 0
+
+
+def test_a_job_queued_for_a_slot_is_cancelled_at_once(r, start_jobd):
+    streams = [f"{NS}:queue", f"{NS}:urgent"]
+    submit(r, {"id": "busy", "type": "sleep", "ms": 3000}, stream=streams[0])
+    submit(r, {"id": "later", "type": "sleep", "ms": 10}, stream=streams[1])
+    daemon = start_jobd(limits__max_inflight=1, intake__streams=streams)
+    wait_for(lambda: "waiting for a slot" in daemon.log_text(), what="the queued job")
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "later"}))
+    rec = wait_result(r, "later", timeout=2)    # not after "busy" ends
+    assert rec["status"] == "cancelled" and rec["attempts"] == 0, rec
+    assert rec["error"]["message"] == "cancelled before it started"
+    assert result(r, "busy") is None
+    wait_for(lambda: r.xpending(streams[1], "jobd")["pending"] == 0, what="XACK of later")
+
+
+def test_drain_puts_jobs_queued_for_a_slot_back_at_once(r, start_jobd):
+    streams = [f"{NS}:queue", f"{NS}:urgent"]
+    submit(r, {"id": "running", "type": "sleep", "ms": 500}, stream=streams[0])
+    submit(r, {"id": "queued", "type": "sleep", "ms": 10}, stream=streams[1])
+    daemon = start_jobd(limits__max_inflight=1, intake__streams=streams)
+    wait_for(lambda: "waiting for a slot" in daemon.log_text(), what="the queued job")
+    assert daemon.stop() == 0
+    # The running job finished in the drain; the queued one never ran and is
+    # back on its stream, acknowledged there, to run on the next daemon.
+    assert result(r, "running")["status"] == "succeeded"
+    assert result(r, "queued") is None
+    assert r.xpending(streams[1], "jobd")["pending"] == 0
+    assert [f["id"] for _, f in r.xrange(streams[1]) if "attempts" in f] == ["queued"]
+    start_jobd(name="second", intake__streams=streams)
+    assert wait_result(r, "queued")["status"] == "succeeded"
+
+
 def test_pubsub_overflow_is_parked_on_the_stream(r, start_jobd):
     port = free_port()
     start_jobd(limits__max_inflight=1, admin__listen=f"127.0.0.1:{port}")
