@@ -1,13 +1,13 @@
 /* runner.c - the life of every job (see runner.h).
  *
- * States: NEW -> RUNNING -> (STOPPING) -> STORING -> freed. A job is counted
- * in flight from runner_accept() until its outcome is stored, so intake never
- * takes more than limits.max_inflight, and an outcome waiting for Redis keeps
- * its slot (memory stays bounded while Redis is away). One read of several
- * streams (COUNT applies to each) or a reclaim of several can still bring more
- * than the free slots: those jobs wait unstarted in a queue (JOB_QUEUED), so
- * no more than max_inflight ever run or store at once, and intake, which
- * counts them as taken, reads nothing until they have started.
+ * States: NEW -> (QUEUED) -> RUNNING -> (STOPPING) -> STORING -> freed. A job
+ * is counted in flight from runner_accept() until its outcome is stored, so
+ * intake never takes more than limits.max_inflight, and an outcome waiting
+ * for Redis keeps its slot (memory stays bounded while Redis is away). One
+ * read of several streams (COUNT applies to each) or a reclaim of several can
+ * still bring more than the free slots: those jobs wait unstarted in a queue
+ * (JOB_QUEUED), so no more than max_inflight ever run or store at once, and
+ * intake, which counts them as taken, reads nothing until they have started.
  */
 #include <event2/event.h>
 #include <inttypes.h>
