@@ -89,10 +89,14 @@ def test_backpressure_holds_over_several_streams(r, start_jobd):
 
 def test_a_job_queued_for_a_slot_is_cancelled_at_once(r, start_jobd):
     streams = [f"{NS}:queue", f"{NS}:urgent"]
-    submit(r, {"id": "busy", "type": "sleep", "ms": 3000}, stream=streams[0])
+    submit(r, {"id": "busy", "type": "sleep", "ms": 10000}, stream=streams[0])
     submit(r, {"id": "later", "type": "sleep", "ms": 10}, stream=streams[1])
     daemon = start_jobd(limits__max_inflight=1, intake__streams=streams)
     wait_for(lambda: "waiting for a slot" in daemon.log_text(), what="the queued job")
+    # The worker key's snapshot (refreshed every 3 s) counts it too.
+    snapshot = lambda: json.loads(r.get(daemon.worker_key()) or "{}").get("jobs", {})
+    wait_for(lambda: snapshot().get("queued") == 1, timeout=8, what="jobs.queued in the worker key")
+    assert snapshot()["inflight"] == 2 and snapshot()["running"] == 1
     r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "later"}))
     rec = wait_result(r, "later", timeout=2)    # not after "busy" ends
     assert rec["status"] == "cancelled" and rec["attempts"] == 0, rec
