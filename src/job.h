@@ -92,6 +92,7 @@ struct job {
     char *reply_to;             /* owned, NULL when none */
     int64_t result_ttl;         /* seconds */
     int64_t due_ms;             /* run no earlier than this (ms since epoch), 0: now */
+    bool delay_waited;          /* put back by the scheduler once due_ms passed */
 
     /* Bookkeeping. */
     int attempts;               /* attempts started, this one included */

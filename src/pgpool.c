@@ -286,6 +286,10 @@ static void conn_broken(struct pg_conn *c)
     struct pgpool *pool = c->pool;
     struct sql_query *q = c->head;
     c->head = c->tail = NULL;
+    /* None of them may point at C once it is freed: done() of the first can
+     * cancel the others (a group's siblings). */
+    for (struct sql_query *t = q; t; t = t->next)
+        t->conn = NULL;
     conn_close(c);
     while (q) {
         struct sql_query *next = q->next;
@@ -354,6 +358,21 @@ static void cancel_again(struct pg_conn *c, int64_t now)
         c->cancel_for = NULL;
         send_cancel(c, q);
     }
+}
+
+/* A named query's statement name carries a hash of its name and text: after
+ * a reload that changes the text, connections prepare the new one under a
+ * new name instead of running what they prepared before. The name is cut to
+ * 40 bytes, since PostgreSQL cuts identifiers at 63. */
+static void statement_name(const struct sql_query *q, char *buf, size_t len)
+{
+    uint32_t h = 2166136261u;   /* FNV-1a */
+    for (const char *p = q->name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    h *= 16777619u;             /* a NUL between the two */
+    for (const char *p = q->sql; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    snprintf(buf, len, "q_%.40s_%08x", q->name, h);
 }
 
 /* ---- results --------------------------------------------------------------- */
@@ -447,8 +466,11 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
         break;
     case PGRES_PIPELINE_ABORTED: break;    /* an earlier step's error says why */
     default:
-        if (step == STEP_PREPARE)           /* the next one prepares it again */
-            json_object_del(c->prepared, q->name);
+        if (step == STEP_PREPARE) {         /* the next one prepares it again */
+            char stmt[64];
+            statement_name(q, stmt, sizeof(stmt));
+            json_object_del(c->prepared, stmt);
+        }
         if (step == STEP_SET_TIMEOUT)
             c->statement_timeout = -1;
         if (!q->err.code) {
@@ -571,17 +593,13 @@ static void read_results(struct pg_conn *c, struct answered *out)
 
 /* ---- sending --------------------------------------------------------------- */
 
-static bool is_prepared(const struct pg_conn *c, const struct sql_query *q)
-{
-    return q->name && json_object_get(c->prepared, q->name);
-}
 
 /* Queue every step of Q on C's pipeline; -1 when libpq refused one (the
  * connection is then unusable). */
 static int send_query(struct pg_conn *c, struct sql_query *q)
 {
     PGconn *pg = c->pg;
-    char stmt[160];
+    char stmt[64];
     q->nsteps = q->step = 0;
     q->row_mode = q->executed = false;
     q->cancels_seen = c->cancels;
@@ -597,14 +615,14 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
         c->statement_timeout = q->timeout_ms;
     }
     if (q->name)
-        snprintf(stmt, sizeof(stmt), "q_%s", q->name);
-    if (q->name && !is_prepared(c, q)) {
+        statement_name(q, stmt, sizeof(stmt));
+    if (q->name && !json_object_get(c->prepared, stmt)) {
         if (!PQsendPrepare(pg, stmt, q->sql, q->nparams, NULL))
             return -1;
         q->steps[q->nsteps++] = STEP_PREPARE;
         /* Marked now: the queries pipelined after this one must not send a
          * second Prepare of the same name. */
-        json_object_set_new(c->prepared, q->name, json_true());
+        json_object_set_new(c->prepared, stmt, json_true());
     }
     int ok = q->name ? PQsendQueryPrepared(pg, stmt, q->nparams, q->params, NULL, NULL, 0)
                      : PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);

@@ -19,6 +19,11 @@ void result_key(const struct daemon *d, char *buf, size_t len, const char *suffi
     snprintf(buf, len, "%s:%s", d->cfg.ns, suffix);
 }
 
+void result_record_key(const struct daemon *d, const char *id, char buf[RESULT_KEY_SIZE])
+{
+    snprintf(buf, RESULT_KEY_SIZE, "%s:result:%s", d->cfg.ns, id);
+}
+
 /* Length of the UTF-8 sequence at S as jansson accepts it (no overlong
  * forms, surrogates or code points past U+10FFFF), 0 when it is not one. */
 static size_t utf8_sequence(const unsigned char *s)
@@ -276,7 +281,7 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
 
 static void write_result(struct daemon *d, struct job *job)
 {
-    char key[200], ttl[24];
+    char key[RESULT_KEY_SIZE], ttl[24];
     size_t len;
     char *text = record_text(d, job, &len);
     if (!text) {
@@ -285,7 +290,7 @@ static void write_result(struct daemon *d, struct job *job)
     }
 
     if (job->id[0]) {
-        snprintf(key, sizeof(key), "%s:result:%s", d->cfg.ns, job->id);
+        result_record_key(d, job->id, key);
         snprintf(ttl, sizeof(ttl), "%" PRId64, job->result_ttl);
         const char *argv[] = {"SET", key, text, "EX", ttl};
         const size_t lens[] = {3, strlen(key), len, 2, strlen(ttl)};

@@ -43,4 +43,8 @@ json_t *result_error_json(const struct job_error *err);
 /* Key names. */
 void result_key(const struct daemon *d, char *buf, size_t len, const char *suffix);
 
+/* NS:result:<id>, whole for the longest namespace (64) and id (128). */
+#define RESULT_KEY_SIZE 256
+void result_record_key(const struct daemon *d, const char *id, char buf[RESULT_KEY_SIZE]);
+
 #endif

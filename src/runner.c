@@ -439,18 +439,18 @@ static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
     }
     /* Not finished, or Redis could not say: at least once means run it. */
     job->state = JOB_NEW;
-    proceed(r, job, true);
+    proceed(r, job, job->delay_waited);
 }
 
 static void check_finished(struct runner *r, struct job *job)
 {
-    char key[200];
-    snprintf(key, sizeof(key), "%s:result:%s", r->d->cfg.ns, job->id);
+    char key[RESULT_KEY_SIZE];
+    result_record_key(r->d, job->id, key);
     const char *argv[] = {"EXISTS", key};
     job->state = JOB_CHECKING;
     if (redis_send(r->d->redis, REDIS_CMD, finished_reply, job, 0, 2, argv, NULL)) {
         job->state = JOB_NEW;
-        proceed(r, job, true);
+        proceed(r, job, job->delay_waited);
     }
 }
 
@@ -534,7 +534,8 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         check_finished(r, job);
         return;
     }
-    proceed(r, job, msg->has_due);
+    job->delay_waited = msg->has_due;
+    proceed(r, job, job->delay_waited);
 }
 
 /* After parsing: requeue while draining, honour a remembered cancel, park a

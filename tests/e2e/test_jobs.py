@@ -113,3 +113,13 @@ def test_cancel_of_unknown_id_and_bad_control_messages_are_harmless(r, start_job
     submit(r, {"id": "after", "type": "sleep", "ms": 1})
     assert wait_result(r, "after")["status"] == "succeeded"
     assert daemon.proc.poll() is None
+
+
+def test_longest_namespace_and_id_keep_the_whole_result_key(r, start_jobd):
+    # 64-byte namespace + ":result:" + 128-byte id: 200 bytes of key.
+    ns, job_id = "n" * 64, "i" * 127 + "z"
+    start_jobd(wait=False, redis__namespace=ns, intake__streams=[f"{ns}:queue"],
+               intake__channels=[f"{ns}:jobs"])
+    r.xadd(f"{ns}:queue", {"job": json.dumps({"id": job_id, "type": "sleep", "ms": 0})})
+    wait_for(lambda: r.exists(f"{ns}:result:{job_id}"), what="the whole result key")
+    assert json.loads(r.get(f"{ns}:result:{job_id}"))["id"] == job_id

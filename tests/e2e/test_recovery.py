@@ -1,5 +1,6 @@
 """Crash recovery: kill -9 of jobd mid-run, then another daemon reclaims."""
 import json
+import time
 
 from conftest import NS, submit, wait_for, wait_results
 
@@ -31,6 +32,21 @@ def test_redelivered_finished_job_is_not_run_again(r, start_jobd):
     assert json.loads(r.get(f"{NS}:result:done-once")) == stored
     assert "already finished" in daemon.log_text()
     assert entry
+
+
+def test_redelivered_delayed_job_still_waits_for_its_time(r, start_jobd):
+    """A daemon died holding a job delayed by a minute: the survivor that
+    reclaims the entry schedules it for its time instead of running it."""
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    submit(r, {"id": "later", "type": "sleep", "ms": 1, "delay_ms": 60000})
+    r.xreadgroup("jobd", "dead-consumer", {f"{NS}:queue": ">"}, count=1)
+    daemon = start_jobd(intake__visibility_timeout_ms=1000)
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, timeout=10, what="the job to be scheduled")
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the entry acked")
+    assert r.get(f"{NS}:result:later") is None
+    member = json.loads(r.zrange(f"{NS}:scheduled", 0, -1)[0])
+    assert member["id"] == "later" and int(member["due"]) > time.time() * 1000 + 30000
+    assert "reclaimed" in daemon.log_text()
 
 
 def test_poison_entry_goes_to_dead(r, start_jobd):

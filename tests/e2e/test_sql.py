@@ -1,5 +1,6 @@
 """PROTOCOL §3 sql jobs against a real PostgreSQL the test starts itself."""
 import json
+import signal
 import time
 
 import pytest
@@ -334,3 +335,35 @@ def test_sql_off_without_conninfo(r, start_jobd):
     rec = run(r, "off", query="x")
     assert rec["status"] == "failed" and rec["error"]["code"] == "unavailable"
     assert stats(r)["sql.failed"] == 1
+
+
+def test_reload_changes_the_text_of_a_named_query(r, pg, start_jobd):
+    # Connections prepared the old text; after SIGHUP they must run the new
+    # one (the statement name carries a hash of the text), also when its
+    # parameters changed.
+    daemon = start_jobd(**config_for(pg, postgres__min_size=1, postgres__max_size=1))
+    assert run(r, "v1", query="add", params=[1, 1])["result"]["rows"] == [{"sum": 2}]
+    daemon.settings["postgres"]["queries"] = dict(QUERIES, add="SELECT $1::int * 10 AS sum")
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    rec = run(r, "v2", query="add", params=[3])
+    assert rec["status"] == "succeeded" and rec["result"]["rows"] == [{"sum": 30}], rec
+
+
+def test_group_of_queries_on_a_connection_that_dies(r, pg, start_jobd):
+    # Two queries of one group pipelined on the only connection; the backend
+    # is killed. The first child's failure stops its sibling while the
+    # connection is being torn down (the sibling's query must no longer point
+    # at it: the ASan pass of the suite catches a use after free here).
+    start_jobd(**config_for(pg, depth=8, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "g", "type": "group", "mode": "all", "retry": {"attempts": 1}, "jobs": [
+        {"type": "sql", "query": "sleep", "params": [30]},
+        {"type": "sql", "query": "sleep", "params": [30]}]})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the first query running")
+    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'jobd'")
+    rec = wait_result(r, "g")
+    assert rec["status"] == "failed", rec
+    # The pool opens a new connection and serves the next job.
+    assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
