@@ -117,6 +117,7 @@ struct job {
     int write_kind;
     int64_t write_due;
     bool write_waiting;         /* in the runner's backlog until Redis is back */
+    bool write_refused;         /* a write failed once (warned about) */
 
     /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
     struct job *prev, *next, *hnext;

@@ -30,6 +30,7 @@
 #define BUCKETS 4096
 #define CANCEL_MEMORY_MS (3600 * 1000)
 #define CANCEL_MEMORY_MAX 100000
+#define REWRITE_AFTER_MS 1000
 
 struct runner {
     struct daemon *d;
@@ -40,6 +41,7 @@ struct runner {
     struct job *queue_head, *queue_tail;    /* JOB_QUEUED, oldest first */
     int queued;
     bool starting_queued;           /* start_queued() is on the stack */
+    struct event *rewrite_timer;    /* write unstored outcomes again */
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
     uint64_t next_id;
     char id_prefix[48];
@@ -69,6 +71,8 @@ static void index_remove(struct runner *r, struct job *job)
         }
 }
 
+static void rewrite_cb(evutil_socket_t fd, short what, void *arg);
+
 struct runner *runner_create(struct daemon *d)
 {
     struct runner *r = calloc(1, sizeof(*r));
@@ -76,6 +80,11 @@ struct runner *runner_create(struct daemon *d)
         return NULL;
     r->d = d;
     r->cancelled = json_object();
+    r->rewrite_timer = evtimer_new(d->base, rewrite_cb, r);
+    if (!r->cancelled || !r->rewrite_timer) {
+        runner_free(r);
+        return NULL;
+    }
     /* Generated ids: unique across daemons and restarts without coordination. */
     unsigned char rnd[6] = {0};
     FILE *f = fopen("/dev/urandom", "rb");
@@ -131,13 +140,16 @@ void runner_free(struct runner *r)
         job_free(r, job);
     }
     json_decref(r->cancelled);
+    if (r->rewrite_timer)
+        event_free(r->rewrite_timer);
     free(r);
 }
 
 /* ---- writing outcomes ---------------------------------------------------- */
 
 /* The write could not be sent or was lost with the connection: keep the job
- * (and its slot); runner_redis_ready() writes it again. */
+ * (and its slot); runner_redis_ready() writes it again when the connection
+ * is back, or a second later when Redis refused it on a live connection. */
 static void mark_unstored(struct runner *r, struct job *job)
 {
     job->write_waiting = true;
@@ -149,7 +161,14 @@ static void write_done(struct job *job, bool stored)
     struct runner *r = job->d->runner;
     if (!stored) {
         mark_unstored(r, job);
-        log_job(LOG_WARN, job, "outcome not stored yet (Redis unavailable); will retry");
+        if (!job->write_refused)
+            log_job(LOG_WARN, job, "outcome not stored yet (Redis unavailable or refusing "
+                                   "writes); will retry");
+        job->write_refused = true;
+        /* An error reply (out of memory, MISCONF, LOADING) leaves the
+         * connection up: no reconnect would write it again. */
+        if (!evtimer_pending(r->rewrite_timer, NULL))
+            timer_add_ms(r->rewrite_timer, REWRITE_AFTER_MS);
         return;
     }
     switch (job->write_kind) {
@@ -179,6 +198,13 @@ static void write_outcome(struct runner *r, struct job *job)
     }
     if (result_write(r->d, job, write_done))
         mark_unstored(r, job);
+}
+
+static void rewrite_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct runner *r = arg;
+    if (redis_ready(r->d->redis, REDIS_CMD))
+        runner_redis_ready(r);
 }
 
 void runner_redis_ready(struct runner *r)

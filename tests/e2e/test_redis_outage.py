@@ -43,3 +43,23 @@ def test_outcomes_wait_for_redis_and_nothing_is_lost(tmp_path):
         if daemon.proc and daemon.proc.poll() is None:
             daemon.kill9()
         server.kill()
+
+
+def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
+    # Redis out of memory (noeviction) answers the outcome's MULTI/EXEC with
+    # an error while the connection stays up: no reconnect will come, so
+    # jobd must try again by itself once Redis takes writes.
+    daemon = start_jobd()
+    submit(r, {"id": "refused", "type": "sleep", "ms": 800})
+    wait_for(lambda: "attempt 1 of 1 started" in daemon.log_text(), what="the job to start")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        wait_for(lambda: "will retry" in daemon.log_text(), what="the refused write")
+        time.sleep(1.5)                 # retried, and refused again
+        assert r.get(f"{NS}:result:refused") is None
+    finally:
+        r.config_set("maxmemory", 0)
+    assert wait_result(r, "refused", timeout=5)["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+    assert daemon.log_text().count("will retry") == 1   # warned once, not per retry
