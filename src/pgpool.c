@@ -60,7 +60,9 @@ struct pg_conn {
     int64_t last_answer_us;     /* mono_us() of the last answer read here */
     const struct sql_query *cancel_for; /* the query a cancel was last sent for */
     int64_t cancel_sent_at;     /* mono ms */
-    uint64_t cancels;           /* cancel requests sent on this connection */
+    uint64_t serial;            /* names it to a cancel task that outlives it */
+    int cancels_pending;        /* cancel requests queued or being sent */
+    uint64_t cancels_delivered; /* cancel requests the server has taken */
     int round_sends;            /* queries sent in this dispatch() round */
     bool corked;
     struct pg_conn *next;
@@ -85,6 +87,7 @@ struct pgpool {
     int64_t next_connect;       /* mono ms: backoff after a failed connect */
     int failures;
     uint64_t queries, errors, reconnects;
+    uint64_t conn_serials;
 };
 
 static void dispatch(struct pgpool *pool);
@@ -260,6 +263,7 @@ static void conn_open(struct pgpool *pool)
     if (!c)
         return;
     c->pool = pool;
+    c->serial = ++pool->conn_serials;
     c->statement_timeout = -1;
     c->prepared = json_object();
     c->pg = PQconnectStartParams(keys, vals, 1);
@@ -303,6 +307,8 @@ static void conn_broken(struct pg_conn *c)
 
 struct cancel_task {
     struct pool_task task;
+    struct pgpool *pool;
+    uint64_t conn_serial;
     PGcancel *cancel;
     char err[256];
     int ok;
@@ -319,6 +325,12 @@ static void cancel_done(struct pool_task *t)
     struct cancel_task *ct = (struct cancel_task *)t;
     if (!ct->ok && !t->skipped)
         log_warn("postgres: cancel request failed: %s", ct->err);
+    for (struct pg_conn *c = ct->pool->conns; c; c = c->next)
+        if (c->serial == ct->conn_serial) {
+            c->cancels_pending--;
+            c->cancels_delivered += ct->ok && !t->skipped;
+            break;
+        }
     PQfreeCancel(ct->cancel);
     free(ct);
 }
@@ -330,6 +342,12 @@ static void send_cancel(struct pg_conn *c, const struct sql_query *q)
 {
     if (c->cancel_for == q)
         return;
+    /* Tried again by cancel_again() if it cannot go now, or if one still
+     * waits for a pool thread (no pile of them behind slow hash jobs). */
+    c->cancel_for = q;
+    c->cancel_sent_at = mono_ms();
+    if (c->cancels_pending)
+        return;
     struct cancel_task *ct = calloc(1, sizeof(*ct));
     if (!ct || !(ct->cancel = PQgetCancel(c->pg))) {
         free(ct);
@@ -337,14 +355,14 @@ static void send_cancel(struct pg_conn *c, const struct sql_query *q)
     }
     ct->task.work = cancel_work;
     ct->task.done = cancel_done;
+    ct->pool = c->pool;
+    ct->conn_serial = c->serial;
     if (threadpool_submit(c->pool->d->pool, &ct->task)) {
         PQfreeCancel(ct->cancel);
         free(ct);
         return;     /* statement_timeout is the second guard */
     }
-    c->cancel_for = q;
-    c->cancel_sent_at = mono_ms();
-    c->cancels++;
+    c->cancels_pending++;
 }
 
 /* A cancel that reaches the backend between two queries is forgotten (the
@@ -538,8 +556,11 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
     if (c->cancel_for == q)
         c->cancel_for = NULL;   /* Q's memory may serve another query next */
     q->next = NULL;
+    /* Stopped by a cancel meant for another query (one sent before it, or
+     * delivered late from a busy pool: the server cancels whatever runs when
+     * it arrives): run it again, once. */
     if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
-        !q->requeued && c->cancels > q->cancels_seen) {
+        !q->requeued && (c->cancels_delivered > q->cancels_seen || c->cancels_pending)) {
         q->requeued = true;
         reset_answer(q);
         q->next = pool->wait_head;      /* first in line: it was already sent once */
@@ -602,7 +623,7 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
     char stmt[64];
     q->nsteps = q->step = 0;
     q->row_mode = q->executed = false;
-    q->cancels_seen = c->cancels;
+    q->cancels_seen = c->cancels_delivered;
     if (c->statement_timeout != q->timeout_ms) {
         char sql[96];
         /* An integer we computed: no injection possible. A sync of its own,

@@ -55,7 +55,7 @@ struct sql_query {
     bool row_mode;              /* single-row mode asked for the execute step */
     bool executed;              /* the execute step completed */
     bool cancelled, too_large, requeued;
-    uint64_t cancels_seen;      /* conn->cancels when it was sent */
+    uint64_t cancels_seen;      /* conn->cancels_delivered when it was sent */
     int64_t sent_us;            /* mono_us() when it was sent */
     int64_t expected_us;        /* its run time as estimated when it was sent */
     size_t bytes;

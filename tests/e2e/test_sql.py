@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import NS, free_port, stats, submit, wait_for, wait_result, wait_results
+from conftest import NS, free_port, result, stats, submit, wait_for, wait_result, wait_results
 from pg_server import PgServer
 from test_admin import get, parse_metrics
 
@@ -367,3 +367,23 @@ def test_group_of_queries_on_a_connection_that_dies(r, pg, start_jobd):
     assert rec["status"] == "failed", rec
     # The pool opens a new connection and serves the next job.
     assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
+
+
+def test_a_cancel_delivered_late_does_not_fail_the_next_query(r, pg, start_jobd):
+    # The cancel for a timed-out query waits for the one pool thread behind
+    # hash jobs; meanwhile that query ends (statement_timeout) and the next
+    # job's query starts on the same connection, and the late cancel stops
+    # it. That job did nothing wrong: its query runs again and succeeds.
+    daemon = start_jobd(threads__size=1, **config_for(pg, postgres__min_size=1,
+                                                      postgres__max_size=1))
+    for i in range(2):
+        submit(r, {"id": f"h{i}", "type": "hash", "algorithm": "sha512", "data": "x",
+                   "iterations": 10000000})
+    submit(r, {"id": "a", "type": "sql", "query": "sleep", "params": [30], "timeout_ms": 200})
+    assert wait_result(r, "a")["status"] == "timed_out"
+    submit(r, {"id": "b", "type": "sql", "query": "sleep", "params": [6]})
+    # On this machine the hash jobs end (and the cancel goes) while b runs;
+    # on a slower build they may end after it, and b simply succeeds.
+    wait_for(lambda: result(r, "h1"), timeout=60, what="the hash jobs (and the cancel)")
+    rec = wait_result(r, "b", timeout=30)
+    assert rec["status"] == "succeeded", rec
