@@ -65,6 +65,8 @@ struct pg_conn {
     uint64_t cancels_delivered; /* cancel requests the server has taken */
     int round_sends;            /* queries sent in this dispatch() round */
     bool corked;
+    bool raw_inflight;          /* a raw SQL query runs here alone */
+    bool retire;                /* close once idle: session state was changed */
     struct pg_conn *next;
 };
 
@@ -542,9 +544,36 @@ static void measure(struct pgpool *pool, struct pg_conn *c, const struct sql_que
 
 /* Q's answer is complete: off C's pipeline, and either sent again (hit by a
  * cancel meant for the query before it) or set aside for done(). */
+/* Raw SQL (postgres.allow_raw_sql) can change the session that the next
+ * jobs' queries on this connection would inherit: a transaction left open
+ * (their writes would never commit), SET, SET ROLE, LISTEN, a prepared
+ * statement or a cursor. Such a connection is closed instead of reused. */
+static bool left_session_changed(const struct pg_conn *c, const struct sql_query *q)
+{
+    static const char *const changers[] = {"SET", "RESET", "BEGIN", "START TRANSACTION",
+                                           "SAVEPOINT", "LISTEN", "PREPARE", "DEALLOCATE",
+                                           "DECLARE CURSOR", "DISCARD", "LOAD", NULL};
+    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        return true;
+    for (int i = 0; changers[i]; i++) {
+        size_t n = strlen(changers[i]);     /* "DISCARD ALL", "SET" ... */
+        if (!strncmp(q->command, changers[i], n) && (!q->command[n] || q->command[n] == ' '))
+            return true;
+    }
+    return false;
+}
+
 static void query_answered(struct pg_conn *c, struct sql_query *q, struct answered *out)
 {
     struct pgpool *pool = c->pool;
+    if (!q->name) {
+        c->raw_inflight = false;
+        if (left_session_changed(c, q)) {
+            c->retire = true;
+            log_info("postgres: raw SQL (%s) changed the session: closing that connection",
+                     q->command[0] ? q->command : "failed");
+        }
+    }
     c->head = q->next;
     if (!c->head)
         c->tail = NULL;
@@ -681,6 +710,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         read_results(c, &done);
         if (rearm(c))
             conn_broken(c);
+        else if (c->retire && !c->inflight)
+            conn_close(c);
     }
     answered_complete(pool, &done);
     dispatch(pool);
@@ -696,16 +727,24 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 static bool packs(const struct pgpool *pool, const struct pg_conn *c)
 {
     return c->state == C_READY && c->inflight && c->inflight < pool->d->cfg.pg_pipeline &&
-           c->expected_us <= pool->d->cfg.pg_pipeline_pack_us;
+           c->expected_us <= pool->d->cfg.pg_pipeline_pack_us && !c->raw_inflight;
 }
 
-/* Where the next query goes: packed on a busy connection (above), else the
- * one with room in its pipeline (postgres.pipeline queries at most) whose
- * queries are expected to end first: an idle one if any. */
-static struct pg_conn *pick_conn(const struct pgpool *pool)
+/* Where query Q goes: packed on a busy connection (above), else the one with
+ * room in its pipeline (postgres.pipeline queries at most) whose queries are
+ * expected to end first: an idle one if any. Raw SQL runs alone on an idle
+ * connection (left_session_changed() looks at what it leaves behind). */
+static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_query *q)
 {
     struct pg_conn *best = NULL;
     for (struct pg_conn *c = pool->conns; c; c = c->next) {
+        if (c->retire || c->raw_inflight)
+            continue;
+        if (!q->name) {
+            if (c->state == C_READY && !c->inflight)
+                return c;
+            continue;
+        }
         if (packs(pool, c))
             return c;
         if (c->state != C_READY || c->inflight >= pool->d->cfg.pg_pipeline)
@@ -730,8 +769,9 @@ static void cork(struct pg_conn *c, int on)
 static void dispatch(struct pgpool *pool)
 {
     struct pg_conn *c;
-    while (pool->wait_head && (c = pick_conn(pool))) {
+    while (pool->wait_head && (c = pick_conn(pool, pool->wait_head))) {
         struct sql_query *q = pool->wait_head;
+        c->raw_inflight = !q->name;
         pool->wait_head = q->next;
         if (!pool->wait_head)
             pool->wait_tail = NULL;

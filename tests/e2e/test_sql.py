@@ -88,6 +88,25 @@ def test_raw_sql_when_allowed(r, pg, start_jobd):
 
 
 @pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_raw_sql_cannot_leave_its_session_to_the_next_jobs(r, pg, start_jobd, depth):
+    # A raw BEGIN would leave the connection inside a transaction: the next
+    # jobs' inserts there would report success and never commit. A raw SET
+    # would change the next jobs' session. Such connections are closed.
+    start_jobd(**config_for(pg, depth, postgres__allow_raw_sql=True, postgres__min_size=1,
+                            postgres__max_size=1))
+    assert run(r, "begin", sql="BEGIN")["result"]["command"] == "BEGIN"
+    assert run(r, "ins", query="insert", params=["kept"])["status"] == "succeeded"
+    assert pg.psql("SELECT count(*) FROM items WHERE name = 'kept'") == "1"
+    assert run(r, "set", sql="SET application_name = 'tainted'")["status"] == "succeeded"
+    rec = run(r, "name", sql="SELECT current_setting('application_name') AS a")
+    assert rec["result"]["rows"] == [{"a": "jobd"}]
+    # Plain raw queries keep their connection.
+    pids = {run(r, f"p{i}", sql="SELECT pg_backend_pid() AS pid")["result"]["rows"][0]["pid"]
+            for i in range(3)}
+    assert len(pids) == 1
+
+
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
 def test_sql_error_carries_sqlstate_and_is_not_retried(r, pg, start_jobd, depth):
     start_jobd(**config_for(pg, depth))
     rec = run(r, "div", query="fail", retry={"attempts": 3})
