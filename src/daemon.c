@@ -7,6 +7,7 @@
  * every outcome and requeue is written, then leave the loop and exit 0.
  */
 #include <event2/event.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,7 +207,11 @@ int daemon_run(struct daemon *d)
     d->base = event_base_new();
     if (!d->base)
         die("cannot create the event loop");
-    d->pool = threadpool_create(d->base, d->cfg.threads, d->cfg.max_inflight + 16);
+    /* No count limit on waiting tasks: each lives inside its job, and jobs
+     * are bounded already (limits.max_inflight, a group's 10,000 per tree).
+     * A limit of max_inflight refused a big group's children and did not
+     * follow a reload that raised max_inflight. */
+    d->pool = threadpool_create(d->base, d->cfg.threads, INT_MAX);
     if (!d->pool)
         die("cannot start %d worker thread(s)", d->cfg.threads);
     d->redis = redis_create(d);

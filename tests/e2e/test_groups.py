@@ -71,3 +71,14 @@ def test_group_limits(r, start_jobd):
                           ("child-id", "takes no id"), ("empty", "1..1000")]:
         rec = wait_result(r, job_id)
         assert rec["status"] == "rejected" and words in rec["error"]["message"], rec
+
+
+def test_a_big_group_of_hash_jobs_all_run_on_the_pool(r, start_jobd):
+    # More pool tasks than limits.max_inflight at once (children are not
+    # counted there): every one waits its turn for a thread; none is refused.
+    start_jobd(limits__max_inflight=2)
+    submit(r, {"id": "many", "type": "group", "jobs": [
+        {"type": "hash", "data": f"d{i}", "iterations": 1000} for i in range(300)]})
+    rec = wait_result(r, "many", timeout=30)
+    assert rec["status"] == "succeeded", rec["result"]["results"][:2]
+    assert rec["result"]["succeeded"] == 300 and rec["result"]["failed"] == 0
