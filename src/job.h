@@ -118,6 +118,7 @@ struct job {
     int64_t write_due;
     bool write_waiting;         /* in the runner's backlog until Redis is back */
     bool write_refused;         /* a write failed once (warned about) */
+    char write_nonce[200];      /* NS:scheduled member's nonce, the same on a resend */
 
     /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
     struct job *prev, *next, *hnext;

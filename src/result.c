@@ -332,16 +332,21 @@ static void write_requeue(struct daemon *d, struct job *job)
 static void write_schedule(struct daemon *d, struct job *job)
 {
     static uint64_t nonce;
-    char key[128], due[24], attempts[16], queued[24], uniq[200];
+    char key[128], due[24], attempts[16], queued[24];
     result_key(d, key, sizeof(key), "scheduled");
     snprintf(due, sizeof(due), "%" PRId64, job->write_due);
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
     snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
-    snprintf(uniq, sizeof(uniq), "%s-%" PRIu64, d->worker_id, ++nonce);
+    /* Kept across resends: a write whose EXEC reply was lost with the
+     * connection may have been applied, and the same member again is a
+     * no-op where a new one would schedule the job twice. */
+    if (!job->write_nonce[0])
+        snprintf(job->write_nonce, sizeof(job->write_nonce), "%s-%" PRIu64, d->worker_id,
+                 ++nonce);
     const char *stream = job->source == SOURCE_STREAM ? job->stream : d->cfg.streams[0];
     json_t *m = json_pack("{s:s, s:s%, s:s, s:s, s:s, s:s, s:s}", "stream", stream, "job",
                           job->raw, job->raw_len, "id", job->id, "attempts", attempts,
-                          "queued_at", queued, "due", due, "nonce", uniq);
+                          "queued_at", queued, "due", due, "nonce", job->write_nonce);
     char *member = m ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
     if (!member) {

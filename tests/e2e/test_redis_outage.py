@@ -1,4 +1,6 @@
 """Redis killed and restarted under the daemon."""
+import socket
+import threading
 import time
 
 import pytest
@@ -63,3 +65,72 @@ def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
     assert wait_result(r, "refused", timeout=5)["status"] == "succeeded"
     wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
     assert daemon.log_text().count("will retry") == 1   # warned once, not per retry
+
+
+class ExecReplyDropper:
+    """A TCP proxy in front of Redis that forwards everything, except that
+    once a connection has sent a ZADD it closes that connection instead of
+    passing on the next reply: the transaction ran, and jobd never hears so."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.dropped = 0
+        self.armed = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            state = {"zadd_seen": False}
+            threading.Thread(target=self._pipe, args=(client, server, state, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, state, False),
+                             daemon=True).start()
+
+    def _pipe(self, src, dst, state, upstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and self.armed and b"ZADD" in data:
+                    state["zadd_seen"] = True
+                if not upstream and state["zadd_seen"]:
+                    self.armed = False
+                    self.dropped += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_schedule_resent_after_a_lost_reply_is_not_doubled(r, redis_server, start_jobd):
+    proxy = ExecReplyDropper(redis_server.port)
+    try:
+        start_jobd(redis__port=proxy.port)
+        submit(r, {"id": "once", "type": "sleep", "ms": 1, "delay_ms": 60000})
+        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0,
+                 what="the entry acknowledged after the resend")
+        time.sleep(0.5)
+        members = r.zrange(f"{NS}:scheduled", 0, -1)
+        assert len(members) == 1, members     # not scheduled twice
+    finally:
+        proxy.close()
