@@ -279,14 +279,14 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
     free(err);
 }
 
-static void write_result(struct daemon *d, struct job *job)
+static int write_result(struct daemon *d, struct job *job)
 {
     char key[RESULT_KEY_SIZE], ttl[24];
     size_t len;
     char *text = record_text(d, job, &len);
     if (!text) {
         log_job(LOG_ERROR, job, "out of memory writing the result record");
-        return;
+        return -1;
     }
 
     if (job->id[0]) {
@@ -308,11 +308,12 @@ static void write_result(struct daemon *d, struct job *job)
     if (result_goes_to_dead(job))
         send_dead_letter(d, job);
     free(text);
+    return 0;
 }
 
 /* Fields of a stream entry jobd writes when it puts a job back; intake reads
  * them so the id, attempt count and queue time survive the trip. */
-static void write_requeue(struct daemon *d, struct job *job)
+static int write_requeue(struct daemon *d, struct job *job)
 {
     char attempts[16], queued[24];
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
@@ -325,11 +326,12 @@ static void write_requeue(struct daemon *d, struct job *job)
         lens[i] = strlen(argv[i]);
     lens[4] = job->raw_len;
     queue_command(d, 11, argv, lens);
+    return 0;
 }
 
 /* NS:scheduled members carry everything needed to rebuild the stream entry;
  * numbers are strings because Lua's cjson would turn them into floats. */
-static void write_schedule(struct daemon *d, struct job *job)
+static int write_schedule(struct daemon *d, struct job *job)
 {
     static uint64_t nonce;
     char key[128], due[24], attempts[16], queued[24];
@@ -350,12 +352,13 @@ static void write_schedule(struct daemon *d, struct job *job)
     char *member = m ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
     if (!member) {
-        log_job(LOG_ERROR, job, "cannot encode the scheduled entry (envelope not UTF-8?)");
-        return;
+        log_job(LOG_ERROR, job, "out of memory encoding the scheduled entry");
+        return -1;
     }
     const char *argv[] = {"ZADD", key, due, member};
     queue_command(d, 4, argv, NULL);
     free(member);
+    return 0;
 }
 
 /* Take the first N pending outcomes off the batch. */
@@ -397,22 +400,35 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         }
         const char *multi[] = {"MULTI"};
         queue_command(d, 1, multi, NULL);
+        /* An outcome that could not be written (out of memory) leaves the
+         * transaction, so its entry is not acknowledged or counted either:
+         * it goes back to its job, to be written again. */
+        int kept = 0, unwritten = 0;
+        struct pending *back = malloc((size_t)n * sizeof(*back));
         for (int i = 0; i < n; i++) {
             struct job *job = t->items[i].job;
+            int rc = 0;
             switch (job->write_kind) {
-            case WRITE_RESULT: write_result(d, job); break;
-            case WRITE_SCHEDULE: write_schedule(d, job); break;
-            case WRITE_REQUEUE: write_requeue(d, job); break;
+            case WRITE_RESULT: rc = write_result(d, job); break;
+            case WRITE_SCHEDULE: rc = write_schedule(d, job); break;
+            case WRITE_REQUEUE: rc = write_requeue(d, job); break;
             case WRITE_ACK: break;
             }
+            if (rc && back)
+                back[unwritten++] = t->items[i];
+            else
+                t->items[kept++] = t->items[i];
         }
+        t->n = kept;
         send_stats(d, t);
         send_xacks(d, t);
         const char *exec[] = {"EXEC"};
         if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
-            hand_back(t->items, n);
+            hand_back(t->items, t->n);
             free(t);
         }
+        hand_back(back, unwritten);
+        free(back);
     }
 }
 
