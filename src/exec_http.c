@@ -499,6 +499,19 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* A server may not park a job for longer than a day. */
+#define MAX_RETRY_AFTER_S 86400
+
+/* Clamped before multiplying: Retry-After: 99999999999999999 (or strtoll's
+ * LLONG_MAX for longer ones) times 1000 overflows, which is undefined, and in
+ * practice wrapped to a negative wait that dropped the server's request. */
+static int64_t retry_after_ms(long long secs)
+{
+    if (secs > MAX_RETRY_AFTER_S)
+        secs = MAX_RETRY_AFTER_S;
+    return (int64_t)secs * 1000;
+}
+
 /* Retry-After: seconds or an HTTP date. A new response (redirect) resets it. */
 static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -516,15 +529,12 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
         while (*end == ' ' || *end == '\r' || *end == '\n')
             end++;
         if (!*end && secs >= 0) {
-            rq->retry_after_ms = secs * 1000;
+            rq->retry_after_ms = retry_after_ms(secs);
         } else {
-            time_t when = curl_getdate(value, NULL);
-            if (when > 0 && when > time(NULL))
-                rq->retry_after_ms = (int64_t)(when - time(NULL)) * 1000;
+            time_t when = curl_getdate(value, NULL), now = time(NULL);
+            if (when > 0 && when > now)
+                rq->retry_after_ms = retry_after_ms((long long)(when - now));
         }
-        /* A server may not park a job for longer than a day. */
-        if (rq->retry_after_ms > 86400000)
-            rq->retry_after_ms = 86400000;
     }
     return n;
 }

@@ -9,6 +9,7 @@ Paths:
   /echo                     the request (method, headers, body) as JSON
   /json, /notjson           a JSON document, or text that is not
   /retry/<key>/<fails>      429 with Retry-After: 1 the first <fails> times per key
+  /retry-after/<value>      503 with Retry-After: <value>, as given
   /flaky/<key>              fails (503) every other request per key
   /slow-chunks/<n>          n chunks of 64 KiB, 100 ms apart
   /concurrent               counts overlapping requests (sleeps 50 ms)
@@ -115,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(429, b"slow down", {"Retry-After": "1"})
             else:
                 self.send(200, b"finally")
+        elif kind == "retry-after":
+            self.send(503, b"come back later", {"Retry-After": parts[1]})
         elif kind == "flaky":
             if state.bump(parts[1]) % 2 == 1:
                 self.send(503, b"try again")

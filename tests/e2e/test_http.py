@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import NS, SANITIZERS, free_port, stats, submit, wait_for, wait_result
+from conftest import NS, SANITIZERS, free_port, result, stats, submit, wait_for, wait_result
 from http_server import HttpServer
 from test_admin import get, parse_metrics
 
@@ -312,3 +312,21 @@ def test_flaky_server_retries_succeed(r, web, jobd_http):
         rec = wait_result(r, i, timeout=20)
         assert rec["status"] == "succeeded" and rec["attempts"] == 2
     assert stats(r)["http.succeeded"] == 20
+
+
+@pytest.mark.parametrize("value", [
+    "99999999999999999",        # * 1000 overflows int64 (UBSan flags it)
+    "99999999999999999999",     # strtoll saturates: LLONG_MAX * 1000 wrapped to -1000
+])
+def test_huge_retry_after_parks_the_retry_for_a_day(r, web, jobd_http, value):
+    submit(r, {"id": "park", "type": "http", "url": web.url(f"/retry-after/{value}"),
+               "retry": {"attempts": 2, "delay_ms": 10, "jitter": False}})
+    start = time.time() * 1000
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") or result(r, "park"),
+             what="the retry parked in NS:scheduled")
+    end = time.time() * 1000
+    assert result(r, "park") is None, "retried at once instead of waiting"
+    [(member, due)] = r.zrange(f"{NS}:scheduled", 0, -1, withscores=True)
+    assert json.loads(member)["id"] == "park"
+    day = 86400 * 1000
+    assert start + day - 5000 <= due <= end + day
