@@ -613,7 +613,10 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     if (rq->too_large) {
         job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
                       rq->url, (long long)rq->max_bytes);
-    } else if (rq->refused_address) {
+    } else if (rq->refused_address && code == CURLE_COULDNT_CONNECT) {
+        /* open_socket() refused an address and libcurl found no other to
+         * connect to. Had it gone on to an allowed one, the transfer stands
+         * on its own: a refused first address is no reason to fail it. */
         job_error_set(&rq->err, ERR_FORBIDDEN,
                       "%s: the address is loopback, private or link-local "
                       "(http.allow_private is false)",

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -312,6 +313,39 @@ def test_flaky_server_retries_succeed(r, web, jobd_http):
         rec = wait_result(r, i, timeout=20)
         assert rec["status"] == "succeeded" and rec["attempts"] == 2
     assert stats(r)["http.succeeded"] == 20
+
+
+@pytest.fixture
+def resolve_shim(tmp_path, monkeypatch):
+    """jobd with tests/e2e/resolve_shim.c preloaded: the host name
+    private-then-public.test resolves to 10.255.255.1, then to a public
+    address that connect() sends to 127.0.0.1."""
+    if SANITIZERS:
+        pytest.skip("ASan insists on being first in LD_PRELOAD")
+    so = tmp_path / "resolve_shim.so"
+    src = os.path.join(os.path.dirname(__file__), "resolve_shim.c")
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", str(so),
+                        src, "-ldl"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot build {src}: {e}")
+    monkeypatch.setenv("LD_PRELOAD", str(so))
+    return "private-then-public.test"
+
+
+def test_refused_first_address_then_a_transfer_that_went_out(r, web, resolve_shim, start_jobd):
+    # allow_private false: the first address is refused and libcurl goes on
+    # to the next, allowed one, and the request is served. That is a success,
+    # not "forbidden" (which it was reported as, after the server answered).
+    start_jobd()
+    rec = run(r, "dual", url=f"http://{resolve_shim}:{web.port}/bytes/3")
+    assert rec["status"] == "succeeded", rec
+    assert rec["result"] == {"status": 200, "bytes": 3, "body": "yyy"}
+    assert web.state.requests == 1
+    # With no allowed address left it is still forbidden.
+    rec = run(r, "only-private", url=f"http://10.255.255.1:{web.port}/bytes/3")
+    assert rec["error"]["code"] == "forbidden", rec
+    assert web.state.requests == 1
 
 
 @pytest.mark.parametrize("value", [
