@@ -77,6 +77,7 @@ static const struct cf_setting settings[] = {
     INT("http.concurrency", http_concurrency, 10, 1, 1000, true),
     STR("http.user_agent", http_user_agent, "jobd/" PACKAGE_VERSION, 1, 256, true, NULL),
     INT64("http.max_bytes", http_max_bytes, 1048576, 1, 1LL << 30, true),
+    INT64("http.max_batch_bytes", http_max_batch_bytes, 64LL << 20, 1, 1LL << 34, true),
     BOOL("http.allow_private", http_allow_private, 0, true),
     STR("http.ca_file", http_ca_file, "", 0, 4096, true, NULL),
     INT("http.max_connections", http_max_connections, 100, 1, 10000, true),

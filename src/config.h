@@ -61,6 +61,7 @@ struct config {
     int http_concurrency;
     char *http_user_agent;
     int64_t http_max_bytes;
+    int64_t http_max_batch_bytes;   /* text and json bodies one batch job keeps */
     bool http_allow_private;
     char *http_ca_file;     /* empty: the system store */
     int http_max_connections;

@@ -32,7 +32,10 @@
 #include "timer.h"
 
 #define MAX_URL 8192
-#define MAX_BATCH 100000
+/* Requests in one batch job. Each costs ~0.7 KB of state here (most of it the
+ * error message) whatever its URL, and the default limits.max_job_bytes fits
+ * ~50,000 short URLs: 20,000 (14 MB) is the largest batch bench/http runs. */
+#define MAX_BATCH 20000
 #define MAX_REDIRECTS 5
 #define MAX_CONCURRENCY 1000
 
@@ -43,11 +46,14 @@ struct http_request {
     int index;
     CURL *easy;
     char *errbuf;               /* CURL_ERROR_SIZE, only while the transfer exists:
-                                 * a batch of 100,000 items stays small */
-    /* What to send. */
-    char *url, *method, *body;
+                                 * a batch of MAX_BATCH items stays small */
+    /* What to send. url, method and body point into the job's envelope
+     * (job->spec, freed by the runner only after http_free), so the job-level
+     * body a batch falls back to is shared, never copied per request. */
+    const char *url, *method, *body;
     size_t body_len;
-    struct curl_slist *headers;
+    struct curl_slist *headers;         /* sent: own_headers or the job's list */
+    struct curl_slist *own_headers;     /* the item's own "headers" (owned), else NULL */
     enum response_mode mode;
     int64_t max_bytes;          /* 0: no limit */
     bool raise_for_status, follow_redirects;
@@ -56,7 +62,7 @@ struct http_request {
     size_t len, cap;
     EVP_MD_CTX *sha;
     int64_t bytes;
-    bool too_large, refused_address, running;
+    bool too_large, over_budget, refused_address, running;
     int64_t retry_after_ms;
     json_t *outcome;            /* result object, or {"error": {...}} in a batch */
     struct job_error err;
@@ -68,6 +74,10 @@ struct http_job {
     bool batch;
     int n, next, running, finished, concurrency;
     struct http_request *reqs;
+    struct curl_slist *headers; /* the job-level "headers", built once for all requests */
+    /* Text and json bodies stay in memory until the record is written: what
+     * they hold now, and the most a batch may (http.max_batch_bytes). */
+    int64_t kept, kept_max;
     bool queued;                /* in the wait queue for a transfer slot */
     struct http_job *qprev, *qnext;
 };
@@ -221,6 +231,44 @@ static json_t *field_of(const json_t *req, const json_t *defaults, const char *n
     return v ? v : json_object_get(defaults, name);
 }
 
+/* "headers" {name: value} as the curl_slist OUT (NULL for {}). */
+static int parse_headers(const json_t *v, const char *where, struct curl_slist **out,
+                         struct job_error *err)
+{
+    if (!json_is_object(v)) {
+        job_error_set(err, ERR_INVALID_JOB, "%s: must be an object", where);
+        return -1;
+    }
+    const char *name;
+    json_t *value;
+    json_object_foreach((json_t *)v, name, value) {
+        const char *text = json_string_value(value);
+        if (!is_token(name) || !text || strpbrk(text, "\r\n") ||
+            strlen(text) != json_string_length(value)) {
+            job_error_set(err, ERR_INVALID_JOB,
+                          "%s: \"%.64s\" must be a token with a string value "
+                          "without CR, LF or NUL",
+                          where, name);
+            return -1;
+        }
+        char line[8192];
+        if ((size_t)snprintf(line, sizeof(line), "%s: %s", name, text) >= sizeof(line)) {
+            job_error_set(err, ERR_INVALID_JOB, "%s: \"%.64s\" is too long", where, name);
+            return -1;
+        }
+        /* "Name:" alone would make curl drop the header: send "Name;" for empty. */
+        if (!*text)
+            snprintf(line, sizeof(line), "%s;", name);
+        struct curl_slist *grown = curl_slist_append(*out, line);
+        if (!grown) {
+            job_error_set(err, ERR_INTERNAL, "out of memory");
+            return -1;
+        }
+        *out = grown;
+    }
+    return 0;
+}
+
 static int parse_request(struct http_job *hj, struct http_request *rq, const json_t *req,
                          const json_t *url, const json_t *defaults, const char *where,
                          struct job_error *err)
@@ -234,7 +282,7 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
     snprintf(label, sizeof(label), "%s.url", where);
     if (check_url(label, json_string_value(url), err))
         return -1;
-    rq->url = strdup(json_string_value(url));
+    rq->url = json_string_value(url);
 
     json_t *v = field_of(req, defaults, "method");
     const char *method = v ? json_string_value(v) : "GET";
@@ -248,45 +296,23 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
                       "%s.method: must be GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS", where);
         return -1;
     }
-    rq->method = strdup(method);
+    rq->method = method;
 
-    if ((v = field_of(req, defaults, "headers"))) {
-        if (!json_is_object(v)) {
-            job_error_set(err, ERR_INVALID_JOB, "%s.headers: must be an object", where);
+    /* An item's own headers replace the job's; the job's list is shared. */
+    rq->headers = hj->headers;
+    if (req && (v = json_object_get(req, "headers"))) {
+        snprintf(label, sizeof(label), "%s.headers", where);
+        if (parse_headers(v, label, &rq->own_headers, err))
             return -1;
-        }
-        const char *name;
-        json_t *value;
-        json_object_foreach(v, name, value) {
-            const char *text = json_string_value(value);
-            if (!is_token(name) || !text || strpbrk(text, "\r\n") ||
-                strlen(text) != json_string_length(value)) {
-                job_error_set(err, ERR_INVALID_JOB,
-                              "%s.headers: \"%.64s\" must be a token with a string value "
-                              "without CR, LF or NUL",
-                              where, name);
-                return -1;
-            }
-            char line[8192];
-            if ((size_t)snprintf(line, sizeof(line), "%s: %s", name, text) >= sizeof(line)) {
-                job_error_set(err, ERR_INVALID_JOB, "%s.headers: \"%.64s\" is too long", where,
-                              name);
-                return -1;
-            }
-            /* "Name:" alone would make curl drop the header: send "Name;" for empty. */
-            if (!*text)
-                snprintf(line, sizeof(line), "%s;", name);
-            rq->headers = curl_slist_append(rq->headers, line);
-        }
+        rq->headers = rq->own_headers;
     }
     if ((v = field_of(req, defaults, "body"))) {
         if (!json_is_string(v)) {
             job_error_set(err, ERR_INVALID_JOB, "%s.body: must be a string", where);
             return -1;
         }
+        rq->body = json_string_value(v);
         rq->body_len = json_string_length(v);
-        rq->body = malloc(rq->body_len + 1);
-        memcpy(rq->body, json_string_value(v), rq->body_len + 1);
     }
     rq->mode = RESP_TEXT;
     if ((v = field_of(req, defaults, "response"))) {
@@ -350,7 +376,7 @@ static void request_reset(struct http_request *rq)
     }
     free(rq->errbuf);
     rq->errbuf = NULL;
-    rq->running = rq->failed = rq->too_large = rq->refused_address = false;
+    rq->running = rq->failed = rq->too_large = rq->over_budget = rq->refused_address = false;
     free(rq->buf);
     rq->buf = NULL;
     rq->len = rq->cap = 0;
@@ -374,11 +400,9 @@ static void http_free(struct job *job)
     for (int i = 0; i < hj->n; i++) {
         struct http_request *rq = &hj->reqs[i];
         request_reset(rq);
-        free(rq->url);
-        free(rq->method);
-        free(rq->body);
-        curl_slist_free_all(rq->headers);
+        curl_slist_free_all(rq->own_headers);
     }
+    curl_slist_free_all(hj->headers);
     free(hj->reqs);
     free(hj);
     job->exec_state = NULL;
@@ -403,10 +427,16 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
         return -1;
     }
     json_t *list = urls ? urls : requests;
-    if (list && (!json_is_array(list) || json_array_size(list) < 1 ||
-                 json_array_size(list) > MAX_BATCH)) {
+    if (list && (!json_is_array(list) || json_array_size(list) < 1)) {
         job_error_set(err, ERR_INVALID_JOB, "http.%s: must be a list of 1..%d items",
                       urls ? "urls" : "requests", MAX_BATCH);
+        return -1;
+    }
+    if (list && json_array_size(list) > MAX_BATCH) {
+        job_error_set(err, ERR_INVALID_JOB,
+                      "http.%s: %zu requests, more than the %d one job may have; "
+                      "split them over several jobs",
+                      urls ? "urls" : "requests", json_array_size(list), MAX_BATCH);
         return -1;
     }
     struct http_job *hj = calloc(1, sizeof(*hj));
@@ -435,6 +465,10 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
         }
         hj->concurrency = (int)json_integer_value(c);
     }
+    hj->kept_max = hj->batch ? job->d->cfg.http_max_batch_bytes : INT64_MAX;
+    json_t *headers = json_object_get(spec, "headers");
+    if (headers && parse_headers(headers, "http.headers", &hj->headers, err))
+        return -1;
     for (int i = 0; i < hj->n; i++) {
         struct http_request *rq = &hj->reqs[i];
         char where[48];
@@ -465,6 +499,32 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
 
 /* ---- transfers ------------------------------------------------------------- */
 
+/* Append to a text or json body, within what the job may keep: every such
+ * body of a batch stays in memory until its record is written, so their sum,
+ * not just each one (max_bytes), is bounded. */
+static bool keep(struct http_request *rq, const char *ptr, size_t n)
+{
+    struct http_job *hj = rq->hj;
+    if ((int64_t)n > hj->kept_max - hj->kept) {
+        rq->over_budget = true;
+        return false;
+    }
+    if (rq->len + n + 1 > rq->cap) {
+        size_t cap = rq->cap ? rq->cap : 16384;
+        while (cap < rq->len + n + 1)
+            cap *= 2;
+        char *buf = realloc(rq->buf, cap);
+        if (!buf)
+            return false;
+        rq->buf = buf;
+        rq->cap = cap;
+    }
+    memcpy(rq->buf + rq->len, ptr, n);
+    rq->len += n;
+    hj->kept += (int64_t)n;
+    return true;
+}
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_request *rq = userdata;
@@ -478,18 +538,8 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     switch (rq->mode) {
     case RESP_TEXT:
     case RESP_JSON:
-        if (rq->len + n + 1 > rq->cap) {
-            size_t cap = rq->cap ? rq->cap : 16384;
-            while (cap < rq->len + n + 1)
-                cap *= 2;
-            char *buf = realloc(rq->buf, cap);
-            if (!buf)
-                return CURL_WRITEFUNC_ERROR;
-            rq->buf = buf;
-            rq->cap = cap;
-        }
-        memcpy(rq->buf + rq->len, ptr, n);
-        rq->len += n;
+        if (!keep(rq, ptr, n))
+            return CURL_WRITEFUNC_ERROR;
         break;
     case RESP_SHA256:
         EVP_DigestUpdate(rq->sha, ptr, n);
@@ -613,6 +663,11 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     if (rq->too_large) {
         job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
                       rq->url, (long long)rq->max_bytes);
+    } else if (rq->over_budget) {
+        job_error_set(&rq->err, ERR_TOO_LARGE,
+                      "%s: the batch's text and json responses would hold more than "
+                      "http.max_batch_bytes (%lld)",
+                      rq->url, (long long)rq->hj->kept_max);
     } else if (rq->refused_address && code == CURLE_COULDNT_CONNECT) {
         /* open_socket() refused an address and libcurl found no other to
          * connect to. Had it gone on to an allowed one, the transfer stands
@@ -639,20 +694,24 @@ static void request_outcome(struct http_request *rq, CURLcode code)
             json_error_t jerr;
             json_t *doc = json_loadb(rq->buf ? rq->buf : "", rq->len,
                                      JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-            if (!doc) {
+            if (doc) {
+                json_object_set_new(res, "json", doc);
+            } else {
                 json_decref(res);
+                res = NULL;
                 job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: response is not JSON: %s", rq->url,
                               jerr.text);
-                return;
             }
-            json_object_set_new(res, "json", doc);
         } else if (rq->mode == RESP_SHA256) {
             json_object_set_new(res, "sha256", hex_digest(rq->sha));
         }
         rq->outcome = res;
-        rq->failed = false;
+        rq->failed = res == NULL;
     }
-    /* Keep only the result: bodies can be large. */
+    /* Keep only the result: bodies can be large. A failed request keeps
+     * nothing, so what it had counted goes back to the batch. */
+    if (rq->failed)
+        rq->hj->kept -= (int64_t)rq->len;
     free(rq->buf);
     rq->buf = NULL;
     rq->len = rq->cap = 0;
@@ -930,6 +989,7 @@ static void http_start(struct job *job)
     for (int i = 0; i < hj->n; i++)
         request_reset(&hj->reqs[i]);
     hj->next = hj->running = hj->finished = 0;
+    hj->kept = 0;
     start_transfers(hj);
 }
 

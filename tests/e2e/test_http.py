@@ -315,6 +315,90 @@ def test_flaky_server_retries_succeed(r, web, jobd_http):
     assert stats(r)["http.succeeded"] == 20
 
 
+def peak_rss_kb(pid):
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+def test_batch_shares_the_job_level_body_and_headers(r, web, start_jobd):
+    # Every item of a batch falls back to the job's body and headers. An
+    # envelope of ~0.8 MB (a 512 KiB body, 200 KiB of headers, 1,000 urls)
+    # used to become 1,000 copies of both, ~700 MB on the loop; now the items
+    # share them. Most urls go where nothing listens and fail at once; the
+    # first few reach the server, which sees the whole body and headers.
+    daemon = start_jobd(http__allow_private=True, jobs__timeout_ms=30000)
+    body = "b" * (512 * 1024)
+    headers = {f"X-Pad-{i}": "h" * 4000 for i in range(50)}
+    urls = [web.url("/echo")] * 3 + [f"http://127.0.0.1:1/{i}" for i in range(997)]
+    rec = run(r, "shared", urls=urls, method="POST", body=body, headers=headers,
+              concurrency=50, timeout_ms=30000)
+    assert rec["status"] == "succeeded", rec.get("error")
+    res = rec["result"]
+    assert res["succeeded"] == 3 and res["failed"] == 997
+    for item in res["results"][:3]:
+        echo = json.loads(item["body"])
+        assert echo["method"] == "POST" and echo["body"] == body
+        assert echo["headers"]["X-Pad-49"] == "h" * 4000
+    if SANITIZERS:
+        return          # ASan's shadow memory and quarantine inflate RSS
+    peak_kb = peak_rss_kb(daemon.proc.pid)
+    assert peak_kb < 100 * 1024, f"peak RSS {peak_kb} kB"
+
+
+def test_batch_items_replace_job_level_body_and_headers(r, web, jobd_http):
+    # Sharing the job's defaults must not change what an item that has its
+    # own gets: its headers replace the job's (an empty object sends none).
+    rec = run(r, "own", body="job body", headers={"X-Job": "1"}, response="json", requests=[
+        {"url": web.url("/echo"), "method": "POST"},
+        {"url": web.url("/echo"), "method": "POST", "body": "item body", "headers": {}},
+        {"url": web.url("/echo"), "method": "PUT", "headers": {"X-Item": "2"}},
+    ])
+    first, second, third = (item["json"] for item in rec["result"]["results"])
+    assert first["body"] == "job body" and first["headers"]["X-Job"] == "1"
+    assert second["body"] == "item body" and "X-Job" not in second["headers"]
+    assert third["body"] == "job body" and third["headers"]["X-Item"] == "2"
+    assert "X-Job" not in third["headers"]
+
+
+def test_batch_over_the_request_limit_is_rejected(r, web, jobd_http):
+    # 20,000 requests a job at most (README): one more is rejected whole,
+    # naming the limit, before anything is sent.
+    closed = "http://127.0.0.1:1/"
+    rec = run(r, "over", urls=[closed] * 20001)
+    assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_job"
+    assert "20000" in rec["error"]["message"] and "urls" in rec["error"]["message"]
+    rec = run(r, "over2", requests=[{"url": closed}] * 20001)
+    assert rec["error"]["code"] == "invalid_job" and "requests" in rec["error"]["message"]
+    assert web.state.requests == 0
+    rec = run(r, "limit", urls=[closed] * 20000, concurrency=500, timeout_ms=60000)
+    assert rec["status"] == "succeeded" and rec["result"]["failed"] == 20000
+
+
+def test_batch_bodies_kept_in_memory_are_bounded(r, web, start_jobd):
+    # http.max_batch_bytes bounds the text and json bodies one batch holds:
+    # the item that would pass it fails with too_large; a failed item gives
+    # its bytes back, and hashed (sha256) bodies are not kept, so not counted.
+    start_jobd(http__allow_private=True, http__max_batch_bytes=100000)
+    rec = run(r, "kept", concurrency=1, requests=[
+        {"url": web.url("/bytes/30000")},
+        {"url": web.url("/bytes/30000")},
+        {"url": web.url("/bytes/30000")},
+        {"url": web.url("/bytes/30000")},                       # 120,000: too much
+        {"url": web.url("/bytes/30000"), "response": "sha256"},
+        {"url": web.url("/status/404")},                        # failed: gives back
+        {"url": web.url("/bytes/10000")},                       # exactly 100,000
+    ])
+    items = rec["result"]["results"]
+    assert [i.get("bytes") for i in items[:3]] == [30000] * 3
+    assert items[3]["error"]["code"] == "too_large"
+    assert "http.max_batch_bytes (100000)" in items[3]["error"]["message"]
+    assert items[4]["bytes"] == 30000 and "sha256" in items[4]
+    assert items[5]["error"]["http_status"] == 404
+    assert items[6]["bytes"] == 10000
+    # A single request is bounded by max_bytes alone.
+    assert run(r, "single", url=web.url("/bytes/200000"))["result"]["bytes"] == 200000
+
+
 @pytest.fixture
 def resolve_shim(tmp_path, monkeypatch):
     """jobd with tests/e2e/resolve_shim.c preloaded: the host name
