@@ -542,8 +542,6 @@ static void measure(struct pgpool *pool, struct pg_conn *c, const struct sql_que
     }
 }
 
-/* Q's answer is complete: off C's pipeline, and either sent again (hit by a
- * cancel meant for the query before it) or set aside for done(). */
 /* Raw SQL (postgres.allow_raw_sql) can change the session that the next
  * jobs' queries on this connection would inherit: a transaction left open
  * (their writes would never commit), SET, SET ROLE, LISTEN, a prepared
@@ -563,6 +561,8 @@ static bool left_session_changed(const struct pg_conn *c, const struct sql_query
     return false;
 }
 
+/* Q's answer is complete: off C's pipeline, and either sent again (hit by a
+ * cancel meant for the query before it) or set aside for done(). */
 static void query_answered(struct pg_conn *c, struct sql_query *q, struct answered *out)
 {
     struct pgpool *pool = c->pool;
@@ -642,7 +642,6 @@ static void read_results(struct pg_conn *c, struct answered *out)
 }
 
 /* ---- sending --------------------------------------------------------------- */
-
 
 /* Queue every step of Q on C's pipeline; -1 when libpq refused one (the
  * connection is then unusable). */
@@ -727,7 +726,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 static bool packs(const struct pgpool *pool, const struct pg_conn *c)
 {
     return c->state == C_READY && c->inflight && c->inflight < pool->d->cfg.pg_pipeline &&
-           c->expected_us <= pool->d->cfg.pg_pipeline_pack_us && !c->raw_inflight;
+           c->expected_us <= pool->d->cfg.pg_pipeline_pack_us;
 }
 
 /* Where query Q goes: packed on a busy connection (above), else the one with
