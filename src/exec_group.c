@@ -136,6 +136,11 @@ static void report(struct job *job)
     int succeeded = 0;
     for (int i = 0; i < st->nchildren; i++) {
         json_t *rec = result_record(d, st->children[i]);
+        if (!rec)   /* keep its place: the results are in input order */
+            rec = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", st->children[i]->id, "status",
+                            job_status_name(st->children[i]->status), "error", "code",
+                            ERR_INTERNAL, "message",
+                            "this child's record could not be rebuilt (nested too deep)");
         /* The worker is the group's: no need to repeat it per child. */
         json_object_del(rec, "worker");
         json_array_append_new(results, rec);

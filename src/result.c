@@ -138,7 +138,10 @@ json_t *result_record(const struct daemon *d, const struct job *job)
 {
     size_t len;
     char *text = record_text(d, job, &len);
-    json_t *rec = text ? json_loadb(text, len, 0, NULL) : NULL;
+    /* JSON_ALLOW_NUL: an http child's "json" may hold \u0000, as its loader
+     * allowed. What still does not read back (nesting past jansson's depth
+     * limit once inside the record) is the caller's to report. */
+    json_t *rec = text ? json_loadb(text, len, JSON_ALLOW_NUL, NULL) : NULL;
     free(text);
     return rec;
 }

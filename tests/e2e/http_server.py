@@ -8,6 +8,8 @@ Paths:
   /redirect/<n>             n redirects, then 200 "done"
   /echo                     the request (method, headers, body) as JSON
   /json, /notjson           a JSON document, or text that is not
+  /json-nul                 {"x": "\u0000"}
+  /json-deep/<n>            arrays nested n deep
   /retry/<key>/<fails>      429 with Retry-After: 1 the first <fails> times per key
   /retry-after/<value>      503 with Retry-After: <value>, as given
   /flaky/<key>              fails (503) every other request per key
@@ -109,6 +111,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
         elif kind == "json":
             self.send(200, b'{"a": [1, 2, {"b": null}], "ok": true}')
+        elif kind == "json-nul":
+            self.send(200, b'{"x": "\\u0000"}')
+        elif kind == "json-deep":
+            n = int(parts[1])
+            self.send(200, b"[" * n + b"]" * n)
         elif kind == "notjson":
             self.send(200, b"<html>nope</html>")
         elif kind == "retry":

@@ -448,3 +448,20 @@ def test_huge_retry_after_parks_the_retry_for_a_day(r, web, jobd_http, value):
     assert json.loads(member)["id"] == "park"
     day = 86400 * 1000
     assert start + day - 5000 <= due <= end + day
+
+
+def test_group_keeps_every_child_record_in_place(r, web, jobd_http):
+    # A child's record is rebuilt for the group's result: one holding \u0000
+    # must read back, and one nested too deep to read back still keeps its
+    # place (results are in input order) and says why.
+    submit(r, {"id": "g", "type": "group", "jobs": [
+        {"type": "http", "url": web.url("/json-nul"), "response": "json"},
+        {"type": "http", "url": web.url("/json-deep/2047"), "response": "json"},
+        {"type": "sleep", "ms": 1}]})
+    rec = wait_result(r, "g")
+    results = rec["result"]["results"]
+    assert len(results) == 3, results
+    assert results[0]["result"]["json"] == {"x": "\u0000"}
+    assert results[1]["status"] == "succeeded" and results[1]["error"]["code"] == "internal"
+    assert results[2]["result"] == {"slept_ms": 1}
+    assert rec["result"]["succeeded"] == 3
