@@ -329,6 +329,10 @@ void runner_child_stop(struct job *child)
 {
     if (child->state == JOB_RUNNING) {
         stop_attempt(child, STOP_PARENT);
+    } else if (child->state == JOB_STOPPING) {
+        /* Already stopping on its own (its timeout): it must now end
+         * cancelled, not come back as a timeout with a retry to wait for. */
+        child->stop = STOP_PARENT;
     } else if (child->state == JOB_WAITING_RETRY) {
         /* Between attempts: nothing runs, so it ends here, cancelled. */
         evtimer_del(child->timer);

@@ -82,3 +82,18 @@ def test_a_big_group_of_hash_jobs_all_run_on_the_pool(r, start_jobd):
     rec = wait_result(r, "many", timeout=30)
     assert rec["status"] == "succeeded", rec["result"]["results"][:2]
     assert rec["result"]["succeeded"] == 300 and rec["result"]["failed"] == 0
+
+
+def test_group_stop_reaches_a_child_already_stopping(r, start_jobd, tmp_path):
+    # The file child's task waits behind a hash job for the one pool thread;
+    # its own timeout leaves it stopping. The group's timeout must still end
+    # it for good, not let it come back timed out and wait a year to retry.
+    (tmp_path / "f").write_text("x")
+    start_jobd(threads__size=1, files__root=str(tmp_path))
+    submit(r, {"id": "g", "type": "group", "timeout_ms": 1000, "jobs": [
+        {"type": "hash", "algorithm": "sha512", "data": "x", "iterations": 10000000},
+        {"type": "file", "op": "read", "path": "f", "timeout_ms": 100,
+         "retry": {"attempts": 100, "delay_ms": 31536000000, "max_delay_ms": 31536000000,
+                   "jitter": False}}]})
+    rec = wait_result(r, "g", timeout=20)
+    assert rec["status"] == "timed_out", rec
