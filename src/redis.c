@@ -28,6 +28,10 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CHECK_INTERVAL_MS 250
+/* A connection counts as healthy, and its backoff starts over, only after
+ * this long: one that the server accepts and then closes at once (maxclients,
+ * protected mode, an ACL refusing SUBSCRIBE) must back off, not spin. */
+#define HEALTHY_AFTER_MS 5000
 
 enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_READY };
 
@@ -37,10 +41,10 @@ struct conn {
     redisAsyncContext *ac;
     enum conn_state state;
     uint64_t generation;        /* bumped on every new context */
-    int failures;               /* consecutive failed connects */
-    int64_t connect_started;
+    int failures;               /* connects since the last healthy spell */
+    int64_t connect_started, ready_since;
     int outstanding;
-    int64_t oldest_deadline;    /* mono ms; valid while outstanding > 0 */
+    struct call *calls, *calls_tail;    /* awaiting replies, oldest first */
     struct event *retry_timer;  /* reconnect after backoff */
     struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
     struct redis_hooks hooks;
@@ -63,6 +67,7 @@ struct call {
     int64_t deadline;
     redis_reply_fn *fn;
     void *priv;
+    struct call *next;          /* in c->calls while of the current generation */
 };
 
 static const char *const role_names[] = {"command", "subscriber", "stream"};
@@ -88,6 +93,7 @@ static void conn_lost(struct conn *c)
     c->ac = NULL;
     c->state = CONN_IDLE;
     c->outstanding = 0;
+    c->calls = c->calls_tail = NULL;    /* hiredis frees them with NULL replies */
     c->generation++;
     if (was_ready && c->hooks.down)
         c->hooks.down(c->hooks.arg);
@@ -150,7 +156,7 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
     if (!c->ac)
         return;
     c->state = CONN_READY;
-    c->failures = 0;
+    c->ready_since = mono_ms();
     if (cfg->redis_password && *cfg->redis_password) {
         if (cfg->redis_username && *cfg->redis_username) {
             const char *argv[] = {"AUTH", cfg->redis_username, cfg->redis_password};
@@ -202,6 +208,7 @@ static void conn_connect(struct conn *c)
     c->state = CONN_CONNECTING;
     c->connect_started = mono_ms();
     c->outstanding = 0;
+    c->calls = c->calls_tail = NULL;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (c->failures > 0)
@@ -221,8 +228,10 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
         struct conn *c = &r->conns[i];
         if (c->state == CONN_CONNECTING && now - c->connect_started > CONNECT_TIMEOUT_MS)
             drop_context(c, "connect timed out");
-        else if (c->state == CONN_READY && c->outstanding > 0 && now > c->oldest_deadline)
+        else if (c->state == CONN_READY && c->calls && now > c->calls->deadline)
             drop_context(c, "command timed out");
+        else if (c->state == CONN_READY && c->failures && now - c->ready_since > HEALTHY_AFTER_MS)
+            c->failures = 0;
     }
 }
 
@@ -297,8 +306,19 @@ static void call_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct conn *c = call->c;
     if (call->generation == c->generation && c->outstanding > 0) {
         c->outstanding--;
-        /* Replies come in order: the next one's deadline is at least ours. */
-        c->oldest_deadline = mono_ms() + COMMAND_TIMEOUT_MS;
+        /* Replies come in order: CALL is the oldest. (A deadline is the age
+         * of the oldest command still unanswered; newer commands do not
+         * extend it, or a steady trickle of them hid a silent server.) */
+        struct call **p = &c->calls, *prev = NULL;
+        while (*p && *p != call) {
+            prev = *p;
+            p = &(*p)->next;
+        }
+        if (*p) {
+            *p = call->next;
+            if (c->calls_tail == call)
+                c->calls_tail = prev;
+        }
     }
     if (call->fn)
         call->fn(c->r, reply, call->priv);
@@ -326,8 +346,13 @@ static int call_sent(struct conn *c, struct call *call, int rc)
         free(call);
         return -1;
     }
-    if (c->outstanding++ == 0 || call->deadline > c->oldest_deadline)
-        c->oldest_deadline = call->deadline;
+    c->outstanding++;
+    call->next = NULL;
+    if (c->calls_tail)
+        c->calls_tail->next = call;
+    else
+        c->calls = call;
+    c->calls_tail = call;
     return 0;
 }
 

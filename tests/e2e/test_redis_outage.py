@@ -134,3 +134,47 @@ def test_a_schedule_resent_after_a_lost_reply_is_not_doubled(r, redis_server, st
         assert len(members) == 1, members     # not scheduled twice
     finally:
         proxy.close()
+
+
+def test_a_silent_redis_is_noticed_on_the_command_connection(r, start_jobd):
+    # CLIENT PAUSE keeps the connections open and answers nothing. The
+    # heartbeat keeps sending on the command connection every 3 s; that must
+    # not keep extending the deadline of the command that went unanswered.
+    daemon = start_jobd()
+    submit(r, {"id": "before", "type": "sleep", "ms": 1})
+    wait_result(r, "before")
+    r.execute_command("CLIENT", "PAUSE", 16000, "ALL")
+    wait_for(lambda: "redis command connection: command timed out" in daemon.log_text(),
+             timeout=15, what="the command connection's timeout")
+    time.sleep(1.5)     # the pause ends; everything comes back
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after", timeout=15)["status"] == "succeeded"
+
+
+def test_a_server_that_closes_at_once_gets_backoff_not_a_storm(start_jobd):
+    # Accepts and closes at once, as Redis does at maxclients: each of the
+    # three connections must back off (100 ms doubling), not reconnect every
+    # 50-100 ms because the TCP connect itself succeeded.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(time.monotonic())
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        daemon = start_jobd(wait=False, redis__port=listener.getsockname()[1])
+        time.sleep(4)
+        assert daemon.proc.poll() is None
+        # Backoff 100, 200, 400, 800, 1600 ms (jittered down to half): at
+        # most about 8 connects a connection in 4 s; a storm makes 40 or more.
+        assert len(accepted) <= 3 * 9, len(accepted)
+    finally:
+        listener.close()
