@@ -33,6 +33,8 @@ struct intake {
     bool announced;             /* daemon_intake_ready() called for this round */
     char control_channel[128];
     char heartbeat_channel[256];
+    char events_channel[128];
+    char heartbeat_prefix[128];     /* every daemon's heartbeat channel */
     int64_t ping_sent_at;       /* mono ms, 0 when no ping is out */
     struct event *ping_timer;
     struct event *retry_timer;  /* read again after an error */
@@ -330,12 +332,24 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
     } else {
         return;
     }
-    if (!strcmp(channel->str, in->heartbeat_channel))
-        in->ping_sent_at = 0;
-    else if (!strcmp(channel->str, in->control_channel))
-        runner_control(in->d->runner, payload->str, payload->len);
-    else
+    /* jobd's own channels come by their exact subscriptions; a pattern in
+     * intake.channels that also matches them ("jobd:*") must not deliver a
+     * control message twice, nor turn a result record on NS:events, or
+     * another daemon's heartbeat, into a job (whose rejection would be
+     * published and read back, for ever). */
+    bool exact = !strcmp(kind, "message");
+    if (!strcmp(channel->str, in->heartbeat_channel)) {
+        if (exact)
+            in->ping_sent_at = 0;
+    } else if (!strcmp(channel->str, in->control_channel)) {
+        if (exact)
+            runner_control(in->d->runner, payload->str, payload->len);
+    } else if (!strcmp(channel->str, in->events_channel) ||
+               !strncmp(channel->str, in->heartbeat_prefix, strlen(in->heartbeat_prefix))) {
+        return;
+    } else {
         job_message(in, payload->str, payload->len);
+    }
 }
 
 static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
@@ -399,6 +413,8 @@ struct intake *intake_create(struct daemon *d)
     snprintf(in->control_channel, sizeof(in->control_channel), "%s:control", d->cfg.ns);
     snprintf(in->heartbeat_channel, sizeof(in->heartbeat_channel), "%s:heartbeat:%s", d->cfg.ns,
              d->worker_id);
+    snprintf(in->events_channel, sizeof(in->events_channel), "%s:events", d->cfg.ns);
+    snprintf(in->heartbeat_prefix, sizeof(in->heartbeat_prefix), "%s:heartbeat:", d->cfg.ns);
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
     in->linger = precise_timer_new(d->base, linger_done, in);
     in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);

@@ -199,3 +199,17 @@ def test_linger_gathers_a_trickle_of_jobs_into_fewer_reads(r, start_jobd):
     started = time.monotonic()
     assert daemon.stop() == 0
     assert time.monotonic() - started < 2
+
+
+def test_a_pattern_over_jobds_own_channels_takes_no_records_as_jobs(r, start_jobd):
+    # intake.channels = ["NS:*"] also matches NS:events (every result record)
+    # and the heartbeat channels. A record read back as a job would be
+    # rejected, overwrite the real result and publish again, for ever.
+    start_jobd(intake__channels=[f"{NS}:*"])
+    start_jobd(name="second", intake__channels=[f"{NS}:*"])   # its heartbeats too
+    submit(r, {"id": "p1", "type": "sleep", "ms": 1})     # one of them runs it
+    assert wait_result(r, "p1")["status"] == "succeeded"
+    time.sleep(3)       # a heartbeat round of both daemons
+    assert result(r, "p1")["status"] == "succeeded"
+    counts = stats(r)
+    assert counts.get("sleep.succeeded") == 1 and not any("rejected" in k for k in counts), counts
