@@ -16,7 +16,9 @@
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:dead; ARGV[1] now (ms), ARGV[2] batch.
  * Members are JSON written by result.c with every value a string. A member
- * that cannot be read goes to NS:dead instead of blocking the set. */
+ * that cannot be read, or whose stream refuses it (a key of another type),
+ * goes to NS:dead instead of blocking the set: a script error does not undo
+ * the ZREM before it, so the XADD must not fail the script. */
 static const char mover_script[] =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, "
     "tonumber(ARGV[2]))\n"
@@ -25,9 +27,13 @@ static const char mover_script[] =
     "  local ok, w = pcall(cjson.decode, m)\n"
     "  if ok and type(w) == 'table' and type(w.stream) == 'string' and type(w.job) == 'string' "
     "then\n"
-    "    redis.call('XADD', w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
+    "    local r = redis.pcall('XADD', w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
     "      'attempts', tostring(w.attempts or '0'), 'queued_at', tostring(w.queued_at or '0'),\n"
     "      'due', tostring(w.due or '0'))\n"
+    "    if type(r) == 'table' and r.err then\n"
+    "      redis.call('XADD', KEYS[2], '*', 'job', w.job, 'error', cjson.encode({code = "
+    "'internal', message = 'stream ' .. w.stream .. ' refused the job: ' .. r.err}))\n"
+    "    end\n"
     "  else\n"
     "    redis.call('XADD', KEYS[2], '*', 'job', m, 'error',\n"
     "      '{\"code\":\"internal\",\"message\":\"unreadable NS:scheduled entry\"}')\n"
