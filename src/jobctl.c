@@ -30,7 +30,12 @@ static struct {
     char password[256];
     bool json;
     redisContext *c;
-} ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL};
+    /* From a configuration file (-c): where its daemons really listen. */
+    char path[108];
+    char username[257];
+    int db;
+    char channel[256];          /* the first intake channel that is not a pattern */
+} ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL, "", "", 0, ""};
 
 static void usage(FILE *out)
 {
@@ -68,14 +73,22 @@ static redisReply *cmd(const char *fmt, ...)
 
 static void connect_redis(void)
 {
-    ctl.c = redisConnect(ctl.host, ctl.port);
+    ctl.c = ctl.path[0] ? redisConnectUnix(ctl.path) : redisConnect(ctl.host, ctl.port);
     if (!ctl.c || ctl.c->err) {
-        fprintf(stderr, "jobctl: cannot connect to Redis at %s:%d: %s\n", ctl.host, ctl.port,
-                ctl.c ? ctl.c->errstr : "out of memory");
+        if (ctl.path[0])
+            fprintf(stderr, "jobctl: cannot connect to Redis at %s: %s\n", ctl.path,
+                    ctl.c ? ctl.c->errstr : "out of memory");
+        else
+            fprintf(stderr, "jobctl: cannot connect to Redis at %s:%d: %s\n", ctl.host, ctl.port,
+                    ctl.c ? ctl.c->errstr : "out of memory");
         exit(EXIT_REDIS);
     }
-    if (ctl.password[0])
+    if (ctl.password[0] && ctl.username[0])
+        freeReplyObject(cmd("AUTH %s %s", ctl.username, ctl.password));
+    else if (ctl.password[0])
         freeReplyObject(cmd("AUTH %s", ctl.password));
+    if (ctl.db)
+        freeReplyObject(cmd("SELECT %d", ctl.db));
     if (!ctl.stream[0])
         snprintf(ctl.stream, sizeof(ctl.stream), "%s:queue", ctl.ns);
 }
@@ -124,7 +137,10 @@ static int submit(int argc, char **argv)
     }
     json_t *envelopes = json_array();
     if (source && source[0] != '@' && strcmp(source, "-")) {
-        json_array_append_new(envelopes, json_string(source));
+        if (json_array_append_new(envelopes, json_string(source))) {
+            fprintf(stderr, "jobctl: the envelope is not UTF-8 text; nothing submitted\n");
+            return EXIT_USAGE;
+        }
     } else {
         FILE *in = stdin;
         if (source && source[0] == '@' && !(in = fopen(source + 1, "r"))) {
@@ -137,8 +153,11 @@ static int submit(int argc, char **argv)
         while ((n = getline(&line, &cap, in)) > 0) {
             while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
                 line[--n] = '\0';
-            if (n > 0)
-                json_array_append_new(envelopes, json_stringn(line, (size_t)n));
+            if (n > 0 && json_array_append_new(envelopes, json_stringn(line, (size_t)n))) {
+                fprintf(stderr, "jobctl: line %zu is not UTF-8 text; nothing submitted\n",
+                        json_array_size(envelopes) + 1);
+                return EXIT_USAGE;
+            }
         }
         free(line);
         if (in != stdin)
@@ -147,8 +166,11 @@ static int submit(int argc, char **argv)
     size_t total = json_array_size(envelopes), i;
     bool bar = isatty(STDERR_FILENO) && total > 1;
     json_t *ids = json_array(), *text;
-    char channel[128];
-    snprintf(channel, sizeof(channel), "%s:jobs", ctl.ns);
+    char channel[256];
+    if (ctl.channel[0])
+        snprintf(channel, sizeof(channel), "%s", ctl.channel);
+    else
+        snprintf(channel, sizeof(channel), "%s:jobs", ctl.ns);
     int64_t started = mono_ms();
     json_array_foreach(envelopes, i, text) {
         const char *env = json_string_value(text);
@@ -387,6 +409,12 @@ int main(int argc, char **argv)
             snprintf(ctl.ns, sizeof(ctl.ns), "%s", cfg.ns);
             snprintf(ctl.stream, sizeof(ctl.stream), "%s", cfg.streams[0]);
             snprintf(ctl.password, sizeof(ctl.password), "%s", cfg.redis_password);
+            snprintf(ctl.username, sizeof(ctl.username), "%s", cfg.redis_username);
+            snprintf(ctl.path, sizeof(ctl.path), "%s", cfg.redis_path);
+            ctl.db = cfg.redis_db;
+            for (int i = 0; i < cfg.nchannels && !ctl.channel[0]; i++)
+                if (!strpbrk(cfg.channels[i], "*?["))
+                    snprintf(ctl.channel, sizeof(ctl.channel), "%s", cfg.channels[i]);
             config_free(&cfg);
             break;
         }

@@ -85,3 +85,26 @@ def test_tail_follows_events(r, start_jobd):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_config_file_gives_db_and_channel(r, redis_server, start_jobd):
+    # jobctl -c must reach the daemons where they are: redis.db, and the first
+    # intake channel for --publish.
+    import redis as redis_py
+    db3 = redis_py.Redis(port=redis_server.port, db=3, decode_responses=True)
+    daemon = start_jobd(wait=False, redis__db=3, intake__channels=["custom:in"])
+    wait_for(lambda: db3.exists(daemon.worker_key()), what="the daemon in db 3")
+    out = ctl(daemon, "submit", "--wait", '{"id":"in3","type":"sleep","ms":1}')
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "succeeded", out.stderr
+    assert db3.exists(f"{NS}:result:in3") and not r.exists(f"{NS}:result:in3")
+    out = ctl(daemon, "submit", "--publish", "--wait", '{"id":"pub3","type":"sleep","ms":1}')
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "succeeded", out.stderr
+
+
+def test_ndjson_that_is_not_utf8_is_refused_whole(r, start_jobd, tmp_path):
+    daemon = start_jobd()
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_bytes(b'{"id":"ok1","type":"sleep","ms":1}\n{"id":"caf\xe9","type":"sleep","ms":1}\n')
+    out = ctl(daemon, "submit", f"@{jobs}")
+    assert out.returncode == 2 and "line 2 is not UTF-8" in out.stderr, (out.returncode, out.stderr)
+    assert r.xlen(f"{NS}:queue") == 0
