@@ -80,7 +80,9 @@ static const struct cf_setting settings[] = {
     INT64("http.max_batch_bytes", http_max_batch_bytes, 64LL << 20, 1, 1LL << 34, true),
     BOOL("http.allow_private", http_allow_private, 0, true),
     STR("http.ca_file", http_ca_file, "", 0, 4096, true, NULL),
-    INT("http.max_connections", http_max_connections, 100, 1, 10000, true),
+    /* Restart: libcurl's connection limits are set when its multi handle is
+     * made, and the transfer slots must agree with them. */
+    INT("http.max_connections", http_max_connections, 100, 1, 10000, false),
     STR("postgres.conninfo", pg_conninfo, "", 0, 4096, false, NULL),
     INT("postgres.min_size", pg_min_size, 5, 0, 1000, false),
     INT("postgres.max_size", pg_max_size, 20, 1, 1000, false),

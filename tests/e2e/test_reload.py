@@ -22,11 +22,12 @@ def test_sighup_applies_reloadable_settings(r, start_jobd):
     daemon = start_jobd(jobs__timeout_ms=30000)
     daemon.settings["jobs"]["timeout_ms"] = 100
     daemon.settings["redis"]["port"] = 1      # needs a restart: kept, and said so
+    daemon.settings.setdefault("http", {})["max_connections"] = 7     # so does this
     daemon.write_config()
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: "configuration" in daemon.log_text() and "applied" in daemon.log_text(),
              what="the reload")
-    assert "redis.port" in daemon.log_text()
+    assert "redis.port" in daemon.log_text() and "http.max_connections" in daemon.log_text()
     submit(r, {"id": "short", "type": "sleep", "ms": 1000})
     rec = wait_result(r, "short")
     assert rec["status"] == "timed_out"     # the new default timeout applies
