@@ -33,7 +33,9 @@
  * protected mode, an ACL refusing SUBSCRIBE) must back off, not spin. */
 #define HEALTHY_AFTER_MS 5000
 
-enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_READY };
+/* HANDSHAKE: connected, AUTH and SELECT sent; no module may use it before
+ * their replies, or its first commands would run unauthenticated or in db 0. */
+enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_HANDSHAKE, CONN_READY };
 
 struct conn {
     struct redis *r;
@@ -45,6 +47,7 @@ struct conn {
     int64_t connect_started, ready_since;
     int outstanding;
     struct call *calls, *calls_tail;    /* awaiting replies, oldest first */
+    int handshake_left;         /* AUTH / SELECT replies still to come */
     struct event *retry_timer;  /* reconnect after backoff */
     struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
     struct redis_hooks hooks;
@@ -137,16 +140,44 @@ static void drop_context(struct conn *c, const char *why)
     }
 }
 
-static void auth_reply(struct redis *r, redisReply *reply, void *priv)
+static void became_ready(struct conn *c)
+{
+    c->state = CONN_READY;
+    c->ready_since = mono_ms();
+    log_info("redis %s connection ready", role_names[c->role]);
+    if (c->hooks.ready)
+        c->hooks.ready(c->hooks.arg);
+}
+
+static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct conn *c = priv;
-    if (reply && reply->type == REDIS_REPLY_ERROR) {
+    if (!reply || !c->ac || c->state != CONN_HANDSHAKE)
+        return;     /* the connection went meanwhile */
+    if (reply->type == REDIS_REPLY_ERROR) {
         log_error("redis %s connection: %s", role_names[c->role], reply->str);
         /* Wrong password or db: retry slowly rather than spin. */
         c->failures = 10;
-        if (c->ac)
-            drop_context(c, "authentication or SELECT refused");
+        drop_context(c, "authentication or SELECT refused");
+        return;
     }
+    if (--c->handshake_left == 0)
+        became_ready(c);
+}
+
+static struct call *call_new(struct conn *c, redis_reply_fn *fn, void *priv, int64_t timeout_ms);
+static int call_sent(struct conn *c, struct call *call, int rc);
+static void call_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* A handshake command: sent while redis_ready() is still false. */
+static void handshake_send(struct conn *c, int argc, const char **argv)
+{
+    struct call *call = call_new(c, handshake_reply, c, 0);
+    if (call && call_sent(c, call, redisAsyncCommandArgv(c->ac, call_reply, call, argc, argv,
+                                                         NULL)) == 0)
+        c->handshake_left++;
+    else
+        drop_context(c, "out of memory");
 }
 
 static void ready_cb(evutil_socket_t fd, short what, void *arg)
@@ -155,26 +186,27 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
     const struct config *cfg = &c->r->d->cfg;
     if (!c->ac)
         return;
-    c->state = CONN_READY;
-    c->ready_since = mono_ms();
+    c->state = CONN_HANDSHAKE;
+    c->handshake_left = 0;
     if (cfg->redis_password && *cfg->redis_password) {
         if (cfg->redis_username && *cfg->redis_username) {
             const char *argv[] = {"AUTH", cfg->redis_username, cfg->redis_password};
-            redis_send(c->r, c->role, auth_reply, c, 0, 3, argv, NULL);
+            handshake_send(c, 3, argv);
         } else {
             const char *argv[] = {"AUTH", cfg->redis_password};
-            redis_send(c->r, c->role, auth_reply, c, 0, 2, argv, NULL);
+            handshake_send(c, 2, argv);
         }
     }
     /* SELECT is meaningless for pub/sub, and the subscriber sends nothing but
      * (P)SUBSCRIBE once subscribed. */
-    if (cfg->redis_db && c->role != REDIS_SUB)
-        redis_sendf(c->r, c->role, auth_reply, c, "SELECT %d", cfg->redis_db);
-    if (c->ac && c->state == CONN_READY) {
-        log_info("redis %s connection ready", role_names[c->role]);
-        if (c->hooks.ready)
-            c->hooks.ready(c->hooks.arg);
+    if (c->ac && cfg->redis_db && c->role != REDIS_SUB) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", cfg->redis_db);
+        const char *argv[] = {"SELECT", db};
+        handshake_send(c, 2, argv);
     }
+    if (c->ac && c->state == CONN_HANDSHAKE && c->handshake_left == 0)
+        became_ready(c);
 }
 
 static void conn_connect(struct conn *c)
@@ -228,7 +260,8 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
         struct conn *c = &r->conns[i];
         if (c->state == CONN_CONNECTING && now - c->connect_started > CONNECT_TIMEOUT_MS)
             drop_context(c, "connect timed out");
-        else if (c->state == CONN_READY && c->calls && now > c->calls->deadline)
+        else if ((c->state == CONN_READY || c->state == CONN_HANDSHAKE) && c->calls &&
+                 now > c->calls->deadline)
             drop_context(c, "command timed out");
         else if (c->state == CONN_READY && c->failures && now - c->ready_since > HEALTHY_AFTER_MS)
             c->failures = 0;

@@ -178,3 +178,16 @@ def test_a_server_that_closes_at_once_gets_backoff_not_a_storm(start_jobd):
         assert len(accepted) <= 3 * 9, len(accepted)
     finally:
         listener.close()
+
+
+def test_nothing_runs_in_db_0_when_select_is_refused(r, start_jobd):
+    # redis.db beyond the server's "databases": SELECT fails. No module may
+    # use the connection before SELECT answered, or it reads and writes db 0.
+    submit(r, {"id": "db0", "type": "sleep", "ms": 1})
+    daemon = start_jobd(wait=False, redis__db=20)
+    wait_for(lambda: "DB index is out of range" in daemon.log_text(), what="the refused SELECT")
+    time.sleep(1.5)
+    assert daemon.proc.poll() is None
+    assert r.get(f"{NS}:result:db0") is None
+    assert r.xinfo_groups(f"{NS}:queue") == []
+    assert not r.exists(daemon.worker_key())
