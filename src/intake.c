@@ -30,6 +30,7 @@ struct intake {
     bool groups_ready;          /* XGROUP CREATE answered on this connection */
     int groups_waiting;
     int subs_expected, subs_confirmed;
+    int64_t subscribed_at;      /* mono ms the (P)SUBSCRIBEs went out */
     bool announced;             /* daemon_intake_ready() called for this round */
     char control_channel[128];
     char heartbeat_channel[256];
@@ -367,6 +368,7 @@ static void sub_up(void *arg)
         return;
     in->subs_expected = in->subs_confirmed = 0;
     in->ping_sent_at = 0;
+    in->subscribed_at = mono_ms();
     for (int i = 0; i < in->d->cfg.nchannels; i++)
         subscribe(in, ac, in->d->cfg.channels[i]);
     subscribe(in, ac, in->control_channel);
@@ -386,10 +388,17 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct intake *in = arg;
     struct redis *r = in->d->redis;
+    int64_t now = mono_ms();
+    /* Subscriptions never confirmed: a stalled link (no command deadline
+     * covers SUBSCRIBE, and the heartbeat below waits for them). */
+    if (redis_ready(r, REDIS_SUB) && in->subs_confirmed < in->subs_expected &&
+        now - in->subscribed_at > HEARTBEAT_LIMIT_MS) {
+        redis_reset(r, REDIS_SUB, "subscriptions not confirmed");
+        return;
+    }
     if (!redis_ready(r, REDIS_SUB) || !redis_ready(r, REDIS_CMD) ||
         in->subs_confirmed < in->subs_expected)
         return;
-    int64_t now = mono_ms();
     if (in->ping_sent_at && now - in->ping_sent_at > HEARTBEAT_LIMIT_MS) {
         in->ping_sent_at = 0;
         redis_reset(r, REDIS_SUB, "subscriber did not hear its heartbeat");

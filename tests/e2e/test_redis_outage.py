@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import RedisServer, Jobd, NS, submit, wait_for, wait_result, wait_results
+from conftest import RedisServer, Jobd, NS, publish, submit, wait_for, wait_result, wait_results
 
 
 def test_reconnects_resubscribes_and_resumes(r, redis_server, start_jobd):
@@ -191,3 +191,18 @@ def test_nothing_runs_in_db_0_when_select_is_refused(r, start_jobd):
     assert r.get(f"{NS}:result:db0") is None
     assert r.xinfo_groups(f"{NS}:queue") == []
     assert not r.exists(daemon.worker_key())
+
+
+
+def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
+    # The daemon connects while Redis answers nothing (CLIENT PAUSE): its
+    # SUBSCRIBEs go unconfirmed, and it must not wait for them for ever.
+    r.execute_command("CLIENT", "PAUSE", 12000, "ALL")
+    daemon = start_jobd(wait=False)
+    wait_for(lambda: "subscriptions not confirmed" in daemon.log_text(), timeout=11,
+             what="the unconfirmed subscriptions")
+    time.sleep(1.5)     # the pause ends; the daemon comes up
+    daemon.wait_ready(timeout=15)
+    wait_for(lambda: publish(r, {"id": "after-pause", "type": "sleep", "ms": 1}) == 1,
+             what="the subscriber back")
+    assert wait_result(r, "after-pause")["status"] == "succeeded"
