@@ -139,6 +139,7 @@ static int submit(int argc, char **argv)
     if (source && source[0] != '@' && strcmp(source, "-")) {
         if (json_array_append_new(envelopes, json_string(source))) {
             fprintf(stderr, "jobctl: the envelope is not UTF-8 text; nothing submitted\n");
+            json_decref(envelopes);
             return EXIT_USAGE;
         }
     } else {
@@ -156,6 +157,10 @@ static int submit(int argc, char **argv)
             if (n > 0 && json_array_append_new(envelopes, json_stringn(line, (size_t)n))) {
                 fprintf(stderr, "jobctl: line %zu is not UTF-8 text; nothing submitted\n",
                         json_array_size(envelopes) + 1);
+                free(line);
+                if (in != stdin)
+                    fclose(in);
+                json_decref(envelopes);
                 return EXIT_USAGE;
             }
         }
