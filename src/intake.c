@@ -160,11 +160,11 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
      * sent: at a steady trickle every read then brings what arrived over
      * the linger, not one job each. A read that came back full, or a first
      * job after a quiet spell (its read was sent long ago), reads again at
-     * once. */
-    int64_t wait = in->read_sent_us + in->d->cfg.linger_us - mono_us();
-    if (taken > 0 && taken < (size_t)asked && wait > 0) {
-        precise_timer_arm(in->linger, wait);
-        return;
+     * once; so does one whose timer could not be armed. */
+    if (in->d->cfg.linger_us > 0 && taken > 0 && taken < (size_t)asked) {
+        int64_t wait = in->read_sent_us + in->d->cfg.linger_us - mono_us();
+        if (wait > 0 && precise_timer_arm(in->linger, wait) == 0)
+            return;
     }
     read_streams(in);
 }

@@ -405,9 +405,9 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         queue_command(d, 1, multi, NULL);
         /* An outcome that could not be written (out of memory) leaves the
          * transaction, so its entry is not acknowledged or counted either:
-         * it goes back to its job, to be written again. */
-        int kept = 0, unwritten = 0;
-        struct pending *back = malloc((size_t)n * sizeof(*back));
+         * it goes back to its job, to be written again. The written ones
+         * move to the front, in order; the rest end up behind them. */
+        int kept = 0;
         for (int i = 0; i < n; i++) {
             struct job *job = t->items[i].job;
             int rc = 0;
@@ -417,11 +417,13 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             case WRITE_REQUEUE: rc = write_requeue(d, job); break;
             case WRITE_ACK: break;
             }
-            if (rc && back)
-                back[unwritten++] = t->items[i];
-            else
-                t->items[kept++] = t->items[i];
+            if (rc == 0) {
+                struct pending written = t->items[i];
+                t->items[i] = t->items[kept];
+                t->items[kept++] = written;
+            }
         }
+        hand_back(t->items + kept, n - kept);
         t->n = kept;
         send_stats(d, t);
         send_xacks(d, t);
@@ -430,8 +432,6 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             hand_back(t->items, t->n);
             free(t);
         }
-        hand_back(back, unwritten);
-        free(back);
     }
 }
 

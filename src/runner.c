@@ -456,7 +456,7 @@ static bool cancel_remembered(struct runner *r, const char *id)
     return until && json_integer_value(until) > now_ms();
 }
 
-static void proceed(struct runner *r, struct job *job, bool delay_waited);
+static void proceed(struct runner *r, struct job *job);
 
 static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
 {
@@ -469,7 +469,7 @@ static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
     }
     /* Not finished, or Redis could not say: at least once means run it. */
     job->state = JOB_NEW;
-    proceed(r, job, job->delay_waited);
+    proceed(r, job);
 }
 
 static void check_finished(struct runner *r, struct job *job)
@@ -480,7 +480,7 @@ static void check_finished(struct runner *r, struct job *job)
     job->state = JOB_CHECKING;
     if (redis_send(r->d->redis, REDIS_CMD, finished_reply, job, 0, 2, argv, NULL)) {
         job->state = JOB_NEW;
-        proceed(r, job, job->delay_waited);
+        proceed(r, job);
     }
 }
 
@@ -560,17 +560,23 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         finish(r, job, WRITE_RESULT);
         return;
     }
+    job->delay_waited = msg->has_due;
     if (msg->redelivered) {
         check_finished(r, job);
         return;
     }
-    job->delay_waited = msg->has_due;
-    proceed(r, job, job->delay_waited);
+    proceed(r, job);
+}
+
+/* Jobs holding a slot: taken, and not waiting in the queue for one. */
+static int slots_taken(const struct runner *r)
+{
+    return r->inflight - r->queued;
 }
 
 /* After parsing: requeue while draining, honour a remembered cancel, park a
- * delayed job, or start. */
-static void proceed(struct runner *r, struct job *job, bool delay_waited)
+ * delayed job, wait for a slot, or start. */
+static void proceed(struct runner *r, struct job *job)
 {
     struct daemon *d = r->d;
     if (d->draining) {
@@ -584,12 +590,12 @@ static void proceed(struct runner *r, struct job *job, bool delay_waited)
         finish(r, job, WRITE_RESULT);
         return;
     }
-    if (job->due_ms > now_ms() && !delay_waited) {
+    if (job->due_ms > now_ms() && !job->delay_waited) {
         job->write_due = job->due_ms;
         finish(r, job, WRITE_SCHEDULE);
         return;
     }
-    if (r->inflight - r->queued > d->cfg.max_inflight) {
+    if (slots_taken(r) > d->cfg.max_inflight) {
         /* Every slot is taken by jobs that started before it. */
         job->state = JOB_QUEUED;
         job->qnext = NULL;
@@ -630,10 +636,10 @@ static void start_queued(struct runner *r)
         return;     /* a job that ended at once: the loop below goes on */
     r->starting_queued = true;
     while (r->queue_head &&
-           (r->d->draining || r->inflight - r->queued < r->d->cfg.max_inflight)) {
+           (r->d->draining || slots_taken(r) < r->d->cfg.max_inflight)) {
         struct job *job = r->queue_head;
         unqueue(r, job);
-        proceed(r, job, true);
+        proceed(r, job);
     }
     r->starting_queued = false;
 }
@@ -676,7 +682,7 @@ void runner_cancel_id(struct runner *r, const char *id)
             stop_attempt(job, STOP_CANCEL);
         } else if (job->state == JOB_QUEUED) {
             unqueue(r, job);
-            proceed(r, job, true);      /* the cancel is remembered: ends cancelled */
+            proceed(r, job);    /* the cancel is remembered: ends cancelled */
         }
     }
     if (!found)
