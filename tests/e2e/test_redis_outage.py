@@ -1,4 +1,5 @@
 """Redis killed and restarted under the daemon."""
+import json
 import socket
 import threading
 import time
@@ -206,3 +207,29 @@ def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
     wait_for(lambda: publish(r, {"id": "after-pause", "type": "sleep", "ms": 1}) == 1,
              what="the subscriber back")
     assert wait_result(r, "after-pause")["status"] == "succeeded"
+
+
+def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
+    # The handshake: AUTH user password must be answered before any module
+    # uses the connection; a refused AUTH leaves the daemon up, running
+    # nothing, and retrying slowly.
+    import redis as redis_py
+    r.execute_command("ACL", "SETUSER", "worker", "on", ">s3cret", "~*", "&*", "+@all")
+    r.execute_command("ACL", "SETUSER", "default", "off")
+    authed = redis_py.Redis(port=redis_server.port, username="worker", password="s3cret",
+                            decode_responses=True)
+    daemon = start_jobd(wait=False, redis__username="worker", redis__password="s3cret")
+    wait_for(lambda: authed.exists(daemon.worker_key()), what="the daemon logged in")
+    authed.xadd(f"{NS}:queue", {"job": json.dumps({"id": "authed", "type": "sleep", "ms": 1})})
+    wait_for(lambda: authed.get(f"{NS}:result:authed"), what="the job's result")
+    daemon.stop()
+    wrong = start_jobd(name="wrong", wait=False, redis__username="worker",
+                       redis__password="nope")
+    authed.xadd(f"{NS}:queue", {"job": json.dumps({"id": "refused", "type": "sleep", "ms": 1})})
+    wait_for(lambda: "WRONGPASS" in wrong.log_text(), what="the refused AUTH")
+    time.sleep(1)
+    assert wrong.proc.poll() is None
+    assert authed.get(f"{NS}:result:refused") is None
+    # Slow retries after a refusal (2.5-5 s backoff), not a reconnect storm:
+    # one refusal for each of the three connections so far.
+    assert wrong.log_text().count("WRONGPASS") <= 3, wrong.log_text()
