@@ -2,7 +2,7 @@
  * latency sample per job.
  *
  *   producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]
- *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]
+ *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE]
  *
  * Each job is TEMPLATE with "%ID%" replaced by PREFIX followed by the job's
  * index and "%AID%" by a pseudo-random pgbench account id (1..1000000). Jobs
@@ -23,6 +23,7 @@
  * Prints one JSON object on stdout: counts, rates and percentiles (ms). With
  * -o FILE, also one line per job: its send time (us from the first send) and
  * latency (us), -1 when its record never came: for looking at the tail.
+ * With -U SOCKET both connections use Redis's unix socket instead of TCP.
  * Exit status 0 when every job succeeded, 1 otherwise.
  *
  * Build: cc -O2 -o producer producer.c $(pkg-config --cflags --libs hiredis) -pthread
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 static const char *host = "127.0.0.1";
+static const char *unix_path;       /* -U: connect here instead of host:port */
 static int port = 6379;
 static long n = 1000;
 static const char *tmpl = "{\"id\":\"%ID%\",\"type\":\"sleep\",\"ms\":0}";
@@ -76,7 +78,7 @@ static void die(const char *what, const redisContext *c)
 
 static redisContext *connect_redis(void)
 {
-    redisContext *c = redisConnect(host, port);
+    redisContext *c = unix_path ? redisConnectUnix(unix_path) : redisConnect(host, port);
     if (!c || c->err)
         die("connect", c);
     return c;
@@ -195,16 +197,17 @@ static double pct(const int64_t *v, long len, double p, double unit)
 static void usage(void)
 {
     fprintf(stderr, "usage: producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]\n"
-                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-o FILE]\n");
+                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:n:j:x:r:b:s:e:t:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:U:p:n:j:x:r:b:s:e:t:o:")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
+        case 'U': unix_path = optarg; break;
         case 'p': port = atoi(optarg); break;
         case 'n': n = atol(optarg); break;
         case 'j': tmpl = optarg; break;

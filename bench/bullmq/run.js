@@ -1,5 +1,6 @@
 // run.js - times N BullMQ jobs from enqueue to all completed, for bench/run.
-//   node run.js PORT KIND N WORKERS CONCURRENCY
+//   node run.js REDIS KIND N WORKERS CONCURRENCY
+// REDIS is a TCP port on 127.0.0.1 or the path of Redis's unix socket.
 // Starts WORKERS worker processes (worker.js) with CONCURRENCY each, warms
 // them up, then adds N jobs with addBulk in chunks of 1000 and polls the
 // queue's completed set until all are there (completed jobs and their return
@@ -10,10 +11,11 @@ const path = require('path');
 const { Queue } = require('bullmq');
 const IORedis = require('ioredis');
 
-const [port, kind, nArg, workersArg, concArg] = process.argv.slice(2);
+const [where, kind, nArg, workersArg, concArg] = process.argv.slice(2);
 const n = Number(nArg), nWorkers = Number(workersArg);
 const queueName = `bench-${kind}`;
-const connection = { host: '127.0.0.1', port: Number(port), maxRetriesPerRequest: null };
+const connection = where.startsWith('/') ? { path: where, maxRetriesPerRequest: null }
+  : { host: '127.0.0.1', port: Number(where), maxRetriesPerRequest: null };
 const payload = kind === 'hash' ? { data: 'data', iterations: 1000 } : {};
 const name = kind === 'hash' ? 'hash' : 'trivial';
 
@@ -23,7 +25,7 @@ async function main() {
   await queue.obliterate({ force: true }).catch(() => {});
   const workers = [];
   await Promise.all(Array.from({ length: nWorkers }, () => new Promise((resolve, reject) => {
-    const w = fork(path.join(__dirname, 'worker.js'), [port, queueName, concArg], { silent: true });
+    const w = fork(path.join(__dirname, 'worker.js'), [where, queueName, concArg], { silent: true });
     w.stdout.on('data', (d) => { if (String(d).includes('ready')) resolve(); });
     w.on('exit', (code) => reject(new Error(`worker exited ${code}`)));
     workers.push(w);

@@ -1,5 +1,5 @@
 // worker.js - one BullMQ worker process for bench/run.
-//   node worker.js PORT QUEUE CONCURRENCY
+//   node worker.js REDIS QUEUE CONCURRENCY   (REDIS: a port or a unix socket path)
 // Jobs named "trivial" return at once; jobs named "hash" run sha256 over
 // their data `iterations` times (the digest of the digest, as jobd's hash
 // jobs do) and return the hex digest. Prints "ready" once connected.
@@ -7,8 +7,9 @@
 const crypto = require('crypto');
 const { Worker } = require('bullmq');
 
-const [port, queue, concurrency] = process.argv.slice(2);
-const connection = { host: '127.0.0.1', port: Number(port), maxRetriesPerRequest: null };
+const [where, queue, concurrency] = process.argv.slice(2);
+const connection = where.startsWith('/') ? { path: where, maxRetriesPerRequest: null }
+  : { host: '127.0.0.1', port: Number(where), maxRetriesPerRequest: null };
 
 function sha256Iterated(data, iterations) {
   let d = Buffer.from(data);
