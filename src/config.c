@@ -65,6 +65,7 @@ static const struct cf_setting settings[] = {
     INT("intake.batch", batch, 100, 1, 10000, false),
     INT64("intake.linger_us", linger_us, 0, 0, 100000, true),
     INT("limits.max_inflight", max_inflight, 1000, 1, 1000000, true),
+    INT("limits.max_group_children", max_group_children, 1000, 1, 1000000, true),
     INT64("limits.max_job_bytes", max_job_bytes, 1048576, 64, 512LL << 20, true),
     INT64("jobs.timeout_ms", timeout_ms, 30000, 1, 86400000, true),
     INT64("jobs.result_ttl", result_ttl, 3600, 1, 31536000, true),

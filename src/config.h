@@ -47,6 +47,7 @@ struct config {
 
     /* limits */
     int max_inflight;
+    int max_group_children; /* group children (not groups) running at once */
     int64_t max_job_bytes;
 
     /* jobs */

@@ -208,7 +208,8 @@ int daemon_run(struct daemon *d)
     if (!d->base)
         die("cannot create the event loop");
     /* No count limit on waiting tasks: each lives inside its job, and jobs
-     * are bounded already (limits.max_inflight, a group's 10,000 per tree).
+     * are bounded already (limits.max_inflight, and group children running
+     * at once by limits.max_group_children).
      * A limit of max_inflight refused a big group's children and did not
      * follow a reload that raised max_inflight. */
     d->pool = threadpool_create(d->base, d->cfg.threads, INT_MAX);

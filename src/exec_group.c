@@ -6,6 +6,11 @@
  * "all" fails on the first failure and stops the rest, like Python's
  * TaskGroup. The group's own timeout or cancel stops every child, and the
  * group reports only once all of them have stopped.
+ *
+ * "Concurrently" within limits.max_group_children: the runner starts a child
+ * that is not a group only when a child slot is free (runner.c), so starting
+ * a child may leave it waiting, and stopping a waiting child ends it at once,
+ * cancelled and unstarted. Either way its outcome comes back here.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +18,7 @@
 #include "daemon.h"
 #include "exec_group.h"
 #include "executor.h"
+#include "log.h"
 #include "result.h"
 #include "runner.h"
 
@@ -104,11 +110,13 @@ static int group_parse(struct job *job, const json_t *spec, struct job_error *er
     return 0;
 }
 
-static void stop_children(struct group_state *st)
+static void stop_children(struct job *job, struct group_state *st)
 {
     st->stopping = true;
+    runner_children_hold(job->d->runner);
     for (int i = 0; i < st->nchildren; i++)
         runner_child_stop(st->children[i]);
+    runner_children_release(job->d->runner);
 }
 
 static void report(struct job *job)
@@ -157,7 +165,7 @@ void group_child_done(struct job *child)
     st->running--;
     if (child->status != JOB_SUCCEEDED && st->all && st->first_failure < 0 && !st->stopping) {
         st->first_failure = child->child_index;
-        stop_children(st);
+        stop_children(job, st);
     }
     /* Stopping the others above may already have finished the group. */
     if (st->running == 0 && !st->reported) {
@@ -173,20 +181,32 @@ static void group_start(struct job *job)
     st->first_failure = -1;
     st->stopping = false;
     st->reported = false;
+    /* Held, children that take a slot only join the wait (oldest first) and
+     * start on the release. A nested group starts at once and may finish
+     * synchronously (and even end this group in "all" mode); later children
+     * are then stopped at once: waiting ones end unstarted. */
+    runner_children_hold(job->d->runner);
     for (int i = 0; i < st->nchildren; i++) {
-        /* A child may finish synchronously (and even end the group in "all"
-         * mode); later children then start and are stopped at once. */
         runner_child_start(st->children[i]);
         if (st->stopping)
             runner_child_stop(st->children[i]);
     }
+    runner_children_release(job->d->runner);
+    int waiting = 0;
+    for (int i = 0; i < st->nchildren; i++)
+        waiting += st->children[i]->state == JOB_QUEUED;
+    if (waiting)
+        log_job(LOG_DEBUG, job,
+                "%d of %d children wait for a group child slot "
+                "(limits.max_group_children %d)",
+                waiting, st->nchildren, job->d->cfg.max_group_children);
 }
 
 static void group_cancel(struct job *job)
 {
     struct group_state *st = job->exec_state;
     if (st->running > 0)
-        stop_children(st);
+        stop_children(job, st);
 }
 
 static void group_free(struct job *job)

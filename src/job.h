@@ -55,9 +55,10 @@ enum job_source { SOURCE_PUBSUB, SOURCE_STREAM, SOURCE_CHILD };
 
 enum job_state {
     JOB_NEW = 0,        /* parsed, not started */
-    JOB_QUEUED,         /* taken beyond limits.max_inflight: waits for a slot */
+    JOB_QUEUED,         /* taken beyond limits.max_inflight, or a group child beyond
+                         * limits.max_group_children: waits unstarted for a slot */
     JOB_CHECKING,       /* redelivered: asking Redis whether it already finished */
-    JOB_WAITING_RETRY,  /* a group child between attempts (on a timer) */
+    JOB_WAITING_RETRY,  /* a group child between attempts (on a timer, holding no slot) */
     JOB_RUNNING,        /* an executor has it */
     JOB_STOPPING,       /* cancel asked of the executor, waiting for it to finish */
     JOB_STORING,        /* outcome decided, being written to Redis */
@@ -123,6 +124,12 @@ struct job {
     /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
     struct job *prev, *next, *hnext;
     struct job *qnext;          /* JOB_QUEUED: the runner's wait queue */
+    /* Group children waiting for a child slot (limits.max_group_children):
+     * each top-level job keeps its tree's waiting children, oldest first, and
+     * the runner takes the next one from each such job in turn. */
+    struct job *cwait_prev, *cwait_next;    /* a waiting child: its neighbours */
+    struct job *cwait_head, *cwait_tail;    /* a top-level job: its waiting children */
+    struct job *turn_prev, *turn_next;      /* a top-level job: the runner's rotation */
 };
 
 /* For executors: the attempt ended. Exactly one of these per start(), also

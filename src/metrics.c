@@ -167,6 +167,12 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     gauge(out, "jobd_jobs_running", "Jobs with an attempt running.", c.running);
     gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
+    gauge(out, "jobd_group_children_running", "Group children (nested groups aside) with an "
+          "attempt running, each in a child slot.", c.child_running);
+    gauge(out, "jobd_group_children_queued", "Group children waiting unstarted for a child slot "
+          "(limits.max_group_children are running).", c.child_queued);
+    gauge(out, "jobd_max_group_children", "limits.max_group_children.",
+          d->cfg.max_group_children);
     counter(out, "jobd_retries_total", "Attempts that failed transiently and were scheduled again.",
             (double)c.retried);
     counter(out, "jobd_dead_letters_total", "Jobs written to the dead-letter stream.",

@@ -8,6 +8,16 @@
  * still bring more than the free slots: those jobs wait unstarted in a queue
  * (JOB_QUEUED), so no more than max_inflight ever run or store at once, and
  * intake, which counts them as taken, reads nothing until they have started.
+ *
+ * Group children are not counted in max_inflight (their top-level group is).
+ * Those that do work, every child but a nested group, take one of
+ * limits.max_group_children slots while an attempt runs; beyond that they
+ * wait unstarted (JOB_QUEUED) in their top-level job's list, and free slots
+ * go to those jobs in turn, oldest child first, so one big tree cannot keep
+ * every other group waiting. A nested group takes no slot (it only waits for
+ * its children), so groups never hold the slots their children need: every
+ * slot is freed by an attempt that ends (its own timeout bounds it). A child
+ * waiting for a retry holds no slot either.
  */
 #include <event2/event.h>
 #include <inttypes.h>
@@ -41,6 +51,10 @@ struct runner {
     struct job *queue_head, *queue_tail;    /* JOB_QUEUED, oldest first */
     int queued;
     bool starting_queued;           /* start_queued() is on the stack */
+    struct job *turn_head, *turn_tail;  /* top-level jobs with children waiting */
+    int child_running, child_queued;    /* group children holding / waiting for a slot */
+    bool starting_children;         /* start_waiting_children() is on the stack */
+    int children_held;              /* runner_children_hold() without its release */
     struct event *rewrite_timer;    /* write unstored outcomes again */
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
     uint64_t next_id;
@@ -271,6 +285,125 @@ static bool retry_due(const struct job *job, int64_t *delay)
 
 /* ---- group children -------------------------------------------------------- */
 
+/* Does this job take a child slot while its attempt runs? */
+static bool takes_child_slot(const struct job *job)
+{
+    return job->source == SOURCE_CHILD && job->exec != &group_executor;
+}
+
+static struct job *tree_root(struct job *job)
+{
+    while (job->parent)
+        job = job->parent;
+    return job;
+}
+
+static void turn_remove(struct runner *r, struct job *root)
+{
+    if (root->turn_prev)
+        root->turn_prev->turn_next = root->turn_next;
+    else
+        r->turn_head = root->turn_next;
+    if (root->turn_next)
+        root->turn_next->turn_prev = root->turn_prev;
+    else
+        r->turn_tail = root->turn_prev;
+    root->turn_prev = root->turn_next = NULL;
+}
+
+static void turn_append(struct runner *r, struct job *root)
+{
+    root->turn_next = NULL;
+    root->turn_prev = r->turn_tail;
+    if (r->turn_tail)
+        r->turn_tail->turn_next = root;
+    else
+        r->turn_head = root;
+    r->turn_tail = root;
+}
+
+/* Put a child at the end of its tree's waiting list. */
+static void child_wait(struct runner *r, struct job *child)
+{
+    struct job *root = tree_root(child);
+    child->state = JOB_QUEUED;
+    child->cwait_next = NULL;
+    child->cwait_prev = root->cwait_tail;
+    if (root->cwait_tail) {
+        root->cwait_tail->cwait_next = child;
+    } else {
+        root->cwait_head = child;
+        turn_append(r, root);
+    }
+    root->cwait_tail = child;
+    r->child_queued++;
+}
+
+static void child_unwait(struct runner *r, struct job *child)
+{
+    struct job *root = tree_root(child);
+    if (child->cwait_prev)
+        child->cwait_prev->cwait_next = child->cwait_next;
+    else
+        root->cwait_head = child->cwait_next;
+    if (child->cwait_next)
+        child->cwait_next->cwait_prev = child->cwait_prev;
+    else
+        root->cwait_tail = child->cwait_prev;
+    child->cwait_prev = child->cwait_next = NULL;
+    child->state = JOB_NEW;
+    r->child_queued--;
+    if (!root->cwait_head)
+        turn_remove(r, root);
+}
+
+/* Start waiting children while child slots are free: the oldest child of the
+ * top-level job whose turn it is, then that job goes to the back. Draining
+ * changes nothing here: a running group may still finish within the drain,
+ * and when it is stopped its waiting children end with it. */
+static void start_waiting_children(struct runner *r)
+{
+    if (r->starting_children || r->children_held)
+        return;     /* a child that ended at once: the loop below goes on */
+    r->starting_children = true;
+    while (r->turn_head && r->child_running < r->d->cfg.max_group_children) {
+        struct job *root = r->turn_head;
+        struct job *child = root->cwait_head;
+        child_unwait(r, child);
+        if (root->cwait_head && root != r->turn_tail) {
+            turn_remove(r, root);
+            turn_append(r, root);
+        }
+        start_attempt(r, child);
+    }
+    r->starting_children = false;
+}
+
+void runner_children_hold(struct runner *r)
+{
+    r->children_held++;
+}
+
+void runner_children_release(struct runner *r)
+{
+    if (--r->children_held == 0)
+        start_waiting_children(r);
+}
+
+/* A child's next attempt: at once for a nested group, else once a child slot
+ * is free and the children that waited before it have had theirs. */
+static void child_begin_attempt(struct runner *r, struct job *child)
+{
+    if (!takes_child_slot(child)) {
+        start_attempt(r, child);
+        return;
+    }
+    child_wait(r, child);
+    start_waiting_children(r);
+    if (child->state == JOB_QUEUED && !r->children_held)    /* held: its group says */
+        log_job(LOG_DEBUG, child, "waiting for a group child slot (limits.max_group_children %d)",
+                r->d->cfg.max_group_children);
+}
 
 struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
                              struct job_error *err)
@@ -306,21 +439,24 @@ struct job *runner_child_new(struct job *parent, int index, const json_t *envelo
 void runner_child_start(struct job *child)
 {
     child->attempts = 0;
+    child->started_at = child->finished_at = 0;
     child->status = JOB_SUCCEEDED;
     memset(&child->error, 0, sizeof(child->error));
-    start_attempt(child->d->runner, child);
+    child_begin_attempt(child->d->runner, child);
 }
 
 static void child_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct job *child = arg;
     if (child->state == JOB_WAITING_RETRY)
-        start_attempt(child->d->runner, child);
+        child_begin_attempt(child->d->runner, child);
 }
 
 static void child_finished(struct job *child)
 {
     child->finished_at = now_ms();
+    if (!child->started_at)     /* never started: as finish() records it */
+        child->started_at = child->finished_at;
     child->state = JOB_NEW;
     group_child_done(child);
 }
@@ -339,13 +475,25 @@ void runner_child_stop(struct job *child)
         child->status = JOB_CANCELLED;
         job_error_set(&child->error, ERR_CANCELLED, "cancelled by request");
         child_finished(child);
+    } else if (child->state == JOB_QUEUED) {
+        /* Waiting for a child slot: it ends here, unstarted, with the
+         * outcome a running child stopped by its group gets. */
+        child_unwait(child->d->runner, child);
+        child->status = JOB_CANCELLED;
+        job_error_set(&child->error, ERR_CANCELLED, "%s",
+                      child->attempts ? "cancelled by request" : "cancelled before it started");
+        log_job(LOG_DEBUG, child, "stopped while waiting for a group child slot");
+        child_finished(child);
     }
 }
 
 void runner_child_free(struct job *child)
 {
-    if (child)
-        job_free(child->d->runner, child);
+    if (!child)
+        return;
+    if (child->state == JOB_QUEUED)    /* only when the daemon exits mid-group */
+        child_unwait(child->d->runner, child);
+    job_free(child->d->runner, child);
 }
 
 /* A child's attempt ended: retry it on a timer or report to its group. */
@@ -381,6 +529,7 @@ static void start_attempt(struct runner *r, struct job *job)
     atomic_store(&job->cancel_flag, 0);
     job->state = JOB_RUNNING;
     r->running++;
+    r->child_running += takes_child_slot(job);
     if (!job->timer)
         job->timer = evtimer_new(r->d->base, timeout_cb, job);
     else
@@ -428,7 +577,14 @@ void runner_attempt_done(struct job *job)
         break;
     }
     if (job->source == SOURCE_CHILD) {
+        bool slot = takes_child_slot(job);
+        /* The outcome first: in "all" mode a failure ends the waiting
+         * siblings rather than giving the slot to one of them. */
         child_attempt_done(r, job);
+        if (slot) {
+            r->child_running--;
+            start_waiting_children(r);
+        }
         return;
     }
 
@@ -647,6 +803,7 @@ static void start_queued(struct runner *r)
 void runner_capacity_changed(struct runner *r)
 {
     start_queued(r);
+    start_waiting_children(r);  /* limits.max_group_children may have grown */
     intake_capacity_changed(r->d->intake);
     daemon_check_drained(r->d);
 }
@@ -757,4 +914,6 @@ void runner_counts(const struct runner *r, struct runner_counts *out)
     out->rejected = r->rejected;
     out->retried = r->retried;
     out->requeued = r->requeued;
+    out->child_running = r->child_running;
+    out->child_queued = r->child_queued;
 }

@@ -72,22 +72,33 @@ void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
 
 /* Group children (exec_group.c). A child is owned by its group, not by the
  * runner's list, and its outcome goes to group_child_done() instead of Redis;
- * a child's retries wait on a timer inside the running group. */
+ * a child's retries wait on a timer inside the running group. A child that is
+ * not a group starts only when one of limits.max_group_children slots is free;
+ * until then runner_child_stop() ends it at once, cancelled, unstarted. */
 struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
                              struct job_error *err);
 void runner_child_start(struct job *child);
 void runner_child_stop(struct job *child);
 void runner_child_free(struct job *child);
+/* Between these two, a child slot that comes free goes to no waiting child;
+ * the release hands out what is free. A group holds while it starts its
+ * children (they then start in order, and a failure among the first ends the
+ * rest unstarted) and while it stops them (so a slot freed by one of its
+ * running children never starts a waiting one only to stop it). Nestable. */
+void runner_children_hold(struct runner *r);
+void runner_children_release(struct runner *r);
 
 /* For the heartbeat and metrics. */
 struct runner_counts {
     int inflight, queued, running, storing, unstored;
+    int child_running, child_queued;    /* group children in / waiting for a child slot */
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
 };
 void runner_counts(const struct runner *r, struct runner_counts *out);
 
 /* A slot came free or limits.max_inflight changed (or the drain began): start
- * jobs queued for a slot (put them back while draining), then let intake read. */
+ * jobs queued for a slot (put them back while draining) and group children
+ * waiting for a child slot, then let intake read. */
 void runner_capacity_changed(struct runner *r);
 
 /* Called by job_succeed()/job_fail(): an attempt ended. */

@@ -56,6 +56,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.nstreams, 1);
     assert_string_equal(cfg.streams[0], "jobd:queue");
     assert_int_equal(cfg.max_inflight, 1000);
+    assert_int_equal(cfg.max_group_children, 1000);
     assert_int_equal(cfg.max_job_bytes, 1048576);
     assert_int_equal(cfg.timeout_ms, 30000);
     assert_int_equal(cfg.result_ttl, 3600);
@@ -104,13 +105,15 @@ static void test_values_and_int64(void **state)
 {
     struct config cfg;
     char err[4096];
-    assert_int_equal(load("limits = { max_inflight = 7; max_job_bytes = 2048L; };\n"
+    assert_int_equal(load("limits = { max_inflight = 7; max_job_bytes = 2048L; "
+                          "max_group_children = 3; };\n"
                           "jobs = { retry = { backoff = 3; jitter = false; }; };\n"
                           "intake = { channels = [ \"a:*\", \"b\" ]; streams = [ \"s1\", \"s2\" ]; };\n"
                           "log = { level = \"debug\"; };\n",
                           &cfg, err, sizeof(err)),
                      0);
     assert_int_equal(cfg.max_inflight, 7);
+    assert_int_equal(cfg.max_group_children, 3);
     assert_int_equal(cfg.max_job_bytes, 2048);
     assert_true(cfg.retry.backoff == 3.0);
     assert_false(cfg.retry.jitter);
@@ -127,6 +130,8 @@ static void test_range_errors(void **state)
     expect_error("\n\nlimits = { max_inflight = 0; };\n",
                  ":3: limits.max_inflight: must be 1..1000000, got 0");
     expect_error("redis = { port = 70000; };\n", "redis.port: must be 1..65535, got 70000");
+    expect_error("limits = { max_group_children = 0; };\n",
+                 "limits.max_group_children: must be 1..1000000, got 0");
     expect_error("jobs = { retry = { backoff = 0.5; }; };\n", "jobs.retry.backoff: must be");
     expect_error("intake = { streams = [ ]; };\n", "intake.streams: must hold 1..");
 }

@@ -1,8 +1,12 @@
-"""PROTOCOL §3 group jobs: settle, all, timeout and cancel reaching children."""
+"""PROTOCOL §3 group jobs: settle, all, timeout and cancel reaching children;
+limits.max_group_children bounding the children that run at once."""
 import json
+import signal
 import time
 
-from conftest import NS, submit, wait_result
+from conftest import NS, Ledger, free_port, result, submit, wait_for, wait_result
+from test_admin import get, parse_metrics
+from test_intake import most_at_once
 
 
 def test_settle_keeps_every_outcome_in_order(r, start_jobd, tmp_path):
@@ -97,3 +101,192 @@ def test_group_stop_reaches_a_child_already_stopping(r, start_jobd, tmp_path):
                    "jitter": False}}]})
     rec = wait_result(r, "g", timeout=20)
     assert rec["status"] == "timed_out", rec
+
+
+# ---- limits.max_group_children --------------------------------------------
+
+def by_id(children):
+    return {c["id"]: c for c in children}
+
+
+def metrics_of(port):
+    return lambda: parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+
+
+def test_children_run_at_most_max_group_children_at_once(r, start_jobd):
+    port = free_port()
+    daemon = start_jobd(limits__max_group_children=3, admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    submit(r, {"id": "g", "type": "group", "jobs": [{"type": "sleep", "ms": 300}] * 10})
+    samples = []
+
+    def done():
+        samples.append(metrics())
+        return result(r, "g")
+    rec = wait_for(done, timeout=15, interval=0.05, what="the group's result")
+    assert rec["status"] == "succeeded" and rec["result"]["succeeded"] == 10, rec
+    children = rec["result"]["results"]
+    assert [c["status"] for c in children] == ["succeeded"] * 10
+    assert all(c["attempts"] == 1 for c in children)
+    assert most_at_once(by_id(children)) == 3, children
+    # Four rounds of 300 ms, the children started oldest first.
+    span = max(c["finished_at"] for c in children) - min(c["started_at"] for c in children)
+    assert 4 * 300 - 50 <= span < 4 * 300 + 1000, span
+    starts = [c["started_at"] for c in children]
+    assert starts == sorted(starts)
+    # The gauges saw the bound and the waiting children, and all of it ends.
+    assert max(s["jobd_group_children_running"] for s in samples) <= 3
+    assert max(s["jobd_group_children_queued"] for s in samples) >= 1
+    final = metrics()
+    assert final["jobd_group_children_running"] == 0 and final["jobd_group_children_queued"] == 0
+    assert final["jobd_max_group_children"] == 3
+    jobs = json.loads(r.get(daemon.worker_key()))["jobs"]
+    assert jobs["max_group_children"] == 3
+    assert "group_children_running" in jobs and "group_children_queued" in jobs
+
+
+def test_cancel_ends_waiting_children_at_once(r, start_jobd):
+    port = free_port()
+    daemon = start_jobd(limits__max_group_children=2, admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    submit(r, {"id": "c", "type": "group", "jobs": [{"type": "sleep", "ms": 10000}] * 6})
+    wait_for(lambda: metrics()["jobd_group_children_queued"] == 4, what="4 children waiting")
+    t0 = time.monotonic()
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
+    rec = wait_result(r, "c", timeout=5)
+    assert rec["status"] == "cancelled", rec
+    assert time.monotonic() - t0 < 2
+    log = daemon.log_text()
+    assert log.count("started (sleep)") == 2
+    assert log.count("stopped while waiting for a group child slot") == 4
+    final = metrics()
+    assert final["jobd_group_children_running"] == 0 and final["jobd_group_children_queued"] == 0
+    # Every slot came back: the next group runs two children at once.
+    submit(r, {"id": "next", "type": "group", "jobs": [{"type": "sleep", "ms": 300}] * 2})
+    nxt = wait_result(r, "next")
+    assert nxt["status"] == "succeeded"
+    assert most_at_once(by_id(nxt["result"]["results"])) == 2
+
+
+def test_all_mode_failure_ends_waiting_children_unstarted(r, start_jobd):
+    daemon = start_jobd(limits__max_group_children=1)
+    submit(r, {"id": "a", "type": "group", "mode": "all", "jobs": [
+        {"type": "sleep", "ms": 5000, "timeout_ms": 100}] + [{"type": "sleep", "ms": 10}] * 5})
+    rec = wait_result(r, "a")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "timeout", rec
+    assert "group.jobs[0]" in rec["error"]["message"]
+    assert rec["finished_at"] - rec["started_at"] < 1000
+    log = daemon.log_text()
+    assert log.count("started (sleep)") == 1, log
+    assert log.count("stopped while waiting for a group child slot") == 5
+
+
+def test_free_slots_go_to_waiting_groups_in_turn(r, start_jobd):
+    # One slot; a big group queued first and a small one after it. The small
+    # one's child gets the second or third free slot, not the sixth.
+    submit(r, {"id": "big", "type": "group", "jobs": [{"type": "sleep", "ms": 200}] * 5})
+    submit(r, {"id": "small", "type": "group", "jobs": [{"type": "sleep", "ms": 200}]})
+    start_jobd(limits__max_group_children=1)
+    big, small = wait_result(r, "big", timeout=15), wait_result(r, "small", timeout=15)
+    assert big["status"] == "succeeded" and small["status"] == "succeeded"
+    big_children, (small_child,) = big["result"]["results"], small["result"]["results"]
+    assert most_at_once(by_id(big_children + [small_child])) == 1
+    assert small_child["started_at"] <= big_children[2]["started_at"], (big, small)
+    assert small["finished_at"] < big["finished_at"] - 300
+
+
+def test_nested_groups_take_no_child_slot(r, start_jobd):
+    # With one child slot, a group that held a slot while its children wait
+    # for one would never end. Groups take none; their leaves share the one.
+    start_jobd(limits__max_group_children=1)
+    inner = {"type": "group", "jobs": [{"type": "sleep", "ms": 100}] * 2}
+    submit(r, {"id": "n", "type": "group", "jobs": [inner, inner]})
+    deep = {"type": "sleep", "ms": 100}
+    for _ in range(3):
+        deep = {"type": "group", "jobs": [deep, deep]}
+    submit(r, dict(deep, id="deep"))
+    rec = wait_result(r, "n", timeout=15)
+    assert rec["status"] == "succeeded" and rec["result"]["succeeded"] == 2, rec
+    groups = rec["result"]["results"]
+    leaves = [c for g in groups for c in g["result"]["results"]]
+    assert len(leaves) == 4 and all(c["status"] == "succeeded" for c in leaves)
+    assert groups[1]["started_at"] < groups[0]["finished_at"]     # both groups ran at once
+    deep_rec = wait_result(r, "deep", timeout=15)
+    assert deep_rec["status"] == "succeeded" and deep_rec["result"]["succeeded"] == 2
+
+    def leaves_of(rec):
+        if rec["type"] != "group":
+            return [rec]
+        return [leaf for c in rec["result"]["results"] for leaf in leaves_of(c)]
+    all_leaves = leaves + leaves_of(deep_rec)
+    assert len(all_leaves) == 4 + 8
+    # One slot for the whole daemon: the two trees' leaves never overlapped.
+    assert most_at_once(by_id(all_leaves)) == 1, all_leaves
+
+
+def test_group_timeout_ends_waiting_children(r, start_jobd):
+    daemon = start_jobd(limits__max_group_children=1)
+    submit(r, {"id": "t", "type": "group", "timeout_ms": 500,
+               "jobs": [{"type": "sleep", "ms": 300}] * 5})
+    rec = wait_result(r, "t")
+    assert rec["status"] == "timed_out" and rec["error"]["code"] == "timeout", rec
+    assert 450 <= rec["finished_at"] - rec["started_at"] < 1200
+    log = daemon.log_text()
+    assert log.count("started (sleep)") == 2, log          # one done, one stopped
+    assert log.count("stopped while waiting for a group child slot") == 3
+
+
+def test_a_child_waiting_to_retry_holds_no_slot(r, start_jobd):
+    start_jobd(limits__max_group_children=1)
+    submit(r, {"id": "rb", "type": "group", "jobs": [
+        {"type": "sleep", "ms": 10000, "timeout_ms": 100,
+         "retry": {"attempts": 2, "delay_ms": 1000, "jitter": False}},
+        {"type": "sleep", "ms": 200}]})
+    rec = wait_result(r, "rb")
+    first, second = rec["result"]["results"]
+    assert first["status"] == "timed_out" and first["attempts"] == 2, first
+    assert second["status"] == "succeeded"
+    # The second waited for the first's attempt, then ran in its backoff.
+    assert second["started_at"] - rec["started_at"] >= 90, rec
+    assert second["finished_at"] <= first["started_at"], rec
+
+
+def test_sighup_raises_max_group_children(r, start_jobd):
+    daemon = start_jobd(limits__max_group_children=1)
+    submit(r, {"id": "h", "type": "group", "jobs": [{"type": "sleep", "ms": 1000}] * 5})
+    wait_for(lambda: "job h:0: attempt 1 of 1 started" in daemon.log_text(), what="h:0")
+    daemon.settings["limits"]["max_group_children"] = 10
+    daemon.write_config()
+    hup_ms = int(time.time() * 1000)
+    daemon.signal(signal.SIGHUP)
+    rec = wait_result(r, "h", timeout=10)
+    assert rec["status"] == "succeeded", rec
+    children = rec["result"]["results"]
+    assert all(c["started_at"] >= hup_ms - 20 for c in children[1:]), (hup_ms, children)
+    assert most_at_once(by_id(children)) == 5
+    assert rec["finished_at"] - rec["started_at"] < 2500
+
+
+def test_drain_puts_back_a_group_whose_children_wait(r, start_jobd):
+    # One slot, four 300 ms children, 800 ms of drain: the waiting children
+    # keep starting during the drain, then the group is stopped (its waiting
+    # child with it) and goes back on its stream whole; nothing is lost.
+    ledger = Ledger(r)
+    submit(r, {"id": "d", "type": "group", "jobs": [{"type": "sleep", "ms": 300}] * 4})
+    first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=800)
+    wait_for(lambda: "job d:0: attempt 1 of 1 started" in first.log_text(), what="d:0")
+    assert first.stop() == 0
+    log = first.log_text()
+    assert "job d: stopped by shutdown; back on its stream" in log, log
+    assert log.count("started (sleep)") >= 2        # waiting children started in the drain
+    assert "stopped while waiting for a group child slot" in log
+    assert result(r, "d") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+    # (Put back once more if the read blocked at the drain brought it back.)
+    assert {f["id"] for _, f in r.xrange(f"{NS}:queue") if "attempts" in f} == {"d"}
+    start_jobd(name="second", limits__max_group_children=1)
+    rec = wait_result(r, "d", timeout=15)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+    assert [c["status"] for c in rec["result"]["results"]] == ["succeeded"] * 4
+    lost, duplicated = ledger.report(["d"])
+    assert lost == [] and duplicated == {}
