@@ -1,17 +1,34 @@
 /* admin.c - /healthz and /metrics on the daemon's own loop (see admin.h).
  *
- * Served by evhttp on the same event_base as everything else: an answer at
- * all proves the loop turns, and nothing here blocks. Stream lag comes from
- * XINFO GROUPS, polled every few seconds on the command connection.
+ * Served on the same event_base as everything else: an answer at all proves
+ * the loop turns, and nothing here blocks. Stream lag comes from XINFO
+ * GROUPS, polled every few seconds on the command connection.
+ *
+ * Why not evhttp: every admin connection costs an fd that the Redis,
+ * PostgreSQL and libcurl connections need, so their number is capped, and a
+ * client that trickles a request must not hold one for long. libevent 2.1.12
+ * (Debian 12) gives evhttp no way to do either: evhttp_set_max_connections
+ * and evhttp_set_newreqcb are not in it (2.2); evhttp_get_request, to hand
+ * evhttp a socket accepted here, is not exported; a connection that never
+ * completes a request never reaches a callback, so
+ * evhttp_connection_set_closecb cannot count it; and evhttp_set_timeout only
+ * limits inactivity, which one byte every few seconds resets. A filter
+ * bufferevent from evhttp_set_bevcb would see each connection end (its
+ * free_context), but in 2.1.12 a filter strands the second request of a
+ * keep-alive connection in the socket bufferevent until the timeout (tried).
+ * Two GET paths need little HTTP, so this file owns the listener and the
+ * connections: one request per connection, answered and closed, all within
+ * DEADLINE_MS of the accept.
  */
-#include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "admin.h"
 #include "daemon.h"
@@ -21,59 +38,263 @@
 #include "timer.h"
 
 #define LAG_POLL_MS 5000
+#define HEAD_MAX 8192           /* request line and headers; a body is never read */
+#define DEADLINE_MS 5000        /* accept to last byte written, however slow the client */
+#define ACCEPT_RETRY_MS 500     /* accept() failing (EMFILE...): listener paused this long */
+#define LOG_EVERY_MS 5000       /* refusals and accept failures: logged at most this often */
+
+struct conn {
+    struct admin *a;
+    struct bufferevent *bev;    /* owns the socket */
+    struct event *deadline;
+    bool answered;
+    bool eof;                   /* the client closed its side after its request */
+    struct conn *prev, *next;   /* in a->conns */
+};
 
 struct admin {
     struct daemon *d;
-    struct evhttp *http;
+    struct evconnlistener *listener;
     struct event *lag_timer;
+    struct event *accept_retry;
+    int64_t accept_log_at;      /* mono_us(): no accept failure message before this */
+    struct conn *conns;         /* every open connection, freed here */
+    int nconns;
+    uint64_t refused;           /* over admin.max_connections, closed at accept */
+    int64_t refused_log_at;     /* mono_us(): no refusal message before this */
 };
 
-static void reply(struct evhttp_request *req, int code, const char *reason, const char *type,
-                  struct evbuffer *body)
+static void conn_free(struct conn *c)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type);
-    evhttp_send_reply(req, code, reason, body);
+    struct admin *a = c->a;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        a->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    a->nconns--;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->deadline)
+        event_free(c->deadline);
+    free(c);
 }
 
-static void healthz(struct evhttp_request *req, void *arg)
+/* Answered: our FIN, then the connection ends with the client's (or the
+ * deadline). Closing at once could leave the client's unread bytes (a
+ * refused head, pipelined requests) in our socket, and the kernel would
+ * answer them with a reset that may destroy the answer before it is read. */
+static void conn_written(struct bufferevent *bev, void *arg)
 {
-    struct admin *a = arg;
-    struct daemon *d = a->d;
-    struct evbuffer *body = evbuffer_new();
+    struct conn *c = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)))
+        return;
+    if (c->eof)
+        conn_free(c);
+    else
+        shutdown(bufferevent_getfd(bev), SHUT_WR);
+}
+
+static void conn_discard(struct bufferevent *bev, void *arg)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+/* EOF before a whole request, after the answer, or an error: the end. Only
+ * an EOF right after the request waits for the answer to be written. */
+static void conn_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (c->answered && !(what & BEV_EVENT_ERROR) &&
+        evbuffer_get_length(bufferevent_get_output(bev))) {
+        c->eof = true;
+        return;
+    }
+    conn_free(c);
+}
+
+static void conn_expired(evutil_socket_t fd, short what, void *arg)
+{
+    log_debug("admin: closed a connection still open after %d ms", DEADLINE_MS);
+    conn_free(arg);
+}
+
+/* The whole answer, then close (see conn_written). */
+static void reply(struct conn *c, bool head, int code, const char *reason, const char *type,
+                  struct evbuffer *body)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                        "Connection: close\r\n\r\n",
+                        code, reason, type, evbuffer_get_length(body),
+                        code == 405 ? "Allow: GET, HEAD\r\n" : "");
+    if (!head)
+        evbuffer_add_buffer(out, body);
+    c->answered = true;
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_setcb(c->bev, conn_discard, conn_written, conn_event, c);
+    bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void error_reply(struct conn *c, bool head, int code, const char *reason,
+                        struct evbuffer *body)
+{
+    evbuffer_add_printf(body, "{\"error\":\"%s\",\"paths\":[\"/healthz\",\"/metrics\"]}\n",
+                        reason);
+    reply(c, head, code, reason, "application/json", body);
+}
+
+static void healthz(struct conn *c, bool head, struct evbuffer *body)
+{
+    struct daemon *d = c->a->d;
     const char *problem = NULL;
     for (int r = 0; r < REDIS_NROLES && !problem; r++)
         if (!redis_ready(d->redis, (enum redis_role)r))
             problem = redis_role_name((enum redis_role)r);
     if (d->draining) {
         evbuffer_add_printf(body, "{\"status\":\"stopping\",\"reason\":\"draining for shutdown\"}\n");
-        reply(req, 503, "Service Unavailable", "application/json", body);
+        reply(c, head, 503, "Service Unavailable", "application/json", body);
     } else if (problem) {
         evbuffer_add_printf(body,
                             "{\"status\":\"unhealthy\",\"reason\":\"redis %s connection is down\"}\n",
                             problem);
-        reply(req, 503, "Service Unavailable", "application/json", body);
+        reply(c, head, 503, "Service Unavailable", "application/json", body);
     } else {
         evbuffer_add_printf(body, "{\"status\":\"ok\",\"worker\":\"%s\"}\n", d->worker_id);
-        reply(req, 200, "OK", "application/json", body);
+        reply(c, head, 200, "OK", "application/json", body);
     }
+}
+
+/* LINE is the request line, "METHOD target HTTP/1.x"; headers are ignored. */
+static void serve(struct conn *c, const char *line)
+{
+    char method[8], target[256];
+    int major, minor;
+    struct evbuffer *body = evbuffer_new();
+    if (!body) {
+        conn_free(c);
+        return;
+    }
+    bool ok = sscanf(line, "%7s %255s HTTP/%d.%d", method, target, &major, &minor) == 4 &&
+              major == 1;
+    bool head = ok && !strcmp(method, "HEAD");
+    if (ok)
+        target[strcspn(target, "?")] = '\0';
+    if (!ok)
+        error_reply(c, false, 400, "Bad Request", body);
+    else if (!head && strcmp(method, "GET"))
+        error_reply(c, false, 405, "Method Not Allowed", body);
+    else if (!strcmp(target, "/healthz"))
+        healthz(c, head, body);
+    else if (!strcmp(target, "/metrics")) {
+        metrics_render(c->a->d, body);
+        reply(c, head, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
+    } else
+        error_reply(c, head, 404, "Not Found", body);
     evbuffer_free(body);
 }
 
-static void metrics(struct evhttp_request *req, void *arg)
+/* Wait for the empty line that ends the head (CRLF or bare LF lines). */
+static void conn_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    const char *p = (const char *)evbuffer_pullup(in, -1);
+    if (!p || (!memmem(p, len, "\n\r\n", 3) && !memmem(p, len, "\n\n", 2))) {
+        if (len > HEAD_MAX) {
+            struct evbuffer *body = evbuffer_new();
+            if (!body) {
+                conn_free(c);
+                return;
+            }
+            error_reply(c, false, 431, "Request Header Fields Too Large", body);
+            evbuffer_free(body);
+        }
+        return;
+    }
+    char line[512];
+    size_t n = strcspn(p, "\r\n");      /* the head holds a newline: n < len */
+    snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
+    serve(c, line);
+}
+
+static void refuse(struct admin *a, evutil_socket_t fd)
+{
+    evutil_closesocket(fd);
+    a->refused++;
+    int64_t now = mono_us();
+    if (now >= a->refused_log_at) {
+        log_warn("admin: refused a connection: %d open, admin.max_connections = %d "
+                 "(%llu refused in all; logged at most every %d s)",
+                 a->nconns, a->d->cfg.admin_max_connections, (unsigned long long)a->refused,
+                 LOG_EVERY_MS / 1000);
+        a->refused_log_at = now + LOG_EVERY_MS * 1000LL;
+    }
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
 {
     struct admin *a = arg;
-    struct evbuffer *body = evbuffer_new();
-    metrics_render(a->d, body);
-    reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
-    evbuffer_free(body);
+    /* Read here, not kept: a reload applies to the next connection. */
+    if (a->nconns >= a->d->cfg.admin_max_connections) {
+        refuse(a, fd);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->a = a;
+    c->next = a->conns;
+    if (a->conns)
+        a->conns->prev = c;
+    a->conns = c;
+    a->nconns++;
+    c->bev = bufferevent_socket_new(a->d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->deadline = evtimer_new(a->d->base, conn_expired, c);
+    if (!c->bev || !c->deadline || timer_add_ms(c->deadline, DEADLINE_MS)) {
+        if (!c->bev)
+            evutil_closesocket(fd);
+        conn_free(c);
+        return;
+    }
+    bufferevent_setcb(c->bev, conn_read, NULL, conn_event, c);
+    /* Never buffer more than one head: past HEAD_MAX it is refused. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, HEAD_MAX + 1);
+    bufferevent_enable(c->bev, EV_READ);
 }
 
-static void not_found(struct evhttp_request *req, void *arg)
+/* accept() failed with something other than EAGAIN/EINTR/ECONNABORTED: out
+ * of fds (EMFILE, ENFILE) or memory. The connection stays in the backlog and
+ * the socket readable, so libevent would call accept again at once, forever:
+ * the loop would spin at 100% CPU. Pause the listener for a while instead.
+ * Logged at most every LOG_EVERY_MS: while fds are short, an accept can
+ * succeed between failures, so "once per episode" could still be a flood. */
+static void accept_failed(struct evconnlistener *l, void *arg)
 {
-    struct evbuffer *body = evbuffer_new();
-    evbuffer_add_printf(body, "{\"error\":\"not found\",\"paths\":[\"/healthz\",\"/metrics\"]}\n");
-    reply(req, 404, "Not Found", "application/json", body);
-    evbuffer_free(body);
+    struct admin *a = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    evconnlistener_disable(l);
+    timer_add_ms(a->accept_retry, ACCEPT_RETRY_MS);
+    int64_t now = mono_us();
+    if (now >= a->accept_log_at) {
+        log_warn("admin: cannot accept connections: %s; trying again every %d ms "
+                 "(logged at most every %d s)",
+                 evutil_socket_error_to_string(err), ACCEPT_RETRY_MS, LOG_EVERY_MS / 1000);
+        a->accept_log_at = now + LOG_EVERY_MS * 1000LL;
+    }
+}
+
+static void accept_again(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin *a = arg;
+    evconnlistener_enable(a->listener);
 }
 
 /* XINFO GROUPS: one flat [name, value, ...] array per group. */
@@ -131,36 +352,49 @@ struct admin *admin_create(struct daemon *d, int *off)
     } else {
         snprintf(host, sizeof(host), "%.*s", (int)hl, listen);
     }
-    int port = atoi(colon + 1);
     struct admin *a = calloc(1, sizeof(*a));
     if (!a)
         return NULL;
     a->d = d;
-    a->http = evhttp_new(d->base);
-    if (!a->http || evhttp_bind_socket(a->http, host, (ev_uint16_t)port)) {
+    /* Numeric host and port: no DNS. */
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    if (!getaddrinfo(host, colon + 1, &hints, &ai))
+        a->listener = evconnlistener_new_bind(
+            d->base, on_accept, a, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
+            -1, ai->ai_addr, (int)ai->ai_addrlen);
+    if (ai)
+        freeaddrinfo(ai);
+    a->accept_retry = evtimer_new(d->base, accept_again, a);
+    if (!a->listener || !a->accept_retry) {
         log_error("admin: cannot listen on %s", listen);
         admin_free(a);
         return NULL;
     }
-    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    evhttp_set_timeout(a->http, 10);
-    evhttp_set_max_headers_size(a->http, 8192);
-    evhttp_set_max_body_size(a->http, 0);
-    evhttp_set_cb(a->http, "/healthz", healthz, a);
-    evhttp_set_cb(a->http, "/metrics", metrics, a);
-    evhttp_set_gencb(a->http, not_found, a);
+    evconnlistener_set_error_cb(a->listener, accept_failed);
     a->lag_timer = timer_new_periodic(d->base, LAG_POLL_MS, lag_poll, a);
     log_info("admin: /healthz and /metrics on http://%s", listen);
     return a;
+}
+
+void admin_counts(const struct admin *a, int *open, uint64_t *refused)
+{
+    *open = a ? a->nconns : 0;
+    *refused = a ? a->refused : 0;
 }
 
 void admin_free(struct admin *a)
 {
     if (!a)
         return;
+    while (a->conns)
+        conn_free(a->conns);
+    if (a->listener)
+        evconnlistener_free(a->listener);
+    if (a->accept_retry)
+        event_free(a->accept_retry);
     if (a->lag_timer)
         event_free(a->lag_timer);
-    if (a->http)
-        evhttp_free(a->http);
     free(a);
 }

@@ -96,6 +96,9 @@ static const struct cf_setting settings[] = {
     STR("files.root", files_root, "", 0, 4096, true, NULL),
     INT64("files.max_bytes", files_max_bytes, 16LL << 20, 1, 1LL << 30, true),
     STR("admin.listen", admin_listen, "127.0.0.1:9187", 0, 128, false, check_listen),
+    /* Read at every accept: a reload applies to the next connection (those
+     * open above a lowered cap are left to finish). */
+    INT("admin.max_connections", admin_max_connections, 64, 1, 10000, true),
     INT64("shutdown.drain_ms", drain_ms, 25000, 0, 3600000, true),
     {"log.level", CF_LEVEL, OFF(log_level), 0, LOG_INFO, 0, "info", 0, 0, true, NULL},
 };

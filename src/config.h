@@ -84,6 +84,7 @@ struct config {
 
     /* admin */
     char *admin_listen;     /* "ip:port"; empty: off */
+    int admin_max_connections;  /* open at once; more are closed at accept */
 
     /* shutdown */
     int64_t drain_ms;

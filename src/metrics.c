@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "admin.h"
 #include "daemon.h"
 #include "exec_http.h"
 #include "executor.h"
@@ -217,6 +218,13 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     counter(out, "jobd_postgres_queries_total", "Queries sent to PostgreSQL.", (double)pg.queries);
     counter(out, "jobd_postgres_reconnects_total", "PostgreSQL connections opened after a failure.",
             (double)pg.reconnects);
+    int admin_open;
+    uint64_t admin_refused;
+    admin_counts(d->admin, &admin_open, &admin_refused);
+    gauge(out, "jobd_admin_connections", "Connections open to this endpoint.", admin_open);
+    counter(out, "jobd_admin_connections_refused_total",
+            "Admin connections closed at once: admin.max_connections were open.",
+            (double)admin_refused);
     stream_gauge(out, "jobd_stream_lag", "Entries in the stream not yet read by group jobd.",
                  true);
     stream_gauge(out, "jobd_stream_pending",

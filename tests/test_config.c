@@ -71,6 +71,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.pg_conninfo, "");
     assert_string_equal(cfg.files_root, "");
     assert_string_equal(cfg.admin_listen, "127.0.0.1:9187");
+    assert_int_equal(cfg.admin_max_connections, 64);
     assert_int_equal(cfg.drain_ms, 25000);
     assert_int_equal(cfg.log_level, LOG_INFO);
     config_free(&cfg);
@@ -182,6 +183,8 @@ static void test_other_checks(void **state)
 {
     expect_error("redis = { namespace = \"a b\"; };\n", "redis.namespace: must be characters");
     expect_error("admin = { listen = \"localhost:80\"; };\n", "admin.listen: must be");
+    expect_error("admin = { max_connections = 0; };\n",
+                 "admin.max_connections: must be 1..10000, got 0");
     expect_error("postgres = { min_size = 9; max_size = 3; };\n",
                  "postgres.min_size: must not exceed");
     expect_error("postgres = { queries = { q = 5; }; };\n", "postgres.queries.q: expected");

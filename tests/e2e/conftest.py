@@ -267,6 +267,12 @@ def dead_entries(r):
     return [fields for _, fields in r.xrange(f"{NS}:dead")]
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of process PID so far, all threads."""
+    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(r):
     return {k: int(v) for k, v in r.hgetall(f"{NS}:stats").items()}
 

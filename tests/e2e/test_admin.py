@@ -1,10 +1,15 @@
 """The admin endpoint: /healthz and /metrics, scraped and parsed."""
 import json
+import os
 import re
+import resource
+import signal
+import socket
+import time
 import urllib.error
 import urllib.request
 
-from conftest import free_port, stats, submit, wait_for, wait_result
+from conftest import cpu_seconds, free_port, stats, submit, wait_for, wait_result
 
 METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? '
                          r'(-?[0-9.e+-]+|\+Inf|NaN)$')
@@ -16,6 +21,43 @@ def get(url):
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def try_get(url):
+    """The status, or None when the daemon closed or refused the connection."""
+    try:
+        return get(url)[0]
+    except OSError:
+        return None
+
+
+def scrape(base):
+    """The samples of /metrics, or None when the connection was refused."""
+    try:
+        return parse_metrics(get(base + "/metrics")[1])
+    except OSError:
+        return None
+
+
+def raw(port, data):
+    """Send DATA on a new connection and read until the daemon closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def closed_within(sock, seconds):
+    """True when the daemon closes SOCK (EOF or reset) within SECONDS."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
 
 
 def parse_metrics(text):
@@ -60,6 +102,12 @@ def test_healthz_and_metrics(r, redis_server, start_jobd, tmp_path):
     wait_for(lambda: 'jobd_stream_lag{stream="jobd:queue"}' in parse_metrics(get(base + "/metrics")[1]),
              timeout=8, what="stream lag")
     assert get(base + "/nope")[0] == 404
+    head = raw(port, b"HEAD /healthz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+    assert raw(port, b"POST /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert raw(port, b"nonsense\n\n").startswith(b"HTTP/1.1 400 ")
+    big = b"GET /healthz HTTP/1.1\r\n" + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    assert raw(port, big).startswith(b"HTTP/1.1 431 ")
     # Redis gone: unhealthy, with the reason.
     redis_server.kill()
     wait_for(lambda: get(base + "/healthz")[0] == 503, what="503")
@@ -78,3 +126,94 @@ def test_admin_port_in_use_fails_start(r, start_jobd, tmp_path):
         daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", wait=False)
         assert daemon.proc.wait(5) == 1
         assert "admin.listen" in daemon.log_text()
+
+
+def test_connection_cap(r, start_jobd):
+    # Idle clients hold admin connections, each an fd the daemon's Redis,
+    # PostgreSQL and HTTP connections need: above admin.max_connections a
+    # new one is closed at once, counted and logged (once per 5 s), and
+    # everything else goes on.
+    port = free_port()
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", admin__max_connections=4)
+    base = f"http://127.0.0.1:{port}"
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as extra:
+                started = time.monotonic()
+                assert closed_within(extra, 3), "a connection over the cap was kept"
+                assert time.monotonic() - started < 1
+        submit(r, {"id": "while-capped", "type": "sleep", "ms": 1})
+        assert wait_result(r, "while-capped")["status"] == "succeeded"
+        held.pop().close()
+        wait_for(lambda: try_get(base + "/healthz") == 200, timeout=5, what="/healthz")
+        # 3 held, and this one, once the daemon has seen the /healthz client close.
+        samples = wait_for(lambda: (m := scrape(base)) and m["jobd_admin_connections"] == 4 and m,
+                           timeout=5, what="4 open admin connections")
+        assert samples["jobd_admin_connections_refused_total"] >= 3
+        # Reloadable: from 4 to 6, two more are kept beside the 3 held.
+        daemon.settings["admin"]["max_connections"] = 6
+        daemon.write_config()
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+        held += [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        assert not any(closed_within(s, 0.5) for s in held)
+    finally:
+        for s in held:
+            s.close()
+    assert daemon.log_text().count("admin: refused a connection") == 1
+
+
+def test_slow_request_is_dropped(r, start_jobd):
+    # Slowloris: a header every half second keeps an inactivity timeout from
+    # ever firing; the connection is closed 5 s after it was accepted anyway.
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 12:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            closed = closed or closed_within(s, 0.5)
+        took = time.monotonic() - started
+    assert closed, "a request trickled in for 12 s and was still read"
+    assert took < 7, f"closed after {took:.1f} s"
+    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+
+
+def test_out_of_fds_does_not_spin_and_recovers(r, start_jobd):
+    # accept() failing with EMFILE leaves the connection in the backlog and
+    # the listening socket readable: a listener that simply tries again spins
+    # the loop at 100% CPU. It must pause instead, and serve again once fds
+    # are free.
+    port = free_port()
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    pid = daemon.proc.pid
+    assert get(base + "/healthz")[0] == 200
+
+    def open_fds():
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    limit = open_fds() + 8
+    resource.prlimit(pid, resource.RLIMIT_NOFILE,
+                     (limit, resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]))
+    clients = []
+    try:
+        for _ in range(20):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(lambda: open_fds() >= limit, timeout=5, what="jobd to run out of fds")
+        time.sleep(0.2)
+        before = cpu_seconds(pid)
+        time.sleep(2)
+        used = cpu_seconds(pid) - before
+        assert used < 0.4, f"jobd used {used:.2f} s of CPU in 2 s: it spins on accept()"
+    finally:
+        for s in clients:
+            s.close()
+    wait_for(lambda: try_get(base + "/healthz") == 200, timeout=5, what="/healthz again")
+    assert daemon.log_text().count("admin: cannot accept connections") == 1

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from conftest import NS, SANITIZERS, free_port, result, stats, submit, wait_for, wait_result
+from conftest import (NS, SANITIZERS, cpu_seconds, free_port, result, stats, submit, wait_for,
+                      wait_result)
 from http_server import HttpServer
 from test_admin import get, parse_metrics
 
@@ -268,11 +269,6 @@ def test_batch_at_concurrency_one_runs_every_item(r, web, jobd_http):
     assert rec["status"] == "succeeded", rec.get("error")
     assert rec["result"]["succeeded"] == 30
     assert [item["bytes"] for item in rec["result"]["results"]] == list(range(1, 31))
-
-
-def cpu_seconds(pid):
-    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_connection_closed_by_server_while_idle(r, web, start_jobd):
