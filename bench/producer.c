@@ -20,7 +20,9 @@
  * "queued_at"), so the ms-resolution "finished_at - queued_at" from the
  * records is kept as a cross-check.
  *
- * Prints one JSON object on stdout: counts, rates and percentiles (ms). With
+ * Prints one JSON object on stdout: counts, rates and percentiles (ms), and
+ * t0_us, the first send on CLOCK_MONOTONIC (us), to line up -o with other
+ * samples. With
  * -o FILE, also one line per job: its send time (us from the first send) and
  * latency (us), -1 when its record never came: for looking at the tail.
  * With -U SOCKET both connections use Redis's unix socket instead of TCP.
@@ -324,12 +326,12 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     double cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    printf("{\"n\": %ld, \"received\": %ld, \"failed\": %ld, \"duplicates\": %ld, "
+    printf("{\"n\": %ld, \"t0_us\": %" PRId64 ", \"received\": %ld, \"failed\": %ld, \"duplicates\": %ld, "
            "\"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, \"elapsed_s\": %.4f, "
            "\"rate\": %.1f, \"cpu_s\": %.3f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
            "\"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}, "
            "\"record_lat_ms\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"max\": %.0f}}\n",
-           n, got, failed + (n - got), duplicates, rate, send_s, send_s > 0 ? n / send_s : 0,
+           n, t0, got, failed + (n - got), duplicates, rate, send_s, send_s > 0 ? n / send_s : 0,
            elapsed, elapsed > 0 ? got / elapsed : 0, cpu_s, m ? sum / m / 1000 : -1,
            pct(lat, m, 50, 1000), pct(lat, m, 90, 1000), pct(lat, m, 99, 1000),
            pct(lat, m, 99.9, 1000), pct(lat, m, 100, 1000), pct(lat_ms, mm, 50, 1),
