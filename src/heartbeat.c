@@ -38,14 +38,15 @@ json_t *heartbeat_snapshot(const struct daemon *d)
     struct runner_counts c;
     runner_counts(d->runner, &c);
     json_t *s = json_pack(
-        "{s:s, s:s, s:i, s:I, s:I, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, "
+        "{s:s, s:s, s:i, s:I, s:I, s:b, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}, "
         "s:{s:I, s:I, s:I, s:I, s:I, s:I}, s:{s:i, s:i, s:i}, s:I}",
         "worker", d->worker_id, "version", PACKAGE_VERSION, "pid", (int)getpid(), "started_at",
         (json_int_t)d->started_at, "updated_at", (json_int_t)now_ms(), "draining", d->draining,
         "jobs", "inflight", c.inflight, "queued", c.queued, "running", c.running, "storing",
         c.storing, "unstored", c.unstored, "max_inflight", d->cfg.max_inflight,
         "group_children_running", c.child_running, "group_children_queued", c.child_queued,
-        "max_group_children", d->cfg.max_group_children, "totals",
+        "max_group_children", d->cfg.max_group_children, "held_bytes", (json_int_t)c.held_bytes,
+        "max_held_bytes", (json_int_t)d->cfg.max_held_bytes, "totals",
         "accepted", (json_int_t)c.accepted, "succeeded", (json_int_t)c.succeeded, "failed",
         (json_int_t)c.failed, "rejected", (json_int_t)c.rejected, "retried",
         (json_int_t)c.retried, "requeued", (json_int_t)c.requeued, "threads", "size",

@@ -41,6 +41,9 @@ struct intake {
     struct event *retry_timer;  /* read again after an error */
     struct precise_timer *linger; /* read again after a short read */
     uint64_t overflowed;
+    int64_t est_bytes;          /* envelope size reads are planned with; 0: none seen */
+    bool bytes_paused;          /* reading stopped at limits.max_held_bytes */
+    bool bytes_pause_told;      /* the first such pause was logged at info */
 };
 
 static bool is_pattern(const char *channel)
@@ -55,6 +58,55 @@ static void maybe_announce(struct intake *in)
         return;
     in->announced = true;
     daemon_intake_ready(in->d);
+}
+
+/* ---- room ------------------------------------------------------------------ */
+
+/* The envelope size reads are planned with: the largest recent one, eased
+ * down by 1/16 of the difference with each smaller one, so that one big
+ * envelope makes reads small at once and small ones grow them again. */
+static void note_size(struct intake *in, size_t len)
+{
+    int64_t n = len ? (int64_t)len : 1;
+    if (n >= in->est_bytes)
+        in->est_bytes = n;
+    else
+        in->est_bytes -= (in->est_bytes - n) / 16;
+}
+
+int intake_room(const struct intake *in)
+{
+    struct daemon *d = in->d;
+    int room = d->cfg.max_inflight - runner_inflight(d->runner);
+    int64_t held = runner_held_bytes(d->runner), budget = d->cfg.max_held_bytes;
+    if (room <= 0 || held >= budget)
+        return 0;
+    /* Until an envelope was seen, assume the largest allowed. Rounded up:
+     * what is left of the budget always admits one more. */
+    int64_t est = in->est_bytes > 0 ? in->est_bytes : d->cfg.max_job_bytes;
+    int64_t fit = (budget - held + est - 1) / est;
+    return fit < room ? (int)fit : room;
+}
+
+/* Say when reading stops for bytes: the first time at info (an operator
+ * learns the budget binds), later ones and resuming at debug, since under a
+ * steady load of big envelopes reading may pause every few jobs. */
+static void note_pause(struct intake *in, bool paused)
+{
+    struct daemon *d = in->d;
+    if (paused == in->bytes_paused)
+        return;
+    in->bytes_paused = paused;
+    if (!paused) {
+        log_debug("intake resumed: %" PRId64 " bytes held, limits.max_held_bytes %" PRId64,
+                  runner_held_bytes(d->runner), d->cfg.max_held_bytes);
+        return;
+    }
+    log_msg(in->bytes_pause_told ? LOG_DEBUG : LOG_INFO,
+            "intake paused: %" PRId64 " bytes of envelopes held, limits.max_held_bytes %" PRId64
+            "%s", runner_held_bytes(d->runner), d->cfg.max_held_bytes,
+            in->bytes_pause_told ? "" : " (further pauses are logged at debug level)");
+    in->bytes_pause_told = true;
 }
 
 /* ---- streams --------------------------------------------------------------- */
@@ -112,8 +164,10 @@ int intake_parse_entry(const redisReply *entry, const char *stream, struct job_m
 static void take_entry(struct intake *in, const char *stream, const redisReply *entry)
 {
     struct job_message msg;
-    if (intake_parse_entry(entry, stream, &msg) == 0)
+    if (intake_parse_entry(entry, stream, &msg) == 0) {
+        note_size(in, msg.raw_len);
         runner_accept(in->d->runner, &msg);
+    }
 }
 
 static void retry_read_later(struct intake *in)
@@ -175,9 +229,14 @@ static void read_streams(struct intake *in)
     if (in->stopped || in->reading || !in->groups_ready || !redis_ready(d->redis, REDIS_STREAM) ||
         precise_timer_pending(in->linger))
         return;
-    int room = d->cfg.max_inflight - runner_inflight(d->runner);
-    if (room <= 0)
-        return;     /* full: intake_capacity_changed() resumes */
+    int room = intake_room(in);
+    if (room <= 0) {
+        /* Full: intake_capacity_changed() resumes. */
+        if (runner_held_bytes(d->runner) >= d->cfg.max_held_bytes)
+            note_pause(in, true);
+        return;
+    }
+    note_pause(in, false);
     if (room > d->cfg.batch)
         room = d->cfg.batch;
     int n = d->cfg.nstreams;
@@ -274,8 +333,8 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
                   reply ? reply->str : "connection lost");
 }
 
-/* Full or draining: park the job on the first stream (durable) instead of
- * holding it in memory or dropping it. */
+/* Full (slots or bytes) or draining: park the job on the first stream
+ * (durable) instead of holding it in memory or dropping it. */
 static bool park_on_stream(struct intake *in, const char *raw, size_t len)
 {
     struct daemon *d = in->d;
@@ -295,6 +354,11 @@ static void job_message(struct intake *in, const char *payload, size_t len)
     /* Slots promised to a blocked XREADGROUP count as taken: its entries may
      * arrive at any moment and must find room. */
     bool full = runner_inflight(d->runner) + in->reserved >= d->cfg.max_inflight;
+    /* Bytes: what is held, not what the read may bring (it always asks for
+     * about what is left of the budget, so counting it would park every
+     * message). Nothing held: always taken, however big. */
+    full = full || runner_held_bytes(d->runner) >= d->cfg.max_held_bytes;
+    note_size(in, len);
     if ((full || d->draining) && park_on_stream(in, payload, len))
         return;
     if (d->draining) {

@@ -5,8 +5,12 @@
  * A pub/sub job that arrives while the daemon is full or draining is parked
  * on the first stream rather than dropped.
  * Streams: XREADGROUP (group "jobd") on its own connection, asking for no
- * more entries than the free slots below limits.max_inflight; reading pauses
- * when full and resumes as jobs finish.
+ * more entries than the free slots below limits.max_inflight, nor than fit
+ * (by recent envelope sizes) in what limits.max_held_bytes leaves; reading
+ * pauses when either is spent and resumes as jobs finish. The byte budget can
+ * be overshot by what one read brings (a pub/sub message admitted below it
+ * adds one envelope), and is never applied when nothing is held, so an
+ * envelope larger than the budget still runs (limits.max_job_bytes bounds it).
  */
 #ifndef JOBD_INTAKE_H
 #define JOBD_INTAKE_H
@@ -26,6 +30,12 @@ void intake_free(struct intake *in);
  * strings then point into the reply: the job, and the fields jobd adds when it
  * puts a job back (id, attempts, queued_at, due). -1 when it is not an entry. */
 int intake_parse_entry(const redisReply *entry, const char *stream, struct job_message *msg);
+
+/* How many more jobs may be taken now (intake's reads, reclaim's claims):
+ * the free slots below limits.max_inflight, and no more envelopes of the
+ * recent size than fit in what limits.max_held_bytes leaves (at least one
+ * while below it). 0 when either is spent. */
+int intake_room(const struct intake *in);
 
 /* A job finished: there may be room to read more. */
 void intake_capacity_changed(struct intake *in);

@@ -168,6 +168,9 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     gauge(out, "jobd_jobs_running", "Jobs with an attempt running.", c.running);
     gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
+    gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight (a group's "
+          "includes its children).", (double)c.held_bytes);
+    gauge(out, "jobd_max_held_bytes", "limits.max_held_bytes.", (double)d->cfg.max_held_bytes);
     gauge(out, "jobd_group_children_running", "Group children (nested groups aside) with an "
           "attempt running, each in a child slot.", c.child_running);
     gauge(out, "jobd_group_children_queued", "Group children waiting unstarted for a child slot "

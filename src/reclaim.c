@@ -163,7 +163,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     runner_foreach_stream_job(d->runner, d->cfg.visibility_timeout_ms / 3, refresh_one, rc);
     if (d->draining)
         return;
-    int room = d->cfg.max_inflight - runner_inflight(d->runner);
+    /* The same room intake reads by: free slots, and the byte budget. */
+    int room = intake_room(d->intake);
     if (room <= 0)
         return;
     if (room > MAX_CLAIM)

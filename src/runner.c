@@ -9,6 +9,11 @@
  * (JOB_QUEUED), so no more than max_inflight ever run or store at once, and
  * intake, which counts them as taken, reads nothing until they have started.
  *
+ * Memory is bounded by bytes too: held_bytes sums the raw envelopes of the
+ * jobs counted in flight (a group's envelope holds its children), from
+ * runner_accept() until job_release(), and intake reads nothing while it is
+ * at limits.max_held_bytes (see intake_room()).
+ *
  * Group children are not counted in max_inflight (their top-level group is).
  * Those that do work, every child but a nested group, take one of
  * limits.max_group_children slots while an attempt runs; beyond that they
@@ -48,6 +53,7 @@ struct runner {
     struct job *buckets[BUCKETS];   /* live jobs by id (ids may repeat) */
     json_t *cancelled;              /* id -> time the cancel expires (ms) */
     int inflight, running, storing, unstored;
+    int64_t held_bytes;             /* raw envelopes of the jobs in flight */
     struct job *queue_head, *queue_tail;    /* JOB_QUEUED, oldest first */
     int queued;
     bool starting_queued;           /* start_queued() is on the stack */
@@ -139,6 +145,7 @@ static void job_release(struct runner *r, struct job *job)
     index_remove(r, job);
     if (job->state == JOB_STORING)
         r->storing--;
+    r->held_bytes -= (int64_t)job->raw_len;
     job_free(r, job);
     r->inflight--;
     runner_capacity_changed(r);
@@ -675,6 +682,7 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         r->live->prev = job;
     r->live = job;
     r->inflight++;
+    r->held_bytes += (int64_t)job->raw_len;
     r->accepted++;
 
     struct job_error err = {0};
@@ -901,9 +909,15 @@ int runner_inflight(const struct runner *r)
     return r->inflight;
 }
 
+int64_t runner_held_bytes(const struct runner *r)
+{
+    return r->held_bytes;
+}
+
 void runner_counts(const struct runner *r, struct runner_counts *out)
 {
     out->inflight = r->inflight;
+    out->held_bytes = r->held_bytes;
     out->queued = r->queued;
     out->running = r->running;
     out->storing = r->storing;

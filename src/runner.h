@@ -53,6 +53,10 @@ void runner_control(struct runner *r, const char *payload, size_t len);
 /* Jobs taken and not yet stored (running, stopping or being written). */
 int runner_inflight(const struct runner *r);
 
+/* Bytes of raw envelope those jobs hold (a group's includes its children),
+ * the measure limits.max_held_bytes bounds. */
+int64_t runner_held_bytes(const struct runner *r);
+
 /* Redis (the command connection) is up again: write what waited. */
 void runner_redis_ready(struct runner *r);
 
@@ -91,6 +95,7 @@ void runner_children_release(struct runner *r);
 /* For the heartbeat and metrics. */
 struct runner_counts {
     int inflight, queued, running, storing, unstored;
+    int64_t held_bytes;                 /* runner_held_bytes() */
     int child_running, child_queued;    /* group children in / waiting for a child slot */
     uint64_t accepted, succeeded, failed, rejected, retried, requeued;
 };

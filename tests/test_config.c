@@ -58,6 +58,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.max_inflight, 1000);
     assert_int_equal(cfg.max_group_children, 1000);
     assert_int_equal(cfg.max_job_bytes, 1048576);
+    assert_true(cfg.max_held_bytes == 256LL << 20);
     assert_int_equal(cfg.timeout_ms, 30000);
     assert_int_equal(cfg.result_ttl, 3600);
     assert_int_equal(cfg.retry.attempts, 3);
@@ -107,7 +108,7 @@ static void test_values_and_int64(void **state)
     struct config cfg;
     char err[4096];
     assert_int_equal(load("limits = { max_inflight = 7; max_job_bytes = 2048L; "
-                          "max_group_children = 3; };\n"
+                          "max_group_children = 3; max_held_bytes = 8589934592L; };\n"
                           "jobs = { retry = { backoff = 3; jitter = false; }; };\n"
                           "intake = { channels = [ \"a:*\", \"b\" ]; streams = [ \"s1\", \"s2\" ]; };\n"
                           "log = { level = \"debug\"; };\n",
@@ -116,6 +117,7 @@ static void test_values_and_int64(void **state)
     assert_int_equal(cfg.max_inflight, 7);
     assert_int_equal(cfg.max_group_children, 3);
     assert_int_equal(cfg.max_job_bytes, 2048);
+    assert_true(cfg.max_held_bytes == 8LL << 30);
     assert_true(cfg.retry.backoff == 3.0);
     assert_false(cfg.retry.jitter);
     assert_int_equal(cfg.nchannels, 2);
@@ -133,6 +135,10 @@ static void test_range_errors(void **state)
     expect_error("redis = { port = 70000; };\n", "redis.port: must be 1..65535, got 70000");
     expect_error("limits = { max_group_children = 0; };\n",
                  "limits.max_group_children: must be 1..1000000, got 0");
+    expect_error("limits = { max_held_bytes = 65535; };\n",
+                 "limits.max_held_bytes: must be 65536..68719476736, got 65535");
+    expect_error("limits = { max_held_bytes = 68719476737L; };\n",
+                 "limits.max_held_bytes: must be 65536..68719476736, got 68719476737");
     expect_error("jobs = { retry = { backoff = 0.5; }; };\n", "jobs.retry.backoff: must be");
     expect_error("intake = { streams = [ ]; };\n", "intake.streams: must hold 1..");
 }
@@ -194,17 +200,20 @@ static void test_restart_needed(void **state)
 {
     struct config a, b;
     char err[4096], names[512];
-    assert_int_equal(load("redis = { port = 1000; }; limits = { max_inflight = 5; };\n", &a, err,
-                          sizeof(err)),
+    assert_int_equal(load("redis = { port = 1000; };\n"
+                          "limits = { max_inflight = 5; max_held_bytes = 1048576; };\n",
+                          &a, err, sizeof(err)),
                      0);
-    assert_int_equal(load("redis = { port = 2000; }; limits = { max_inflight = 9; };\n", &b, err,
-                          sizeof(err)),
+    assert_int_equal(load("redis = { port = 2000; };\n"
+                          "limits = { max_inflight = 9; max_held_bytes = 2097152; };\n",
+                          &b, err, sizeof(err)),
                      0);
     assert_int_equal(config_restart_needed(&a, &b, names, sizeof(names)), 1);
     assert_string_equal(names, "redis.port");
     config_keep_restart_only(&b, &a);
     assert_int_equal(b.redis_port, 1000);   /* kept */
     assert_int_equal(b.max_inflight, 9);    /* reloaded */
+    assert_true(b.max_held_bytes == 2097152);   /* reloaded */
     config_free(&a);
     config_free(&b);
 }

@@ -1,0 +1,135 @@
+"""limits.max_held_bytes: intake stops while the envelopes held reach the budget.
+
+Big envelopes are made the way any producer may: JSON allows whitespace
+between tokens, and the daemon counts the envelope as received."""
+import json
+import signal
+import threading
+import time
+
+from conftest import NS, free_port, publish, result, submit, wait_for, wait_result, wait_results
+from test_admin import get, parse_metrics
+from test_intake import most_at_once
+
+BUDGET = 200000
+PAD = 51000         # 3 of these fit under BUDGET, the 4th reaches it
+
+
+def padded(envelope, size=PAD):
+    """ENVELOPE as JSON text of about SIZE bytes (whitespace before its last key)."""
+    text = json.dumps(envelope)
+    head, sep, tail = text.rpartition(', "')
+    return head + "," + " " * max(0, size - len(text)) + ' "' + tail
+
+
+def metrics(port):
+    return parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+
+
+class Sampler:
+    """Samples jobd_held_bytes and jobd_jobs_running from /metrics until stopped."""
+
+    def __init__(self, port):
+        self.port = port
+        self.held, self.running = [], []
+        self.go = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.go:
+            try:
+                m = metrics(self.port)
+                self.held.append(m["jobd_held_bytes"])
+                self.running.append(m["jobd_jobs_running"])
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    def stop(self):
+        self.go = False
+        self.thread.join()
+
+
+def test_big_envelopes_are_held_within_the_budget(r, start_jobd):
+    ids = [f"big{i}" for i in range(20)]
+    for i in ids:
+        text = padded({"id": i, "type": "sleep", "ms": 500})
+        assert abs(len(text) - PAD) < 10
+        submit(r, text)
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=100, limits__max_held_bytes=BUDGET,
+                        admin__listen=f"127.0.0.1:{port}")
+    sampler = Sampler(port)
+    try:
+        recs = wait_results(r, ids, timeout=30)
+    finally:
+        sampler.stop()
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    # The 4th envelope reaches the budget; one read may overshoot it by what
+    # it brings, and reads are sized by recent envelopes: 5 at the most.
+    assert most_at_once(recs) <= 5, recs
+    assert max(sampler.running) <= 5, sampler.running
+    assert max(sampler.held) <= BUDGET + PAD, max(sampler.held)
+    assert max(sampler.held) >= 3 * PAD     # the budget was used, not one at a time
+    assert metrics(port)["jobd_max_held_bytes"] == BUDGET
+    assert metrics(port)["jobd_held_bytes"] == 0
+    # Said once at info, not once per pause.
+    assert daemon.log_text().count("further pauses are logged at debug level") == 1
+
+
+def test_an_envelope_over_the_budget_runs_when_nothing_else_is_held(r, start_jobd):
+    budget = 64 * 1024
+    submit(r, padded({"id": "huge", "type": "sleep", "ms": 800}, 3 * budget))
+    submit(r, {"id": "small", "type": "sleep", "ms": 1})
+    start_jobd(limits__max_held_bytes=budget, limits__max_job_bytes=4 * budget)
+    huge, small = wait_result(r, "huge"), wait_result(r, "small")
+    assert huge["status"] == "succeeded" and small["status"] == "succeeded"
+    # The small one waited on its stream until the huge one was let go.
+    assert small["started_at"] >= huge["finished_at"], (huge, small)
+
+
+def test_sighup_raising_the_budget_lets_more_run(r, start_jobd):
+    ids = [f"hup{i}" for i in range(24)]
+    for i in ids:
+        submit(r, padded({"id": i, "type": "sleep", "ms": 1500}))
+    port = free_port()
+    daemon = start_jobd(limits__max_held_bytes=BUDGET, admin__listen=f"127.0.0.1:{port}")
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] >= BUDGET, what="the budget reached")
+    time.sleep(0.3)
+    m = metrics(port)
+    assert m["jobd_jobs_running"] <= 5 and m["jobd_held_bytes"] <= BUDGET + PAD, m
+    daemon.settings["limits"]["max_held_bytes"] = 64 * PAD
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: metrics(port)["jobd_jobs_running"] >= 15, timeout=5,
+             what="the rest started after the reload")
+    assert metrics(port)["jobd_max_held_bytes"] == 64 * PAD
+    snapshot = lambda: json.loads(r.get(daemon.worker_key()) or "{}").get("jobs", {})
+    wait_for(lambda: snapshot().get("max_held_bytes") == 64 * PAD, timeout=8,
+             what="max_held_bytes in the worker key")
+    assert "held_bytes" in snapshot()
+    recs = wait_results(r, ids, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    assert most_at_once(recs) >= 15, recs
+
+
+def test_pubsub_jobs_over_the_budget_are_parked_on_the_stream(r, start_jobd):
+    streamed = [f"held{i}" for i in range(4)]
+    for i in streamed:
+        submit(r, padded({"id": i, "type": "sleep", "ms": 1500}))
+    port = free_port()
+    start_jobd(limits__max_held_bytes=BUDGET, admin__listen=f"127.0.0.1:{port}")
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] >= BUDGET, what="the budget reached")
+    length = r.xlen(f"{NS}:queue")
+    published = [f"pub{i}" for i in range(3)]
+    for i in published:
+        assert publish(r, {"id": i, "type": "sleep", "ms": 1}) == 1
+    # Not taken into memory: parked durably on the first stream.
+    wait_for(lambda: r.xlen(f"{NS}:queue") == length + 3, what="the parked jobs")
+    assert metrics(port)["jobd_pubsub_parked_total"] == 3
+    assert all(result(r, i) is None for i in published)
+    recs = wait_results(r, streamed + published, timeout=20)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    first_done = min(recs[i]["finished_at"] for i in streamed)
+    assert all(recs[i]["started_at"] >= first_done for i in published), recs
