@@ -304,14 +304,22 @@ static int workers(void)
                 if (ctl.json) {
                     printf("%s\n", w->str);
                 } else {
+                    /* Anyone with write access to Redis can put anything
+                     * here: missing fields print as "?" or 0. */
                     json_t *s = json_loads(w->str, 0, NULL);
                     json_t *jobs = json_object_get(s, "jobs");
-                    printf("%s inflight=%lld running=%lld draining=%s version=%s\n",
-                           json_string_value(json_object_get(s, "worker")),
-                           (long long)json_integer_value(json_object_get(jobs, "inflight")),
-                           (long long)json_integer_value(json_object_get(jobs, "running")),
+                    const char *worker = json_string_value(json_object_get(s, "worker"));
+                    const char *version = json_string_value(json_object_get(s, "version"));
+#define JOBS_FIELD(name) (long long)json_integer_value(json_object_get(jobs, name))
+                    printf("%s inflight=%lld queued=%lld running=%lld storing=%lld "
+                           "group_children=%lld/%lld held_bytes=%lld draining=%s version=%s\n",
+                           worker ? worker : "?", JOBS_FIELD("inflight"), JOBS_FIELD("queued"),
+                           JOBS_FIELD("running"), JOBS_FIELD("storing"),
+                           JOBS_FIELD("group_children_running"),
+                           JOBS_FIELD("group_children_queued"), JOBS_FIELD("held_bytes"),
                            json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
-                           json_string_value(json_object_get(s, "version")));
+                           version ? version : "?");
+#undef JOBS_FIELD
                     json_decref(s);
                 }
             }

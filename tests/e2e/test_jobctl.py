@@ -27,6 +27,14 @@ def test_submit_wait_status_stats_workers(r, start_jobd):
     assert json.loads(st.stdout) == {"sleep.succeeded": 1, "sleep.rejected": 1}
     w = ctl(daemon, "--json", "workers")
     assert json.loads(w.stdout.splitlines()[0])["worker"].endswith(str(daemon.proc.pid))
+    w = ctl(daemon, "workers")
+    assert w.returncode == 0, w.stderr
+    assert f":{daemon.proc.pid} inflight=0 queued=0 running=0 storing=0 group_children=0/0 " \
+        "held_bytes=0 draining=no version=" in w.stdout, w.stdout
+    # A worker key that is not jobd's snapshot (anyone may write one) prints, not crashes.
+    r.set("jobd:worker:bogus", "not json", ex=10)
+    w = ctl(daemon, "workers")
+    assert w.returncode == 0 and "? inflight=0 queued=0" in w.stdout, (w.stdout, w.stderr)
 
 
 def test_ndjson_publish_cancel_and_dead(r, start_jobd, tmp_path):
