@@ -32,6 +32,7 @@
 
 #include "admin.h"
 #include "daemon.h"
+#include "list.h"
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
@@ -49,7 +50,7 @@ struct conn {
     struct event *deadline;
     bool answered;
     bool eof;                   /* the client closed its side after its request */
-    struct conn *prev, *next;   /* in a->conns */
+    struct list_link link;      /* in a->conns */
 };
 
 struct admin {
@@ -58,7 +59,7 @@ struct admin {
     struct event *lag_timer;
     struct event *accept_retry;
     int64_t accept_log_at;      /* mono_us(): no accept failure message before this */
-    struct conn *conns;         /* every open connection, freed here */
+    struct list conns;          /* every open connection (struct conn), freed here */
     int nconns;
     uint64_t refused;           /* over admin.max_connections, closed at accept */
     int64_t refused_log_at;     /* mono_us(): no refusal message before this */
@@ -67,12 +68,7 @@ struct admin {
 static void conn_free(struct conn *c)
 {
     struct admin *a = c->a;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        a->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    list_remove(&a->conns, &c->link);
     a->nconns--;
     if (c->bev)
         bufferevent_free(c->bev);
@@ -251,10 +247,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     c->a = a;
-    c->next = a->conns;
-    if (a->conns)
-        a->conns->prev = c;
-    a->conns = c;
+    list_append(&a->conns, &c->link);
     a->nconns++;
     c->bev = bufferevent_socket_new(a->d->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->deadline = evtimer_new(a->d->base, conn_expired, c);
@@ -388,8 +381,8 @@ void admin_free(struct admin *a)
 {
     if (!a)
         return;
-    while (a->conns)
-        conn_free(a->conns);
+    while (a->conns.head)
+        conn_free(list_entry(a->conns.head, struct conn, link));
     if (a->listener)
         evconnlistener_free(a->listener);
     if (a->accept_retry)

@@ -636,6 +636,11 @@ void config_keep_restart_only(struct config *fresh, struct config *old_cfg)
     }
 }
 
+bool config_is_pattern(const char *channel)
+{
+    return strpbrk(channel, "*?[") != NULL;
+}
+
 const char *config_query(const struct config *cfg, const char *name)
 {
     for (int i = 0; i < cfg->pg_nqueries; i++)

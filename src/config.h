@@ -117,6 +117,9 @@ int config_restart_needed(const struct config *old_cfg, const struct config *new
  * FRESH can replace OLD whole. */
 void config_keep_restart_only(struct config *fresh, struct config *old_cfg);
 
+/* Is this intake channel a pattern (PSUBSCRIBE), not a channel name? */
+bool config_is_pattern(const char *channel);
+
 /* Look up a named query; NULL when absent. */
 const char *config_query(const struct config *cfg, const char *name);
 

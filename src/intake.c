@@ -46,11 +46,6 @@ struct intake {
     bool bytes_pause_told;      /* the first such pause was logged at info */
 };
 
-static bool is_pattern(const char *channel)
-{
-    return strpbrk(channel, "*?[") != NULL;
-}
-
 static void maybe_announce(struct intake *in)
 {
     if (in->announced || !in->groups_ready || in->subs_confirmed < in->subs_expected ||
@@ -74,13 +69,19 @@ static void note_size(struct intake *in, size_t len)
         in->est_bytes -= (in->est_bytes - n) / 16;
 }
 
+/* The jobs held have reached limits.max_held_bytes. */
+static bool bytes_spent(const struct daemon *d)
+{
+    return runner_held_bytes(d->runner) >= d->cfg.max_held_bytes;
+}
+
 int intake_room(const struct intake *in)
 {
     struct daemon *d = in->d;
     int room = d->cfg.max_inflight - runner_inflight(d->runner);
-    int64_t held = runner_held_bytes(d->runner), budget = d->cfg.max_held_bytes;
-    if (room <= 0 || held >= budget)
+    if (room <= 0 || bytes_spent(d))
         return 0;
+    int64_t held = runner_held_bytes(d->runner), budget = d->cfg.max_held_bytes;
     /* Until an envelope was seen, assume the largest allowed. Rounded up:
      * what is left of the budget always admits one more. */
     int64_t est = in->est_bytes > 0 ? in->est_bytes : d->cfg.max_job_bytes;
@@ -232,7 +233,7 @@ static void read_streams(struct intake *in)
     int room = intake_room(in);
     if (room <= 0) {
         /* Full: intake_capacity_changed() resumes. */
-        if (runner_held_bytes(d->runner) >= d->cfg.max_held_bytes)
+        if (bytes_spent(d))
             note_pause(in, true);
         return;
     }
@@ -357,7 +358,7 @@ static void job_message(struct intake *in, const char *payload, size_t len)
     /* Bytes: what is held, not what the read may bring (it always asks for
      * about what is left of the budget, so counting it would park every
      * message). Nothing held: always taken, however big. */
-    full = full || runner_held_bytes(d->runner) >= d->cfg.max_held_bytes;
+    full = full || bytes_spent(d);
     note_size(in, len);
     if ((full || d->draining) && park_on_stream(in, payload, len))
         return;
@@ -419,7 +420,7 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
 
 static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
 {
-    const char *argv[] = {is_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", channel};
+    const char *argv[] = {config_is_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", channel};
     if (redisAsyncCommandArgv(ac, sub_message, in, 2, argv, NULL) == REDIS_OK)
         in->subs_expected++;
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "list.h"
 
 struct daemon;
 struct executor;
@@ -123,13 +124,13 @@ struct job {
 
     /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
     struct job *prev, *next, *hnext;
-    struct job *qnext;          /* JOB_QUEUED: the runner's wait queue */
-    /* Group children waiting for a child slot (limits.max_group_children):
-     * each top-level job keeps its tree's waiting children, oldest first, and
-     * the runner takes the next one from each such job in turn. */
-    struct job *cwait_prev, *cwait_next;    /* a waiting child: its neighbours */
-    struct job *cwait_head, *cwait_tail;    /* a top-level job: its waiting children */
-    struct job *turn_prev, *turn_next;      /* a top-level job: the runner's rotation */
+    /* JOB_QUEUED: a top-level job on the runner's queue for a slot, or a
+     * group child on its top-level job's list of children waiting for a
+     * child slot (limits.max_group_children); the runner takes the next
+     * child from each such top-level job in turn. */
+    struct list_link wait_link;
+    struct list waiting;        /* a top-level job: its tree's waiting children */
+    struct list_link turn_link; /* a top-level job with children waiting: the rotation */
 };
 
 /* For executors: the attempt ended. Exactly one of these per start(), also

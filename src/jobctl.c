@@ -75,12 +75,13 @@ static void connect_redis(void)
 {
     ctl.c = ctl.path[0] ? redisConnectUnix(ctl.path) : redisConnect(ctl.host, ctl.port);
     if (!ctl.c || ctl.c->err) {
+        char where[400];
         if (ctl.path[0])
-            fprintf(stderr, "jobctl: cannot connect to Redis at %s: %s\n", ctl.path,
-                    ctl.c ? ctl.c->errstr : "out of memory");
+            snprintf(where, sizeof(where), "%s", ctl.path);
         else
-            fprintf(stderr, "jobctl: cannot connect to Redis at %s:%d: %s\n", ctl.host, ctl.port,
-                    ctl.c ? ctl.c->errstr : "out of memory");
+            snprintf(where, sizeof(where), "%s:%d", ctl.host, ctl.port);
+        fprintf(stderr, "jobctl: cannot connect to Redis at %s: %s\n", where,
+                ctl.c ? ctl.c->errstr : "out of memory");
         exit(EXIT_REDIS);
     }
     if (ctl.password[0] && ctl.username[0])
@@ -426,7 +427,7 @@ int main(int argc, char **argv)
             snprintf(ctl.path, sizeof(ctl.path), "%s", cfg.redis_path);
             ctl.db = cfg.redis_db;
             for (int i = 0; i < cfg.nchannels && !ctl.channel[0]; i++)
-                if (!strpbrk(cfg.channels[i], "*?["))
+                if (!config_is_pattern(cfg.channels[i]))
                     snprintf(ctl.channel, sizeof(ctl.channel), "%s", cfg.channels[i]);
             config_free(&cfg);
             break;

@@ -18,6 +18,7 @@
 #include "daemon.h"
 #include "job.h"
 #include "jsonw.h"
+#include "list.h"
 #include "log.h"
 #include "redis.h"
 #include "redis_loop.h"
@@ -46,7 +47,7 @@ struct conn {
     int failures;               /* connects since the last healthy spell */
     int64_t connect_started, ready_since;
     int outstanding;
-    struct call *calls, *calls_tail;    /* awaiting replies, oldest first */
+    struct list calls;          /* struct call awaiting replies, oldest first */
     int handshake_left;         /* AUTH / SELECT replies still to come */
     struct event *retry_timer;  /* reconnect after backoff */
     struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
@@ -70,7 +71,7 @@ struct call {
     int64_t deadline;
     redis_reply_fn *fn;
     void *priv;
-    struct call *next;          /* in c->calls while of the current generation */
+    struct list_link link;      /* in c->calls while of the current generation */
 };
 
 static const char *const role_names[] = {"command", "subscriber", "stream"};
@@ -96,7 +97,7 @@ static void conn_lost(struct conn *c)
     c->ac = NULL;
     c->state = CONN_IDLE;
     c->outstanding = 0;
-    c->calls = c->calls_tail = NULL;    /* hiredis frees them with NULL replies */
+    c->calls = (struct list){0};        /* hiredis frees them with NULL replies */
     c->generation++;
     if (was_ready && c->hooks.down)
         c->hooks.down(c->hooks.arg);
@@ -240,7 +241,7 @@ static void conn_connect(struct conn *c)
     c->state = CONN_CONNECTING;
     c->connect_started = mono_ms();
     c->outstanding = 0;
-    c->calls = c->calls_tail = NULL;
+    c->calls = (struct list){0};
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (c->failures > 0)
@@ -260,8 +261,8 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
         struct conn *c = &r->conns[i];
         if (c->state == CONN_CONNECTING && now - c->connect_started > CONNECT_TIMEOUT_MS)
             drop_context(c, "connect timed out");
-        else if ((c->state == CONN_READY || c->state == CONN_HANDSHAKE) && c->calls &&
-                 now > c->calls->deadline)
+        else if ((c->state == CONN_READY || c->state == CONN_HANDSHAKE) && c->calls.head &&
+                 now > list_entry(c->calls.head, struct call, link)->deadline)
             drop_context(c, "command timed out");
         else if (c->state == CONN_READY && c->failures && now - c->ready_since > HEALTHY_AFTER_MS)
             c->failures = 0;
@@ -342,16 +343,7 @@ static void call_reply(redisAsyncContext *ac, void *reply, void *privdata)
         /* Replies come in order: CALL is the oldest. (A deadline is the age
          * of the oldest command still unanswered; newer commands do not
          * extend it, or a steady trickle of them hid a silent server.) */
-        struct call **p = &c->calls, *prev = NULL;
-        while (*p && *p != call) {
-            prev = *p;
-            p = &(*p)->next;
-        }
-        if (*p) {
-            *p = call->next;
-            if (c->calls_tail == call)
-                c->calls_tail = prev;
-        }
+        list_remove(&c->calls, &call->link);
     }
     if (call->fn)
         call->fn(c->r, reply, call->priv);
@@ -380,12 +372,7 @@ static int call_sent(struct conn *c, struct call *call, int rc)
         return -1;
     }
     c->outstanding++;
-    call->next = NULL;
-    if (c->calls_tail)
-        c->calls_tail->next = call;
-    else
-        c->calls = call;
-    c->calls_tail = call;
+    list_append(&c->calls, &call->link);
     return 0;
 }
 

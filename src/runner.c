@@ -54,10 +54,10 @@ struct runner {
     json_t *cancelled;              /* id -> time the cancel expires (ms) */
     int inflight, running, storing, unstored;
     int64_t held_bytes;             /* raw envelopes of the jobs in flight */
-    struct job *queue_head, *queue_tail;    /* JOB_QUEUED, oldest first */
+    struct list queue;              /* top-level JOB_QUEUED (wait_link), oldest first */
     int queued;
     bool starting_queued;           /* start_queued() is on the stack */
-    struct job *turn_head, *turn_tail;  /* top-level jobs with children waiting */
+    struct list turns;              /* top-level jobs with children waiting (turn_link) */
     int child_running, child_queued;    /* group children holding / waiting for a slot */
     bool starting_children;         /* start_waiting_children() is on the stack */
     int children_held;              /* runner_children_hold() without its release */
@@ -305,63 +305,26 @@ static struct job *tree_root(struct job *job)
     return job;
 }
 
-static void turn_remove(struct runner *r, struct job *root)
-{
-    if (root->turn_prev)
-        root->turn_prev->turn_next = root->turn_next;
-    else
-        r->turn_head = root->turn_next;
-    if (root->turn_next)
-        root->turn_next->turn_prev = root->turn_prev;
-    else
-        r->turn_tail = root->turn_prev;
-    root->turn_prev = root->turn_next = NULL;
-}
-
-static void turn_append(struct runner *r, struct job *root)
-{
-    root->turn_next = NULL;
-    root->turn_prev = r->turn_tail;
-    if (r->turn_tail)
-        r->turn_tail->turn_next = root;
-    else
-        r->turn_head = root;
-    r->turn_tail = root;
-}
-
-/* Put a child at the end of its tree's waiting list. */
+/* Put a child at the end of its tree's waiting list; the tree joins the
+ * rotation with its first waiting child. */
 static void child_wait(struct runner *r, struct job *child)
 {
     struct job *root = tree_root(child);
     child->state = JOB_QUEUED;
-    child->cwait_next = NULL;
-    child->cwait_prev = root->cwait_tail;
-    if (root->cwait_tail) {
-        root->cwait_tail->cwait_next = child;
-    } else {
-        root->cwait_head = child;
-        turn_append(r, root);
-    }
-    root->cwait_tail = child;
+    if (!root->waiting.head)
+        list_append(&r->turns, &root->turn_link);
+    list_append(&root->waiting, &child->wait_link);
     r->child_queued++;
 }
 
 static void child_unwait(struct runner *r, struct job *child)
 {
     struct job *root = tree_root(child);
-    if (child->cwait_prev)
-        child->cwait_prev->cwait_next = child->cwait_next;
-    else
-        root->cwait_head = child->cwait_next;
-    if (child->cwait_next)
-        child->cwait_next->cwait_prev = child->cwait_prev;
-    else
-        root->cwait_tail = child->cwait_prev;
-    child->cwait_prev = child->cwait_next = NULL;
+    list_remove(&root->waiting, &child->wait_link);
     child->state = JOB_NEW;
     r->child_queued--;
-    if (!root->cwait_head)
-        turn_remove(r, root);
+    if (!root->waiting.head)
+        list_remove(&r->turns, &root->turn_link);
 }
 
 /* Start waiting children while child slots are free: the oldest child of the
@@ -373,13 +336,13 @@ static void start_waiting_children(struct runner *r)
     if (r->starting_children || r->children_held)
         return;     /* a child that ended at once: the loop below goes on */
     r->starting_children = true;
-    while (r->turn_head && r->child_running < r->d->cfg.max_group_children) {
-        struct job *root = r->turn_head;
-        struct job *child = root->cwait_head;
+    while (r->turns.head && r->child_running < r->d->cfg.max_group_children) {
+        struct job *root = list_entry(r->turns.head, struct job, turn_link);
+        struct job *child = list_entry(root->waiting.head, struct job, wait_link);
         child_unwait(r, child);
-        if (root->cwait_head && root != r->turn_tail) {
-            turn_remove(r, root);
-            turn_append(r, root);
+        if (root->waiting.head) {   /* to the back of the rotation */
+            list_remove(&r->turns, &root->turn_link);
+            list_append(&r->turns, &root->turn_link);
         }
         start_attempt(r, child);
     }
@@ -762,12 +725,7 @@ static void proceed(struct runner *r, struct job *job)
     if (slots_taken(r) > d->cfg.max_inflight) {
         /* Every slot is taken by jobs that started before it. */
         job->state = JOB_QUEUED;
-        job->qnext = NULL;
-        if (r->queue_tail)
-            r->queue_tail->qnext = job;
-        else
-            r->queue_head = job;
-        r->queue_tail = job;
+        list_append(&r->queue, &job->wait_link);
         r->queued++;
         log_job(LOG_DEBUG, job, "waiting for a slot (limits.max_inflight %d)", d->cfg.max_inflight);
         return;
@@ -777,17 +735,7 @@ static void proceed(struct runner *r, struct job *job)
 
 static void unqueue(struct runner *r, struct job *job)
 {
-    struct job **p = &r->queue_head, *before = NULL;
-    while (*p && *p != job) {
-        before = *p;
-        p = &(*p)->qnext;
-    }
-    if (!*p)
-        return;
-    *p = job->qnext;
-    if (r->queue_tail == job)
-        r->queue_tail = before;
-    job->qnext = NULL;
+    list_remove(&r->queue, &job->wait_link);
     job->state = JOB_NEW;
     r->queued--;
 }
@@ -799,9 +747,9 @@ static void start_queued(struct runner *r)
     if (r->starting_queued)
         return;     /* a job that ended at once: the loop below goes on */
     r->starting_queued = true;
-    while (r->queue_head &&
+    while (r->queue.head &&
            (r->d->draining || slots_taken(r) < r->d->cfg.max_inflight)) {
-        struct job *job = r->queue_head;
+        struct job *job = list_entry(r->queue.head, struct job, wait_link);
         unqueue(r, job);
         proceed(r, job);
     }
