@@ -217,3 +217,65 @@ def test_out_of_fds_does_not_spin_and_recovers(r, start_jobd):
             s.close()
     wait_for(lambda: try_get(base + "/healthz") == 200, timeout=5, what="/healthz again")
     assert daemon.log_text().count("admin: cannot accept connections") == 1
+
+
+def test_answered_client_that_never_closes_frees_its_slot(r, start_jobd):
+    # After its answer the daemon half-closes and waits for the client's
+    # close; a client that never closes must still give its slot back (the
+    # 5 s deadline), or such clients would fill admin.max_connections for good.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    start_jobd(admin__listen=f"127.0.0.1:{port}", admin__max_connections=2)
+    keep = []
+    t0 = time.monotonic()
+    try:
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):      # up to the daemon's FIN
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 "), data
+            keep.append(s)                     # never closed by the client
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            assert closed_within(extra, 1)     # both slots still held
+        wait_for(lambda: try_get(base + "/healthz") == 200, timeout=10, what="the slots freed")
+        assert time.monotonic() - t0 >= 4.5
+    finally:
+        for s in keep:
+            s.close()
+
+
+def test_half_closed_request_gets_its_whole_answer(r, start_jobd):
+    # The client sends its request and shuts its side at once (nc -N does):
+    # its EOF must not cost it the answer. (On loopback the whole answer fits
+    # in the kernel's send buffer, so this does not reach the branch that
+    # waits for a partly written answer after the client's EOF.)
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    for path in (b"/healthz", b"/metrics"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET " + path + b" HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert len(body) == int(re.search(rb"Content-Length: (\d+)", head).group(1))
+
+
+def test_request_with_a_body_gets_its_405_whole(r, start_jobd):
+    # A body is never read; it is drained after the answer instead of left in
+    # the socket, where the kernel would answer it with a reset that can
+    # destroy the 405 before the client reads it.
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    body = b"x" * 300000
+    data = raw(port, b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+               % len(body) + body)
+    head, _, text = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 "), head
+    assert b"Allow: GET, HEAD" in head
+    assert len(text) == int(re.search(rb"Content-Length: (\d+)", head).group(1))

@@ -133,3 +133,19 @@ def test_pubsub_jobs_over_the_budget_are_parked_on_the_stream(r, start_jobd):
     assert all(rec["status"] == "succeeded" for rec in recs.values())
     first_done = min(recs[i]["finished_at"] for i in streamed)
     assert all(recs[i]["started_at"] >= first_done for i in published), recs
+
+
+def test_reclaim_takes_no_more_than_the_budget(r, start_jobd):
+    # A dead consumer left ten big entries pending: reclaiming them goes by
+    # the same byte budget as reading, not by the free slots alone.
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    ids = [f"orphan{i}" for i in range(10)]
+    for i in ids:
+        submit(r, padded({"id": i, "type": "sleep", "ms": 500}))
+    assert len(r.xreadgroup("jobd", "dead-consumer", {f"{NS}:queue": ">"}, count=10)[0][1]) == 10
+    daemon = start_jobd(limits__max_inflight=100, limits__max_held_bytes=BUDGET,
+                        intake__visibility_timeout_ms=1000)
+    recs = wait_results(r, ids, timeout=60)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    assert most_at_once(recs) <= 5, recs
+    assert "reclaimed" in daemon.log_text()

@@ -233,3 +233,35 @@ def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
     # Slow retries after a refusal (2.5-5 s backoff), not a reconnect storm:
     # one refusal for each of the three connections so far.
     assert wrong.log_text().count("WRONGPASS") <= 3, wrong.log_text()
+
+
+def test_a_handshake_that_is_never_answered_times_out(start_jobd):
+    # A server that accepts and then never answers AUTH: the login has the
+    # command deadline too, so the connection is dropped and made again, and
+    # nothing uses it meanwhile.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                conns.append(listener.accept()[0])     # read nothing, answer nothing
+            except OSError:
+                return
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        daemon = start_jobd(wait=False, redis__port=listener.getsockname()[1],
+                            redis__password="pw")
+        wait_for(lambda: len(conns) >= 3, what="the three connections")
+        n = len(conns)
+        wait_for(lambda: "command timed out" in daemon.log_text(), timeout=20,
+                 what="the login's deadline")
+        wait_for(lambda: len(conns) > n, timeout=15, what="a new connection")
+        assert "connection ready" not in daemon.log_text()
+        assert daemon.proc.poll() is None
+    finally:
+        listener.close()
+        for c in conns:
+            c.close()
