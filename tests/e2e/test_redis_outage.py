@@ -152,14 +152,12 @@ def test_a_silent_redis_is_noticed_on_the_command_connection(r, start_jobd):
     assert wait_result(r, "after", timeout=15)["status"] == "succeeded"
 
 
-def test_a_server_that_closes_at_once_gets_backoff_not_a_storm(start_jobd):
-    # Accepts and closes at once, as Redis does at maxclients: each of the
-    # three connections must back off (100 ms doubling), not reconnect every
-    # 50-100 ms because the TCP connect itself succeeded.
+def fake_server(on_accept):
+    """A listening socket on a free loopback port whose thread hands every
+    accepted connection to ON_ACCEPT until the socket is closed."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    accepted = []
 
     def serve():
         while True:
@@ -167,9 +165,21 @@ def test_a_server_that_closes_at_once_gets_backoff_not_a_storm(start_jobd):
                 conn, _ = listener.accept()
             except OSError:
                 return
-            accepted.append(time.monotonic())
-            conn.close()
+            on_accept(conn)
     threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_a_server_that_closes_at_once_gets_backoff_not_a_storm(start_jobd):
+    # Accepts and closes at once, as Redis does at maxclients: each of the
+    # three connections must back off (100 ms doubling), not reconnect every
+    # 50-100 ms because the TCP connect itself succeeded.
+    accepted = []
+
+    def close_at_once(conn):
+        accepted.append(time.monotonic())
+        conn.close()
+    listener = fake_server(close_at_once)
     try:
         daemon = start_jobd(wait=False, redis__port=listener.getsockname()[1])
         time.sleep(4)
@@ -239,18 +249,8 @@ def test_a_handshake_that_is_never_answered_times_out(start_jobd):
     # A server that accepts and then never answers AUTH: the login has the
     # command deadline too, so the connection is dropped and made again, and
     # nothing uses it meanwhile.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
     conns = []
-
-    def serve():
-        while True:
-            try:
-                conns.append(listener.accept()[0])     # read nothing, answer nothing
-            except OSError:
-                return
-    threading.Thread(target=serve, daemon=True).start()
+    listener = fake_server(conns.append)        # read nothing, answer nothing
     try:
         daemon = start_jobd(wait=False, redis__port=listener.getsockname()[1],
                             redis__password="pw")
