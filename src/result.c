@@ -8,9 +8,11 @@
 #include "daemon.h"
 #include "executor.h"
 #include "jsonw.h"
+#include "list.h"
 #include "log.h"
 #include "redis.h"
 #include "result.h"
+#include "runner.h"
 
 #define GROUP "jobd"
 
@@ -158,6 +160,10 @@ struct pending {
 };
 
 struct txn {
+    struct daemon *d;
+    struct list_link link;      /* on unsettled while its fate is unknown */
+    uint64_t marker;            /* no stream entry in it: the NS:txn key it sets */
+    bool checking;              /* its check is on the wire */
     int n;
     struct pending items[];
 };
@@ -168,11 +174,159 @@ static struct {
     int n, cap;
 } batch;
 
+static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
+{
+    redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens);
+}
+
+/* ---- transactions whose EXEC reply was lost ------------------------------
+ *
+ * When the command connection goes between sending an EXEC and reading its
+ * reply, the transaction may or may not have run. Writing it again when it
+ * had would publish its events twice, count its stats twice and put a
+ * requeued job on its stream twice; so such a transaction waits, unsettled,
+ * until the connection is back and Redis can say whether it ran. A MULTI/EXEC
+ * runs whole or not at all, so one trace of it answers for all of it: the
+ * XACK of its first stream entry (still pending in the group: it did not
+ * run), or, for a transaction without stream entries (pub/sub jobs only), a
+ * marker key NS:txn:<worker>:<boot>:<seq> it sets, deleted by a later
+ * transaction once its reply has come. Checking costs nothing while the
+ * connection holds: the marker is only in transactions with no XACK. */
+#define MARKER_TTL "86400"      /* longer than any outage we expect to survive */
+
+static struct list unsettled;
+static uint64_t marker_seq;
+static struct {
+    uint64_t *seqs;             /* markers whose transaction is known to have run */
+    int n, cap;
+} spent_markers;
+
+static void marker_key(const struct daemon *d, char *buf, size_t len, uint64_t seq)
+{
+    static int64_t boot;        /* a pid can come back within MARKER_TTL; the start time not */
+    if (!boot)
+        boot = now_ms();
+    snprintf(buf, len, "%s:txn:%s:%" PRId64 ":%" PRIu64, d->cfg.ns, d->worker_id, boot, seq);
+}
+
+static void marker_spent(uint64_t seq)
+{
+    if (spent_markers.n == spent_markers.cap) {
+        int cap = spent_markers.cap ? 2 * spent_markers.cap : 64;
+        uint64_t *grown = realloc(spent_markers.seqs, (size_t)cap * sizeof(*grown));
+        if (!grown)
+            return;     /* the key expires by itself */
+        spent_markers.seqs = grown;
+        spent_markers.cap = cap;
+    }
+    spent_markers.seqs[spent_markers.n++] = seq;
+}
+
+static const struct job *first_stream_job(const struct txn *t)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->items[i].job->source == SOURCE_STREAM)
+            return t->items[i].job;
+    return NULL;
+}
+
+static void settle(struct txn *t, bool ran)
+{
+    list_remove(&unsettled, &t->link);
+    if (ran && t->marker)
+        marker_spent(t->marker);
+    for (int i = 0; i < t->n; i++)
+        t->items[i].done(t->items[i].job, ran);
+    free(t);
+}
+
+static void check_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct txn *t = priv;
+    t->checking = false;
+    if (!reply)
+        return;     /* lost again: asked again on the next connection */
+    bool ran;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* The stream or its group is gone: writing again is the safe way. */
+        log_warn("checking %d outcome(s) sent before the connection went: %s; writing them "
+                 "again", t->n, reply->str);
+        ran = false;
+    } else if (t->marker) {
+        ran = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;   /* EXISTS */
+    } else {
+        ran = reply->type == REDIS_REPLY_ARRAY && reply->elements == 0;    /* not pending */
+    }
+    log_info("%d outcome(s) sent before the connection went %s", t->n,
+             ran ? "were stored then" : "were not stored; writing them again");
+    struct daemon *d = t->d;
+    settle(t, ran);
+    if (!ran)
+        runner_redis_ready(d->runner);
+}
+
+void result_redis_ready(struct daemon *d)
+{
+    for (struct list_link *l = unsettled.head; l; l = l->next) {
+        struct txn *t = list_entry(l, struct txn, link);
+        if (t->checking)
+            continue;
+        int rc;
+        if (t->marker) {
+            char key[512];
+            marker_key(d, key, sizeof(key), t->marker);
+            const char *argv[] = {"EXISTS", key};
+            rc = redis_send(d->redis, REDIS_CMD, check_reply, t, 0, 2, argv, NULL);
+        } else {
+            const struct job *job = first_stream_job(t);
+            const char *argv[] = {"XPENDING", job->stream, GROUP, job->entry_id, job->entry_id,
+                                  "1"};
+            rc = redis_send(d->redis, REDIS_CMD, check_reply, t, 0, 6, argv, NULL);
+        }
+        if (rc)
+            return;     /* the connection went again */
+        t->checking = true;
+    }
+}
+
+/* Inside a transaction: its own marker when it has no stream entry, and the
+ * deletion of the markers of transactions known to have run. */
+static void send_markers(struct daemon *d, struct txn *t)
+{
+    char key[512];
+    if (!first_stream_job(t)) {
+        t->marker = ++marker_seq;
+        marker_key(d, key, sizeof(key), t->marker);
+        const char *argv[] = {"SET", key, "1", "EX", MARKER_TTL};
+        queue_command(d, 5, argv, NULL);
+    }
+    if (!spent_markers.n)
+        return;
+    int argc = 1 + spent_markers.n;
+    const char **argv = malloc((size_t)argc * sizeof(*argv));
+    char (*keys)[512] = malloc((size_t)spent_markers.n * sizeof(*keys));
+    if (argv && keys) {
+        argv[0] = "DEL";
+        for (int i = 0; i < spent_markers.n; i++) {
+            marker_key(d, keys[i], sizeof(keys[i]), spent_markers.seqs[i]);
+            argv[1 + i] = keys[i];
+        }
+        queue_command(d, argc, argv, NULL);
+        spent_markers.n = 0;
+    }
+    free(argv);
+    free(keys);
+}
+
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
-    bool ok = reply && reply->type == REDIS_REPLY_ARRAY;
-    if (reply && reply->type == REDIS_REPLY_ERROR)
+    if (!reply) {
+        list_append(&unsettled, &t->link);
+        return;
+    }
+    bool ok = reply->type == REDIS_REPLY_ARRAY;
+    if (reply->type == REDIS_REPLY_ERROR)
         log_error("storing %d outcome(s) failed: %s", t->n, reply->str);
     if (ok) {
         /* Errors inside a transaction do not roll it back; report them. */
@@ -181,14 +335,11 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
                 log_warn("command %zu of a batch of %d outcome(s) failed: %s", i, t->n,
                          reply->element[i]->str);
     }
+    if (ok && t->marker)
+        marker_spent(t->marker);
     for (int i = 0; i < t->n; i++)
         t->items[i].done(t->items[i].job, ok);
     free(t);
-}
-
-static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
-{
-    redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens);
 }
 
 /* One XACK per stream for the stream jobs of T. */
@@ -365,11 +516,12 @@ static int write_schedule(struct daemon *d, struct job *job)
 }
 
 /* Take the first N pending outcomes off the batch. */
-static struct txn *take_batch(int n)
+static struct txn *take_batch(struct daemon *d, int n)
 {
-    struct txn *t = malloc(sizeof(*t) + (size_t)n * sizeof(struct pending));
+    struct txn *t = calloc(1, sizeof(*t) + (size_t)n * sizeof(struct pending));
     if (!t)
         return NULL;
+    t->d = d;
     t->n = n;
     memcpy(t->items, batch.items, (size_t)n * sizeof(struct pending));
     batch.n -= n;
@@ -390,7 +542,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
     struct daemon *d = arg;
     while (batch.n) {
         int n = batch.n < BATCH_MAX ? batch.n : BATCH_MAX;
-        struct txn *t = take_batch(n);
+        struct txn *t = take_batch(d, n);
         if (!t) {
             hand_back(batch.items, batch.n);
             batch.n = 0;
@@ -425,6 +577,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         }
         hand_back(t->items + kept, n - kept);
         t->n = kept;
+        send_markers(d, t);
         send_stats(d, t);
         send_xacks(d, t);
         const char *exec[] = {"EXEC"};
@@ -463,4 +616,12 @@ void result_shutdown(void)
         event_free(batch.flush);
     free(batch.items);
     memset(&batch, 0, sizeof(batch));
+    /* Their jobs went with the runner; a marker left behind expires. */
+    while (unsettled.head) {
+        struct txn *t = list_entry(unsettled.head, struct txn, link);
+        list_remove(&unsettled, &t->link);
+        free(t);
+    }
+    free(spent_markers.seqs);
+    memset(&spent_markers, 0, sizeof(spent_markers));
 }

@@ -24,9 +24,16 @@ enum job_write {
 typedef void result_done_fn(struct job *job, bool stored);
 
 /* Send job->write_kind for JOB. done() follows once (stored = false when the
- * connection failed; the caller keeps the job and tries again). Returns -1
+ * connection failed or Redis refused; the caller keeps the job and tries
+ * again). When the connection goes after the write was sent, done() waits
+ * until result_redis_ready() has learnt whether it was stored. Returns -1
  * without calling done() when the command connection is not ready. */
 int result_write(struct daemon *d, struct job *job, result_done_fn *done);
+/* The command connection is back: ask Redis whether the transactions whose
+ * EXEC reply was lost with the last one ran, then call their done() (stored =
+ * whether they ran) so that only those that did not are written again.
+ * Before runner_redis_ready(). */
+void result_redis_ready(struct daemon *d);
 /* Frees the batching state (outcomes are written together once per loop
  * pass); after the loop has stopped, before the event base goes. */
 void result_shutdown(void);

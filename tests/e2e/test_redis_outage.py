@@ -1,12 +1,14 @@
 """Redis killed and restarted under the daemon."""
 import json
+import signal
 import socket
 import threading
 import time
 
 import pytest
 
-from conftest import RedisServer, Jobd, NS, publish, submit, wait_for, wait_result, wait_results
+from conftest import (RedisServer, Jobd, Ledger, NS, publish, stats, submit, wait_for, wait_result,
+                      wait_results)
 
 
 def test_reconnects_resubscribes_and_resumes(r, redis_server, start_jobd):
@@ -69,12 +71,16 @@ def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
 
 
 class ExecReplyDropper:
-    """A TCP proxy in front of Redis that forwards everything, except that
-    once a connection has sent a ZADD it closes that connection instead of
-    passing on the next reply: the transaction ran, and jobd never hears so."""
+    """A TCP proxy in front of Redis that forwards everything, except once:
+    the first connection to send bytes holding TRIGGER is closed instead of
+    passing on its next reply (the transaction ran, and jobd never hears
+    so), or, with drop="request", instead of passing those bytes on (it never
+    ran, and jobd cannot tell either)."""
 
-    def __init__(self, redis_port):
+    def __init__(self, redis_port, trigger=b"ZADD", drop="reply"):
         self.redis_port = redis_port
+        self.trigger = trigger
+        self.drop = drop
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -90,7 +96,7 @@ class ExecReplyDropper:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.redis_port))
-            state = {"zadd_seen": False}
+            state = {"triggered": False}
             threading.Thread(target=self._pipe, args=(client, server, state, True),
                              daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, state, False),
@@ -102,9 +108,13 @@ class ExecReplyDropper:
                 data = src.recv(65536)
                 if not data:
                     break
-                if upstream and self.armed and b"ZADD" in data:
-                    state["zadd_seen"] = True
-                if not upstream and state["zadd_seen"]:
+                if upstream and self.armed and self.trigger in data:
+                    if self.drop == "request":
+                        self.armed = False
+                        self.dropped += 1
+                        break
+                    state["triggered"] = True
+                if not upstream and state["triggered"]:
                     self.armed = False
                     self.dropped += 1
                     break
@@ -135,6 +145,106 @@ def test_a_schedule_resent_after_a_lost_reply_is_not_doubled(r, redis_server, st
         assert len(members) == 1, members     # not scheduled twice
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("path", ["stream", "pubsub"])
+def test_an_outcome_whose_reply_was_lost_is_not_written_twice(r, redis_server, start_jobd, path):
+    # The transaction holding the job's result ran, but the connection went
+    # before its reply came. Written again blindly, the record would be
+    # published twice and counted twice. jobd asks Redis after reconnecting:
+    # a stream job's entry is no longer pending; a pub/sub job's transaction
+    # set a marker key.
+    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:lost-{path}".encode())
+    ledger = Ledger(r)
+    try:
+        daemon = start_jobd(redis__port=proxy.port)
+        job = {"id": f"lost-{path}", "type": "sleep", "ms": 1}
+        if path == "stream":
+            submit(r, job)
+        else:
+            assert publish(r, job) == 1
+        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
+        assert wait_result(r, f"lost-{path}")["status"] == "succeeded"
+        send = submit if path == "stream" else publish
+        send(r, {"id": "later", "type": "sleep", "ms": 1})
+        wait_result(r, "later")
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACKs")
+        lost, duplicated = ledger.report([f"lost-{path}", "later"])
+        assert not lost and not duplicated, (lost, duplicated)
+        assert stats(r)["sleep.succeeded"] == 2
+        # A spent marker is deleted by the next transaction: once the lost
+        # one is settled, one more job leaves only its own marker, expiring.
+        wait_for(lambda: "1 outcome(s) sent before the connection went were stored then"
+                 in daemon.log_text(), what="the lost reply settled")
+        send(r, {"id": "last", "type": "sleep", "ms": 1})
+        wait_result(r, "last")
+        markers = r.keys(f"{NS}:txn:*")
+        assert len(markers) <= 1, markers
+        assert all(0 < r.ttl(k) <= 86400 for k in markers)
+    finally:
+        ledger.running = False
+        proxy.close()
+
+
+@pytest.mark.parametrize("path", ["stream", "pubsub"])
+def test_an_outcome_lost_before_it_reached_redis_is_written_again(r, redis_server, start_jobd,
+                                                                   path):
+    # The other way a reply goes missing: the transaction itself never
+    # arrived. The check must say so, and the outcome be written, once.
+    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:cut-{path}".encode(),
+                             drop="request")
+    ledger = Ledger(r)
+    try:
+        daemon = start_jobd(redis__port=proxy.port)
+        job = {"id": f"cut-{path}", "type": "sleep", "ms": 1}
+        if path == "stream":
+            submit(r, job)
+        else:
+            assert publish(r, job) == 1
+        wait_for(lambda: proxy.dropped == 1, what="the dropped transaction")
+        assert wait_result(r, f"cut-{path}")["status"] == "succeeded"
+        lost, duplicated = ledger.report([f"cut-{path}"])
+        assert not lost and not duplicated, (lost, duplicated)
+        assert stats(r)["sleep.succeeded"] == 1
+        assert "were not stored; writing them again" in daemon.log_text()
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+    finally:
+        ledger.running = False
+        proxy.close()
+
+
+def test_a_requeue_whose_reply_was_lost_is_not_doubled(r, redis_server, start_jobd):
+    # A drain puts a running job back on its stream; the transaction ran but
+    # its reply was lost. Added again, the job would run twice.
+    proxy = ExecReplyDropper(redis_server.port, trigger=b"$4\r\nback\r\n$8\r\nattempts")
+    try:
+        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=200)
+        submit(r, {"id": "back", "type": "sleep", "ms": 60000})
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 1, what="the job taken")
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
+        assert daemon.proc.wait(20) == 0
+    finally:
+        proxy.close()
+    # A read in flight when the drain began can bring the requeued entry
+    # back, to be requeued again (and acknowledged): count the copies still
+    # to run, pending or not yet delivered.
+    assert live_copies(r, "back") == 1
+
+
+def stream_id(text):
+    ms, seq = text.split("-")
+    return int(ms), int(seq)
+
+
+def live_copies(r, job_id, stream=f"{NS}:queue"):
+    """Entries of STREAM for JOB_ID (put back by jobd) that a daemon would still run."""
+    group = next(g for g in r.xinfo_groups(stream) if g["name"] == "jobd")
+    delivered = stream_id(group["last-delivered-id"])
+    pending = {p["message_id"] for p in r.xpending_range(stream, "jobd", "-", "+", 1000)}
+    return sum(1 for entry_id, fields in r.xrange(stream)
+               if fields.get("id") == job_id
+               and (entry_id in pending or stream_id(entry_id) > delivered))
 
 
 def test_a_silent_redis_is_noticed_on_the_command_connection(r, start_jobd):
