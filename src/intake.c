@@ -28,6 +28,7 @@ struct intake {
     int reserved;               /* the COUNT it asked for: slots promised to it */
     int64_t read_sent_us;       /* when it was sent (mono) */
     bool groups_ready;          /* XGROUP CREATE answered on this connection */
+    long long stream_client_id; /* CLIENT ID of the stream connection; 0: not known */
     int groups_waiting;
     int subs_expected, subs_confirmed;
     int64_t subscribed_at;      /* mono ms the (P)SUBSCRIBEs went out */
@@ -298,11 +299,23 @@ static void create_groups(struct intake *in)
     }
 }
 
+static void client_id_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct intake *in = priv;
+    if (reply && reply->type == REDIS_REPLY_INTEGER)
+        in->stream_client_id = reply->integer;
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_debug("CLIENT ID: %s; a drain waits for the blocked read instead", reply->str);
+}
+
 static void stream_up(void *arg)
 {
     struct intake *in = arg;
     in->reading = false;
     in->groups_ready = false;
+    in->stream_client_id = 0;
+    const char *argv[] = {"CLIENT", "ID"};
+    redis_send(in->d->redis, REDIS_STREAM, client_id_reply, in, 0, 2, argv, NULL);
     create_groups(in);
 }
 
@@ -313,6 +326,7 @@ static void stream_down(void *arg)
     in->reserved = 0;
     in->groups_ready = false;
     in->announced = false;
+    in->stream_client_id = 0;
 }
 
 static void linger_done(void *arg)
@@ -520,11 +534,28 @@ void intake_capacity_changed(struct intake *in)
         read_streams(in);
 }
 
+static void unblock_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_debug("CLIENT UNBLOCK: %s; the drain waits for the blocked read", reply->str);
+}
+
 void intake_stop(struct intake *in)
 {
     in->stopped = true;
     evtimer_del(in->retry_timer);
     precise_timer_cancel(in->linger);
+    /* A read blocked in Redis would still deliver what is added in the next
+     * second (even the jobs this drain puts back), only to have it put back
+     * again, and the exit waits for it. Ended as by its timeout, it returns
+     * nothing. (If it is not blocked yet, this does nothing: the read then
+     * ends by its BLOCK timeout, as it did before.) */
+    if (in->reading && in->stream_client_id > 0) {
+        char id[24];
+        snprintf(id, sizeof(id), "%lld", in->stream_client_id);
+        const char *argv[] = {"CLIENT", "UNBLOCK", id};
+        redis_send(in->d->redis, REDIS_CMD, unblock_reply, in, 0, 3, argv, NULL);
+    }
 }
 
 int intake_idle(const struct intake *in)

@@ -69,3 +69,22 @@ def test_worker_key_is_removed_on_clean_exit(r, start_jobd):
     assert 0 < r.ttl(key) <= 10
     assert daemon.stop() == 0
     assert not r.exists(key)
+
+
+def test_a_drain_ends_the_blocked_read_at_once(r, start_jobd):
+    # The stream read blocks in Redis for up to a second. A drain unblocks
+    # it (CLIENT UNBLOCK): an idle daemon exits at once, and a job added
+    # after SIGTERM is left undelivered for the next daemon, not taken only
+    # to be put back.
+    daemon = start_jobd(shutdown__drain_ms=5000)
+    time.sleep(0.2)                     # the first read is blocked by now
+    began = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+    entry = submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert daemon.proc.wait(20) == 0
+    took = time.monotonic() - began
+    assert took < 0.5, f"exit took {took:.2f} s"
+    group = next(g for g in r.xinfo_groups(f"{NS}:queue") if g["name"] == "jobd")
+    assert group["last-delivered-id"] != entry and group["pending"] == 0
+    assert r.xlen(f"{NS}:queue") == 1
