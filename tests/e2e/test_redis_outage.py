@@ -147,6 +147,27 @@ def test_a_schedule_resent_after_a_lost_reply_is_not_doubled(r, redis_server, st
         proxy.close()
 
 
+def send_by(path):
+    """How a producer sends a job on PATH: XADD, or PUBLISH to a listener."""
+    def send(r, job):
+        if path == "stream":
+            submit(r, job)
+        else:
+            assert publish(r, job) == 1
+    return send
+
+
+def lose_a_result(r, redis_server, start_jobd, path, job_id, drop):
+    """A daemon behind an ExecReplyDropper set off by JOB_ID's result, that
+    job sent on PATH and its drop seen; returns (proxy, ledger, daemon)."""
+    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:{job_id}".encode(), drop=drop)
+    ledger = Ledger(r)
+    daemon = start_jobd(redis__port=proxy.port)
+    send_by(path)(r, {"id": job_id, "type": "sleep", "ms": 1})
+    wait_for(lambda: proxy.dropped == 1, what=f"the dropped {drop}")
+    return proxy, ledger, daemon
+
+
 @pytest.mark.parametrize("path", ["stream", "pubsub"])
 def test_an_outcome_whose_reply_was_lost_is_not_written_twice(r, redis_server, start_jobd, path):
     # The transaction holding the job's result ran, but the connection went
@@ -154,18 +175,11 @@ def test_an_outcome_whose_reply_was_lost_is_not_written_twice(r, redis_server, s
     # published twice and counted twice. jobd asks Redis after reconnecting:
     # a stream job's entry is no longer pending; a pub/sub job's transaction
     # set a marker key.
-    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:lost-{path}".encode())
-    ledger = Ledger(r)
+    send = send_by(path)
+    proxy, ledger, daemon = lose_a_result(r, redis_server, start_jobd, path, f"lost-{path}",
+                                          "reply")
     try:
-        daemon = start_jobd(redis__port=proxy.port)
-        job = {"id": f"lost-{path}", "type": "sleep", "ms": 1}
-        if path == "stream":
-            submit(r, job)
-        else:
-            assert publish(r, job) == 1
-        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
         assert wait_result(r, f"lost-{path}")["status"] == "succeeded"
-        send = submit if path == "stream" else publish
         send(r, {"id": "later", "type": "sleep", "ms": 1})
         wait_result(r, "later")
         wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACKs")
@@ -191,17 +205,9 @@ def test_an_outcome_lost_before_it_reached_redis_is_written_again(r, redis_serve
                                                                    path):
     # The other way a reply goes missing: the transaction itself never
     # arrived. The check must say so, and the outcome be written, once.
-    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:cut-{path}".encode(),
-                             drop="request")
-    ledger = Ledger(r)
+    proxy, ledger, daemon = lose_a_result(r, redis_server, start_jobd, path, f"cut-{path}",
+                                          "request")
     try:
-        daemon = start_jobd(redis__port=proxy.port)
-        job = {"id": f"cut-{path}", "type": "sleep", "ms": 1}
-        if path == "stream":
-            submit(r, job)
-        else:
-            assert publish(r, job) == 1
-        wait_for(lambda: proxy.dropped == 1, what="the dropped transaction")
         assert wait_result(r, f"cut-{path}")["status"] == "succeeded"
         lost, duplicated = ledger.report([f"cut-{path}"])
         assert not lost and not duplicated, (lost, duplicated)
