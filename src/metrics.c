@@ -167,6 +167,17 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
           "streams brought more), waiting unstarted for a slot.", c.queued);
     gauge(out, "jobd_jobs_running", "Jobs with an attempt running.", c.running);
     gauge(out, "jobd_outcomes_unstored", "Outcomes waiting for Redis to come back.", c.unstored);
+    int lost_outcomes;
+    uint64_t lost_stored, lost_not_stored;
+    result_lost_counts(&lost_outcomes, &lost_stored, &lost_not_stored);
+    gauge(out, "jobd_outcomes_unsettled", "Outcomes whose transaction's reply was lost with the "
+          "connection, waiting for Redis to say whether it ran.", lost_outcomes);
+    evbuffer_add_printf(out, "# HELP jobd_lost_replies_total Outcome transactions whose reply "
+                             "was lost with the connection, by what Redis said when asked.\n"
+                             "# TYPE jobd_lost_replies_total counter\n"
+                             "jobd_lost_replies_total{found=\"stored\"} %llu\n"
+                             "jobd_lost_replies_total{found=\"not_stored\"} %llu\n",
+                        (unsigned long long)lost_stored, (unsigned long long)lost_not_stored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
     gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight (a group's "
           "includes its children).", (double)c.held_bytes);

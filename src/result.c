@@ -195,6 +195,10 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
 #define MARKER_TTL "86400"      /* longer than any outage we expect to survive */
 
 static struct list unsettled;
+static struct {
+    int outcomes;               /* in unsettled transactions */
+    uint64_t stored, not_stored;    /* transactions checked, by what Redis said */
+} lost;
 static uint64_t marker_seq;
 static struct {
     uint64_t *seqs;             /* markers whose transaction is known to have run */
@@ -233,6 +237,11 @@ static const struct job *first_stream_job(const struct txn *t)
 static void settle(struct txn *t, bool ran)
 {
     list_remove(&unsettled, &t->link);
+    lost.outcomes -= t->n;
+    if (ran)
+        lost.stored++;
+    else
+        lost.not_stored++;
     if (ran && t->marker)
         marker_spent(t->marker);
     for (int i = 0; i < t->n; i++)
@@ -263,6 +272,13 @@ static void check_reply(struct redis *r, redisReply *reply, void *priv)
     settle(t, ran);
     if (!ran)
         runner_redis_ready(d->runner);
+}
+
+void result_lost_counts(int *outcomes, uint64_t *stored, uint64_t *not_stored)
+{
+    *outcomes = lost.outcomes;
+    *stored = lost.stored;
+    *not_stored = lost.not_stored;
 }
 
 void result_redis_ready(struct daemon *d)
@@ -323,6 +339,7 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
     struct txn *t = priv;
     if (!reply) {
         list_append(&unsettled, &t->link);
+        lost.outcomes += t->n;
         return;
     }
     bool ok = reply->type == REDIS_REPLY_ARRAY;
@@ -624,4 +641,5 @@ void result_shutdown(void)
     }
     free(spent_markers.seqs);
     memset(&spent_markers, 0, sizeof(spent_markers));
+    memset(&lost, 0, sizeof(lost));
 }

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "job.h"
 
@@ -34,6 +35,9 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done);
  * whether they ran) so that only those that did not are written again.
  * Before runner_redis_ready(). */
 void result_redis_ready(struct daemon *d);
+/* Outcomes in transactions whose reply was lost, not yet checked; and the
+ * transactions checked so far, by whether they had been stored. */
+void result_lost_counts(int *outcomes, uint64_t *stored, uint64_t *not_stored);
 /* Frees the batching state (outcomes are written together once per loop
  * pass); after the loop has stopped, before the event base goes. */
 void result_shutdown(void);

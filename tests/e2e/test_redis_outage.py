@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from conftest import (RedisServer, Jobd, Ledger, NS, publish, stats, submit, wait_for, wait_result,
-                      wait_results)
+from conftest import (RedisServer, Jobd, Ledger, NS, free_port, publish, stats, submit, wait_for,
+                      wait_result, wait_results)
+from test_admin import get, parse_metrics
 
 
 def test_reconnects_resubscribes_and_resumes(r, redis_server, start_jobd):
@@ -162,10 +163,18 @@ def lose_a_result(r, redis_server, start_jobd, path, job_id, drop):
     job sent on PATH and its drop seen; returns (proxy, ledger, daemon)."""
     proxy = ExecReplyDropper(redis_server.port, trigger=f":result:{job_id}".encode(), drop=drop)
     ledger = Ledger(r)
-    daemon = start_jobd(redis__port=proxy.port)
+    daemon = start_jobd(redis__port=proxy.port, admin__listen=f"127.0.0.1:{free_port()}")
     send_by(path)(r, {"id": job_id, "type": "sleep", "ms": 1})
     wait_for(lambda: proxy.dropped == 1, what=f"the dropped {drop}")
     return proxy, ledger, daemon
+
+
+def lost_replies(daemon):
+    """(stored, not stored, still unsettled) from the daemon's /metrics."""
+    samples = parse_metrics(get(f"http://{daemon.settings['admin']['listen']}/metrics")[1])
+    return (samples['jobd_lost_replies_total{found="stored"}'],
+            samples['jobd_lost_replies_total{found="not_stored"}'],
+            samples["jobd_outcomes_unsettled"])
 
 
 @pytest.mark.parametrize("path", ["stream", "pubsub"])
@@ -195,6 +204,7 @@ def test_an_outcome_whose_reply_was_lost_is_not_written_twice(r, redis_server, s
         markers = r.keys(f"{NS}:txn:*")
         assert len(markers) <= 1, markers
         assert all(0 < r.ttl(k) <= 86400 for k in markers)
+        assert lost_replies(daemon) == (1, 0, 0)
     finally:
         ledger.running = False
         proxy.close()
@@ -214,6 +224,7 @@ def test_an_outcome_lost_before_it_reached_redis_is_written_again(r, redis_serve
         assert stats(r)["sleep.succeeded"] == 1
         assert "were not stored; writing them again" in daemon.log_text()
         wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+        assert lost_replies(daemon) == (0, 1, 0)
     finally:
         ledger.running = False
         proxy.close()
