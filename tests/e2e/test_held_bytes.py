@@ -149,3 +149,60 @@ def test_reclaim_takes_no_more_than_the_budget(r, start_jobd):
     assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
     assert most_at_once(recs) <= 5, recs
     assert "reclaimed" in daemon.log_text()
+
+
+class ReadMonitor:
+    """Every XREADGROUP the server executes, seen through MONITOR as an
+    operator would: (time, COUNT asked for)."""
+
+    def __init__(self, port):
+        import redis as redis_py
+        self.reads = []
+        self.seen = 0
+        self.conn = redis_py.Redis(port=port, decode_responses=True)
+        threading.Thread(target=self.run, daemon=True).start()
+        wait_for(lambda: self.seen, what="MONITOR to see the daemon's commands")
+
+    def run(self):
+        try:
+            with self.conn.monitor() as m:
+                for cmd in m.listen():
+                    self.seen += 1
+                    words = cmd["command"].split()
+                    if words and words[0].upper() == "XREADGROUP" and "COUNT" in words:
+                        self.reads.append(int(words[words.index("COUNT") + 1]))
+        except Exception:       # the server went away in teardown
+            pass
+
+
+def test_small_envelopes_after_big_ones_are_read_in_full_batches_again(r, start_jobd):
+    # Reads are planned with the largest recent envelope size, eased down by
+    # 1/16 with every smaller one. After a run of ~50 KB envelopes a read asks
+    # for 4 (the budget over 50 KB); a run of small ones that follows must
+    # bring that estimate down, so reads grow back to intake.batch (100)
+    # instead of taking 400 tiny jobs 4 at a time.
+    start_jobd(limits__max_held_bytes=BUDGET)
+    mon = ReadMonitor(r.connection_pool.connection_kwargs["port"])
+    big = [f"big{i}" for i in range(6)]
+    for i in big:
+        submit(r, padded({"id": i, "type": "sleep", "ms": 1}))
+    recs = wait_results(r, big, timeout=20)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    time.sleep(0.2)     # the reads of the big run are all seen
+    mark = len(mon.reads)
+    small = [f"small{i}" for i in range(400)]
+    with r.pipeline(transaction=True) as pipe:      # all 400 on the stream at once
+        for i in small:
+            pipe.xadd(f"{NS}:queue", {"job": json.dumps({"id": i, "type": "sleep", "ms": 1})})
+        pipe.execute()
+    recs = wait_results(r, small, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    reads = mon.reads[mark:]
+    # The estimate of the big run was in force at first (the read already
+    # waiting took 4; the next ones, a few small envelopes later, a few more)...
+    assert reads and reads[0] <= 8, reads
+    # ...and eased down: full batches again, so few reads for 400 jobs
+    # (each read's small envelopes ease it; ~9 reads, plus the empty
+    # 1 s blocking reads while the results are awaited).
+    assert max(reads) == 100, reads
+    assert len(reads) <= 40, reads
