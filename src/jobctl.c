@@ -27,7 +27,9 @@ static struct {
     int port;
     char ns[80];
     char stream[256];
-    char password[256];
+    /* As long as redis.password may be (4096): a longer one was cut short
+     * here, and jobctl -c was refused where its daemons logged in. */
+    char password[4097];
     bool json;
     redisContext *c;
     /* From a configuration file (-c): where its daemons really listen. */

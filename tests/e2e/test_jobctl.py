@@ -193,3 +193,10 @@ def test_config_file_gives_an_acl_user(r, redis_server, start_jobd):
     out = ctl(daemon, "stats")
     assert out.returncode == 3 and "WRONGPASS" in out.stderr, (out.returncode, out.stderr)
 
+
+def test_config_file_gives_a_long_password(r, redis_server, start_jobd):
+    # redis.password may be up to 4096 bytes (a generated token, say): the
+    # daemon logs in with all of it, and so must jobctl -c (it kept 255).
+    password = "k" * 4092 + "-end"
+    authed = acl_user(r, redis_server, password)
+    acl_daemon_and_jobctl(authed, start_jobd, password)
