@@ -206,3 +206,43 @@ def test_small_envelopes_after_big_ones_are_read_in_full_batches_again(r, start_
     # 1 s blocking reads while the results are awaited).
     assert max(reads) == 100, reads
     assert len(reads) <= 40, reads
+
+
+def test_sighup_lowering_the_budget_holds_fewer(r, start_jobd):
+    # Ten ~50 KB envelopes fit the first budget; after a reload to BUDGET
+    # (four of them), the jobs taken from then on run at most about four at
+    # a time, and everything still runs.
+    first = [f"low{i}" for i in range(12)]
+    rest = [f"low{i}" for i in range(12, 24)]
+    with r.pipeline(transaction=True) as pipe:
+        for i in first:     # long enough to still run when the reload lands
+            pipe.xadd(f"{NS}:queue", {"job": padded({"id": i, "type": "sleep", "ms": 2500})})
+        for i in rest:
+            pipe.xadd(f"{NS}:queue", {"job": padded({"id": i, "type": "sleep", "ms": 800})})
+        pipe.execute()
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=100, limits__max_held_bytes=10 * PAD,
+                        admin__listen=f"127.0.0.1:{port}")
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] >= 10 * PAD, what="the first budget reached")
+    assert metrics(port)["jobd_jobs_running"] >= 9
+    daemon.settings["limits"]["max_held_bytes"] = BUDGET
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    reloaded_ms = time.time() * 1000
+    assert metrics(port)["jobd_max_held_bytes"] == BUDGET
+    recs = wait_results(r, first + rest, timeout=40)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    # Sanity: the first budget was used, and jobs started after the reload.
+    assert most_at_once(recs) >= 9, recs
+    later = [rec for rec in recs.values() if rec["started_at"] > reloaded_ms]
+    assert len(later) >= 12, recs
+    # When each of those started, everything running (the rest of the first
+    # run included) was within the new budget, overshot by one read at most.
+    spans = [(rec["started_at"], rec["finished_at"]) for rec in recs.values()]
+    at_once = max(sum(1 for s, f in spans if s <= rec["started_at"] < f) for rec in later)
+    assert at_once <= 5, recs
+    snapshot = lambda: json.loads(r.get(daemon.worker_key()) or "{}").get("jobs", {})
+    wait_for(lambda: snapshot().get("max_held_bytes") == BUDGET, timeout=8,
+             what="max_held_bytes in the worker key")
+    assert metrics(port)["jobd_held_bytes"] == 0
