@@ -200,3 +200,18 @@ def test_config_file_gives_a_long_password(r, redis_server, start_jobd):
     password = "k" * 4092 + "-end"
     authed = acl_user(r, redis_server, password)
     acl_daemon_and_jobctl(authed, start_jobd, password)
+
+
+def test_config_file_gives_long_stream_and_channel_names(r, start_jobd):
+    # Stream and channel names may be up to 512 bytes: jobctl -c must submit
+    # to the daemon's stream and publish on its channel by their whole names.
+    stream = "jobs:" + "s" * 400
+    channel = "in:" + "c" * 400
+    daemon = start_jobd(intake__streams=[stream], intake__channels=[channel])
+    out = ctl(daemon, "submit", '{"id":"long-stream","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert r.xlen(stream) == 1, r.keys("jobs:*")
+    assert wait_result(r, "long-stream")["status"] == "succeeded"
+    out = ctl(daemon, "submit", "--publish", '{"id":"long-channel","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert wait_result(r, "long-channel")["status"] == "succeeded"
