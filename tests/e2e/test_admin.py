@@ -283,3 +283,60 @@ def test_request_with_a_body_gets_its_405_whole(r, start_jobd):
     assert head.startswith(b"HTTP/1.1 405 "), head
     assert b"Allow: GET, HEAD" in head
     assert len(text) == int(re.search(rb"Content-Length: (\d+)", head).group(1))
+
+
+def test_sighup_lowering_the_connection_cap(r, start_jobd):
+    # From 6 to 2 while 4 clients are connected: the 4 keep their
+    # connections and get their answers, every new one is refused (and
+    # counted) while 2 or more are open, then exactly 2 are let in again;
+    # jobs run throughout.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", admin__max_connections=6)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as fifth:
+            assert not closed_within(fifth, 0.5)        # under the first cap
+        daemon.settings["admin"]["max_connections"] = 2
+        daemon.write_config()
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as extra:
+                assert closed_within(extra, 3), "a connection over the lowered cap was kept"
+        # Those open before the reload finish normally (within their 5 s).
+        s = held.pop()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        wait_for(lambda: "admin: refused a connection" in daemon.log_text(), what="the log line")
+        assert "admin.max_connections = 2" in daemon.log_text()
+        submit(r, {"id": "while-lowered", "type": "sleep", "ms": 1})
+        assert wait_result(r, "while-lowered")["status"] == "succeeded"
+    finally:
+        for s in held:
+            s.close()
+    wait_for(lambda: try_get(base + "/healthz") == 200, timeout=5, what="/healthz")
+    samples = scrape(base)
+    assert samples["jobd_admin_connections_refused_total"] >= 3, samples
+    # The new cap is 2: one idle client and a second one are kept, a third is not.
+    wait_for(lambda: (m := scrape(base)) and m["jobd_admin_connections"] == 1, timeout=5,
+             what="only the scrape itself open")
+    # (One at a time: the daemon may see the scrape's close after the next accept.)
+    first = socket.create_connection(("127.0.0.1", port))
+    second = None
+    try:
+        assert not closed_within(first, 0.5)
+        second = socket.create_connection(("127.0.0.1", port))
+        assert not closed_within(second, 0.5), "a second connection was refused under a cap of 2"
+        with socket.create_connection(("127.0.0.1", port)) as third:
+            assert closed_within(third, 3), "a third connection was kept under a cap of 2"
+    finally:
+        first.close()
+        if second:
+            second.close()
+    submit(r, {"id": "after-lowered", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after-lowered")["status"] == "succeeded"

@@ -149,3 +149,100 @@ def test_reclaim_takes_no_more_than_the_budget(r, start_jobd):
     assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
     assert most_at_once(recs) <= 5, recs
     assert "reclaimed" in daemon.log_text()
+
+
+class ReadMonitor:
+    """Every XREADGROUP the server executes, seen through MONITOR as an
+    operator would: (time, COUNT asked for)."""
+
+    def __init__(self, port):
+        import redis as redis_py
+        self.reads = []
+        self.seen = 0
+        self.conn = redis_py.Redis(port=port, decode_responses=True)
+        threading.Thread(target=self.run, daemon=True).start()
+        wait_for(lambda: self.seen, what="MONITOR to see the daemon's commands")
+
+    def run(self):
+        try:
+            with self.conn.monitor() as m:
+                for cmd in m.listen():
+                    self.seen += 1
+                    words = cmd["command"].split()
+                    if words and words[0].upper() == "XREADGROUP" and "COUNT" in words:
+                        self.reads.append(int(words[words.index("COUNT") + 1]))
+        except Exception:       # the server went away in teardown
+            pass
+
+
+def test_small_envelopes_after_big_ones_are_read_in_full_batches_again(r, start_jobd):
+    # Reads are planned with the largest recent envelope size, eased down by
+    # 1/16 with every smaller one. After a run of ~50 KB envelopes a read asks
+    # for 4 (the budget over 50 KB); a run of small ones that follows must
+    # bring that estimate down, so reads grow back to intake.batch (100)
+    # instead of taking 400 tiny jobs 4 at a time.
+    start_jobd(limits__max_held_bytes=BUDGET)
+    mon = ReadMonitor(r.connection_pool.connection_kwargs["port"])
+    big = [f"big{i}" for i in range(6)]
+    for i in big:
+        submit(r, padded({"id": i, "type": "sleep", "ms": 1}))
+    recs = wait_results(r, big, timeout=20)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    time.sleep(0.2)     # the reads of the big run are all seen
+    mark = len(mon.reads)
+    small = [f"small{i}" for i in range(400)]
+    with r.pipeline(transaction=True) as pipe:      # all 400 on the stream at once
+        for i in small:
+            pipe.xadd(f"{NS}:queue", {"job": json.dumps({"id": i, "type": "sleep", "ms": 1})})
+        pipe.execute()
+    recs = wait_results(r, small, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    reads = mon.reads[mark:]
+    # The estimate of the big run was in force at first (the read already
+    # waiting took 4; the next ones, a few small envelopes later, a few more)...
+    assert reads and reads[0] <= 8, reads
+    # ...and eased down: full batches again, so few reads for 400 jobs
+    # (each read's small envelopes ease it; ~9 reads, plus the empty
+    # 1 s blocking reads while the results are awaited).
+    assert max(reads) == 100, reads
+    assert len(reads) <= 40, reads
+
+
+def test_sighup_lowering_the_budget_holds_fewer(r, start_jobd):
+    # Ten ~50 KB envelopes fit the first budget; after a reload to BUDGET
+    # (four of them), the jobs taken from then on run at most about four at
+    # a time, and everything still runs.
+    first = [f"low{i}" for i in range(12)]
+    rest = [f"low{i}" for i in range(12, 24)]
+    with r.pipeline(transaction=True) as pipe:
+        for i in first:     # long enough to still run when the reload lands
+            pipe.xadd(f"{NS}:queue", {"job": padded({"id": i, "type": "sleep", "ms": 2500})})
+        for i in rest:
+            pipe.xadd(f"{NS}:queue", {"job": padded({"id": i, "type": "sleep", "ms": 800})})
+        pipe.execute()
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=100, limits__max_held_bytes=10 * PAD,
+                        admin__listen=f"127.0.0.1:{port}")
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] >= 10 * PAD, what="the first budget reached")
+    assert metrics(port)["jobd_jobs_running"] >= 9
+    daemon.settings["limits"]["max_held_bytes"] = BUDGET
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    reloaded_ms = time.time() * 1000
+    assert metrics(port)["jobd_max_held_bytes"] == BUDGET
+    recs = wait_results(r, first + rest, timeout=40)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    # Sanity: the first budget was used, and jobs started after the reload.
+    assert most_at_once(recs) >= 9, recs
+    later = [rec for rec in recs.values() if rec["started_at"] > reloaded_ms]
+    assert len(later) >= 12, recs
+    # When each of those started, everything running (the rest of the first
+    # run included) was within the new budget, overshot by one read at most.
+    spans = [(rec["started_at"], rec["finished_at"]) for rec in recs.values()]
+    at_once = max(sum(1 for s, f in spans if s <= rec["started_at"] < f) for rec in later)
+    assert at_once <= 5, recs
+    snapshot = lambda: json.loads(r.get(daemon.worker_key()) or "{}").get("jobs", {})
+    wait_for(lambda: snapshot().get("max_held_bytes") == BUDGET, timeout=8,
+             what="max_held_bytes in the worker key")
+    assert metrics(port)["jobd_held_bytes"] == 0

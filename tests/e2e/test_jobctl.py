@@ -116,3 +116,102 @@ def test_ndjson_that_is_not_utf8_is_refused_whole(r, start_jobd, tmp_path):
     out = ctl(daemon, "submit", f"@{jobs}")
     assert out.returncode == 2 and "line 2 is not UTF-8" in out.stderr, (out.returncode, out.stderr)
     assert r.xlen(f"{NS}:queue") == 0
+
+
+def test_config_file_gives_a_unix_socket(r, redis_server, start_jobd, tmp_path):
+    # redis.path wins over host/port for the daemon, so it must for jobctl -c
+    # too: here host/port name another Redis (the fixture's, on TCP), which
+    # jobctl would otherwise talk to and find no daemon there.
+    import redis as redis_py
+    sock = tmp_path / "sock" / "redis.sock"
+    sock.parent.mkdir()
+    server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock),
+                               "--unixsocketperm", "700", "--dir", str(sock.parent),
+                               "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        local = redis_py.Redis(unix_socket_path=str(sock), decode_responses=True)
+
+        def up():
+            try:
+                return local.ping()
+            except redis_py.exceptions.ConnectionError:
+                return False
+        wait_for(up, what="redis-server on its unix socket")
+        daemon = start_jobd(wait=False, redis__path=str(sock))
+        wait_for(lambda: local.exists(daemon.worker_key()), what="the daemon on the socket")
+        w = ctl(daemon, "workers")
+        assert w.returncode == 0 and f":{daemon.proc.pid} inflight=0" in w.stdout, \
+            (w.stdout, w.stderr)
+        out = ctl(daemon, "submit", "--wait", '{"id":"unix","type":"sleep","ms":1}')
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["status"] == "succeeded"
+        assert local.exists(f"{NS}:result:unix") and not r.exists(f"{NS}:result:unix")
+        st = ctl(daemon, "--json", "stats")
+        assert st.returncode == 0 and json.loads(st.stdout) == {"sleep.succeeded": 1}, st
+        assert ctl(daemon, "status", "unix").returncode == 0
+        daemon.stop()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def acl_user(r, redis_server, password):
+    """Redis with the default user off and one ACL user, 'worker', that
+    logs in with PASSWORD: a client authenticated as it."""
+    import redis as redis_py
+    r.execute_command("ACL", "SETUSER", "worker", "on", ">" + password, "~*", "&*", "+@all")
+    r.execute_command("ACL", "SETUSER", "default", "off")
+    return redis_py.Redis(port=redis_server.port, username="worker", password=password,
+                          decode_responses=True)
+
+
+def acl_daemon_and_jobctl(authed, start_jobd, password):
+    daemon = start_jobd(wait=False, redis__username="worker", redis__password=password)
+    wait_for(lambda: authed.exists(daemon.worker_key()), what="the daemon logged in")
+    out = ctl(daemon, "submit", "--wait", '{"id":"acl","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "succeeded"
+    w = ctl(daemon, "--json", "workers")
+    assert w.returncode == 0, w.stderr
+    assert json.loads(w.stdout.splitlines()[0])["worker"].endswith(f":{daemon.proc.pid}")
+    st = ctl(daemon, "stats")
+    assert st.returncode == 0 and "sleep.succeeded" in st.stdout, (st.stdout, st.stderr)
+    assert ctl(daemon, "status", "acl").returncode == 0
+    return daemon
+
+
+def test_config_file_gives_an_acl_user(r, redis_server, start_jobd):
+    # The default user is off: jobctl -c must log in as redis.username with
+    # redis.password (AUTH user pass), or every command is refused.
+    authed = acl_user(r, redis_server, "s3cret")
+    daemon = acl_daemon_and_jobctl(authed, start_jobd, "s3cret")
+    assert authed.get(f"{NS}:result:acl")
+    # A wrong password in the file is a Redis error (exit 3), said as such.
+    daemon.settings["redis"]["password"] = "nope"
+    daemon.write_config()
+    out = ctl(daemon, "stats")
+    assert out.returncode == 3 and "WRONGPASS" in out.stderr, (out.returncode, out.stderr)
+
+
+def test_config_file_gives_a_long_password(r, redis_server, start_jobd):
+    # redis.password may be up to 4096 bytes (a generated token, say): the
+    # daemon logs in with all of it, and so must jobctl -c (it kept 255).
+    password = "k" * 4092 + "-end"
+    authed = acl_user(r, redis_server, password)
+    acl_daemon_and_jobctl(authed, start_jobd, password)
+
+
+def test_config_file_gives_long_stream_and_channel_names(r, start_jobd):
+    # Stream and channel names may be up to 512 bytes: jobctl -c must submit
+    # to the daemon's stream and publish on its channel by their whole names.
+    stream = "jobs:" + "s" * 400
+    channel = "in:" + "c" * 400
+    daemon = start_jobd(intake__streams=[stream], intake__channels=[channel])
+    out = ctl(daemon, "submit", '{"id":"long-stream","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert r.xlen(stream) == 1, r.keys("jobs:*")
+    assert wait_result(r, "long-stream")["status"] == "succeeded"
+    out = ctl(daemon, "submit", "--publish", '{"id":"long-channel","type":"sleep","ms":1}')
+    assert out.returncode == 0, out.stderr
+    assert wait_result(r, "long-channel")["status"] == "succeeded"

@@ -392,3 +392,49 @@ def test_a_handshake_that_is_never_answered_times_out(start_jobd):
         listener.close()
         for c in conns:
             c.close()
+
+
+ROLES = ("command", "subscriber", "stream")
+
+
+def log_times(text, needle):
+    """The timestamps (s) of the log lines of TEXT that contain NEEDLE."""
+    from datetime import datetime
+    return [datetime.strptime(line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+            for line in text.splitlines() if needle in line]
+
+
+def test_backoff_starts_over_after_five_healthy_seconds(r, redis_server, start_jobd):
+    # An outage long enough for five failed connects in a row grows each
+    # connection's backoff to 2.5-5 s. Once the connections have been healthy
+    # for more than 5 s that history is forgotten: the next outage is retried
+    # after the first step (50-100 ms), not after the grown one.
+    daemon = start_jobd()
+    mark = len(daemon.log_text())
+    redis_server.kill()
+    failed = lambda role: daemon.log_text()[mark:].count(f"redis {role} connection: connect failed")
+    wait_for(lambda: all(failed(role) >= 5 for role in ROLES), timeout=15,
+             what="five failed connects of every connection")
+    redis_server.start()
+    ready = lambda role: f"redis {role} connection ready" in daemon.log_text()[mark:]
+    wait_for(lambda: all(ready(role) for role in ROLES), timeout=15,
+             what="every connection back after the long outage")
+    submit(r, {"id": "between", "type": "sleep", "ms": 1})
+    assert wait_result(r, "between", timeout=10)["status"] == "succeeded"
+    time.sleep(6)       # healthy for longer than 5 s (checked every 250 ms)
+    mark = len(daemon.log_text())
+    redis_server.kill()
+    # The first retry comes after the first backoff step: it fails (the
+    # server is still down) within well under the grown 2.5 s.
+    wait_for(lambda: all(failed(role) >= 1 for role in ROLES), timeout=1.5,
+             what="a first reconnect attempt of every connection")
+    text = daemon.log_text()[mark:]
+    for role in ROLES:
+        lost = log_times(text, f"redis {role} connection lost")[0]
+        retried = log_times(text, f"redis {role} connection: connect failed")[0]
+        assert retried - lost < 1.0, (role, retried - lost)
+    redis_server.start()
+    wait_for(lambda: all(ready(role) for role in ROLES), timeout=10,
+             what="every connection back after the second outage")
+    submit(r, {"id": "after-second", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after-second", timeout=10)["status"] == "succeeded"
