@@ -245,6 +245,45 @@ def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
     assert wrong.log_text().count("WRONGPASS") <= 3, wrong.log_text()
 
 
+def test_auth_sends_the_username_and_every_connection_is_that_user(redis_server, start_jobd):
+    # The default user has the same password as "worker" but may run no
+    # command: a handshake that sent "AUTH s3cret" without the username would
+    # log in as default and then be refused everything (NOPERM), so no job
+    # would run. Only "AUTH worker s3cret" makes jobd work here. (This test's
+    # redis-server is its own, stopped in teardown: the ACL changes end with it.)
+    import redis as redis_py
+    setup = redis_py.Redis(port=redis_server.port, decode_responses=True)
+    setup.execute_command("ACL", "SETUSER", "worker", "on", ">s3cret", "~*", "&*", "+@all")
+    setup.close()
+    admin = redis_py.Redis(port=redis_server.port, username="worker", password="s3cret",
+                           decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "default", "on", "resetpass", ">s3cret",
+                          "resetkeys", "resetchannels", "-@all")
+    admin.execute_command("ACL", "LOG", "RESET")
+    # The harness's own clients (logged in as default before the change) go,
+    # so that every other connection left is one of jobd's.
+    admin.execute_command("CLIENT", "KILL", "USER", "default")
+    own_id = admin.client_id()
+    daemon = start_jobd(wait=False, redis__username="worker", redis__password="s3cret")
+    wait_for(lambda: daemon.proc.poll() is None and admin.exists(daemon.worker_key()),
+             timeout=15, what="the daemon logged in and ready")
+    admin.xadd(f"{NS}:queue", {"job": json.dumps({"id": "acl", "type": "sleep", "ms": 1})})
+    rec = json.loads(wait_for(lambda: admin.get(f"{NS}:result:acl"), what="the job's result"))
+    assert rec["status"] == "succeeded", rec
+    # The pub/sub path works too: the subscriber is logged in as worker.
+    wait_for(lambda: admin.publish(f"{NS}:jobs", json.dumps(
+        {"id": "acl-pub", "type": "sleep", "ms": 1})) == 1, what="the subscriber")
+    assert json.loads(wait_for(lambda: admin.get(f"{NS}:result:acl-pub"),
+                               what="the pub/sub job's result"))["status"] == "succeeded"
+    # Every connection of jobd (command, subscriber, stream reader) is user
+    # worker; none is default, and no login or command was refused.
+    clients = [c for c in admin.client_list() if int(c["id"]) != own_id]
+    assert len(clients) >= 3, clients
+    assert {c["user"] for c in clients} == {"worker"}, clients
+    assert any(int(c["sub"]) > 0 for c in clients), clients
+    assert admin.execute_command("ACL", "LOG") == [], admin.execute_command("ACL", "LOG")
+
+
 def test_a_handshake_that_is_never_answered_times_out(start_jobd):
     # A server that accepts and then never answers AUTH: the login has the
     # command deadline too, so the connection is dropped and made again, and
