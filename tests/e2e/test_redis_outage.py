@@ -219,6 +219,90 @@ def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
     assert wait_result(r, "after-pause")["status"] == "succeeded"
 
 
+class SubscribeSwallower:
+    """A TCP proxy in front of Redis that forwards everything, except that
+    the first connection to send a (P)SUBSCRIBE is from then on left open and
+    unanswered: its SUBSCRIBEs never reach Redis and are never confirmed.
+    Later connections are forwarded whole."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.swallowed = None       # the connection left hanging
+        self.subscribers = 0        # connections that sent a SUBSCRIBE
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            state = {"stalled": False}
+            self.sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, state, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, state, False),
+                             daemon=True).start()
+
+    def _pipe(self, src, dst, state, upstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and b"SUBSCRIBE" in data.upper() and not state["stalled"]:
+                    with self.lock:
+                        self.subscribers += 1
+                        if self.swallowed is None:
+                            self.swallowed = src
+                            state["stalled"] = True
+                if state["stalled"]:
+                    continue        # read and drop, answer nothing
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_subscriber_left_unconfirmed_is_replaced(r, redis_server, start_jobd):
+    # The first subscriber connection gets no answer at all, ever, and stays
+    # open: no command deadline covers SUBSCRIBE, and no reconnect would come
+    # by itself. Only noticing the missing confirmations and making a new
+    # connection brings the daemon up (its worker key is written once every
+    # subscription is confirmed) and pub/sub jobs delivered.
+    proxy = SubscribeSwallower(redis_server.port)
+    try:
+        daemon = start_jobd(wait=False, redis__port=proxy.port)
+        wait_for(lambda: proxy.swallowed is not None, what="the first subscriber stalled")
+        assert not r.exists(daemon.worker_key())
+        daemon.wait_ready(timeout=30)
+        assert proxy.subscribers >= 2
+        # The new subscriber is the one Redis knows: a published job arrives.
+        wait_for(lambda: publish(r, {"id": "resubscribed", "type": "sleep", "ms": 1}) == 1,
+                 timeout=10, interval=0.2, what="a subscriber on the channel")
+        assert wait_result(r, "resubscribed")["status"] == "succeeded"
+        snapshot = json.loads(r.get(daemon.worker_key()))
+        assert snapshot["redis_reconnects"] >= 1, snapshot
+    finally:
+        proxy.close()
+
+
 def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
     # The handshake: AUTH user password must be answered before any module
     # uses the connection; a refused AUTH leaves the daemon up, running
