@@ -4,7 +4,10 @@ import json
 import signal
 import time
 
+import pytest
+
 from conftest import NS, Ledger, free_port, result, submit, wait_for, wait_result
+from http_server import HttpServer
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
 
@@ -290,3 +293,69 @@ def test_drain_puts_back_a_group_whose_children_wait(r, start_jobd):
     assert [c["status"] for c in rec["result"]["results"]] == ["succeeded"] * 4
     lost, duplicated = ledger.report(["d"])
     assert lost == [] and duplicated == {}
+
+
+# ---- never-started children, seen from outside -----------------------------
+#
+# A stopped group's record carries only its own outcome ("group stopped", or
+# the failing child in "all" mode), not its children's records, so a child
+# that never started cannot be seen in any record. What can be seen is its
+# side effect: an http child that never started never reaches the server.
+
+@pytest.fixture
+def web():
+    server = HttpServer()
+    yield server
+    server.stop()
+
+
+def requested(web):
+    with web.state.lock:
+        return list(web.state.paths)
+
+
+def test_all_mode_failure_never_sends_the_waiting_http_children(r, start_jobd, web):
+    start_jobd(limits__max_group_children=1, http__allow_private=True)
+    submit(r, {"id": "a", "type": "group", "mode": "all", "jobs": [
+        {"type": "http", "url": web.url("/status/404?c=0")}] +
+        [{"type": "http", "url": web.url(f"/bytes/1?c={i}")} for i in range(1, 6)]})
+    rec = wait_result(r, "a")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "http_status", rec
+    assert rec["attempts"] == 1 and "group.jobs[0]" in rec["error"]["message"], rec
+    # The group reports only once every child has ended: any waiting child
+    # that had been started would have made its request by now.
+    assert requested(web) == ["/status/404?c=0"]
+    time.sleep(0.5)
+    assert requested(web) == ["/status/404?c=0"]
+
+
+def test_cancel_never_sends_the_waiting_http_children(r, start_jobd, web):
+    port = free_port()
+    start_jobd(limits__max_group_children=2, http__allow_private=True,
+               jobs__timeout_ms=60000, admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    submit(r, {"id": "c", "type": "group", "jobs": [
+        {"type": "http", "url": web.url(f"/delay/20000?c={i}")} for i in range(6)]})
+    wait_for(lambda: len(requested(web)) == 2 and metrics()["jobd_group_children_queued"] == 4,
+             what="two requests sent and four children waiting")
+    first_two = sorted(requested(web))
+    assert first_two == ["/delay/20000?c=0", "/delay/20000?c=1"]
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
+    rec = wait_result(r, "c", timeout=5)
+    assert rec["status"] == "cancelled" and rec["error"]["code"] == "cancelled", rec
+    final = metrics()
+    assert final["jobd_group_children_running"] == 0 and final["jobd_group_children_queued"] == 0
+    time.sleep(0.5)
+    assert sorted(requested(web)) == first_two
+
+
+def test_group_timeout_never_sends_the_waiting_http_children(r, start_jobd, web):
+    start_jobd(limits__max_group_children=1, http__allow_private=True, jobs__timeout_ms=60000)
+    submit(r, {"id": "t", "type": "group", "timeout_ms": 500, "jobs": [
+        {"type": "http", "url": web.url(f"/delay/20000?c={i}")} for i in range(5)]})
+    rec = wait_result(r, "t", timeout=10)
+    assert rec["status"] == "timed_out" and rec["error"]["code"] == "timeout", rec
+    assert rec["finished_at"] - rec["started_at"] < 5000, rec
+    assert requested(web) == ["/delay/20000?c=0"]
+    time.sleep(0.5)
+    assert requested(web) == ["/delay/20000?c=0"]
