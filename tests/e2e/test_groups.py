@@ -359,3 +359,51 @@ def test_group_timeout_never_sends_the_waiting_http_children(r, start_jobd, web)
     assert requested(web) == ["/delay/20000?c=0"]
     time.sleep(0.5)
     assert requested(web) == ["/delay/20000?c=0"]
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "all"])
+def test_a_stopped_group_queues_no_pool_task_for_its_waiting_children(r, start_jobd, tmp_path,
+                                                                       how):
+    # One pool thread, kept busy by four long hash jobs (1-2 s each). The
+    # group's first child (a sleep) holds the one child slot; four file
+    # children wait.
+    # When the group is stopped, they must end unstarted: one started, even
+    # to be stopped at once, would put its task in the pool queue behind the
+    # hash jobs, and the group could report only once that task came back.
+    # So the group's result comes while the last hash job still waits.
+    (tmp_path / "f").write_text("x")
+    port = free_port()
+    start_jobd(threads__size=1, limits__max_group_children=1, files__root=str(tmp_path),
+               admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    for i in range(4):
+        submit(r, {"id": f"busy{i}", "type": "hash", "algorithm": "sha512", "data": "x",
+                   "iterations": 10000000})
+    wait_for(lambda: (lambda m: m["jobd_threadpool_busy"] == 1 and
+                      m["jobd_threadpool_queue_depth"] == 3)(metrics()),
+             what="the pool thread busy and three hash jobs queued")
+    files = [{"type": "file", "op": "read", "path": "f"}] * 4
+    group = {"id": "g", "type": "group", "jobs": [{"type": "sleep", "ms": 20000}] + files}
+    if how == "timeout":
+        group["timeout_ms"] = 1500
+    elif how == "all":
+        group["mode"] = "all"
+        group["jobs"][0]["timeout_ms"] = 1500
+    submit(r, group)
+    wait_for(lambda: (lambda m: m["jobd_group_children_running"] == 1 and
+                      m["jobd_group_children_queued"] == 4)(metrics()),
+             what="one child running and four waiting")
+    if how == "cancel":
+        r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "g"}))
+    rec = wait_result(r, "g", timeout=30)
+    expected = {"cancel": "cancelled", "timeout": "timed_out", "all": "failed"}[how]
+    assert rec["status"] == expected, rec
+    assert result(r, "busy3") is None, "the group waited for the pool"
+    m = metrics()
+    assert m["jobd_threadpool_queue_depth"] <= 3, m     # hash jobs only, no child's task
+    assert m["jobd_group_children_running"] == 0 and m["jobd_group_children_queued"] == 0, m
+    busy = [wait_result(r, f"busy{i}", timeout=60) for i in range(4)]
+    assert all(b["status"] == "succeeded" for b in busy)
+    # The records say the same: the group ended before the pool got through
+    # the hash jobs queued ahead of any task of its children.
+    assert rec["finished_at"] < busy[2]["finished_at"], (rec, busy)
