@@ -407,3 +407,31 @@ def test_a_stopped_group_queues_no_pool_task_for_its_waiting_children(r, start_j
     # The records say the same: the group ended before the pool got through
     # the hash jobs queued ahead of any task of its children.
     assert rec["finished_at"] < busy[2]["finished_at"], (rec, busy)
+
+
+def test_drain_sends_no_waiting_http_child_and_puts_the_group_back_whole(r, start_jobd, web):
+    # One child slot, four 1 s http children, 1.5 s of drain: the second child
+    # starts during the drain (a running group may still finish); at the
+    # drain's end the group is stopped, its third and fourth children never
+    # reach the server, and the group goes back on its stream whole: the next
+    # daemon runs all four again.
+    paths = [f"/delay/1000?c={i}" for i in range(4)]
+    submit(r, {"id": "d", "type": "group", "jobs": [
+        {"type": "http", "url": web.url(p)} for p in paths]})
+    first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=1500,
+                       http__allow_private=True)
+    wait_for(lambda: requested(web) == paths[:1], what="the first child's request")
+    assert first.stop() == 0
+    assert requested(web) == paths[:2]
+    assert result(r, "d") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+    assert {f["id"] for _, f in r.xrange(f"{NS}:queue") if "attempts" in f} == {"d"}
+    time.sleep(0.5)
+    assert requested(web) == paths[:2]
+    start_jobd(name="second", limits__max_group_children=1, http__allow_private=True)
+    rec = wait_result(r, "d", timeout=20)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+    children = rec["result"]["results"]
+    assert [c["status"] for c in children] == ["succeeded"] * 4, children
+    assert all(c["attempts"] == 1 for c in children)
+    assert requested(web) == paths[:2] + paths
