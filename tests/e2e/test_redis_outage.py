@@ -368,6 +368,28 @@ def test_auth_sends_the_username_and_every_connection_is_that_user(redis_server,
     assert admin.execute_command("ACL", "LOG") == [], admin.execute_command("ACL", "LOG")
 
 
+def test_a_lasting_eval_refusal_is_logged_once_and_due_jobs_move_once_allowed(r, start_jobd):
+    # jobd's user may not run EVAL: the scheduler's move of due jobs (tried
+    # every 100 ms) is refused each time. That is said once at error level,
+    # not ten times a second; everything else works, and once EVAL is
+    # allowed the delayed job is moved and runs.
+    r.execute_command("ACL", "SETUSER", "worker", "on", ">s3cret", "~*", "&*", "+@all",
+                      "-eval", "-evalsha")
+    daemon = start_jobd(redis__username="worker", redis__password="s3cret")
+    submit(r, {"id": "now", "type": "sleep", "ms": 1})
+    assert wait_result(r, "now")["status"] == "succeeded"
+    submit(r, {"id": "later", "type": "sleep", "ms": 1, "delay_ms": 100})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job parked")
+    wait_for(lambda: daemon.log_text().count("moving due jobs") >= 10, what="refused moves")
+    assert r.get(f"{NS}:result:later") is None
+    log = daemon.log_text()
+    assert log.count(" ERROR moving due jobs") == 1, log
+    assert "NOPERM" in log
+    r.execute_command("ACL", "SETUSER", "worker", "+eval", "+evalsha")
+    assert wait_result(r, "later")["status"] == "succeeded"
+    assert "moving due jobs from jobd:scheduled works again" in daemon.log_text()
+
+
 def test_a_handshake_that_is_never_answered_times_out(start_jobd):
     # A server that accepts and then never answers AUTH: the login has the
     # command deadline too, so the connection is dropped and made again, and
