@@ -45,6 +45,7 @@ struct scheduler {
     struct daemon *d;
     struct event *timer;
     bool busy;
+    bool failing;               /* the last move was refused */
     uint64_t moved;
 };
 
@@ -54,9 +55,19 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
     s->busy = false;
     if (!reply)
         return;
-    if (reply->type == REDIS_REPLY_ERROR)
-        log_error("moving due jobs from %s:scheduled failed: %s", s->d->cfg.ns, reply->str);
-    else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* Tried every TICK_MS: a lasting refusal (an ACL without EVAL, say)
+         * is logged once at error level, not ten times a second. */
+        log_msg(s->failing ? LOG_DEBUG : LOG_ERROR, "moving due jobs from %s:scheduled failed: %s",
+                s->d->cfg.ns, reply->str);
+        s->failing = true;
+        return;
+    }
+    if (s->failing) {
+        s->failing = false;
+        log_notice("moving due jobs from %s:scheduled works again", s->d->cfg.ns);
+    }
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         s->moved += (uint64_t)reply->integer;
         log_debug("moved %lld due job(s) back to their streams", reply->integer);
     }

@@ -32,6 +32,7 @@ class State:
         self.max_active = 0
         self.requests = 0
         self.connections = 0
+        self.paths = []             # every request's path, in arrival order
 
     def bump(self, key):
         with self.lock:
@@ -84,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests += 1
+            state.paths.append(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = self.path.split("?")[0].strip("/").split("/")

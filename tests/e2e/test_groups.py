@@ -4,7 +4,10 @@ import json
 import signal
 import time
 
+import pytest
+
 from conftest import NS, Ledger, free_port, result, submit, wait_for, wait_result
+from http_server import HttpServer
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
 
@@ -290,3 +293,145 @@ def test_drain_puts_back_a_group_whose_children_wait(r, start_jobd):
     assert [c["status"] for c in rec["result"]["results"]] == ["succeeded"] * 4
     lost, duplicated = ledger.report(["d"])
     assert lost == [] and duplicated == {}
+
+
+# ---- never-started children, seen from outside -----------------------------
+#
+# A stopped group's record carries only its own outcome ("group stopped", or
+# the failing child in "all" mode), not its children's records, so a child
+# that never started cannot be seen in any record. What can be seen is its
+# side effect: an http child that never started never reaches the server.
+
+@pytest.fixture
+def web():
+    server = HttpServer()
+    yield server
+    server.stop()
+
+
+def requested(web):
+    with web.state.lock:
+        return list(web.state.paths)
+
+
+def test_all_mode_failure_never_sends_the_waiting_http_children(r, start_jobd, web):
+    start_jobd(limits__max_group_children=1, http__allow_private=True)
+    submit(r, {"id": "a", "type": "group", "mode": "all", "jobs": [
+        {"type": "http", "url": web.url("/status/404?c=0")}] +
+        [{"type": "http", "url": web.url(f"/bytes/1?c={i}")} for i in range(1, 6)]})
+    rec = wait_result(r, "a")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "http_status", rec
+    assert rec["attempts"] == 1 and "group.jobs[0]" in rec["error"]["message"], rec
+    # The group reports only once every child has ended: any waiting child
+    # that had been started would have made its request by now.
+    assert requested(web) == ["/status/404?c=0"]
+    time.sleep(0.5)
+    assert requested(web) == ["/status/404?c=0"]
+
+
+def test_cancel_never_sends_the_waiting_http_children(r, start_jobd, web):
+    port = free_port()
+    start_jobd(limits__max_group_children=2, http__allow_private=True,
+               jobs__timeout_ms=60000, admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    submit(r, {"id": "c", "type": "group", "jobs": [
+        {"type": "http", "url": web.url(f"/delay/20000?c={i}")} for i in range(6)]})
+    wait_for(lambda: len(requested(web)) == 2 and metrics()["jobd_group_children_queued"] == 4,
+             what="two requests sent and four children waiting")
+    first_two = sorted(requested(web))
+    assert first_two == ["/delay/20000?c=0", "/delay/20000?c=1"]
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "c"}))
+    rec = wait_result(r, "c", timeout=5)
+    assert rec["status"] == "cancelled" and rec["error"]["code"] == "cancelled", rec
+    final = metrics()
+    assert final["jobd_group_children_running"] == 0 and final["jobd_group_children_queued"] == 0
+    time.sleep(0.5)
+    assert sorted(requested(web)) == first_two
+
+
+def test_group_timeout_never_sends_the_waiting_http_children(r, start_jobd, web):
+    start_jobd(limits__max_group_children=1, http__allow_private=True, jobs__timeout_ms=60000)
+    submit(r, {"id": "t", "type": "group", "timeout_ms": 500, "jobs": [
+        {"type": "http", "url": web.url(f"/delay/20000?c={i}")} for i in range(5)]})
+    rec = wait_result(r, "t", timeout=10)
+    assert rec["status"] == "timed_out" and rec["error"]["code"] == "timeout", rec
+    assert rec["finished_at"] - rec["started_at"] < 5000, rec
+    assert requested(web) == ["/delay/20000?c=0"]
+    time.sleep(0.5)
+    assert requested(web) == ["/delay/20000?c=0"]
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "all"])
+def test_a_stopped_group_queues_no_pool_task_for_its_waiting_children(r, start_jobd, tmp_path,
+                                                                       how):
+    # One pool thread, kept busy by four long hash jobs (1-2 s each). The
+    # group's first child (a sleep) holds the one child slot; four file
+    # children wait.
+    # When the group is stopped, they must end unstarted: one started, even
+    # to be stopped at once, would put its task in the pool queue behind the
+    # hash jobs, and the group could report only once that task came back.
+    # So the group's result comes while the last hash job still waits.
+    (tmp_path / "f").write_text("x")
+    port = free_port()
+    start_jobd(threads__size=1, limits__max_group_children=1, files__root=str(tmp_path),
+               admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    for i in range(4):
+        submit(r, {"id": f"busy{i}", "type": "hash", "algorithm": "sha512", "data": "x",
+                   "iterations": 10000000})
+    wait_for(lambda: (lambda m: m["jobd_threadpool_busy"] == 1 and
+                      m["jobd_threadpool_queue_depth"] == 3)(metrics()),
+             what="the pool thread busy and three hash jobs queued")
+    files = [{"type": "file", "op": "read", "path": "f"}] * 4
+    group = {"id": "g", "type": "group", "jobs": [{"type": "sleep", "ms": 20000}] + files}
+    if how == "timeout":
+        group["timeout_ms"] = 1500
+    elif how == "all":
+        group["mode"] = "all"
+        group["jobs"][0]["timeout_ms"] = 1500
+    submit(r, group)
+    wait_for(lambda: (lambda m: m["jobd_group_children_running"] == 1 and
+                      m["jobd_group_children_queued"] == 4)(metrics()),
+             what="one child running and four waiting")
+    if how == "cancel":
+        r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "g"}))
+    rec = wait_result(r, "g", timeout=30)
+    expected = {"cancel": "cancelled", "timeout": "timed_out", "all": "failed"}[how]
+    assert rec["status"] == expected, rec
+    assert result(r, "busy3") is None, "the group waited for the pool"
+    m = metrics()
+    assert m["jobd_threadpool_queue_depth"] <= 3, m     # hash jobs only, no child's task
+    assert m["jobd_group_children_running"] == 0 and m["jobd_group_children_queued"] == 0, m
+    busy = [wait_result(r, f"busy{i}", timeout=60) for i in range(4)]
+    assert all(b["status"] == "succeeded" for b in busy)
+    # The records say the same: the group ended before the pool got through
+    # the hash jobs queued ahead of any task of its children.
+    assert rec["finished_at"] < busy[2]["finished_at"], (rec, busy)
+
+
+def test_drain_sends_no_waiting_http_child_and_puts_the_group_back_whole(r, start_jobd, web):
+    # One child slot, four 1 s http children, 1.5 s of drain: the second child
+    # starts during the drain (a running group may still finish); at the
+    # drain's end the group is stopped, its third and fourth children never
+    # reach the server, and the group goes back on its stream whole: the next
+    # daemon runs all four again.
+    paths = [f"/delay/1000?c={i}" for i in range(4)]
+    submit(r, {"id": "d", "type": "group", "jobs": [
+        {"type": "http", "url": web.url(p)} for p in paths]})
+    first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=1500,
+                       http__allow_private=True)
+    wait_for(lambda: requested(web) == paths[:1], what="the first child's request")
+    assert first.stop() == 0
+    assert requested(web) == paths[:2]
+    assert result(r, "d") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+    assert {f["id"] for _, f in r.xrange(f"{NS}:queue") if "attempts" in f} == {"d"}
+    time.sleep(0.5)
+    assert requested(web) == paths[:2]
+    start_jobd(name="second", limits__max_group_children=1, http__allow_private=True)
+    rec = wait_result(r, "d", timeout=20)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+    children = rec["result"]["results"]
+    assert [c["status"] for c in children] == ["succeeded"] * 4, children
+    assert all(c["attempts"] == 1 for c in children)
+    assert requested(web) == paths[:2] + paths

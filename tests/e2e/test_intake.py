@@ -128,6 +128,44 @@ def test_drain_puts_jobs_queued_for_a_slot_back_at_once(r, start_jobd):
     assert wait_result(r, "queued")["status"] == "succeeded"
 
 
+def test_drain_requeues_jobs_waiting_for_a_slot_while_the_running_one_runs(r, start_jobd):
+    # max_inflight 1 and three streams: one read brings a 30 s job from each,
+    # one runs and two wait for its slot. SIGTERM must put the two waiting
+    # ones back on their streams at once, not when the running one ends (30 s)
+    # or when the drain runs out (60 s).
+    streams = [f"{NS}:queue", f"{NS}:urgent", f"{NS}:low"]
+    ids = ["first", "second", "third"]
+    for job_id, stream in zip(ids, streams):
+        submit(r, {"id": job_id, "type": "sleep", "ms": 30000}, stream=stream)
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=1, intake__streams=streams,
+                        shutdown__drain_ms=60000, admin__listen=f"127.0.0.1:{port}")
+    metrics = lambda: parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    wait_for(lambda: (lambda m: m["jobd_jobs_running"] == 1 and m["jobd_jobs_queued"] == 2)(
+        metrics()), what="one job running and two waiting for its slot")
+
+    def requeued():
+        return {f["id"] for s in streams for _, f in r.xrange(s) if "attempts" in f}
+    daemon.signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    back = wait_for(lambda: len(requeued()) >= 2 and requeued(), timeout=10,
+                    what="the two waiting jobs back on their streams")
+    waited = time.monotonic() - t0
+    # Still draining: the running job goes on (no result, not put back), so
+    # what was put back were the two jobs that waited for its slot.
+    assert daemon.proc.poll() is None, waited
+    assert len(back) == 2, back
+    assert not r.keys(f"{NS}:result:*")
+    assert waited < 10
+    # The second SIGTERM ends the drain: the running job goes back too, and
+    # nothing is left pending.
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(15) == 0
+    assert requeued() == set(ids)
+    assert all(r.xpending(s, "jobd")["pending"] == 0 for s in streams)
+    assert not r.keys(f"{NS}:result:*")
+
+
 def test_pubsub_overflow_is_parked_on_the_stream(r, start_jobd):
     port = free_port()
     start_jobd(limits__max_inflight=1, admin__listen=f"127.0.0.1:{port}")

@@ -346,6 +346,90 @@ def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
     assert wait_result(r, "after-pause")["status"] == "succeeded"
 
 
+class SubscribeSwallower:
+    """A TCP proxy in front of Redis that forwards everything, except that
+    the first connection to send a (P)SUBSCRIBE is from then on left open and
+    unanswered: its SUBSCRIBEs never reach Redis and are never confirmed.
+    Later connections are forwarded whole."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.swallowed = None       # the connection left hanging
+        self.subscribers = 0        # connections that sent a SUBSCRIBE
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            state = {"stalled": False}
+            self.sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, state, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, state, False),
+                             daemon=True).start()
+
+    def _pipe(self, src, dst, state, upstream):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and b"SUBSCRIBE" in data.upper() and not state["stalled"]:
+                    with self.lock:
+                        self.subscribers += 1
+                        if self.swallowed is None:
+                            self.swallowed = src
+                            state["stalled"] = True
+                if state["stalled"]:
+                    continue        # read and drop, answer nothing
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_subscriber_left_unconfirmed_is_replaced(r, redis_server, start_jobd):
+    # The first subscriber connection gets no answer at all, ever, and stays
+    # open: no command deadline covers SUBSCRIBE, and no reconnect would come
+    # by itself. Only noticing the missing confirmations and making a new
+    # connection brings the daemon up (its worker key is written once every
+    # subscription is confirmed) and pub/sub jobs delivered.
+    proxy = SubscribeSwallower(redis_server.port)
+    try:
+        daemon = start_jobd(wait=False, redis__port=proxy.port)
+        wait_for(lambda: proxy.swallowed is not None, what="the first subscriber stalled")
+        assert not r.exists(daemon.worker_key())
+        daemon.wait_ready(timeout=30)
+        assert proxy.subscribers >= 2
+        # The new subscriber is the one Redis knows: a published job arrives.
+        wait_for(lambda: publish(r, {"id": "resubscribed", "type": "sleep", "ms": 1}) == 1,
+                 timeout=10, interval=0.2, what="a subscriber on the channel")
+        assert wait_result(r, "resubscribed")["status"] == "succeeded"
+        snapshot = json.loads(r.get(daemon.worker_key()))
+        assert snapshot["redis_reconnects"] >= 1, snapshot
+    finally:
+        proxy.close()
+
+
 def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
     # The handshake: AUTH user password must be answered before any module
     # uses the connection; a refused AUTH leaves the daemon up, running
@@ -370,6 +454,67 @@ def test_auth_with_username_then_a_wrong_password(r, redis_server, start_jobd):
     # Slow retries after a refusal (2.5-5 s backoff), not a reconnect storm:
     # one refusal for each of the three connections so far.
     assert wrong.log_text().count("WRONGPASS") <= 3, wrong.log_text()
+
+
+def test_auth_sends_the_username_and_every_connection_is_that_user(redis_server, start_jobd):
+    # The default user has the same password as "worker" but may run no
+    # command: a handshake that sent "AUTH s3cret" without the username would
+    # log in as default and then be refused everything (NOPERM), so no job
+    # would run. Only "AUTH worker s3cret" makes jobd work here. (This test's
+    # redis-server is its own, stopped in teardown: the ACL changes end with it.)
+    import redis as redis_py
+    setup = redis_py.Redis(port=redis_server.port, decode_responses=True)
+    setup.execute_command("ACL", "SETUSER", "worker", "on", ">s3cret", "~*", "&*", "+@all")
+    setup.close()
+    admin = redis_py.Redis(port=redis_server.port, username="worker", password="s3cret",
+                           decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "default", "on", "resetpass", ">s3cret",
+                          "resetkeys", "resetchannels", "-@all")
+    admin.execute_command("ACL", "LOG", "RESET")
+    # The harness's own clients (logged in as default before the change) go,
+    # so that every other connection left is one of jobd's.
+    admin.execute_command("CLIENT", "KILL", "USER", "default")
+    own_id = admin.client_id()
+    daemon = start_jobd(wait=False, redis__username="worker", redis__password="s3cret")
+    wait_for(lambda: daemon.proc.poll() is None and admin.exists(daemon.worker_key()),
+             timeout=15, what="the daemon logged in and ready")
+    admin.xadd(f"{NS}:queue", {"job": json.dumps({"id": "acl", "type": "sleep", "ms": 1})})
+    rec = json.loads(wait_for(lambda: admin.get(f"{NS}:result:acl"), what="the job's result"))
+    assert rec["status"] == "succeeded", rec
+    # The pub/sub path works too: the subscriber is logged in as worker.
+    wait_for(lambda: admin.publish(f"{NS}:jobs", json.dumps(
+        {"id": "acl-pub", "type": "sleep", "ms": 1})) == 1, what="the subscriber")
+    assert json.loads(wait_for(lambda: admin.get(f"{NS}:result:acl-pub"),
+                               what="the pub/sub job's result"))["status"] == "succeeded"
+    # Every connection of jobd (command, subscriber, stream reader) is user
+    # worker; none is default, and no login or command was refused.
+    clients = [c for c in admin.client_list() if int(c["id"]) != own_id]
+    assert len(clients) >= 3, clients
+    assert {c["user"] for c in clients} == {"worker"}, clients
+    assert any(int(c["sub"]) > 0 for c in clients), clients
+    assert admin.execute_command("ACL", "LOG") == [], admin.execute_command("ACL", "LOG")
+
+
+def test_a_lasting_eval_refusal_is_logged_once_and_due_jobs_move_once_allowed(r, start_jobd):
+    # jobd's user may not run EVAL: the scheduler's move of due jobs (tried
+    # every 100 ms) is refused each time. That is said once at error level,
+    # not ten times a second; everything else works, and once EVAL is
+    # allowed the delayed job is moved and runs.
+    r.execute_command("ACL", "SETUSER", "worker", "on", ">s3cret", "~*", "&*", "+@all",
+                      "-eval", "-evalsha")
+    daemon = start_jobd(redis__username="worker", redis__password="s3cret")
+    submit(r, {"id": "now", "type": "sleep", "ms": 1})
+    assert wait_result(r, "now")["status"] == "succeeded"
+    submit(r, {"id": "later", "type": "sleep", "ms": 1, "delay_ms": 100})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job parked")
+    wait_for(lambda: daemon.log_text().count("moving due jobs") >= 10, what="refused moves")
+    assert r.get(f"{NS}:result:later") is None
+    log = daemon.log_text()
+    assert log.count(" ERROR moving due jobs") == 1, log
+    assert "NOPERM" in log
+    r.execute_command("ACL", "SETUSER", "worker", "+eval", "+evalsha")
+    assert wait_result(r, "later")["status"] == "succeeded"
+    assert "moving due jobs from jobd:scheduled works again" in daemon.log_text()
 
 
 def test_a_handshake_that_is_never_answered_times_out(start_jobd):
