@@ -119,10 +119,31 @@ static void stop_children(struct job *job, struct group_state *st)
     runner_children_release(job->d->runner);
 }
 
+/* Every child's record, in input order, and how many succeeded. */
+static json_t *child_records(const struct job *job, const struct group_state *st, int *succeeded)
+{
+    json_t *results = json_array();
+    *succeeded = 0;
+    for (int i = 0; i < st->nchildren; i++) {
+        json_t *rec = result_record(job->d, st->children[i]);
+        if (!rec)   /* keep its place: the results are in input order */
+            rec = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", st->children[i]->id, "status",
+                            job_status_name(st->children[i]->status), "error", "code",
+                            ERR_INTERNAL, "message",
+                            "this child's record could not be rebuilt (nested too deep)");
+        /* The worker is the group's: no need to repeat it per child. */
+        json_object_del(rec, "worker");
+        json_array_append_new(results, rec);
+        *succeeded += st->children[i]->status == JOB_SUCCEEDED;
+    }
+    return results;
+}
+
 static void report(struct job *job)
 {
     struct group_state *st = job->exec_state;
-    const struct daemon *d = job->d;
+    int succeeded;
+    json_t *results = child_records(job, st, &succeeded);
     if (st->all && st->first_failure >= 0) {
         struct job *c = st->children[st->first_failure];
         /* The group failed because of this child: say which, keep its code,
@@ -133,26 +154,18 @@ static void report(struct job *job)
         e.retry_after_ms = 0;
         snprintf(e.message, sizeof(e.message), "group.jobs[%d] %s: %.480s", st->first_failure,
                  job_status_name(c->status), c->error.message);
+        /* What the others did still matters (a webhook already sent): the
+         * record's error carries every child's record too. */
+        json_decref(job->error_results);
+        job->error_results = results;
         job_fail_with(job, &e);
         return;
     }
     if (st->stopping) {
+        json_decref(job->error_results);
+        job->error_results = results;
         job_fail(job, ERR_CANCELLED, "group stopped");
         return;
-    }
-    json_t *results = json_array();
-    int succeeded = 0;
-    for (int i = 0; i < st->nchildren; i++) {
-        json_t *rec = result_record(d, st->children[i]);
-        if (!rec)   /* keep its place: the results are in input order */
-            rec = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", st->children[i]->id, "status",
-                            job_status_name(st->children[i]->status), "error", "code",
-                            ERR_INTERNAL, "message",
-                            "this child's record could not be rebuilt (nested too deep)");
-        /* The worker is the group's: no need to repeat it per child. */
-        json_object_del(rec, "worker");
-        json_array_append_new(results, rec);
-        succeeded += st->children[i]->status == JOB_SUCCEEDED;
     }
     job_succeed(job, json_pack("{s:o, s:i, s:i}", "results", results, "succeeded", succeeded,
                                "failed", st->nchildren - succeeded));

@@ -43,6 +43,8 @@ void job_succeed(struct job *job, json_t *result)
     json_decref(job->result);
     job->result = result;
     memset(&job->error, 0, sizeof(job->error));
+    json_decref(job->error_results);
+    job->error_results = NULL;
     job->status = JOB_SUCCEEDED;
     runner_attempt_done(job);
 }

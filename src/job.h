@@ -113,6 +113,9 @@ struct job {
     enum job_status status;
     json_t *result;             /* owned */
     struct job_error error;
+    /* A group that did not succeed: its children's records, in input order,
+     * added to the record's error as "results" (owned). */
+    json_t *error_results;
 
     /* What must still be written to Redis for this job (enum job_write in
      * result.h) and, for a retry or delay, when it is due. */

@@ -125,6 +125,8 @@ static char *record_text(const struct daemon *d, const struct job *job, size_t *
             jbuf_lit(&b, "{}");
     } else {
         json_t *err = result_error_json(&job->error);
+        if (err && job->error_results)
+            json_object_set(err, "results", job->error_results);
         jbuf_lit(&b, ",\"error\":");
         if (err)
             jbuf_value(&b, err);

@@ -127,6 +127,7 @@ static void job_free(struct runner *r, struct job *job)
     json_decref(job->envelope);
     json_decref(job->spec);
     json_decref(job->result);
+    json_decref(job->error_results);
     free(job->raw);
     free(job->stream);
     free(job->reply_to);

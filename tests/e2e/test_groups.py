@@ -12,6 +12,12 @@ from test_admin import get, parse_metrics
 from test_intake import most_at_once
 
 
+def outcomes(rec):
+    """(status, attempts) of each child in a group's record that did not
+    succeed: its error carries every child's record, in input order."""
+    return [(c["status"], c["attempts"]) for c in rec["error"]["results"]]
+
+
 def test_settle_keeps_every_outcome_in_order(r, start_jobd, tmp_path):
     start_jobd(files__root=str(tmp_path))
     submit(r, {"id": "g", "type": "group", "jobs": [
@@ -162,6 +168,9 @@ def test_cancel_ends_waiting_children_at_once(r, start_jobd):
     log = daemon.log_text()
     assert log.count("started (sleep)") == 2
     assert log.count("stopped while waiting for a group child slot") == 4
+    # The record says the same: every child cancelled, two after starting,
+    # four never started.
+    assert outcomes(rec) == [("cancelled", 1)] * 2 + [("cancelled", 0)] * 4
     final = metrics()
     assert final["jobd_group_children_running"] == 0 and final["jobd_group_children_queued"] == 0
     # Every slot came back: the next group runs two children at once.
@@ -182,6 +191,28 @@ def test_all_mode_failure_ends_waiting_children_unstarted(r, start_jobd):
     log = daemon.log_text()
     assert log.count("started (sleep)") == 1, log
     assert log.count("stopped while waiting for a group child slot") == 5
+    assert outcomes(rec) == [("timed_out", 1)] + [("cancelled", 0)] * 5
+
+
+def test_a_failed_group_records_what_each_child_did(r, start_jobd, tmp_path):
+    # "all" mode: the first child succeeded (its result matters: it may have
+    # sent a webhook), the second failed, the third never started.
+    start_jobd(limits__max_group_children=1, files__root=str(tmp_path))
+    submit(r, {"id": "f", "type": "group", "mode": "all", "jobs": [
+        {"type": "hash", "data": "abc"}, {"type": "file", "path": "missing"},
+        {"type": "sleep", "ms": 10}]})
+    rec = wait_result(r, "f")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "io_error", rec
+    assert "result" not in rec
+    assert outcomes(rec) == [("succeeded", 1), ("failed", 1), ("cancelled", 0)]
+    first, second, third = rec["error"]["results"]
+    assert first["result"]["digest"].startswith("ba7816bf")
+    assert second["error"]["code"] == "io_error"
+    assert third["error"]["code"] == "cancelled" and [c["id"] for c in (first, second, third)] \
+        == ["f:0", "f:1", "f:2"]
+    # The dead letter keeps the error short: code and message, not the records.
+    dead = json.loads(r.xrange(f"{NS}:dead")[-1][1]["error"])
+    assert dead["code"] == "io_error" and "results" not in dead
 
 
 def test_free_slots_go_to_waiting_groups_in_turn(r, start_jobd):
@@ -237,6 +268,7 @@ def test_group_timeout_ends_waiting_children(r, start_jobd):
     log = daemon.log_text()
     assert log.count("started (sleep)") == 2, log          # one done, one stopped
     assert log.count("stopped while waiting for a group child slot") == 3
+    assert outcomes(rec) == [("succeeded", 1), ("cancelled", 1)] + [("cancelled", 0)] * 3
 
 
 def test_a_child_waiting_to_retry_holds_no_slot(r, start_jobd):
