@@ -2,7 +2,7 @@
  * latency sample per job.
  *
  *   producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]
- *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE]
+ *            [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE] [-S]
  *
  * Each job is TEMPLATE with "%ID%" replaced by PREFIX followed by the job's
  * index and "%AID%" by a pseudo-random pgbench account id (1..1000000). Jobs
@@ -26,6 +26,11 @@
  * -o FILE, also one line per job: its send time (us from the first send) and
  * latency (us), -1 when its record never came: for looking at the tail.
  * With -U SOCKET both connections use Redis's unix socket instead of TCP.
+ * With -S (send only) there is no subscriber and nothing is waited for: the
+ * jobs are only added, at the same pace, so that what the sending alone costs
+ * the producer and Redis can be measured apart from the jobs' handling (send
+ * them to a stream nobody reads); the JSON then has the counts, rates and
+ * cpu_s only.
  * Exit status 0 when every job succeeded, 1 otherwise.
  *
  * Build: cc -O2 -o producer producer.c $(pkg-config --cflags --libs hiredis) -pthread
@@ -57,6 +62,7 @@ static const char *stream = "jobd:queue";
 static const char *channel = "jobd:events";
 static double timeout_s = 600;
 static const char *dump_path;
+static bool send_only;              /* -S */
 
 static int64_t *sent_us;            /* per job: when its batch was written */
 static int64_t *recv_us;            /* per job: when its record arrived, 0 = not yet */
@@ -196,17 +202,26 @@ static double pct(const int64_t *v, long len, double p, double unit)
     return (double)v[k] / unit;
 }
 
+/* This process's CPU time so far (user + system, both threads). */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]\n"
-                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE]\n");
+                    "                [-s STREAM] [-e CHANNEL] [-t SECONDS] [-H HOST] [-U SOCKET] [-o FILE] [-S]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "H:U:p:n:j:x:r:b:s:e:t:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:U:p:n:j:x:r:b:s:e:t:o:S")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'U': unix_path = optarg; break;
@@ -220,6 +235,7 @@ int main(int argc, char **argv)
         case 'e': channel = optarg; break;
         case 't': timeout_s = atof(optarg); break;
         case 'o': dump_path = optarg; break;
+        case 'S': send_only = true; break;
         default: usage();
         }
     }
@@ -232,9 +248,11 @@ int main(int argc, char **argv)
         die("calloc", NULL);
 
     pthread_t sub;
-    pthread_create(&sub, NULL, subscriber, NULL);
-    while (!atomic_load(&subscribed))
-        usleep(1000);
+    if (!send_only) {
+        pthread_create(&sub, NULL, subscriber, NULL);
+        while (!atomic_load(&subscribed))
+            usleep(1000);
+    }
 
     redisContext *c = connect_redis();
     size_t cap = strlen(tmpl) + 4096;
@@ -286,6 +304,14 @@ int main(int argc, char **argv)
         i = upto;
     }
     int64_t t_sent = now_us();
+    if (send_only) {
+        redisFree(c);
+        double send_s = (double)(t_sent - t0) / 1e6;
+        printf("{\"n\": %ld, \"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, "
+               "\"cpu_s\": %.3f}\n",
+               n, rate, send_s, send_s > 0 ? n / send_s : 0, cpu_seconds());
+        return 0;
+    }
 
     int64_t deadline = t0 + (int64_t)(timeout_s * 1e6);
     while (atomic_load(&received) < n && now_us() < deadline)
@@ -322,10 +348,7 @@ int main(int argc, char **argv)
     double sum = 0;
     for (long k = 0; k < m; k++)
         sum += (double)lat[k];
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    double cpu_s = cpu_seconds();
     printf("{\"n\": %ld, \"t0_us\": %" PRId64 ", \"received\": %ld, \"failed\": %ld, \"duplicates\": %ld, "
            "\"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, \"elapsed_s\": %.4f, "
            "\"rate\": %.1f, \"cpu_s\": %.3f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
