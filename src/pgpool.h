@@ -58,6 +58,7 @@ struct sql_query {
     uint64_t cancels_seen;      /* conn->cancels_delivered when it was sent */
     int64_t sent_us;            /* mono_us() when it was sent */
     int64_t expected_us;        /* its run time as estimated when it was sent */
+    bool sent_behind;           /* sent while others ran on its connection */
     size_t bytes;
     json_t *fields;             /* column names */
     Oid *types;
