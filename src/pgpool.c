@@ -518,9 +518,9 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
  * and a self-reinforcing one: on a loaded machine (or with a distant server)
  * it grows with every wait for a core, packing stops, each query wakes its
  * own backend, and the machine gets busier still. Measured on 2 cores, 20
- * connections, 100,000 sql jobs flat out then 7,700/s, three interleaved
+ * connections, 100,000 sql jobs flat out then 7,700/s, five interleaved
  * pairs: 13,300-14,600 -> 18,100-19,900 jobs/s, PostgreSQL 93-102 -> 63-69
- * us of CPU a query, p99 at 7,700/s 44-59 -> 18-55 ms. */
+ * us of CPU a query, p99 at 7,700/s 38-75 -> 16-55 ms. */
 enum run_sample { RUN_ALONE, RUN_BEHIND, RUN_BEHIND_AT, RUN_PROBED_AT, RUN_NFIELDS };
 
 static json_t *run_time(const struct pgpool *pool, const struct sql_query *q)
