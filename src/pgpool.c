@@ -40,7 +40,7 @@
 #define BACKOFF_MAX_MS 5000
 #define CANCEL_AGAIN_MS 500
 #define UNKNOWN_RUN_US 1000000     /* a query's run time until measured */
-#define PROBE_EVERY_MS 1000        /* at most one packing probe a second per query */
+#define PROBE_EVERY_US 1000000     /* at most one packing probe a second per query */
 
 enum conn_state { C_CONNECTING, C_READY };
 enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
@@ -508,7 +508,7 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
 /* ---- how long queries run ------------------------------------------------- */
 
 /* Per query name, two moving averages of what its answers showed and two
- * times (mono ms), kept as a JSON array of integers (0: none yet):
+ * times (mono_us()), kept as a JSON array of integers (0: none yet):
  *   RUN_ALONE   sent to an idle connection: from the send to its answer,
  *               the round trip and the backend's wake-up included;
  *   RUN_BEHIND  sent behind other queries on a busy connection: from the
@@ -576,7 +576,7 @@ static void measure(struct pgpool *pool, struct pg_conn *c, const struct sql_que
         took = 1;       /* 0 means "no sample yet" */
     json_integer_set(json_array_get(v, f), est ? est + (took - est) / 4 : took);
     if (f == RUN_BEHIND)
-        json_integer_set(json_array_get(v, RUN_BEHIND_AT), mono_ms());
+        json_integer_set(json_array_get(v, RUN_BEHIND_AT), now);
 }
 
 /* Whether Q should go behind the queries on busy connection C though C does
@@ -589,16 +589,13 @@ static void measure(struct pgpool *pool, struct pg_conn *c, const struct sql_que
 static bool probe_due(const struct pgpool *pool, const struct sql_query *q,
                       const struct pg_conn *c)
 {
+    if (!q->name || pool->d->cfg.pg_pipeline_pack_us <= 0)
+        return false;
     json_t *v = run_time(pool, q);
-    int64_t now = mono_ms(), alone = run_field(v, RUN_ALONE);
-    return q->name && pool->d->cfg.pg_pipeline_pack_us > 0 && alone && c->expected_us <= alone &&
-           now - run_field(v, RUN_BEHIND_AT) >= PROBE_EVERY_MS &&
-           now - run_field(v, RUN_PROBED_AT) >= PROBE_EVERY_MS;
-}
-
-static void note_probe(struct pgpool *pool, const struct sql_query *q)
-{
-    json_integer_set(json_array_get(run_time(pool, q), RUN_PROBED_AT), mono_ms());
+    int64_t now = mono_us(), alone = run_field(v, RUN_ALONE);
+    return alone && c->expected_us <= alone &&
+           now - run_field(v, RUN_BEHIND_AT) >= PROBE_EVERY_US &&
+           now - run_field(v, RUN_PROBED_AT) >= PROBE_EVERY_US;
 }
 
 /* Raw SQL (postgres.allow_raw_sql) can change the session that the next
@@ -791,13 +788,12 @@ static bool packs(const struct pgpool *pool, const struct pg_conn *c)
 /* Where query Q goes: packed on a busy connection (above), else the one with
  * room in its pipeline (postgres.pipeline queries at most) whose queries are
  * expected to end first: an idle one if any, unless a probe is due (then
- * the least busy one, and *PROBE says so). Raw SQL runs alone on an idle
- * connection (left_session_changed() looks at what it leaves behind). */
-static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_query *q,
-                                 bool *probe)
+ * the least busy one; the probe is recorded here, as dispatch() sends Q
+ * wherever this says). Raw SQL runs alone on an idle connection
+ * (left_session_changed() looks at what it leaves behind). */
+static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_query *q)
 {
     struct pg_conn *best = NULL, *least_busy = NULL;
-    *probe = false;
     for (struct pg_conn *c = pool->conns; c; c = c->next) {
         if (c->retire || c->raw_inflight)
             continue;
@@ -817,7 +813,7 @@ static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_que
             best = c;
     }
     if (best && !best->inflight && least_busy && probe_due(pool, q, least_busy)) {
-        *probe = true;
+        json_integer_set(json_array_get(run_time(pool, q), RUN_PROBED_AT), mono_us());
         return least_busy;
     }
     return best;
@@ -836,11 +832,8 @@ static void cork(struct pg_conn *c, int on)
 static void dispatch(struct pgpool *pool)
 {
     struct pg_conn *c;
-    bool probe;
-    while (pool->wait_head && (c = pick_conn(pool, pool->wait_head, &probe))) {
+    while (pool->wait_head && (c = pick_conn(pool, pool->wait_head))) {
         struct sql_query *q = pool->wait_head;
-        if (probe)
-            note_probe(pool, q);
         q->sent_behind = c->inflight > 0;
         c->raw_inflight = !q->name;
         pool->wait_head = q->next;

@@ -330,6 +330,11 @@ def test_pipeline_packs_quick_queries_on_a_busy_connection(r, pg, start_jobd, pa
         assert max(len(pids) for pids in per_round) > 1, per_round
 
 
+def via(proxy):
+    """conninfo reaching the test's PostgreSQL through PROXY."""
+    return f"hostaddr=127.0.0.1 port={proxy.port} dbname=postgres user=postgres"
+
+
 def test_pipeline_packs_quick_queries_behind_a_slow_round_trip(r, pg, start_jobd):
     # Through a proxy that delays each direction by 25 ms, a quick query takes
     # 50 ms sent alone, over the 20 ms budget, but adds only its run time to
@@ -337,8 +342,7 @@ def test_pipeline_packs_quick_queries_behind_a_slow_round_trip(r, pg, start_jobd
     # probe: after the first round, rounds of 6 wake one backend again.
     # (Going by the 50 ms, every round spread over the four connections.)
     with DelayProxy(pg.port, delay=0.025) as proxy:
-        conninfo = f"hostaddr=127.0.0.1 port={proxy.port} dbname=postgres user=postgres"
-        start_jobd(**config_for(pg, 8, postgres__conninfo=conninfo, postgres__min_size=4,
+        start_jobd(**config_for(pg, 8, postgres__conninfo=via(proxy), postgres__min_size=4,
                                 postgres__pipeline_pack_us=20000))
         wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
         assert run(r, "first", query="pid")["status"] == "succeeded"   # alone: ~50 ms
@@ -349,6 +353,24 @@ def test_pipeline_packs_quick_queries_behind_a_slow_round_trip(r, pg, start_jobd
             per_round.append(backend_pids(wait_results(r, ids)))
         assert len(per_round[0]) > 1, per_round     # the round trip alone: spread, one probe
         assert all(len(pids) == 1 for pids in per_round[2:]), per_round
+
+
+def test_pipeline_probes_nothing_with_packing_off(r, pg, start_jobd):
+    # postgres.pipeline_pack_us = 0 turns packing off, probes included.
+    # Through the same 25 ms proxy the three queries of a round are all in
+    # flight at once, and each takes an idle connection of the four: none is
+    # sent behind another to learn what it would add there.
+    with DelayProxy(pg.port, delay=0.025) as proxy:
+        start_jobd(**config_for(pg, 8, postgres__conninfo=via(proxy), postgres__min_size=4,
+                                postgres__pipeline_pack_us=0))
+        wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
+        assert run(r, "first", query="pid")["status"] == "succeeded"
+        per_round = []
+        for n in range(3):
+            ids = [f"p{n}.{i}" for i in range(3)]
+            submit_round(r, ids)
+            per_round.append(backend_pids(wait_results(r, ids)))
+        assert all(len(pids) == 3 for pids in per_round), per_round
 
 
 def test_pipeline_packs_nothing_behind_a_slow_query(r, pg, start_jobd):
