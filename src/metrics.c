@@ -119,6 +119,18 @@ static void counter(struct evbuffer *out, const char *name, const char *help, do
     sample(out, "counter", name, help, value);
 }
 
+/* Query names are libconfig setting names, so need no escaping. */
+static void query_seconds(void *arg, const char *name, int64_t alone_us, int64_t behind_us)
+{
+    struct evbuffer *out = arg;
+    const char *sent[] = {"alone", "behind"};
+    int64_t us[] = {alone_us, behind_us};
+    for (int i = 0; i < 2; i++)
+        if (us[i])
+            evbuffer_add_printf(out, "jobd_postgres_query_seconds{query=\"%s\",sent=\"%s\"} %g\n",
+                                name ? name : "", sent[i], (double)us[i] / 1e6);
+}
+
 /* A gauge per stream: its lag, or its pending count. */
 static void stream_gauge(struct evbuffer *out, const char *name, const char *help, bool lag)
 {
@@ -232,6 +244,15 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     counter(out, "jobd_postgres_queries_total", "Queries sent to PostgreSQL.", (double)pg.queries);
     counter(out, "jobd_postgres_reconnects_total", "PostgreSQL connections opened after a failure.",
             (double)pg.reconnects);
+    evbuffer_add_printf(out, "# HELP jobd_postgres_query_seconds Moving average of a query's run "
+                             "time as jobd measures it (query=\"\" for raw SQL): sent to an "
+                             "idle connection, round trip included (sent=alone), or what it added "
+                             "to the wait of the queries behind it (sent=behind), which decides "
+                             "packing.\n# TYPE jobd_postgres_query_seconds gauge\n");
+    pgpool_each_run_time(d->pgpool, query_seconds, out);
+    counter(out, "jobd_postgres_probes_total", "Queries sent behind others though their run time "
+            "alone was over postgres.pipeline_pack_us, to learn what they add there (at most one "
+            "a second per query).", (double)pg.probes);
     int admin_open;
     uint64_t admin_refused;
     admin_counts(d->admin, &admin_open, &admin_refused);

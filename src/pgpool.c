@@ -90,7 +90,7 @@ struct pgpool {
     json_t *run_us;             /* query name ("" for raw SQL) -> [enum run_sample] */
     int64_t next_connect;       /* mono ms: backoff after a failed connect */
     int failures;
-    uint64_t queries, errors, reconnects;
+    uint64_t queries, errors, reconnects, probes;
     uint64_t conn_serials;
 };
 
@@ -791,7 +791,7 @@ static bool packs(const struct pgpool *pool, const struct pg_conn *c)
  * the least busy one; the probe is recorded here, as dispatch() sends Q
  * wherever this says). Raw SQL runs alone on an idle connection
  * (left_session_changed() looks at what it leaves behind). */
-static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_query *q)
+static struct pg_conn *pick_conn(struct pgpool *pool, const struct sql_query *q)
 {
     struct pg_conn *best = NULL, *least_busy = NULL;
     for (struct pg_conn *c = pool->conns; c; c = c->next) {
@@ -814,6 +814,7 @@ static struct pg_conn *pick_conn(const struct pgpool *pool, const struct sql_que
     }
     if (best && !best->inflight && least_busy && probe_due(pool, q, least_busy)) {
         json_integer_set(json_array_get(run_time(pool, q), RUN_PROBED_AT), mono_us());
+        pool->probes++;
         return least_busy;
     }
     return best;
@@ -991,4 +992,20 @@ void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out)
     out->queries = pool->queries;
     out->errors = pool->errors;
     out->reconnects = pool->reconnects;
+    out->probes = pool->probes;
+}
+
+void pgpool_each_run_time(const struct pgpool *pool, pgpool_run_time_fn *fn, void *arg)
+{
+    if (!pool)
+        return;
+    const char *name;
+    json_t *v;
+    json_object_foreach(pool->run_us, name, v) {
+        /* A name a reload removed keeps its entry (a job may still run
+         * it) but is no longer the operator's to see. */
+        if (*name && !config_query(&pool->d->cfg, name))
+            continue;
+        fn(arg, *name ? name : NULL, run_field(v, RUN_ALONE), run_field(v, RUN_BEHIND));
+    }
 }

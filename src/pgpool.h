@@ -68,6 +68,7 @@ struct pgpool_counts {
     int open, busy, idle, connecting, waiting;
     int inflight;               /* queries sent and not yet answered */
     uint64_t queries, errors, reconnects;
+    uint64_t probes;            /* quick queries sent behind others to measure them */
 };
 
 /* NULL when postgres.conninfo is empty (SQL is off). */
@@ -81,5 +82,12 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q);
 void pgpool_cancel(struct pgpool *pool, struct sql_query *q);
 
 void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out);
+
+/* The run times the pool has measured, per query (NAME NULL for raw SQL), in
+ * microseconds, 0 for none yet: ALONE sent to an idle connection (round trip
+ * included), BEHIND what it added to the wait of the queries behind it. */
+typedef void pgpool_run_time_fn(void *arg, const char *name, int64_t alone_us,
+                                int64_t behind_us);
+void pgpool_each_run_time(const struct pgpool *pool, pgpool_run_time_fn *fn, void *arg);
 
 #endif

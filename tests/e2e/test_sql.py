@@ -23,6 +23,7 @@ QUERIES = {
     "big": "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, $1::int) g",
     "fail": "SELECT 1/0",
     "pid": "SELECT pg_backend_pid() AS pid",
+    "nap": "SELECT pg_backend_pid() AS pid, pg_sleep($1::float8) AS slept",
 }
 
 
@@ -299,11 +300,14 @@ def test_pipeline_cancel_and_timeout_stop_only_their_query(r, pg, start_jobd):
     wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backend to stop")
 
 
-def submit_round(r, ids, query="pid"):
+def submit_round(r, ids, query="pid", params=None):
     """The jobs of IDS added in one round trip, as a producer's batch."""
     pipe = r.pipeline(transaction=False)
+    job = {"type": "sql", "query": query}
+    if params is not None:
+        job["params"] = params
     for i in ids:
-        pipe.xadd(f"{NS}:queue", {"job": json.dumps({"id": i, "type": "sql", "query": query})})
+        pipe.xadd(f"{NS}:queue", {"job": json.dumps(dict(job, id=i))})
     pipe.execute()
 
 
@@ -371,6 +375,70 @@ def test_pipeline_probes_nothing_with_packing_off(r, pg, start_jobd):
             submit_round(r, ids)
             per_round.append(backend_pids(wait_results(r, ids)))
         assert all(len(pids) == 3 for pids in per_round), per_round
+
+
+def query_seconds(base, query, sent):
+    samples = parse_metrics(get(base + "/metrics")[1])
+    return samples.get(f'jobd_postgres_query_seconds{{query="{query}",sent="{sent}"}}')
+
+
+def probes(base):
+    return parse_metrics(get(base + "/metrics")[1])["jobd_postgres_probes_total"]
+
+
+def test_run_time_behind_leaves_out_the_send_gap(r, pg, start_jobd):
+    # One connection through the 25 ms proxy. "echo" goes 20 ms after "pid",
+    # behind it on the wire: the server runs it at once, yet its answer comes
+    # 20 ms after pid's. What it adds to the wait behind it is its run on the
+    # server; counting the 20 ms (a producer's pause, not the query) would put
+    # it over the 10 ms budget and stop packing it.
+    admin, base = with_admin()
+    with DelayProxy(pg.port, delay=0.025) as proxy:
+        start_jobd(**config_for(pg, 8, postgres__conninfo=via(proxy), postgres__max_size=1,
+                                postgres__pipeline_pack_us=10000, **admin))
+        assert run(r, "first", query="pid")["status"] == "succeeded"
+        assert query_seconds(base, "pid", "alone") >= 0.045      # the round trip is in it
+        for n in range(4):
+            submit(r, {"id": f"a{n}", "type": "sql", "query": "pid"})
+            time.sleep(0.02)
+            submit(r, {"id": f"b{n}", "type": "sql", "query": "echo", "params": ["x"]})
+            recs = wait_results(r, [f"a{n}", f"b{n}"])
+            assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+        behind = query_seconds(base, "echo", "behind")
+        assert behind is not None and behind < 0.010, behind
+        assert query_seconds(base, "echo", "alone") is None     # never sent alone
+
+
+def test_pipeline_probes_again_once_a_second_and_packs_when_quick_again(r, pg, start_jobd):
+    # Through the 25 ms proxy, "nap" alone takes 50 ms and more, over the
+    # 20 ms budget, so only a probe learns what it adds behind another. At
+    # 40 ms it is not packed. Quick again, rounds of three spread over the
+    # four connections (none goes behind by itself), until a probe a second
+    # later measures it again; the average falls by a quarter of the way per
+    # sample, so a few probes bring it under the budget and rounds pack.
+    admin, base = with_admin()
+    with DelayProxy(pg.port, delay=0.025) as proxy:
+        start_jobd(**config_for(pg, 8, postgres__conninfo=via(proxy), postgres__min_size=4,
+                                postgres__pipeline_pack_us=20000, **admin))
+        wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
+        assert run(r, "alone", query="nap", params=[0.04])["status"] == "succeeded"
+        submit_round(r, ["slow.0", "slow.1"], query="nap", params=[0.04])
+        wait_results(r, ["slow.0", "slow.1"])       # the second one the first probe
+        assert probes(base) == 1
+        assert query_seconds(base, "nap", "behind") >= 0.030
+        probed_at = time.monotonic()
+        rounds = []                                 # (seconds since that probe, backends)
+        while time.monotonic() - probed_at < 10:
+            ids = [f"q{len(rounds)}.{i}" for i in range(3)]
+            submit_round(r, ids, query="nap", params=[0])
+            rounds.append((time.monotonic() - probed_at, len(backend_pids(wait_results(r, ids)))))
+            if rounds[-1][1] == 1:
+                break
+        assert rounds[-1][1] == 1, rounds                           # packed again
+        assert all(n == 3 for t, n in rounds if t < 0.9), rounds    # no probe within the second
+        assert rounds[-1][0] >= 2, rounds                           # it took more than one probe
+        assert probes(base) >= 3
+        assert query_seconds(base, "nap", "behind") < 0.020
 
 
 def test_pipeline_packs_nothing_behind_a_slow_query(r, pg, start_jobd):
