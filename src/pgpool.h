@@ -68,7 +68,7 @@ struct pgpool_counts {
     int open, busy, idle, connecting, waiting;
     int inflight;               /* queries sent and not yet answered */
     uint64_t queries, errors, reconnects;
-    uint64_t probes;            /* quick queries sent behind others to measure them */
+    uint64_t probes;            /* queries sent behind others only to measure them there */
 };
 
 /* NULL when postgres.conninfo is empty (SQL is off). */
