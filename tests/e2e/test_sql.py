@@ -482,6 +482,24 @@ def test_reload_changes_the_text_of_a_named_query(r, pg, start_jobd):
     assert rec["status"] == "succeeded" and rec["result"]["rows"] == [{"sum": 30}], rec
 
 
+def test_query_run_times_on_the_admin_endpoint_follow_the_configuration(r, pg, start_jobd):
+    # Each query that ran shows its measured time sent alone; raw SQL as
+    # query="". A query a reload removed is no longer shown.
+    admin, base = with_admin()
+    daemon = start_jobd(**config_for(pg, postgres__allow_raw_sql=True, **admin))
+    assert run(r, "named", query="add", params=[1, 1])["status"] == "succeeded"
+    assert run(r, "raw", sql="SELECT 1 AS one")["status"] == "succeeded"
+    assert query_seconds(base, "add", "alone") > 0
+    assert query_seconds(base, "", "alone") > 0
+    assert query_seconds(base, "echo", "alone") is None     # never ran
+    daemon.settings["postgres"]["queries"] = {k: v for k, v in QUERIES.items() if k != "add"}
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    assert query_seconds(base, "add", "alone") is None
+    assert query_seconds(base, "", "alone") > 0
+
+
 def test_group_of_queries_on_a_connection_that_dies(r, pg, start_jobd):
     # Two queries of one group pipelined on the only connection; the backend
     # is killed. The first child's failure stops its sibling while the
