@@ -128,7 +128,7 @@ static void query_seconds(void *arg, const char *name, int64_t alone_us, int64_t
     for (int i = 0; i < 2; i++)
         if (us[i])
             evbuffer_add_printf(out, "jobd_postgres_query_seconds{query=\"%s\",sent=\"%s\"} %g\n",
-                                name ? name : "", sent[i], (double)us[i] / 1e6);
+                                name, sent[i], (double)us[i] / 1e6);
 }
 
 /* A gauge per stream: its lag, or its pending count. */

@@ -1006,6 +1006,6 @@ void pgpool_each_run_time(const struct pgpool *pool, pgpool_run_time_fn *fn, voi
          * it) but is no longer the operator's to see. */
         if (*name && !config_query(&pool->d->cfg, name))
             continue;
-        fn(arg, *name ? name : NULL, run_field(v, RUN_ALONE), run_field(v, RUN_BEHIND));
+        fn(arg, name, run_field(v, RUN_ALONE), run_field(v, RUN_BEHIND));
     }
 }

@@ -83,7 +83,7 @@ void pgpool_cancel(struct pgpool *pool, struct sql_query *q);
 
 void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out);
 
-/* The run times the pool has measured, per query (NAME NULL for raw SQL), in
+/* The run times the pool has measured, per query (NAME "" for raw SQL), in
  * microseconds, 0 for none yet: ALONE sent to an idle connection (round trip
  * included), BEHIND what it added to the wait of the queries behind it. */
 typedef void pgpool_run_time_fn(void *arg, const char *name, int64_t alone_us,

@@ -8,7 +8,7 @@ import pytest
 from conftest import NS, free_port, result, stats, submit, wait_for, wait_result, wait_results
 from delay_proxy import DelayProxy
 from pg_server import PgServer
-from test_admin import get, parse_metrics
+from test_admin import scrape
 
 QUERIES = {
     "types": "SELECT 1::int2 AS i2, 2::int4 AS i4, 9007199254740993::int8 AS i8, "
@@ -225,7 +225,7 @@ def test_server_down_is_unavailable_then_recovers(r, pg, start_jobd):
 
 
 def pool_metrics(base):
-    samples = parse_metrics(get(base + "/metrics")[1])
+    samples = scrape(base)
     return samples["jobd_postgres_inflight"], samples["jobd_postgres_waiting"]
 
 
@@ -378,12 +378,11 @@ def test_pipeline_probes_nothing_with_packing_off(r, pg, start_jobd):
 
 
 def query_seconds(base, query, sent):
-    samples = parse_metrics(get(base + "/metrics")[1])
-    return samples.get(f'jobd_postgres_query_seconds{{query="{query}",sent="{sent}"}}')
+    return scrape(base).get(f'jobd_postgres_query_seconds{{query="{query}",sent="{sent}"}}')
 
 
 def probes(base):
-    return parse_metrics(get(base + "/metrics")[1])["jobd_postgres_probes_total"]
+    return scrape(base)["jobd_postgres_probes_total"]
 
 
 def test_run_time_behind_leaves_out_the_send_gap(r, pg, start_jobd):
