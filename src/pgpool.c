@@ -79,6 +79,16 @@ struct answered {
     struct sql_query *head, *tail;
 };
 
+/* What the pool has measured of one query name (see measure()). */
+struct run_time {
+    char *name;                 /* "" for raw SQL */
+    int64_t alone;              /* us, moving average, 0: never measured */
+    int64_t behind;             /* us, moving average, 0: never measured */
+    int64_t behind_at;          /* mono_us() of the last behind sample */
+    int64_t probed_at;          /* mono_us() of the last probe sent */
+    struct run_time *next;
+};
+
 struct pgpool {
     struct daemon *d;
     struct pg_conn *conns;
@@ -87,7 +97,7 @@ struct pgpool {
     int nwaiting;
     struct event *tick;
     struct event *kick;         /* dispatch() once the current loop pass ends */
-    json_t *run_us;             /* query name ("" for raw SQL) -> [enum run_sample] */
+    struct run_time *run_times; /* one per query name run so far */
     int64_t next_connect;       /* mono ms: backoff after a failed connect */
     int failures;
     uint64_t queries, errors, reconnects, probes;
@@ -507,45 +517,40 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
 
 /* ---- how long queries run ------------------------------------------------- */
 
-/* Per query name, two moving averages of what its answers showed and two
- * times (mono_us()), kept as a JSON array of integers (0: none yet):
- *   RUN_ALONE   sent to an idle connection: from the send to its answer,
- *               the round trip and the backend's wake-up included;
- *   RUN_BEHIND  sent behind other queries on a busy connection: from the
- *               answer before it to its own, which is what it adds to the
- *               wait of a query queued behind it.
- * Packing is decided by RUN_BEHIND. RUN_ALONE is the wrong measure for it,
+/* Per query name (struct run_time), two moving averages of what its answers
+ * showed (0: none yet):
+ *   alone   sent to an idle connection: from the send to its answer, the
+ *           round trip and the backend's wake-up included;
+ *   behind  sent behind other queries on a busy connection: from the answer
+ *           before it to its own, which is what it adds to the wait of a
+ *           query queued behind it.
+ * Packing is decided by behind. alone is the wrong measure for it,
  * and a self-reinforcing one: on a loaded machine (or with a distant server)
  * it grows with every wait for a core, packing stops, each query wakes its
  * own backend, and the machine gets busier still. Measured on 2 cores, 20
  * connections, 100,000 sql jobs flat out then 7,700/s, five interleaved
  * pairs: 13,300-14,600 -> 18,100-19,900 jobs/s, PostgreSQL 93-102 -> 63-69
  * us of CPU a query, p99 at 7,700/s 38-75 -> 16-55 ms. */
-enum run_sample { RUN_ALONE, RUN_BEHIND, RUN_BEHIND_AT, RUN_PROBED_AT, RUN_NFIELDS };
-
-static json_t *run_time(const struct pgpool *pool, const struct sql_query *q)
+static struct run_time *run_time(const struct pgpool *pool, const struct sql_query *q)
 {
-    return json_object_get(pool->run_us, q->name ? q->name : "");
+    const char *name = q->name ? q->name : "";
+    for (struct run_time *t = pool->run_times; t; t = t->next)
+        if (!strcmp(t->name, name))
+            return t;
+    return NULL;
 }
 
-static int64_t run_field(const json_t *v, enum run_sample f)
-{
-    return v ? (int64_t)json_integer_value(json_array_get(v, f)) : 0;
-}
-
-/* What Q adds to the wait of a query queued behind it: its RUN_BEHIND, else
- * (never measured behind another yet) its RUN_ALONE. Never run: taken as
+/* What Q adds to the wait of a query queued behind it: its behind, else
+ * (never measured behind another yet) its alone. Never run: taken as
  * slow (a second, and more than the packing budget), so nothing queues
  * behind it by choice. */
 static int64_t expected_run_us(const struct pgpool *pool, const struct sql_query *q)
 {
-    json_t *v = run_time(pool, q);
+    const struct run_time *t = run_time(pool, q);
     int64_t budget = pool->d->cfg.pg_pipeline_pack_us;
-    if (!v)
+    if (!t)
         return budget >= UNKNOWN_RUN_US ? budget + 1 : UNKNOWN_RUN_US;
-    int64_t est = run_field(v, RUN_BEHIND);
-    if (!est)
-        est = run_field(v, RUN_ALONE);
+    int64_t est = t->behind ? t->behind : t->alone;
     return est > 0 ? est : 1;
 }
 
@@ -563,27 +568,29 @@ static void measure(struct pgpool *pool, struct pg_conn *c, const struct sql_que
     }
     c->last_answer_us = now;
     c->last_answer_sent_us = q->sent_us;
-    json_t *v = run_time(pool, q);
-    if (!v) {
-        v = json_array();
-        for (int i = 0; i < RUN_NFIELDS; i++)
-            json_array_append_new(v, json_integer(0));
-        json_object_set_new(pool->run_us, q->name ? q->name : "", v);
+    struct run_time *t = run_time(pool, q);
+    if (!t) {
+        t = calloc(1, sizeof(*t));
+        if (!t || !(t->name = strdup(q->name ? q->name : ""))) {
+            free(t);
+            return;     /* out of memory: this sample is lost, nothing else */
+        }
+        t->next = pool->run_times;
+        pool->run_times = t;
     }
-    enum run_sample f = q->sent_behind ? RUN_BEHIND : RUN_ALONE;
-    int64_t est = run_field(v, f);
+    int64_t *est = q->sent_behind ? &t->behind : &t->alone;
     if (took < 1)
         took = 1;       /* 0 means "no sample yet" */
-    json_integer_set(json_array_get(v, f), est ? est + (took - est) / 4 : took);
-    if (f == RUN_BEHIND)
-        json_integer_set(json_array_get(v, RUN_BEHIND_AT), now);
+    *est = *est ? *est + (took - *est) / 4 : took;
+    if (q->sent_behind)
+        t->behind_at = now;
 }
 
 /* Whether Q should go behind the queries on busy connection C though C does
- * not pack: the one way to learn Q's RUN_BEHIND while its RUN_ALONE is over
+ * not pack: the one way to learn Q's behind while its alone is over
  * the budget, or to see it fall again after it rose. At most once a second
- * per query name, only when RUN_BEHIND is that old or missing, only behind
- * queries expected to end within Q's own RUN_ALONE (a probe costs at most
+ * per query name, only when behind is that old or missing, only behind
+ * queries expected to end within Q's own alone (a probe costs at most
  * about one more of Q's run times, to one query a second), and never with
  * packing off. */
 static bool probe_due(const struct pgpool *pool, const struct sql_query *q,
@@ -591,11 +598,10 @@ static bool probe_due(const struct pgpool *pool, const struct sql_query *q,
 {
     if (!q->name || pool->d->cfg.pg_pipeline_pack_us <= 0)
         return false;
-    json_t *v = run_time(pool, q);
-    int64_t now = mono_us(), alone = run_field(v, RUN_ALONE);
-    return alone && c->expected_us <= alone &&
-           now - run_field(v, RUN_BEHIND_AT) >= PROBE_EVERY_US &&
-           now - run_field(v, RUN_PROBED_AT) >= PROBE_EVERY_US;
+    const struct run_time *t = run_time(pool, q);
+    int64_t now = mono_us();
+    return t && t->alone && c->expected_us <= t->alone &&
+           now - t->behind_at >= PROBE_EVERY_US && now - t->probed_at >= PROBE_EVERY_US;
 }
 
 /* Raw SQL (postgres.allow_raw_sql) can change the session that the next
@@ -813,7 +819,7 @@ static struct pg_conn *pick_conn(struct pgpool *pool, const struct sql_query *q)
             best = c;
     }
     if (best && !best->inflight && least_busy && probe_due(pool, q, least_busy)) {
-        json_integer_set(json_array_get(run_time(pool, q), RUN_PROBED_AT), mono_us());
+        run_time(pool, q)->probed_at = mono_us();
         pool->probes++;
         return least_busy;
     }
@@ -917,7 +923,6 @@ struct pgpool *pgpool_create(struct daemon *d)
     pool->d = d;
     pool->tick = timer_new_periodic(d->base, TICK_MS, tick, pool);
     pool->kick = event_new(d->base, -1, 0, kick, pool);
-    pool->run_us = json_object();
     for (int i = 0; i < d->cfg.pg_min_size; i++)
         conn_open(pool);
     return pool;
@@ -931,7 +936,12 @@ void pgpool_free(struct pgpool *pool)
         conn_close(pool->conns);
     event_free(pool->tick);
     event_free(pool->kick);
-    json_decref(pool->run_us);
+    while (pool->run_times) {
+        struct run_time *t = pool->run_times;
+        pool->run_times = t->next;
+        free(t->name);
+        free(t);
+    }
     free(pool);
 }
 
@@ -999,13 +1009,11 @@ void pgpool_each_run_time(const struct pgpool *pool, pgpool_run_time_fn *fn, voi
 {
     if (!pool)
         return;
-    const char *name;
-    json_t *v;
-    json_object_foreach(pool->run_us, name, v) {
+    for (const struct run_time *t = pool->run_times; t; t = t->next) {
         /* A name a reload removed keeps its entry (a job may still run
          * it) but is no longer the operator's to see. */
-        if (*name && !config_query(&pool->d->cfg, name))
+        if (*t->name && !config_query(&pool->d->cfg, t->name))
             continue;
-        fn(arg, name, run_field(v, RUN_ALONE), run_field(v, RUN_BEHIND));
+        fn(arg, t->name, t->alone, t->behind);
     }
 }
