@@ -125,8 +125,9 @@ struct job {
     bool write_refused;         /* a write failed once (warned about) */
     char write_nonce[200];      /* NS:scheduled member's nonce, the same on a resend */
 
-    /* Runner bookkeeping: doubly linked list of live jobs, hash chain by id. */
-    struct job *prev, *next, *hnext;
+    /* Runner bookkeeping: on its list of live jobs, hash chain by id. */
+    struct list_link live_link;
+    struct job *hnext;
     /* JOB_QUEUED: a top-level job on the runner's queue for a slot, or a
      * group child on its top-level job's list of children waiting for a
      * child slot (limits.max_group_children); the runner takes the next

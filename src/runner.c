@@ -49,7 +49,7 @@
 
 struct runner {
     struct daemon *d;
-    struct job *live;               /* every job not yet freed */
+    struct list live;               /* every job not yet freed, oldest first */
     struct job *buckets[BUCKETS];   /* live jobs by id (ids may repeat) */
     json_t *cancelled;              /* id -> time the cancel expires (ms) */
     int inflight, running, storing, unstored;
@@ -66,6 +66,11 @@ struct runner {
     uint64_t next_id;
     char id_prefix[48];
 };
+
+static struct job *live_job(const struct list_link *l)
+{
+    return list_entry(l, struct job, live_link);
+}
 
 static unsigned bucket_of(const char *id)
 {
@@ -137,12 +142,7 @@ static void job_free(struct runner *r, struct job *job)
 /* Unlink, free, and give the slot back to intake. */
 static void job_release(struct runner *r, struct job *job)
 {
-    if (job->prev)
-        job->prev->next = job->next;
-    else
-        r->live = job->next;
-    if (job->next)
-        job->next->prev = job->prev;
+    list_remove(&r->live, &job->live_link);
     index_remove(r, job);
     if (job->state == JOB_STORING)
         r->storing--;
@@ -156,9 +156,9 @@ void runner_free(struct runner *r)
 {
     if (!r)
         return;
-    while (r->live) {
-        struct job *job = r->live;
-        r->live = job->next;
+    while (r->live.head) {
+        struct job *job = live_job(r->live.head);
+        list_remove(&r->live, &job->live_link);
         job_free(r, job);
     }
     json_decref(r->cancelled);
@@ -231,7 +231,8 @@ static void rewrite_cb(evutil_socket_t fd, short what, void *arg)
 
 void runner_redis_ready(struct runner *r)
 {
-    for (struct job *job = r->live; job; job = job->next) {
+    for (struct list_link *l = r->live.head; l; l = l->next) {
+        struct job *job = live_job(l);
         if (!job->write_waiting)
             continue;
         job->write_waiting = false;
@@ -641,10 +642,7 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     job->retry = d->cfg.retry;
     job->result_ttl = d->cfg.result_ttl;
 
-    job->next = r->live;
-    if (r->live)
-        r->live->prev = job;
-    r->live = job;
+    list_append(&r->live, &job->live_link);
     r->inflight++;
     r->held_bytes += (int64_t)job->raw_len;
     r->accepted++;
@@ -825,22 +823,24 @@ void runner_control(struct runner *r, const char *payload, size_t len)
 
 void runner_stop_all(struct runner *r)
 {
-    struct job *job = r->live;
-    while (job) {
+    struct list_link *l = r->live.head;
+    while (l) {
         /* The executor may finish synchronously; read next first. */
-        struct job *next = job->next;
+        struct job *job = live_job(l);
+        l = l->next;
         if (job->state == JOB_RUNNING)
             stop_attempt(job, STOP_SHUTDOWN);
-        job = next;
     }
 }
 
 bool runner_holds_entry(const struct runner *r, const char *stream, const char *entry_id)
 {
-    for (const struct job *job = r->live; job; job = job->next)
+    for (const struct list_link *l = r->live.head; l; l = l->next) {
+        const struct job *job = live_job(l);
         if (job->source == SOURCE_STREAM && !strcmp(job->entry_id, entry_id) &&
             !strcmp(job->stream, stream))
             return true;
+    }
     return false;
 }
 
@@ -848,9 +848,11 @@ void runner_foreach_stream_job(const struct runner *r, int64_t min_age_ms,
                                void (*fn)(const struct job *job, void *arg), void *arg)
 {
     int64_t now = mono_ms();
-    for (const struct job *job = r->live; job; job = job->next)
+    for (const struct list_link *l = r->live.head; l; l = l->next) {
+        const struct job *job = live_job(l);
         if (job->source == SOURCE_STREAM && now - job->taken_mono >= min_age_ms)
             fn(job, arg);
+    }
 }
 
 int runner_inflight(const struct runner *r)
