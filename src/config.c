@@ -198,7 +198,12 @@ static int check_listen(const char *v, char *why, size_t n)
     const char *colon = strrchr(v, ':');
     char host[64];
     unsigned char buf[16];
-    long port = colon ? strtol(colon + 1, NULL, 10) : 0;
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    /* Digits only: getaddrinfo(AI_NUMERICSERV) refuses "80x", " 80" or
+     * "+80" at start-up, after -t and a reload have called them valid. */
+    if (colon && (colon[1] < '0' || colon[1] > '9' || *end))
+        port = 0;
     size_t hl = colon ? (size_t)(colon - v) : 0;
     if (colon && hl < sizeof(host)) {
         memcpy(host, v, hl);

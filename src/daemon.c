@@ -128,12 +128,18 @@ static void reload(struct daemon *d)
 {
     struct config fresh;
     char err[4096];
-    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
-               (unsigned long long)mono_ms() * 1000ULL);
+    /* Only a daemon that said READY=1 and is not stopping may say it again:
+     * before that, READY=1 would tell systemd it started while Redis may
+     * still be unreachable; after STOPPING=1, that it runs again. */
+    bool tell = d->ready_notified && !d->draining;
+    if (tell)
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                   (unsigned long long)mono_ms() * 1000ULL);
     if (config_load(d->config_path, &fresh, err, sizeof(err))) {
         log_error("reload: %s is not valid; keeping the running configuration:\n%s",
                   d->config_path, err);
-        sd_notify(0, "READY=1");
+        if (tell)
+            sd_notify(0, "READY=1");
         return;
     }
     char restart[1024];
@@ -148,7 +154,8 @@ static void reload(struct daemon *d)
     log_notice("reload: configuration %s applied", d->config_path);
     /* max_inflight may have grown: start queued jobs, read more. */
     runner_capacity_changed(d->runner);
-    sd_notify(0, "READY=1");
+    if (tell)
+        sd_notify(0, "READY=1");
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)

@@ -341,11 +341,35 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- pub/sub --------------------------------------------------------------- */
 
+/* A parked job, kept until Redis has said that its XADD was stored. */
+struct parked {
+    struct intake *in;
+    size_t len;
+    char raw[];
+};
+
 static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
 {
-    if (!reply || reply->type == REDIS_REPLY_ERROR)
-        log_error("parking a pub/sub job on the stream failed: %s",
-                  reply ? reply->str : "connection lost");
+    struct parked *p = priv;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        /* Not stored (or not known to be): the job was taken (its PUBLISH
+         * counted this daemon), so it must not vanish. The runner holds it:
+         * it runs, or, while draining, goes back on the stream once the
+         * command connection is back (at worst it is then parked twice). */
+        struct daemon *d = p->in->d;
+        if (event_base_got_exit(d->base)) {
+            /* The loop is over (given up on Redis): nothing can run or
+             * store it any more. Said, as give_up_cb says it of the rest. */
+            log_error("pub/sub job lost at exit (parking it on the stream was not confirmed): "
+                      "%.*s", (int)(p->len > 1024 ? 1024 : p->len), p->raw);
+        } else {
+            log_error("parking a pub/sub job on the stream failed: %s; holding it here",
+                      reply ? reply->str : "connection lost");
+            struct job_message msg = {.raw = p->raw, .raw_len = p->len, .source = SOURCE_PUBSUB};
+            runner_accept(d->runner, &msg);
+        }
+    }
+    free(p);
 }
 
 /* Full (slots or bytes) or draining: park the job on the first stream
@@ -354,11 +378,19 @@ static bool park_on_stream(struct intake *in, const char *raw, size_t len)
 {
     struct daemon *d = in->d;
     char queued[24];
+    struct parked *p = malloc(sizeof(*p) + len);
+    if (!p)
+        return false;
+    p->in = in;
+    p->len = len;
+    memcpy(p->raw, raw, len);
     snprintf(queued, sizeof(queued), "%" PRId64, now_ms());
     const char *argv[] = {"XADD", d->cfg.streams[0], "*", "job", raw, "queued_at", queued};
     size_t lens[] = {4, strlen(d->cfg.streams[0]), 1, 3, len, 9, strlen(queued)};
-    if (redis_send(d->redis, REDIS_CMD, overflow_reply, NULL, 0, 7, argv, lens))
+    if (redis_send(d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens)) {
+        free(p);
         return false;
+    }
     in->overflowed++;
     return true;
 }
@@ -376,12 +408,10 @@ static void job_message(struct intake *in, const char *payload, size_t len)
     note_size(in, len);
     if ((full || d->draining) && park_on_stream(in, payload, len))
         return;
-    if (d->draining) {
-        /* Redis commands are down too: all we can do is say what was lost. */
-        log_error("pub/sub job lost during shutdown (no Redis connection): %.*s",
-                  (int)(len > 1024 ? 1024 : len), payload);
-        return;
-    }
+    /* Not parked (the command connection is down): held here. While
+     * draining, the runner puts it back on the stream once the connection
+     * is back, like every other job it holds (or says it is lost when Redis
+     * never comes back). */
     struct job_message msg = {.raw = payload, .raw_len = len, .source = SOURCE_PUBSUB};
     runner_accept(d->runner, &msg);
 }

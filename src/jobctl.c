@@ -125,6 +125,14 @@ static void progress(size_t done, size_t total, int64_t started)
         fputc('\n', stderr);
 }
 
+/* PROTOCOL §2: 1-128 of [A-Za-z0-9._:-]. */
+static bool valid_id(const char *id)
+{
+    size_t n = strlen(id);
+    return n >= 1 && n <= 128 &&
+           strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-") == n;
+}
+
 /* Every line: an envelope. Returns the ids to wait for (stream entry ids for
  * envelopes without one). */
 static int submit(int argc, char **argv)
@@ -189,9 +197,25 @@ static int submit(int argc, char **argv)
         const char *env = json_string_value(text);
         json_t *parsed = json_loads(env, 0, NULL);
         const char *id = json_string_value(json_object_get(parsed, "id"));
+        if (id && !valid_id(id))
+            id = NULL;      /* rejected with no result under it: never wait for it */
+        char own[64] = "";
+        if (wait && !id && !publish) {
+            /* jobd stores a result under an "id" field of the entry when the
+             * envelope has no valid id, also when it rejects the envelope (a
+             * rejection without an id has no result, and --wait would never
+             * end). */
+            snprintf(own, sizeof(own), "jobctl-%ld-%lld-%zu", (long)getpid(),
+                     (long long)mono_ms(), i);
+            id = own;
+        }
         redisReply *r = publish ? cmd("PUBLISH %s %s", channel, env)
-                                : cmd("XADD %s * job %s", ctl.stream, env);
+                        : own[0] ? cmd("XADD %s * job %s id %s", ctl.stream, env, own)
+                                 : cmd("XADD %s * job %s", ctl.stream, env);
         const char *wait_id = id ? id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
+        if (wait && !wait_id)
+            fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
+                            "waited for\n");
         if (wait_id)
             json_array_append_new(ids, json_string(wait_id));
         if (!wait && !bar)
@@ -267,10 +291,23 @@ static int status(const char *id)
 static int cancel(const char *id)
 {
     json_t *msg = json_pack("{s:s, s:s}", "cmd", "cancel", "id", id);
-    char *text = json_dumps(msg, JSON_COMPACT);
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    if (!text) {
+        /* json_pack() refuses an id that is not UTF-8: NULL, not a message. */
+        fprintf(stderr, "jobctl: the id is not UTF-8 text; nothing sent\n");
+        json_decref(msg);
+        return EXIT_USAGE;
+    }
     redisReply *r = cmd("PUBLISH %s:control %s", ctl.ns, text);
-    printf(ctl.json ? "{\"id\":\"%s\",\"daemons\":%lld}\n" : "cancel %s sent to %lld daemon(s)\n",
-           id, r->integer);
+    if (ctl.json) {
+        json_t *out = json_pack("{s:s, s:I}", "id", id, "daemons", (json_int_t)r->integer);
+        char *o = json_dumps(out, JSON_COMPACT);
+        printf("%s\n", o);
+        free(o);
+        json_decref(out);
+    } else {
+        printf("cancel %s sent to %lld daemon(s)\n", id, r->integer);
+    }
     freeReplyObject(r);
     free(text);
     json_decref(msg);

@@ -38,7 +38,8 @@ static int ntypes;
 static uint64_t dead_letters;
 
 static struct {
-    char name[128];
+    char name[513];             /* intake.streams items: up to 512 bytes; a name cut
+                                 * short never matched again and took a new row per poll */
     int64_t lag, pending;
 } streams[MAX_STREAMS];
 static int nstreams;

@@ -91,10 +91,12 @@ class Jobd:
     def write_config(self, text=None):
         self.conf.write_text(text if text is not None else render(self.settings))
 
-    def start(self, wait=True):
+    def start(self, wait=True, env=None):
+        """ENV: variables added to this environment for jobd (NOTIFY_SOCKET...)."""
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen([JOBD_BIN, "-c", str(self.conf)],
-                                     stdout=self.logf, stderr=self.logf)
+                                     stdout=self.logf, stderr=self.logf,
+                                     env={**os.environ, **env} if env else None)
         if wait:
             self.wait_ready()
         return self
@@ -189,10 +191,10 @@ def start_jobd(tmp_path, redis_server, request):
     group__field=value, e.g. limits__max_inflight=2."""
     started = []
 
-    def start(name="jobd", wait=True, **overrides):
+    def start(name="jobd", wait=True, env=None, **overrides):
         daemon = Jobd(tmp_path, redis_server.port, name=name, **overrides)
         started.append(daemon)
-        return daemon.start(wait=wait)
+        return daemon.start(wait=wait, env=env)
 
     yield start
     failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False

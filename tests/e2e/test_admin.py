@@ -340,3 +340,20 @@ def test_sighup_lowering_the_connection_cap(r, start_jobd):
             second.close()
     submit(r, {"id": "after-lowered", "type": "sleep", "ms": 1})
     assert wait_result(r, "after-lowered")["status"] == "succeeded"
+
+
+def test_a_long_stream_name_stays_one_whole_series(r, start_jobd):
+    # Stream names may be 512 bytes. The lag table once kept 127 of them: the
+    # whole name never matched the kept one, so every 5 s poll added another
+    # (truncated) series with the same labels, which Prometheus refuses.
+    port = free_port()
+    stream = "jobs:" + "s" * 400
+    start_jobd(admin__listen=f"127.0.0.1:{port}", intake__streams=[stream])
+    base = f"http://127.0.0.1:{port}"
+    series = f'jobd_stream_lag{{stream="{stream}"}} '
+    wait_for(lambda: series in get(base + "/metrics")[1], timeout=8, what="the first lag poll")
+    time.sleep(5.5)     # a second poll
+    lines = get(base + "/metrics")[1].splitlines()
+    for family in ("jobd_stream_lag", "jobd_stream_pending"):
+        mine = [line for line in lines if line.startswith(family + "{")]
+        assert len(mine) == 1 and mine[0].startswith(f'{family}{{stream="{stream}"}} '), mine

@@ -30,3 +30,13 @@ def test_missing_file_and_usage(tmp_path):
     out = run("-c", str(tmp_path / "none.conf"), "-t")
     assert out.returncode == 1 and "cannot read" in out.stderr
     assert run().returncode == 1
+
+
+def test_check_refuses_a_listen_port_getaddrinfo_would_refuse(tmp_path):
+    # -t (and a reload) once called "127.0.0.1:80x" valid; jobd then could
+    # not listen on it at the next start.
+    for bad in ["127.0.0.1:9187x", "127.0.0.1: 9187", "127.0.0.1:+9187"]:
+        conf = tmp_path / "listen.conf"
+        conf.write_text(f'redis = {{ port = 6379; }};\nadmin = {{ listen = "{bad}"; }};\n')
+        out = run("-c", str(conf), "-t")
+        assert out.returncode == 1 and "admin.listen" in out.stderr, (bad, out.stderr)

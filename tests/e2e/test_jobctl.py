@@ -215,3 +215,29 @@ def test_config_file_gives_long_stream_and_channel_names(r, start_jobd):
     out = ctl(daemon, "submit", "--publish", '{"id":"long-channel","type":"sleep","ms":1}')
     assert out.returncode == 0, out.stderr
     assert wait_result(r, "long-channel")["status"] == "succeeded"
+
+
+def test_cancel_with_an_id_that_is_not_utf8_or_needs_escaping(r, start_jobd):
+    daemon = start_jobd()
+    # Not UTF-8: jobctl refuses it (it used to crash on the JSON it could not build).
+    out = subprocess.run([JOBCTL, "-c", str(daemon.conf), "cancel", b"\xff\xfe"],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 2 and b"not UTF-8" in out.stderr, out
+    # A quote in the id: --json prints valid JSON (it used to print it raw).
+    out = ctl(daemon, "--json", "cancel", 'a"b')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"id": 'a"b', "daemons": 1}
+
+
+def test_submit_wait_ends_for_envelopes_rejected_without_a_usable_id(r, start_jobd):
+    # jobd stores no result under an id it cannot use; --wait used to wait
+    # for one forever. jobctl now gives such an entry an id of its own.
+    daemon = start_jobd()
+    for envelope in ["not json", '{"type":"teleport"}', '{"type":"sleep","ms":1,"id":"a b"}']:
+        out = ctl(daemon, "submit", "--wait", envelope)
+        assert out.returncode == 1, (envelope, out.stdout, out.stderr)
+        rec = json.loads(out.stdout)
+        assert rec["status"] == "rejected" and rec["id"].startswith("jobctl-"), rec
+    # Published without a usable id: nothing to wait for, said so at once.
+    out = ctl(daemon, "submit", "--publish", "--wait", '{"type":"sleep","ms":1}')
+    assert "cannot be waited for" in out.stderr, out.stderr

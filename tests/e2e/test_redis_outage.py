@@ -583,3 +583,59 @@ def test_backoff_starts_over_after_five_healthy_seconds(r, redis_server, start_j
              what="every connection back after the second outage")
     submit(r, {"id": "after-second", "type": "sleep", "ms": 1})
     assert wait_result(r, "after-second", timeout=10)["status"] == "succeeded"
+
+
+def copies_of(r, job_id, stream=f"{NS}:queue"):
+    """Entries of STREAM a daemon would still run whose envelope is JOB_ID's,
+    parked (no "id" field: the envelope's) or put back (with one)."""
+    group = next(g for g in r.xinfo_groups(stream) if g["name"] == "jobd")
+    delivered = stream_id(group["last-delivered-id"])
+    pending = {p["message_id"] for p in r.xpending_range(stream, "jobd", "-", "+", 1000)}
+    return sum(1 for entry_id, fields in r.xrange(stream)
+               if json.loads(fields["job"]).get("id") == job_id
+               and (entry_id in pending or stream_id(entry_id) > delivered))
+
+
+def test_a_pubsub_job_whose_parking_was_lost_still_runs(r, redis_server, start_jobd):
+    # Full: a pub/sub job (its PUBLISH counted this daemon: taken) is parked
+    # on the stream with an XADD that never reaches Redis. It used to be gone,
+    # run nowhere; now the daemon holds it and runs it.
+    proxy = ExecReplyDropper(redis_server.port, trigger=b"parked-job", drop="request")
+    try:
+        daemon = start_jobd(redis__port=proxy.port, limits__max_inflight=1)
+        submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+        assert publish(r, {"id": "parked-job", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: proxy.dropped == 1, what="the lost XADD")
+        assert wait_result(r, "parked-job", timeout=15)["status"] == "succeeded"
+        assert "parking a pub/sub job on the stream failed: connection lost; holding it here" \
+            in daemon.log_text()
+        assert copies_of(r, "parked-job") == 0
+    finally:
+        proxy.close()
+
+
+def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, redis_server,
+                                                                            start_jobd):
+    # Draining: pub/sub jobs are parked on the stream. The first park's XADD
+    # is lost with its connection, and the second job may come while that
+    # connection is down. Both used to be lost ("pub/sub job lost during
+    # shutdown"); now each ends with exactly one copy on the stream, and jobd
+    # exits 0 once they are there.
+    proxy = ExecReplyDropper(redis_server.port, trigger=b"first-park", drop="request")
+    try:
+        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=4000)
+        submit(r, {"id": "long", "type": "sleep", "ms": 2000})
+        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+        assert publish(r, {"id": "first-park", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: proxy.dropped == 1, interval=0.001, what="the lost XADD")
+        assert publish(r, {"id": "second", "type": "sleep", "ms": 1}) == 1
+        assert daemon.proc.wait(20) == 0
+        assert "lost" not in daemon.log_text().replace("connection lost", "")
+        assert wait_result(r, "long")["status"] == "succeeded"
+        assert copies_of(r, "first-park") == 1
+        assert copies_of(r, "second") == 1
+    finally:
+        proxy.close()
