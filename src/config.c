@@ -68,6 +68,7 @@ static const struct cf_setting settings[] = {
     INT("limits.max_group_children", max_group_children, 1000, 1, 1000000, true),
     INT64("limits.max_job_bytes", max_job_bytes, 1048576, 64, 512LL << 20, true),
     INT64("limits.max_held_bytes", max_held_bytes, 256LL << 20, 64LL << 10, 64LL << 30, true),
+    INT64("limits.max_record_bytes", max_record_bytes, 128LL << 20, 1LL << 10, 512LL << 20, true),
     INT64("jobs.timeout_ms", timeout_ms, 30000, 1, 86400000, true),
     INT64("jobs.result_ttl", result_ttl, 3600, 1, 31536000, true),
     INT("jobs.retry.attempts", retry.attempts, 3, 1, 100, true),

@@ -50,6 +50,7 @@ struct config {
     int max_group_children; /* group children (not groups) running at once */
     int64_t max_job_bytes;
     int64_t max_held_bytes; /* envelopes of the top-level jobs held (extension) */
+    int64_t max_record_bytes; /* largest result record stored (extension) */
 
     /* jobs */
     int64_t timeout_ms;

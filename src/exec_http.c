@@ -654,6 +654,36 @@ static json_t *hex_digest(EVP_MD_CTX *ctx)
     return json_string(hex);
 }
 
+/* Roughly what a parsed document holds: each value a node (jansson's and
+ * malloc's share), each array slot or object key its own, and the text of
+ * strings and keys. true, false and null are shared singletons. */
+static int64_t json_cost(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t key_len;
+        json_t *item;
+        int64_t cost = 96;
+        json_object_keylen_foreach((json_t *)v, key, key_len, item)
+            cost += 64 + (int64_t)key_len + json_cost(item);
+        return cost;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *item;
+        int64_t cost = 64;
+        json_array_foreach(v, i, item)
+            cost += 8 + json_cost(item);
+        return cost;
+    }
+    case JSON_STRING: return 48 + (int64_t)json_string_length(v);
+    case JSON_INTEGER:
+    case JSON_REAL: return 32;
+    default: return 0;
+    }
+}
+
 /* Turn a finished transfer into its result or error. */
 static void request_outcome(struct http_request *rq, CURLcode code)
 {
@@ -694,7 +724,19 @@ static void request_outcome(struct http_request *rq, CURLcode code)
             json_error_t jerr;
             json_t *doc = json_loadb(rq->buf ? rq->buf : "", rq->len,
                                      JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-            if (doc) {
+            /* Parsed, a body takes far more than its text ("[0,0,...]":
+             * ~20x): a batch is charged what the document holds. */
+            int64_t extra = doc && rq->hj->batch ? json_cost(doc) - (int64_t)rq->len : 0;
+            if (doc && extra > rq->hj->kept_max - rq->hj->kept) {
+                json_decref(doc);
+                json_decref(res);
+                res = NULL;
+                job_error_set(&rq->err, ERR_TOO_LARGE,
+                              "%s: the batch's text and json responses would hold more than "
+                              "http.max_batch_bytes (%lld) once parsed",
+                              rq->url, (long long)rq->hj->kept_max);
+            } else if (doc) {
+                rq->hj->kept += extra;
                 json_object_set_new(res, "json", doc);
             } else {
                 json_decref(res);

@@ -58,8 +58,17 @@ static void vlog(int level, const char *fmt, va_list ap)
         n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03dZ %s ", (int)(tv.tv_usec / 1000),
                               level_names[level]);
     }
+    size_t start = n;
     int m = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
     n = m < 0 ? n : (n + (size_t)m >= sizeof(line) - 1 ? sizeof(line) - 2 : n + (size_t)m);
+    /* Messages quote what producers sent (a type, a control command, an
+     * error text): a newline there would start a forged line of any level
+     * (with journald's "<N>" prefix, of any priority). */
+    for (size_t i = start; i < n; i++)
+        if (line[i] == '\n' || line[i] == '\r')
+            line[i] = ' ';
+        else if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, n);
     (void)w;

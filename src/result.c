@@ -457,6 +457,26 @@ static int write_result(struct daemon *d, struct job *job)
     char key[RESULT_KEY_SIZE], ttl[24];
     size_t len;
     char *text = record_text(d, job, &len);
+    /* limits.max_record_bytes: nothing else bounds a record (a group's holds
+     * every child's: 10,000 http children of http.max_bytes each), and one
+     * Redis refuses (proto-max-bulk-len, 512 MB) or that takes longer to
+     * send than a command may wait would be sent again for ever, and every
+     * outcome batched with it too. */
+    int64_t max = d->cfg.max_record_bytes;
+    if (text && (int64_t)len > max) {
+        free(text);
+        log_job(LOG_WARN, job, "result record of %zu bytes is over limits.max_record_bytes "
+                "(%" PRId64 "): stored as too_large", len, max);
+        json_decref(job->result);
+        job->result = NULL;
+        json_decref(job->error_results);
+        job->error_results = NULL;
+        job->status = JOB_FAILED;
+        job_error_set(&job->error, ERR_TOO_LARGE,
+                      "the result record would be %zu bytes, more than limits.max_record_bytes "
+                      "(%" PRId64 ")", len, max);
+        text = record_text(d, job, &len);
+    }
     if (!text) {
         log_job(LOG_ERROR, job, "out of memory writing the result record");
         return -1;

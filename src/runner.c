@@ -635,8 +635,15 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         snprintf(job->entry_id, sizeof(job->entry_id), "%s", msg->entry_id);
     }
     job->attempts = msg->attempts;
+    int64_t now = now_ms();
     job->queued_at = msg->queued_at ? msg->queued_at
-                     : msg->source == SOURCE_STREAM ? entry_time(msg->entry_id) : now_ms();
+                     : msg->source == SOURCE_STREAM ? entry_time(msg->entry_id) : now;
+    /* An entry id is what its producer made it: one XADD with an explicit id
+     * far ahead makes every later "*" id on that stream as far ahead, which
+     * would park every delay_ms job behind it for as long. A queue time
+     * after now (or none) is not one: take now. */
+    if (job->queued_at <= 0 || job->queued_at > now)
+        job->queued_at = now;
     job->taken_mono = mono_ms();
     job->timeout_ms = d->cfg.timeout_ms;
     job->retry = d->cfg.retry;

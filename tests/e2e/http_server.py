@@ -97,6 +97,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, b"late")
         elif kind == "bytes":
             self.send(200, b"y" * int(parts[1]))
+        elif kind == "zeros":   # a JSON array of N zeros: 2N+1 bytes, N values parsed
+            self.send(200, b"[" + b",".join([b"0"] * int(parts[1])) + b"]",
+                      {"Content-Type": "application/json"})
         elif kind == "chunked":
             self.chunked(int(parts[1]))
         elif kind == "slow-chunks":

@@ -187,3 +187,18 @@ def test_rejected_keeps_the_valid_id(r, start_jobd):
     rec = wait_result(r, "keeps-id")
     assert rec["status"] == "rejected" and rec["attempts"] == 0
     assert stats(r)["sleep.rejected"] == 1
+
+
+def test_producer_text_cannot_forge_log_lines(r, start_jobd):
+    # Log messages quote what producers sent (a type, a control command): a
+    # newline there would start a line of its own, a forged ERROR or, under
+    # journald ("<3>..."), a forged priority.
+    daemon = start_jobd()
+    forged = "\n2026-01-01T00:00:00.000Z ERROR forged\n<3>also forged"
+    submit(r, {"id": "forge", "type": "zz" + forged})
+    assert wait_result(r, "forge")["status"] == "rejected"
+    r.publish(f"{NS}:control", json.dumps({"cmd": "x" + forged}))
+    wait_for(lambda: 'unknown command "x' in daemon.log_text(), what="the control message logged")
+    lines = daemon.log_text().splitlines()
+    assert not [line for line in lines if line.startswith(("2026-01-01", "<3>"))], lines
+    assert [line for line in lines if "zz" in line and "also forged" in line]

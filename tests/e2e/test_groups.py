@@ -467,3 +467,25 @@ def test_drain_sends_no_waiting_http_child_and_puts_the_group_back_whole(r, star
     assert [c["status"] for c in children] == ["succeeded"] * 4, children
     assert all(c["attempts"] == 1 for c in children)
     assert requested(web) == paths[:2] + paths
+
+
+def test_a_record_over_max_record_bytes_is_stored_as_too_large(r, web, start_jobd):
+    # A group's record holds every child's: nothing else bounds it, and one
+    # Redis refuses (or cannot take in time) used to be sent again for ever,
+    # with every outcome batched behind it. Over limits.max_record_bytes it
+    # is stored as failed/too_large (and dead-lettered); other jobs go on.
+    daemon = start_jobd(http__allow_private=True, limits__max_record_bytes=100000)
+    submit(r, {"id": "big", "type": "group", "retry": {"attempts": 1},
+               "jobs": [{"type": "http", "url": web.url("/bytes/30000")} for _ in range(5)]})
+    submit(r, {"id": "small", "type": "group", "jobs": [
+        {"type": "http", "url": web.url("/bytes/30000")}]})
+    rec = wait_result(r, "big")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec
+    assert "limits.max_record_bytes (100000)" in rec["error"]["message"]
+    assert "result" not in rec
+    assert wait_result(r, "small")["status"] == "succeeded"
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after")["status"] == "succeeded"
+    dead = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:dead")]
+    assert dead == ["big"], dead
+    assert "stored as too_large" in daemon.log_text()

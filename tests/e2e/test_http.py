@@ -395,6 +395,23 @@ def test_batch_bodies_kept_in_memory_are_bounded(r, web, start_jobd):
     assert run(r, "single", url=web.url("/bytes/200000"))["result"]["bytes"] == 200000
 
 
+def test_batch_json_bodies_count_what_they_hold_once_parsed(r, web, start_jobd):
+    # "[0,0,...]" is 2 bytes a value as text and ~40 parsed: a batch of such
+    # bodies under http.max_batch_bytes as text once took 20x that in memory
+    # (60 MB of text: 1.5 GB). A json body is now charged what it holds.
+    start_jobd(http__allow_private=True, http__max_batch_bytes=400000)
+    rec = run(r, "parsed", concurrency=1, response="json", requests=[
+        {"url": web.url("/zeros/1000")},                        # 2,001 bytes, ~40 KB parsed
+        {"url": web.url("/zeros/20000")},                       # 40,001 bytes, ~800 KB parsed
+        {"url": web.url("/bytes/30000"), "response": "text"},
+    ])
+    items = rec["result"]["results"]
+    assert items[0]["json"] == [0] * 1000
+    assert items[1]["error"]["code"] == "too_large", items[1]
+    assert "once parsed" in items[1]["error"]["message"]
+    assert items[2]["bytes"] == 30000
+
+
 @pytest.fixture
 def resolve_shim(tmp_path, monkeypatch):
     """jobd with tests/e2e/resolve_shim.c preloaded: the host name

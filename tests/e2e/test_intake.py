@@ -257,3 +257,20 @@ def test_a_pattern_over_jobds_own_channels_takes_no_records_as_jobs(r, start_job
     assert result(r, "p1")["status"] == "succeeded"
     counts = stats(r)
     assert counts.get("sleep.succeeded") == 1 and not any("rejected" in k for k in counts), counts
+
+
+def test_a_stream_entry_id_in_the_future_does_not_delay_later_jobs(r, start_jobd):
+    # A producer may XADD with an explicit id. One in the year 2100 makes
+    # Redis give every later "*" entry of that stream the same time, and
+    # queue times came from entry ids: a delay_ms job was parked until 2100,
+    # with no result. A queue time after now is now taken as now.
+    start_jobd()
+    far = 4102444800000
+    r.xadd(f"{NS}:queue", {"job": json.dumps({"id": "evil", "type": "sleep", "ms": 1})},
+           id=f"{far}-0")
+    submit(r, {"id": "honest", "type": "sleep", "ms": 1, "delay_ms": 300})
+    rec = wait_result(r, "honest", timeout=10)
+    now = time.time() * 1000
+    assert rec["status"] == "succeeded"
+    assert rec["queued_at"] <= now and rec["started_at"] - rec["queued_at"] >= 300, rec
+    assert wait_result(r, "evil")["queued_at"] <= now
