@@ -46,9 +46,9 @@ class PgServer:
     def conninfo(self):
         return f"hostaddr=127.0.0.1 port={self.port} dbname=postgres user=postgres"
 
-    def psql(self, sql):
+    def psql(self, sql, db="postgres"):
         out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                              "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                              "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
                              capture_output=True, text=True, check=True)
         return out.stdout.strip()
 

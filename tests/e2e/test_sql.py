@@ -89,6 +89,25 @@ def test_raw_sql_when_allowed(r, pg, start_jobd):
     assert rec["result"]["rows"] == [{"x": 42}]
 
 
+def test_text_that_is_not_utf8_fails_the_job_with_postgres_error(r, pg, start_jobd):
+    # A SQL_ASCII database stores text unchecked, so it may not be UTF-8.
+    # jobd asks for client_encoding UTF8, and PostgreSQL then refuses to send
+    # such a value: the job fails with its error (22021), nothing is dropped
+    # or mangled on the way, and the same column cast to bytea comes whole.
+    pg.psql("CREATE DATABASE ascii ENCODING 'SQL_ASCII' TEMPLATE template0 "
+            "LC_COLLATE 'C' LC_CTYPE 'C'")
+    # Written unconverted too: a Latin-1 e-acute, then a UTF-8 one.
+    pg.psql(r"SET client_encoding = 'SQL_ASCII'; CREATE TABLE t (t text); "
+            r"INSERT INTO t VALUES (E'caf\xe9 \xc3\xa9')", db="ascii")
+    conninfo = pg.conninfo().replace("dbname=postgres", "dbname=ascii")
+    start_jobd(**config_for(pg, postgres__conninfo=conninfo, postgres__allow_raw_sql=True))
+    rec = run(r, "latin1", sql="SELECT t, 'plain' AS u FROM t")
+    assert rec["status"] == "failed" and rec["error"]["sqlstate"] == "22021", rec
+    assert "invalid byte sequence" in rec["error"]["message"]
+    rec = run(r, "bytes", sql="SELECT t::bytea AS t FROM t")
+    assert rec["result"]["rows"] == [{"t": "\\x636166e920c3a9"}], rec
+
+
 @pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
 def test_raw_sql_cannot_leave_its_session_to_the_next_jobs(r, pg, start_jobd, depth):
     # A raw BEGIN would leave the connection inside a transaction: the next
