@@ -164,7 +164,7 @@ struct pending {
 struct txn {
     struct daemon *d;
     struct list_link link;      /* on unsettled while its fate is unknown */
-    uint64_t marker;            /* no stream entry in it: the NS:txn key it sets */
+    uint64_t marker;            /* a pub/sub outcome in it: the NS:txn key it sets */
     bool checking;              /* its check is on the wire */
     int n;
     struct pending items[];
@@ -190,10 +190,14 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
  * until the connection is back and Redis can say whether it ran. A MULTI/EXEC
  * runs whole or not at all, so one trace of it answers for all of it: the
  * XACK of its first stream entry (still pending in the group: it did not
- * run), or, for a transaction without stream entries (pub/sub jobs only), a
- * marker key NS:txn:<worker>:<boot>:<seq> it sets, deleted by a later
- * transaction once its reply has come. Checking costs nothing while the
- * connection holds: the marker is only in transactions with no XACK. */
+ * run), or, for a transaction with any pub/sub job's outcome, a marker key
+ * NS:txn:<worker>:<boot>:<seq> it sets, deleted by a later transaction once
+ * its reply has come. A stream entry alone cannot answer for a pub/sub
+ * outcome: during a long outage another daemon may reclaim and acknowledge
+ * the entry, which then looks like "ran" while the pub/sub job's record was
+ * never written. (Stream jobs are safe either way: each entry not
+ * acknowledged is reclaimed.) Checking costs nothing while the connection
+ * holds: only transactions with pub/sub outcomes carry a marker. */
 #define MARKER_TTL "86400"      /* longer than any outage we expect to survive */
 
 static struct list unsettled;
@@ -234,6 +238,14 @@ static const struct job *first_stream_job(const struct txn *t)
         if (t->items[i].job->source == SOURCE_STREAM)
             return t->items[i].job;
     return NULL;
+}
+
+static bool has_job_without_entry(const struct txn *t)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->items[i].job->source != SOURCE_STREAM)
+            return true;
+    return false;
 }
 
 static void settle(struct txn *t, bool ran)
@@ -307,12 +319,13 @@ void result_redis_ready(struct daemon *d)
     }
 }
 
-/* Inside a transaction: its own marker when it has no stream entry, and the
- * deletion of the markers of transactions known to have run. */
+/* Inside a transaction: its own marker when it holds a pub/sub job's
+ * outcome, and the deletion of the markers of transactions known to have
+ * run. */
 static void send_markers(struct daemon *d, struct txn *t)
 {
     char key[512];
-    if (!first_stream_job(t)) {
+    if (has_job_without_entry(t)) {
         t->marker = ++marker_seq;
         marker_key(d, key, sizeof(key), t->marker);
         const char *argv[] = {"SET", key, "1", "EX", MARKER_TTL};

@@ -76,12 +76,14 @@ class ExecReplyDropper:
     the first connection to send bytes holding TRIGGER is closed instead of
     passing on its next reply (the transaction ran, and jobd never hears
     so), or, with drop="request", instead of passing those bytes on (it never
-    ran, and jobd cannot tell either)."""
+    ran, and jobd cannot tell either). ON_DROP, if given, runs just before
+    the connection is closed: what others do to Redis meanwhile."""
 
-    def __init__(self, redis_port, trigger=b"ZADD", drop="reply"):
+    def __init__(self, redis_port, trigger=b"ZADD", drop="reply", on_drop=None):
         self.redis_port = redis_port
         self.trigger = trigger
         self.drop = drop
+        self.on_drop = on_drop
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -96,7 +98,11 @@ class ExecReplyDropper:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.redis_port))
+            except OSError:         # Redis is down: so is this connection
+                client.close()
+                continue
             state = {"triggered": False}
             threading.Thread(target=self._pipe, args=(client, server, state, True),
                              daemon=True).start()
@@ -112,6 +118,8 @@ class ExecReplyDropper:
                 if upstream and self.armed and self.trigger in data:
                     if self.drop == "request":
                         self.armed = False
+                        if self.on_drop:
+                            self.on_drop()
                         self.dropped += 1
                         break
                     state["triggered"] = True
@@ -639,3 +647,40 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
         assert copies_of(r, "second") == 1
     finally:
         proxy.close()
+
+
+def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_entry(tmp_path):
+    # One transaction holds a stream job's outcome (A) and a pub/sub job's
+    # (B), and never reaches Redis. Before jobd can ask, A's entry is acked
+    # by someone else (another daemon that reclaimed it during a long
+    # outage). Judged by A's entry ("not pending: it ran"), B's record was
+    # never written. A transaction with any pub/sub outcome now sets a
+    # marker of its own, and is judged by it.
+    server = RedisServer(tmp_path, appendonly=True)
+    r = server.client
+
+    def ack_a():
+        (entry_id, _), = r.xrange(f"{NS}:queue")
+        r.xack(f"{NS}:queue", "jobd", entry_id)
+
+    proxy = ExecReplyDropper(server.port, trigger=b":result:mixed-b", drop="request",
+                             on_drop=ack_a)
+    daemon = Jobd(tmp_path, proxy.port)
+    try:
+        daemon.start()
+        submit(r, {"id": "mixed-a", "type": "sleep", "ms": 800})
+        assert publish(r, {"id": "mixed-b", "type": "sleep", "ms": 800}) == 1
+        wait_for(lambda: daemon.log_text().count("started (sleep)") == 2, what="both running")
+        server.kill()               # both finish while Redis is away: one transaction later
+        time.sleep(1.2)
+        server.start()
+        wait_for(lambda: proxy.dropped == 1, timeout=15, what="the lost transaction")
+        assert wait_result(r, "mixed-b", timeout=15)["status"] == "succeeded"
+        assert "2 outcome(s) sent before the connection went were not stored" \
+            in daemon.log_text()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill9()
+        proxy.close()
+        server.kill()
