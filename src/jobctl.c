@@ -444,6 +444,13 @@ static int tail(void)
     return EXIT_REDIS;
 }
 
+/* The commands as main() runs them: (argument count, arguments). */
+static int status_cmd(int argc, char **argv) { (void)argc; return status(argv[0]); }
+static int cancel_cmd(int argc, char **argv) { (void)argc; return cancel(argv[0]); }
+static int stats_cmd(int argc, char **argv) { (void)argc, (void)argv; return stats(); }
+static int workers_cmd(int argc, char **argv) { (void)argc, (void)argv; return workers(); }
+static int tail_cmd(int argc, char **argv) { (void)argc, (void)argv; return tail(); }
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -476,8 +483,22 @@ int main(int argc, char **argv)
             config_free(&cfg);
             break;
         }
-        case 'H': snprintf(ctl.host, sizeof(ctl.host), "%s", optarg); break;
-        case 'p': ctl.port = atoi(optarg); break;
+        case 'H':
+            /* An address on the command line wins over a socket path from -c. */
+            snprintf(ctl.host, sizeof(ctl.host), "%s", optarg);
+            ctl.path[0] = '\0';
+            break;
+        case 'p': {
+            char *end;
+            long port = strtol(optarg, &end, 10);
+            if (*optarg < '0' || *optarg > '9' || *end || port < 1 || port > 65535) {
+                fprintf(stderr, "jobctl: -p: a port is 1..65535, got \"%s\"\n", optarg);
+                return EXIT_USAGE;
+            }
+            ctl.port = (int)port;
+            ctl.path[0] = '\0';
+            break;
+        }
         case 'n': snprintf(ctl.ns, sizeof(ctl.ns), "%s", optarg); break;
         case 'j': ctl.json = true; break;
         case 'h': usage(stdout); return 0;
@@ -491,26 +512,24 @@ int main(int argc, char **argv)
     const char *command = argv[optind];
     int nargs = argc - optind - 1;
     char **args = argv + optind + 1;
-    connect_redis();
-    int rc;
-    if (!strcmp(command, "submit"))
-        rc = submit(nargs, args);
-    else if (!strcmp(command, "status") && nargs == 1)
-        rc = status(args[0]);
-    else if (!strcmp(command, "cancel") && nargs == 1)
-        rc = cancel(args[0]);
-    else if (!strcmp(command, "stats"))
-        rc = stats();
-    else if (!strcmp(command, "workers"))
-        rc = workers();
-    else if (!strcmp(command, "dead"))
-        rc = dead(nargs, args);
-    else if (!strcmp(command, "tail"))
-        rc = tail();
-    else {
-        usage(stderr);
-        rc = EXIT_USAGE;
+    static const struct {
+        const char *name;
+        int nargs;              /* -1: the command checks its own */
+        int (*run)(int argc, char **argv);
+    } commands[] = {{"submit", -1, submit}, {"status", 1, status_cmd},
+                    {"cancel", 1, cancel_cmd},  {"stats", -1, stats_cmd},
+                    {"workers", -1, workers_cmd}, {"dead", -1, dead},
+                    {"tail", -1, tail_cmd}};
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(command, commands[i].name) || (commands[i].nargs >= 0 && commands[i].nargs != nargs))
+            continue;
+        /* Only a command that will run needs Redis: a usage error is one
+         * whether or not Redis answers. */
+        connect_redis();
+        int rc = commands[i].run(nargs, args);
+        redisFree(ctl.c);
+        return rc;
     }
-    redisFree(ctl.c);
-    return rc;
+    usage(stderr);
+    return EXIT_USAGE;
 }

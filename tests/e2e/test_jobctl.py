@@ -79,6 +79,13 @@ def test_usage_and_redis_errors(tmp_path):
     assert subprocess.run([JOBCTL], capture_output=True).returncode == 2
     out = subprocess.run([JOBCTL, "-p", "1", "stats"], capture_output=True, text=True)
     assert out.returncode == 3 and "cannot connect" in out.stderr
+    # A usage error is one whether Redis answers or not (it used to be 3 here).
+    for args in (["bogus"], ["status"], ["cancel", "a", "b"]):
+        out = subprocess.run([JOBCTL, "-p", "1", *args], capture_output=True, text=True)
+        assert out.returncode == 2 and "usage:" in out.stderr, (args, out)
+    for port in ("abc", "0", "70000", "1x"):
+        out = subprocess.run([JOBCTL, "-p", port, "stats"], capture_output=True, text=True)
+        assert out.returncode == 2 and "a port is 1..65535" in out.stderr, (port, out)
 
 
 def test_tail_follows_events(r, start_jobd):
@@ -116,6 +123,20 @@ def test_ndjson_that_is_not_utf8_is_refused_whole(r, start_jobd, tmp_path):
     out = ctl(daemon, "submit", f"@{jobs}")
     assert out.returncode == 2 and "line 2 is not UTF-8" in out.stderr, (out.returncode, out.stderr)
     assert r.xlen(f"{NS}:queue") == 0
+
+
+def test_an_address_on_the_command_line_wins_over_the_config_files_socket(r, redis_server,
+                                                                         start_jobd, tmp_path):
+    # -c gives a socket path; -H/-p after it name a TCP address, which is
+    # the one used (it was silently ignored for the path).
+    daemon = start_jobd()
+    conf = tmp_path / "socket.conf"
+    conf.write_text(f'redis = {{ path = "{tmp_path}/no-such.sock"; }};\n')
+    out = subprocess.run([JOBCTL, "-c", str(conf), "-H", "127.0.0.1", "-p", str(redis_server.port),
+                          "submit", "--wait", '{"id":"tcp","type":"sleep","ms":1}'],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "succeeded"
 
 
 def test_config_file_gives_a_unix_socket(r, redis_server, start_jobd, tmp_path):
