@@ -410,7 +410,16 @@ static int dead(int argc, char **argv)
             freeReplyObject(r);
             return EXIT_JOB;
         }
-        const char *job = field(r->element[0]->element[1], "job");
+        const redisReply *f = r->element[0]->element[1];
+        if (!strcmp(field(f, "truncated"), "1")) {
+            /* Kept only up to limits.max_job_bytes: sent again it would be
+             * rejected as broken JSON, not run. */
+            fprintf(stderr, "jobctl: dead letter %s holds only the first bytes of its envelope "
+                            "(it was over limits.max_job_bytes); not retried\n", argv[1]);
+            freeReplyObject(r);
+            return EXIT_JOB;
+        }
+        const char *job = field(f, "job");
         redisReply *x = cmd("XADD %s * job %s", ctl.stream, job);
         freeReplyObject(cmd("XDEL %s:dead %s", ctl.ns, argv[1]));
         printf("%s\n", x->str);

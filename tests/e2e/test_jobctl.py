@@ -262,3 +262,16 @@ def test_submit_wait_ends_for_envelopes_rejected_without_a_usable_id(r, start_jo
     # Published without a usable id: nothing to wait for, said so at once.
     out = ctl(daemon, "submit", "--publish", "--wait", '{"type":"sleep","ms":1}')
     assert "cannot be waited for" in out.stderr, out.stderr
+
+
+def test_dead_retry_refuses_a_truncated_dead_letter(r, start_jobd):
+    # An envelope over limits.max_job_bytes is dead-lettered cut to that
+    # size; sent again it could only be rejected as broken JSON.
+    daemon = start_jobd(limits__max_job_bytes=200)
+    submit(r, {"id": "huge", "type": "sleep", "ms": 1, "pad": "x" * 500})
+    wait_for(lambda: r.xlen(f"{NS}:dead") == 1, what="the dead letter")
+    (entry_id, fields), = r.xrange(f"{NS}:dead")
+    assert fields["truncated"] == "1"
+    out = ctl(daemon, "dead", "retry", entry_id)
+    assert out.returncode == 1 and "not retried" in out.stderr, out
+    assert r.xlen(f"{NS}:dead") == 1 and r.xlen(f"{NS}:queue") == 1    # nothing sent
