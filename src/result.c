@@ -248,6 +248,8 @@ static bool has_job_without_entry(const struct txn *t)
     return false;
 }
 
+static void publish_replies(struct daemon *d, const struct txn *t);
+
 static void settle(struct txn *t, bool ran)
 {
     list_remove(&unsettled, &t->link);
@@ -258,6 +260,8 @@ static void settle(struct txn *t, bool ran)
         lost.not_stored++;
     if (ran && t->marker)
         marker_spent(t->marker);
+    if (ran)
+        publish_replies(t->d, t);
     for (int i = 0; i < t->n; i++)
         t->items[i].done(t->items[i].job, ran);
     free(t);
@@ -349,6 +353,34 @@ static void send_markers(struct daemon *d, struct txn *t)
     free(keys);
 }
 
+static void reply_published(struct redis *r, redisReply *reply, void *priv)
+{
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("publishing a result record on its reply_to channel failed: %s", reply->str);
+}
+
+/* The records of T's results on their reply_to channels, once T has run.
+ * Not inside the transaction: reply_to is the producer's channel, and a
+ * PUBLISH that Redis refuses when it is queued (an ACL user without that
+ * channel: NOPERM) aborts the whole transaction (EXECABORT), so one such job
+ * kept every outcome batched with it from being stored, for ever. */
+static void publish_replies(struct daemon *d, const struct txn *t)
+{
+    for (int i = 0; i < t->n; i++) {
+        const struct job *job = t->items[i].job;
+        if (job->write_kind != WRITE_RESULT || !job->reply_to)
+            continue;
+        size_t len;
+        char *text = record_text(d, job, &len);
+        if (!text)
+            continue;
+        const char *argv[] = {"PUBLISH", job->reply_to, text};
+        const size_t lens[] = {7, strlen(job->reply_to), len};
+        redis_send(d->redis, REDIS_CMD, reply_published, NULL, 0, 3, argv, lens);
+        free(text);
+    }
+}
+
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
@@ -369,6 +401,8 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
     }
     if (ok && t->marker)
         marker_spent(t->marker);
+    if (ok)
+        publish_replies(t->d, t);
     for (int i = 0; i < t->n; i++)
         t->items[i].done(t->items[i].job, ok);
     free(t);
@@ -502,11 +536,7 @@ static int write_result(struct daemon *d, struct job *job)
         const size_t lens[] = {3, strlen(key), len, 2, strlen(ttl)};
         queue_command(d, 5, argv, lens);
     }
-    if (job->reply_to) {
-        const char *argv[] = {"PUBLISH", job->reply_to, text};
-        const size_t lens[] = {7, strlen(job->reply_to), len};
-        queue_command(d, 3, argv, lens);
-    }
+    /* Not reply_to: see publish_replies(). */
     result_key(d, key, sizeof(key), "events");
     const char *pub[] = {"PUBLISH", key, text};
     const size_t lens[] = {7, strlen(key), len};

@@ -16,7 +16,8 @@
 struct daemon;
 
 enum job_write {
-    WRITE_RESULT = 1,   /* final record: SET, PUBLISH, HINCRBY, maybe NS:dead, XACK */
+    WRITE_RESULT = 1,   /* final record: SET, PUBLISH NS:events, HINCRBY, maybe NS:dead, XACK;
+                         * reply_to is published once the transaction ran */
     WRITE_SCHEDULE,     /* retry or delay: ZADD NS:scheduled, XACK */
     WRITE_REQUEUE,      /* shutdown: XADD back on the stream, XACK */
     WRITE_ACK,          /* already finished elsewhere: XACK only */

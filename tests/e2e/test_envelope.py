@@ -202,3 +202,30 @@ def test_producer_text_cannot_forge_log_lines(r, start_jobd):
     lines = daemon.log_text().splitlines()
     assert not [line for line in lines if line.startswith(("2026-01-01", "<3>"))], lines
     assert [line for line in lines if "zz" in line and "also forged" in line]
+
+
+def test_a_reply_to_channel_redis_refuses_does_not_block_outcomes(r, start_jobd):
+    # An ACL user allowed only some channels (Redis 7's acl-pubsub-default is
+    # resetchannels): a PUBLISH to any other reply_to is refused when queued
+    # in MULTI, which aborted the whole outcome transaction (EXECABORT) every
+    # second for ever: no record, the entry never acknowledged, the slot held,
+    # and the drain given up with exit 1. reply_to is now published once the
+    # transaction has run; a refusal there is only logged.
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~*", "&jobd:*", "&allowed:*",
+                      "+@all")
+    p = r.pubsub()
+    p.subscribe("allowed:r")
+    d = start_jobd(redis__username="u", redis__password="pw")
+    submit(r, {"id": "refused", "type": "sleep", "ms": 10, "reply_to": "client:results"})
+    submit(r, {"id": "allowed", "type": "sleep", "ms": 10, "reply_to": "allowed:r"})
+    assert wait_result(r, "refused", timeout=5)["status"] == "succeeded"
+    assert wait_result(r, "allowed", timeout=5)["status"] == "succeeded"
+    # A channel the user may publish to still gets the record.
+
+    def replied():
+        m = p.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        return m and json.loads(m["data"])
+    assert wait_for(replied, timeout=5, what="the record on reply_to")["id"] == "allowed"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, timeout=5,
+             what="every entry acknowledged")
+    assert d.stop() == 0
