@@ -22,6 +22,7 @@
  */
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -39,8 +40,10 @@
 #define TICK_MS 250
 #define BACKOFF_MAX_MS 5000
 #define CANCEL_AGAIN_MS 500
+#define STOP_GIVE_UP_MS 5000       /* a stopped query not back by then: drop its connection */
 #define UNKNOWN_RUN_US 1000000     /* a query's run time until measured */
 #define PROBE_EVERY_US 1000000     /* at most one packing probe a second per query */
+#define CANCEL_THREADS 2           /* threads of their own for PQcancel (see send_cancel) */
 
 enum conn_state { C_CONNECTING, C_READY };
 enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
@@ -62,6 +65,8 @@ struct pg_conn {
     int64_t last_answer_sent_us; /* and when that answer's query was sent */
     const struct sql_query *cancel_for; /* the query a cancel was last sent for */
     int64_t cancel_sent_at;     /* mono ms */
+    const struct sql_query *stopping; /* the head query being stopped, and since when */
+    int64_t stopping_since;     /* mono ms: first cancel sent (or tried) for it */
     uint64_t serial;            /* names it to a cancel task that outlives it */
     int cancels_pending;        /* cancel requests queued or being sent */
     uint64_t cancels_delivered; /* cancel requests the server has taken */
@@ -97,6 +102,7 @@ struct pgpool {
     int nwaiting;
     struct event *tick;
     struct event *kick;         /* dispatch() once the current loop pass ends */
+    struct threadpool *cancels; /* PQcancel's threads, not the jobs' */
     struct run_time *run_times; /* one per query name run so far */
     int64_t next_connect;       /* mono ms: backoff after a failed connect */
     int failures;
@@ -296,10 +302,10 @@ static void conn_open(struct pgpool *pool)
 }
 
 /* The connection died under its queries: each is unavailable (transient). */
-static void conn_broken(struct pg_conn *c)
+static void conn_lost(struct pg_conn *c, const char *why)
 {
     char msg[256];
-    first_line(msg, sizeof(msg), PQerrorMessage(c->pg));
+    first_line(msg, sizeof(msg), why);
     log_warn("postgres: connection lost: %s", msg);
     struct pgpool *pool = c->pool;
     struct sql_query *q = c->head;
@@ -315,6 +321,11 @@ static void conn_broken(struct pg_conn *c)
         query_complete(pool, q);
         q = next;
     }
+}
+
+static void conn_broken(struct pg_conn *c)
+{
+    conn_lost(c, PQerrorMessage(c->pg));
 }
 
 /* ---- cancel ---------------------------------------------------------------- */
@@ -356,6 +367,10 @@ static void send_cancel(struct pg_conn *c, const struct sql_query *q)
 {
     if (c->cancel_for == q)
         return;
+    if (c->stopping != q) {
+        c->stopping = q;
+        c->stopping_since = mono_ms();
+    }
     /* Tried again by cancel_again() if it cannot go now, or if one still
      * waits for a pool thread (no pile of them behind slow hash jobs). */
     c->cancel_for = q;
@@ -371,7 +386,10 @@ static void send_cancel(struct pg_conn *c, const struct sql_query *q)
     ct->task.done = cancel_done;
     ct->pool = c->pool;
     ct->conn_serial = c->serial;
-    if (threadpool_submit(c->pool->d->pool, &ct->task)) {
+    /* PQcancel has no timeout: against a server that accepts and never
+     * answers it blocks until the server comes back. On the jobs' pool that
+     * stopped every hash and file job; here it holds only a cancel thread. */
+    if (threadpool_submit(c->pool->cancels ? c->pool->cancels : c->pool->d->pool, &ct->task)) {
         PQfreeCancel(ct->cancel);
         free(ct);
         return;     /* statement_timeout is the second guard */
@@ -646,6 +664,8 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
         c->idle_since = mono_ms();
     if (c->cancel_for == q)
         c->cancel_for = NULL;   /* Q's memory may serve another query next */
+    if (c->stopping == q)
+        c->stopping = NULL;
     q->next = NULL;
     /* Stopped by a cancel meant for another query (one sent before it, or
      * delivered late from a busy pool: the server cancels whatever runs when
@@ -676,15 +696,19 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
 /* Read every answer libpq has complete on C. */
 static void read_results(struct pg_conn *c, struct answered *out)
 {
-    while (c->head && !PQisBusy(c->pg)) {
+    while (c->head) {
         struct sql_query *q = c->head;
         enum step step = q->steps[q->step];
-        if (step == STEP_EXECUTE && !q->row_mode) {
-            /* Allowed once the execute step's results are next. Should it
-             * fail, the rows come whole and take_result takes them all. */
-            q->row_mode = true;
-            PQsetSingleRowMode(c->pg);
-        }
+        /* Before PQisBusy, which parses what has arrived: libpq takes single-
+         * row mode only while the execute step is its current command and
+         * none of its rows were parsed yet (asked after PQisBusy said the
+         * result was complete, it was always refused, and a huge result was
+         * held whole before a row was counted). Refused, the rows come whole
+         * and take_result takes them all. */
+        if (step == STEP_EXECUTE && !q->row_mode)
+            q->row_mode = PQsetSingleRowMode(c->pg) == 1;
+        if (PQisBusy(c->pg))
+            break;
         PGresult *res = PQgetResult(c->pg);
         if (!res) {
             if (step == STEP_SYNC)
@@ -904,6 +928,13 @@ static void tick(evutil_socket_t fd, short what, void *arg)
                  pool->nconns > pool->d->cfg.pg_min_size &&
                  now - c->idle_since > pool->d->cfg.pg_idle_timeout_ms)
             conn_close(c);
+        else if (c->state == C_READY && c->stopping && c->stopping == c->head &&
+                 now - c->stopping_since > STOP_GIVE_UP_MS)
+            /* Cancelled and still not back: the server or the network in
+             * between stopped answering. Its attempt must end (a timeout
+             * would otherwise hold its slot until the server came back), and
+             * the queries behind it fail as unavailable (retried). */
+            conn_lost(c, "a cancelled query did not come back: the server stopped answering");
         else
             cancel_again(c, now);
         c = next;
@@ -923,15 +954,26 @@ struct pgpool *pgpool_create(struct daemon *d)
     pool->d = d;
     pool->tick = timer_new_periodic(d->base, TICK_MS, tick, pool);
     pool->kick = event_new(d->base, -1, 0, kick, pool);
+    pool->cancels = threadpool_create(d->base, CANCEL_THREADS, INT_MAX);
     for (int i = 0; i < d->cfg.pg_min_size; i++)
         conn_open(pool);
     return pool;
 }
 
+/* A cancel pool left running at exit (see pgpool_free): kept reachable, for
+ * the leak checker, since its blocked thread still uses it. */
+static struct threadpool *abandoned_cancels;
+
 void pgpool_free(struct pgpool *pool)
 {
     if (!pool)
         return;
+    /* First: their done() looks at the connections. A PQcancel still
+     * blocked on a server that does not answer is not waited for. */
+    if (threadpool_destroy_if_idle(pool->cancels)) {
+        abandoned_cancels = pool->cancels;
+        log_warn("postgres: a cancel request is still waiting for the server; not waiting");
+    }
     while (pool->conns)
         conn_close(pool->conns);
     event_free(pool->tick);

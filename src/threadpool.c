@@ -207,6 +207,8 @@ int threadpool_busy(struct threadpool *pool)
     return n;
 }
 
+static void join_and_free(struct threadpool *pool);
+
 void threadpool_destroy(struct threadpool *pool)
 {
     if (!pool)
@@ -215,6 +217,27 @@ void threadpool_destroy(struct threadpool *pool)
     pool->stopping = true;
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
+    join_and_free(pool);
+}
+
+int threadpool_destroy_if_idle(struct threadpool *pool)
+{
+    if (!pool)
+        return 0;
+    pthread_mutex_lock(&pool->lock);
+    if (pool->busy) {
+        pthread_mutex_unlock(&pool->lock);
+        return -1;
+    }
+    pool->stopping = true;      /* under the lock: no worker takes a task after this */
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    join_and_free(pool);
+    return 0;
+}
+
+static void join_and_free(struct threadpool *pool)
+{
     for (int i = 0; i < pool->nthreads; i++)
         pthread_join(pool->threads[i], NULL);
 

@@ -38,5 +38,8 @@ int threadpool_busy(struct threadpool *pool);     /* running now */
  * of every finished or never-started task (skipped = true for the latter),
  * and frees the pool. Call from the loop thread. */
 void threadpool_destroy(struct threadpool *pool);
+/* As threadpool_destroy() when no task is running; else -1, and the pool is
+ * left as it is (its threads may be blocked for good: the process exits). */
+int threadpool_destroy_if_idle(struct threadpool *pool);
 
 #endif

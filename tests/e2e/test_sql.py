@@ -1,11 +1,13 @@
 """PROTOCOL §3 sql jobs against a real PostgreSQL the test starts itself."""
 import json
+import os
 import signal
 import time
 
 import pytest
 
-from conftest import NS, free_port, result, stats, submit, wait_for, wait_result, wait_results
+from conftest import (NS, SANITIZERS, free_port, result, stats, submit, wait_for, wait_result,
+                      wait_results)
 from delay_proxy import DelayProxy
 from pg_server import PgServer
 from test_admin import scrape
@@ -554,3 +556,87 @@ def test_a_cancel_delivered_late_does_not_fail_the_next_query(r, pg, start_jobd)
     wait_for(lambda: result(r, "h1"), timeout=60, what="the hash jobs (and the cancel)")
     rec = wait_result(r, "b", timeout=30)
     assert rec["status"] == "succeeded", rec
+
+
+def sleeping_backend(pg):
+    return int(pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'jobd' "
+                       "AND query LIKE '%pg_sleep%' AND state = 'active'"))
+
+
+def postmaster_pid(pg):
+    return int((pg.data / "postmaster.pid").read_text().split()[0])
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def test_a_query_on_a_server_that_stops_answering_still_ends_at_its_timeout(r, pg, start_jobd):
+    # The backend running the query stops answering (a hung server, or the
+    # network between went silent): the cancel cannot stop it, nor can its
+    # statement_timeout. The attempt used to hold its slot until the server
+    # came back; now its connection is dropped 5 s after the cancel, the job
+    # ends timed_out, and the query pipelined behind it gets its own outcome
+    # (unavailable, retried elsewhere), never the stopped one's.
+    start_jobd(**config_for(pg, 4, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "hung", "type": "sql", "query": "sleep", "params": [30],
+               "timeout_ms": 500, "retry": {"attempts": 1}})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the query on the server")
+    submit(r, {"id": "behind", "type": "sql", "query": "add", "params": [1, 2],
+               "retry": {"attempts": 3, "delay_ms": 100}})
+    pid = sleeping_backend(pg)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rec = wait_result(r, "hung", timeout=15)
+        assert rec["status"] == "timed_out", rec
+        rec = wait_result(r, "behind", timeout=15)
+        assert rec["status"] == "succeeded" and rec["result"]["rows"] == [{"sum": 3}], rec
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_cancel_to_a_hung_server_neither_takes_a_job_thread_nor_holds_up_shutdown(r, pg,
+                                                                                    start_jobd):
+    # The whole server hangs (postmaster and backend): PQcancel has no
+    # timeout and blocks. It ran on the jobs' one pool thread, so hash and
+    # file jobs stopped, and exit waited for it. Cancels have threads of
+    # their own now, and exit does not wait for a blocked one.
+    daemon = start_jobd(threads__size=1, shutdown__drain_ms=1000,
+                        **config_for(pg, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "hung", "type": "sql", "query": "sleep", "params": [30],
+               "timeout_ms": 1000, "retry": {"attempts": 1}})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the query on the server")
+    pids = [sleeping_backend(pg), postmaster_pid(pg)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2)       # the timeout passed and the cancel went out
+        submit(r, {"id": "h", "type": "hash", "data": "x"})
+        assert wait_result(r, "h", timeout=20)["status"] == "succeeded"
+        assert wait_result(r, "hung", timeout=15)["status"] == "timed_out"
+        assert daemon.stop(timeout=15) == 0
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_an_oversized_result_is_stopped_while_it_streams(r, pg, start_jobd):
+    # A result over 100,000 rows or 16 MiB is too_large and read one row at
+    # a time, so it is stopped before it is held whole. Single-row mode was
+    # asked for too late and always refused: 2,000,000 rows of 100 bytes
+    # took 374 MB before the job failed.
+    if SANITIZERS:
+        pytest.skip("RSS bounds do not hold under ASan")
+    daemon = start_jobd(**config_for(pg))
+    submit(r, {"id": "huge", "type": "sql", "query": "big", "params": [2000000],
+               "timeout_ms": 60000})
+    peak = 0
+    deadline = time.monotonic() + 60
+    while not result(r, "huge") and time.monotonic() < deadline:
+        peak = max(peak, rss_kb(daemon.proc.pid))
+        time.sleep(0.02)
+    rec = wait_result(r, "huge")
+    assert rec["error"]["code"] == "too_large", rec
+    assert peak < 120000, peak
