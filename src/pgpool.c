@@ -521,8 +521,19 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
             statement_name(q, stmt, sizeof(stmt));
             json_object_del(c->prepared, stmt);
         }
-        if (step == STEP_SET_TIMEOUT)
+        if (step == STEP_SET_TIMEOUT) {
+            /* Its own Sync: the query runs whatever happened to the SET (a
+             * late cancel meant for the query before it can land here).
+             * Taken as the query's error, it made a query that ran and
+             * committed look failed, or be sent again and run twice. The
+             * setting is now unknown and is sent again next time; the
+             * runner's timer stays the first guard meanwhile. */
             c->statement_timeout = -1;
+            log_info("postgres: setting statement_timeout failed (%s); the query runs without it",
+                     PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                         ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : "?");
+            break;
+        }
         if (!q->err.code) {
             const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
