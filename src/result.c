@@ -384,6 +384,12 @@ static void publish_replies(struct daemon *d, const struct txn *t)
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
+    if (!reply && t->n == 0) {
+        /* Nothing of a job in it (each outcome's writing failed, out of
+         * memory): nothing to ask Redis about, and nothing to answer for. */
+        free(t);
+        return;
+    }
     if (!reply) {
         list_append(&unsettled, &t->link);
         lost.outcomes += t->n;

@@ -712,15 +712,17 @@ static int slots_taken(const struct runner *r)
 static void proceed(struct runner *r, struct job *job)
 {
     struct daemon *d = r->d;
-    if (d->draining) {
-        /* Delivered by a read that was in flight when the drain began. */
-        finish(r, job, WRITE_REQUEUE);
-        return;
-    }
+    /* A remembered cancel first: put back by a drain, the job would go to a
+     * daemon that never heard the cancel, and run. */
     if (cancel_remembered(r, job->id)) {
         job->status = JOB_CANCELLED;
         job_error_set(&job->error, ERR_CANCELLED, "cancelled before it started");
         finish(r, job, WRITE_RESULT);
+        return;
+    }
+    if (d->draining) {
+        /* Delivered by a read that was in flight when the drain began. */
+        finish(r, job, WRITE_REQUEUE);
         return;
     }
     if (job->due_ms > now_ms() && !job->delay_waited) {
