@@ -13,6 +13,7 @@
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
+#include "timer.h"
 
 #define GROUP "jobd"
 
@@ -267,6 +268,31 @@ static void settle(struct txn *t, bool ran)
     free(t);
 }
 
+#define RECHECK_MS 1000
+
+static struct event *recheck;   /* ask again about transactions Redis could not answer for */
+
+static void recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (redis_ready(d->redis, REDIS_CMD))
+        result_redis_ready(d);
+}
+
+/* An error that says Redis cannot answer yet, not that the answer is "no":
+ * a Redis restarted from its AOF says LOADING until its data is back, the
+ * transaction's writes among them. Taken as "not stored", the outcomes were
+ * written a second time (found by bench/soak: one record counted twice). */
+static bool answer_later(const char *err)
+{
+    static const char *const transient[] = {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN",
+                                            "CLUSTERDOWN", "NOAUTH", NULL};
+    for (int i = 0; transient[i]; i++)
+        if (!strncmp(err, transient[i], strlen(transient[i])))
+            return true;
+    return false;
+}
+
 static void check_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
@@ -274,6 +300,15 @@ static void check_reply(struct redis *r, redisReply *reply, void *priv)
     if (!reply)
         return;     /* lost again: asked again on the next connection */
     bool ran;
+    if (reply->type == REDIS_REPLY_ERROR && answer_later(reply->str)) {
+        log_info("checking %d outcome(s) sent before the connection went: %s; asking again "
+                 "in %d ms", t->n, reply->str, RECHECK_MS);
+        if (!recheck)
+            recheck = evtimer_new(t->d->base, recheck_cb, t->d);
+        if (recheck && !evtimer_pending(recheck, NULL))
+            timer_add_ms(recheck, RECHECK_MS);
+        return;
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         /* The stream or its group is gone: writing again is the safe way. */
         log_warn("checking %d outcome(s) sent before the connection went: %s; writing them "
@@ -700,6 +735,9 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done)
 
 void result_shutdown(void)
 {
+    if (recheck)
+        event_free(recheck);
+    recheck = NULL;
     if (batch.flush)
         event_free(batch.flush);
     free(batch.items);

@@ -51,12 +51,15 @@ class RedisServer:
         self.start()
         self.client = redis.Redis(port=self.port, decode_responses=True)
 
-    def start(self):
+    def start(self, extra=(), wait=True):
+        """EXTRA: more redis-server arguments; WAIT: until it answers PING."""
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always"]
+                "--appendfsync", "always", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait:
+            return
         probe = redis.Redis(port=self.port)
         def up():
             try:

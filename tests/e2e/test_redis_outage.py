@@ -125,6 +125,8 @@ class ExecReplyDropper:
                     state["triggered"] = True
                 if not upstream and state["triggered"]:
                     self.armed = False
+                    if self.on_drop:
+                        self.on_drop()
                     self.dropped += 1
                     break
                 dst.sendall(data)
@@ -678,6 +680,44 @@ def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_ent
         assert wait_result(r, "mixed-b", timeout=15)["status"] == "succeeded"
         assert "2 outcome(s) sent before the connection went were not stored" \
             in daemon.log_text()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill9()
+        proxy.close()
+        server.kill()
+
+
+def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice(tmp_path):
+    # The transaction ran, its reply was lost with a Redis restart, and the
+    # restarted Redis is still loading its AOF when jobd asks whether it ran:
+    # "LOADING" is not "no". Taken as "not stored", the outcome was written
+    # twice (bench/soak counted one record twice). Now jobd asks again.
+    server = RedisServer(tmp_path, appendonly=True)
+    r = server.client
+    pad = r.pipeline(transaction=False)
+    for i in range(10000):          # loaded at 200 us a key: 2 s of LOADING
+        pad.set(f"pad:{i}", "x")
+    pad.execute()
+
+    def restart_loading_slowly():
+        server.kill()
+        server.start(extra=["--key-load-delay", "200"], wait=False)
+
+    proxy = ExecReplyDropper(server.port, trigger=b":result:loading", drop="reply",
+                             on_drop=restart_loading_slowly)
+    daemon = Jobd(tmp_path, proxy.port)
+    try:
+        daemon.start()
+        assert publish(r, {"id": "loading", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: proxy.dropped == 1, what="the lost reply")
+        wait_for(lambda: "were stored then" in daemon.log_text(), timeout=30,
+                 what="the lost reply settled")
+        log = daemon.log_text()
+        assert "LOADING" in log and "asking again" in log, log
+        assert "writing them again" not in log, log
+        assert wait_result(r, "loading")["status"] == "succeeded"
+        assert stats(r)["sleep.succeeded"] == 1
         assert daemon.stop() == 0
     finally:
         if daemon.proc and daemon.proc.poll() is None:
