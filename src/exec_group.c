@@ -77,8 +77,10 @@ static int group_parse(struct job *job, const json_t *spec, struct job_error *er
         }
     }
     if (depth_of(job) >= GROUP_MAX_DEPTH) {
+        /* depth_of() counts the group itself from 0: GROUP_MAX_DEPTH - 1
+         * groups, one inside the other, the top-level one included. */
         job_error_set(err, ERR_INVALID_JOB, "group: groups nest at most %d deep",
-                      GROUP_MAX_DEPTH);
+                      GROUP_MAX_DEPTH - 1);
         return -1;
     }
     /* Bound the whole tree, not just this level, before building any of it. */

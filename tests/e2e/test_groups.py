@@ -80,7 +80,12 @@ def test_group_limits(r, start_jobd):
     submit(r, {"id": "many", "type": "group", "jobs": [{"type": "sleep", "ms": 1}] * 1001})
     submit(r, {"id": "child-id", "type": "group", "jobs": [{"type": "sleep", "ms": 1, "id": "x"}]})
     submit(r, {"id": "empty", "type": "group", "jobs": []})
-    for job_id, words in [("deep", "nest at most"), ("many", "1..1000"),
+    three = {"type": "sleep", "ms": 1}
+    for _ in range(3):
+        three = {"type": "group", "jobs": [three]}
+    submit(r, dict(three, id="three"))
+    assert wait_result(r, "three")["status"] == "succeeded"     # the deepest allowed
+    for job_id, words in [("deep", "nest at most 3 deep"), ("many", "1..1000"),
                           ("child-id", "takes no id"), ("empty", "1..1000")]:
         rec = wait_result(r, job_id)
         assert rec["status"] == "rejected" and words in rec["error"]["message"], rec
