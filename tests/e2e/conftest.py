@@ -97,9 +97,13 @@ class Jobd:
     def start(self, wait=True, env=None):
         """ENV: variables added to this environment for jobd (NOTIFY_SOCKET...)."""
         self.logf = open(self.log, "ab")
+        # Not JOURNAL_STREAM (set when the suite runs under a systemd unit):
+        # jobd would then log "<N>" prefixes instead of the timestamps and
+        # levels the tests read (log_times, forged-line checks).
+        base = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
         self.proc = subprocess.Popen([JOBD_BIN, "-c", str(self.conf)],
                                      stdout=self.logf, stderr=self.logf,
-                                     env={**os.environ, **env} if env else None)
+                                     env={**base, **(env or {})})
         if wait:
             self.wait_ready()
         return self

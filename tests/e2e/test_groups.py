@@ -264,12 +264,14 @@ def test_nested_groups_take_no_child_slot(r, start_jobd):
 
 
 def test_group_timeout_ends_waiting_children(r, start_jobd):
+    # 600 ms children, a 1 s timeout: the second child starts 400 ms before
+    # the timeout and would end 200 ms after it, whatever the loop's delays.
     daemon = start_jobd(limits__max_group_children=1)
-    submit(r, {"id": "t", "type": "group", "timeout_ms": 500,
-               "jobs": [{"type": "sleep", "ms": 300}] * 5})
+    submit(r, {"id": "t", "type": "group", "timeout_ms": 1000,
+               "jobs": [{"type": "sleep", "ms": 600}] * 5})
     rec = wait_result(r, "t")
     assert rec["status"] == "timed_out" and rec["error"]["code"] == "timeout", rec
-    assert 450 <= rec["finished_at"] - rec["started_at"] < 1200
+    assert 950 <= rec["finished_at"] - rec["started_at"] < 1700
     log = daemon.log_text()
     assert log.count("started (sleep)") == 2, log          # one done, one stopped
     assert log.count("stopped while waiting for a group child slot") == 3
@@ -308,11 +310,14 @@ def test_sighup_raises_max_group_children(r, start_jobd):
 
 
 def test_drain_puts_back_a_group_whose_children_wait(r, start_jobd):
-    # One slot, four 300 ms children, 800 ms of drain: the waiting children
+    # One slot, four 500 ms children, 800 ms of drain: the waiting children
     # keep starting during the drain, then the group is stopped (its waiting
-    # child with it) and goes back on its stream whole; nothing is lost.
+    # children with it) and goes back on its stream whole; nothing is lost.
+    # (The last child starts 1.5 s after the first, so one still waits at the
+    # drain's end unless SIGTERM came 700 ms late; with 300 ms children it
+    # was 100 ms.)
     ledger = Ledger(r)
-    submit(r, {"id": "d", "type": "group", "jobs": [{"type": "sleep", "ms": 300}] * 4})
+    submit(r, {"id": "d", "type": "group", "jobs": [{"type": "sleep", "ms": 500}] * 4})
     first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=800)
     wait_for(lambda: "job d:0: attempt 1 of 1 started" in first.log_text(), what="d:0")
     assert first.stop() == 0
@@ -447,15 +452,15 @@ def test_a_stopped_group_queues_no_pool_task_for_its_waiting_children(r, start_j
 
 
 def test_drain_sends_no_waiting_http_child_and_puts_the_group_back_whole(r, start_jobd, web):
-    # One child slot, four 1 s http children, 1.5 s of drain: the second child
+    # One child slot, four 1.5 s http children, 2 s of drain: the second child
     # starts during the drain (a running group may still finish); at the
     # drain's end the group is stopped, its third and fourth children never
     # reach the server, and the group goes back on its stream whole: the next
     # daemon runs all four again.
-    paths = [f"/delay/1000?c={i}" for i in range(4)]
+    paths = [f"/delay/1500?c={i}" for i in range(4)]
     submit(r, {"id": "d", "type": "group", "jobs": [
         {"type": "http", "url": web.url(p)} for p in paths]})
-    first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=1500,
+    first = start_jobd(limits__max_group_children=1, shutdown__drain_ms=2000,
                        http__allow_private=True)
     wait_for(lambda: requested(web) == paths[:1], what="the first child's request")
     assert first.stop() == 0

@@ -99,9 +99,11 @@ def test_transfers_beyond_max_connections_wait_in_turn(r, web, start_jobd):
 
 
 def test_cancel_and_timeout_of_a_job_waiting_for_a_slot(r, web, start_jobd):
-    # One connection, busy for 2 s. A job waiting for it is cancelled and
-    # another times out while waiting: both end at once and leave the queue,
-    # and the job behind them still runs when the connection frees.
+    # One connection, busy for 4 s. A job waiting for it is cancelled and
+    # another times out (1.5 s) while waiting: both end long before the
+    # connection frees and leave the queue, and the job behind them still
+    # runs when it does. (A 300 ms timeout left the test 300 ms to see all
+    # three waiting.)
     admin = free_port()
     start_jobd(http__allow_private=True, http__max_connections=1,
                admin__listen=f"127.0.0.1:{admin}")
@@ -109,15 +111,15 @@ def test_cancel_and_timeout_of_a_job_waiting_for_a_slot(r, web, start_jobd):
     def waiting():
         return parse_metrics(get(f"http://127.0.0.1:{admin}/metrics")[1])["jobd_http_waiting"]
 
-    submit(r, {"id": "busy", "type": "http", "url": web.url("/delay/2000")})
+    submit(r, {"id": "busy", "type": "http", "url": web.url("/delay/4000")})
     submit(r, {"id": "cancelled", "type": "http", "url": web.url("/bytes/1")})
-    submit(r, {"id": "late", "type": "http", "url": web.url("/bytes/1"), "timeout_ms": 300,
+    submit(r, {"id": "late", "type": "http", "url": web.url("/bytes/1"), "timeout_ms": 1500,
                "retry": {"attempts": 1}})
     submit(r, {"id": "behind", "type": "http", "url": web.url("/bytes/1")})
     wait_for(lambda: waiting() == 3, timeout=5, what="3 jobs waiting")
     r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "cancelled"}))
     assert wait_result(r, "cancelled", timeout=1)["status"] == "cancelled"
-    assert wait_result(r, "late", timeout=1)["status"] == "timed_out"
+    assert wait_result(r, "late", timeout=2.5)["status"] == "timed_out"
     assert waiting() == 1
     assert not r.exists(f"{NS}:result:busy")
     assert wait_result(r, "behind", timeout=10)["status"] == "succeeded"

@@ -56,7 +56,7 @@ def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
     # an error while the connection stays up: no reconnect will come, so
     # jobd must try again by itself once Redis takes writes.
     daemon = start_jobd()
-    submit(r, {"id": "refused", "type": "sleep", "ms": 800})
+    submit(r, {"id": "refused", "type": "sleep", "ms": 2000})    # still running when refused
     wait_for(lambda: "attempt 1 of 1 started" in daemon.log_text(), what="the job to start")
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", 1)
@@ -580,8 +580,9 @@ def test_backoff_starts_over_after_five_healthy_seconds(r, redis_server, start_j
     mark = len(daemon.log_text())
     redis_server.kill()
     # The first retry comes after the first backoff step: it fails (the
-    # server is still down) within well under the grown 2.5 s.
-    wait_for(lambda: all(failed(role) >= 1 for role in ROLES), timeout=1.5,
+    # server is still down) within well under the grown 2.5 s. The daemon's
+    # own log times below judge that; this only waits for the lines.
+    wait_for(lambda: all(failed(role) >= 1 for role in ROLES), timeout=8,
              what="a first reconnect attempt of every connection")
     text = daemon.log_text()[mark:]
     for role in ROLES:
@@ -670,11 +671,11 @@ def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_ent
     daemon = Jobd(tmp_path, proxy.port)
     try:
         daemon.start()
-        submit(r, {"id": "mixed-a", "type": "sleep", "ms": 800})
-        assert publish(r, {"id": "mixed-b", "type": "sleep", "ms": 800}) == 1
+        submit(r, {"id": "mixed-a", "type": "sleep", "ms": 2000})
+        assert publish(r, {"id": "mixed-b", "type": "sleep", "ms": 2000}) == 1
         wait_for(lambda: daemon.log_text().count("started (sleep)") == 2, what="both running")
         server.kill()               # both finish while Redis is away: one transaction later
-        time.sleep(1.2)
+        time.sleep(2.5)
         server.start()
         wait_for(lambda: proxy.dropped == 1, timeout=15, what="the lost transaction")
         assert wait_result(r, "mixed-b", timeout=15)["status"] == "succeeded"

@@ -55,6 +55,9 @@ def test_ready_watchdog_reload_and_stopping_reach_systemd(r, start_jobd, notify)
     assert wait_result(r, "a")["status"] == "succeeded"
 
     # WATCHDOG_USEC=400 ms: a ping every 200 ms (half of it, as systemd asks).
+    # Datagrams are stamped when read: read what came before first, or pings
+    # sent while "a" ran would be stamped after START and counted.
+    notify.read()
     start = time.monotonic()
     time.sleep(1.3)
     pings = [t for t in notify.times_of("WATCHDOG=1") if t >= start]
@@ -82,6 +85,9 @@ def test_no_ready_until_redis_answers_not_even_after_a_reload(redis_server, star
     # that time must not say READY=1 either (it once did, after RELOADING=1).
     redis_server.kill()
     daemon = start_jobd(wait=False, env={"NOTIFY_SOCKET": notify.path})
+    # Its signal handlers are in place once it says it is starting (a SIGHUP
+    # before that would kill it); then a while with Redis down.
+    wait_for(lambda: " starting: " in daemon.log_text(), what="jobd starting")
     time.sleep(1)
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: "reload: configuration" in daemon.log_text(), what="the reload")
