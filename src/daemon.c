@@ -52,6 +52,7 @@ void daemon_intake_ready(struct daemon *d)
 static void cmd_up(void *arg)
 {
     struct daemon *d = arg;
+    reclaim_redis_ready(d->reclaim);
     result_redis_ready(d);
     runner_redis_ready(d->runner);
     intake_cmd_ready(d->intake);

@@ -45,6 +45,7 @@ struct intake {
     int64_t est_bytes;          /* envelope size reads are planned with; 0: none seen */
     bool bytes_paused;          /* reading stopped at limits.max_held_bytes */
     bool bytes_pause_told;      /* the first such pause was logged at info */
+    char (*last_read)[48];      /* per configured stream: the last entry id read; "": none */
 };
 
 static void maybe_announce(struct intake *in)
@@ -172,6 +173,23 @@ static void take_entry(struct intake *in, const char *stream, const redisReply *
     }
 }
 
+/* Remember the newest entry id read from STREAM: should the group vanish
+ * (XGROUP DESTROY, the stream deleted), it is made again from there. */
+static void note_last_read(struct intake *in, const char *stream, const redisReply *entries)
+{
+    if (!entries->elements)
+        return;
+    const redisReply *last = entries->element[entries->elements - 1];
+    if (last->type != REDIS_REPLY_ARRAY || last->elements < 1 ||
+        last->element[0]->type != REDIS_REPLY_STRING || last->element[0]->len >= 48)
+        return;
+    for (int s = 0; s < in->d->cfg.nstreams; s++)
+        if (!strcmp(in->d->cfg.streams[s], stream)) {
+            snprintf(in->last_read[s], sizeof(in->last_read[s]), "%s", last->element[0]->str);
+            return;
+        }
+}
+
 static void retry_read_later(struct intake *in)
 {
     timer_add_ms(in->retry_timer, READ_RETRY_MS);
@@ -208,6 +226,7 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
             for (size_t e = 0; e < sr->element[1]->elements; e++)
                 take_entry(in, sr->element[0]->str, sr->element[1]->element[e]);
             taken += sr->element[1]->elements;
+            note_last_read(in, sr->element[0]->str, sr->element[1]);
         }
     }
     /* A nil reply is the BLOCK timeout: simply read again. A short read
@@ -287,13 +306,17 @@ static void group_reply(struct redis *r, redisReply *reply, void *priv)
 }
 
 /* Group "jobd" at id 0 with MKSTREAM: jobs queued before any daemon ran are
- * read, not skipped. Sent on the stream connection so it precedes the read. */
+ * read, not skipped. Sent on the stream connection so it precedes the read.
+ * A group that vanished while this daemon read from it is made again after
+ * the last entry it read there: at 0, every entry still in the stream (all
+ * of its history: jobd never trims) ran again. */
 static void create_groups(struct intake *in)
 {
     struct daemon *d = in->d;
     in->groups_waiting = d->cfg.nstreams;
     for (int s = 0; s < d->cfg.nstreams; s++) {
-        const char *argv[] = {"XGROUP", "CREATE", d->cfg.streams[s], GROUP, "0", "MKSTREAM"};
+        const char *from = in->last_read[s][0] ? in->last_read[s] : "0";
+        const char *argv[] = {"XGROUP", "CREATE", d->cfg.streams[s], GROUP, from, "MKSTREAM"};
         if (redis_send(d->redis, REDIS_STREAM, group_reply, in, 0, 6, argv, NULL))
             in->groups_waiting--;
     }
@@ -536,7 +559,8 @@ struct intake *intake_create(struct daemon *d)
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
     in->linger = precise_timer_new(d->base, linger_done, in);
     in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
-    if (!in->retry_timer || !in->linger || !in->ping_timer) {
+    in->last_read = calloc((size_t)d->cfg.nstreams, sizeof(*in->last_read));
+    if (!in->retry_timer || !in->linger || !in->ping_timer || !in->last_read) {
         intake_free(in);
         return NULL;
     }
@@ -555,6 +579,7 @@ void intake_free(struct intake *in)
     precise_timer_free(in->linger);
     if (in->ping_timer)
         event_free(in->ping_timer);
+    free(in->last_read);
     free(in);
 }
 

@@ -23,11 +23,21 @@
 
 #define GROUP "jobd"
 #define MAX_CLAIM 100
+/* Nothing is claimed until the command connection has been up this long.
+ * Redis's idle clock runs on while Redis is away (restarted from its AOF or
+ * RDB, or out of reach of every daemon): after an outage longer than the
+ * visibility timeout every entry of every live daemon is "idle", and the
+ * first daemon back claimed them all before their holders, reconnecting
+ * with backoff (at most 5 s a round, redis.c), could refresh them; both ran
+ * them. A holder refreshes all its entries as soon as it is back
+ * (reclaim_redis_ready()), well within this. */
+#define CLAIM_GRACE_MS 6000
 
 struct reclaim {
     struct daemon *d;
     struct event *timer;
     int busy;                   /* XPENDING/XCLAIM replies still to come */
+    int64_t ready_at;           /* mono ms the command connection last came up */
 };
 
 /* ---- keeping our own long jobs' entries fresh ------------------------------ */
@@ -161,7 +171,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
         return;
     /* Refresh entries we have held for a third of the timeout. */
     runner_foreach_stream_job(d->runner, d->cfg.visibility_timeout_ms / 3, refresh_one, rc);
-    if (d->draining)
+    if (d->draining || mono_ms() - rc->ready_at < CLAIM_GRACE_MS)
         return;
     /* The same room intake reads by: free slots, and the byte budget. */
     int room = intake_room(d->intake);
@@ -191,6 +201,14 @@ struct reclaim *reclaim_create(struct daemon *d)
         every = 10000;
     rc->timer = timer_new_periodic(d->base, every, tick, rc);
     return rc;
+}
+
+void reclaim_redis_ready(struct reclaim *rc)
+{
+    rc->ready_at = mono_ms();
+    /* Every entry held, however recently taken: Redis may have counted the
+     * time it was away as idle time. */
+    runner_foreach_stream_job(rc->d->runner, 0, refresh_one, rc);
 }
 
 void reclaim_free(struct reclaim *rc)

@@ -18,5 +18,8 @@ struct reclaim;
 
 struct reclaim *reclaim_create(struct daemon *d);
 void reclaim_free(struct reclaim *rc);
+/* The command connection came up: refresh every entry held, and claim
+ * nothing for a while (live holders are reconnecting too). */
+void reclaim_redis_ready(struct reclaim *rc);
 
 #endif

@@ -189,16 +189,18 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
  * had would publish its events twice, count its stats twice and put a
  * requeued job on its stream twice; so such a transaction waits, unsettled,
  * until the connection is back and Redis can say whether it ran. A MULTI/EXEC
- * runs whole or not at all, so one trace of it answers for all of it: the
+ * runs whole or not at all, so one trace of it answers for all of it. The
  * XACK of its first stream entry (still pending in the group: it did not
- * run), or, for a transaction with any pub/sub job's outcome, a marker key
- * NS:txn:<worker>:<boot>:<seq> it sets, deleted by a later transaction once
- * its reply has come. A stream entry alone cannot answer for a pub/sub
- * outcome: during a long outage another daemon may reclaim and acknowledge
- * the entry, which then looks like "ran" while the pub/sub job's record was
- * never written. (Stream jobs are safe either way: each entry not
- * acknowledged is reclaimed.) Checking costs nothing while the connection
- * holds: only transactions with pub/sub outcomes carry a marker. */
+ * run) cannot be that trace: the group is made anew, empty, at id 0 when Redis
+ * restarts without its data or the group is destroyed (by another daemon's
+ * or this daemon's own stream connection, often before the check is asked),
+ * and "not pending" then read as "ran" for an outcome never written; and
+ * during a long outage another daemon may reclaim and acknowledge the entry,
+ * which also looks like "ran" while a pub/sub job beside it was never
+ * stored. So every transaction sets a marker key
+ * NS:txn:<worker>:<boot>:<seq>, deleted by a later transaction once its
+ * reply has come, and is judged by it: gone with the data, or never set,
+ * it says "not stored". */
 #define MARKER_TTL "86400"      /* longer than any outage we expect to survive */
 
 static struct list unsettled;
@@ -231,22 +233,6 @@ static void marker_spent(uint64_t seq)
         spent_markers.cap = cap;
     }
     spent_markers.seqs[spent_markers.n++] = seq;
-}
-
-static const struct job *first_stream_job(const struct txn *t)
-{
-    for (int i = 0; i < t->n; i++)
-        if (t->items[i].job->source == SOURCE_STREAM)
-            return t->items[i].job;
-    return NULL;
-}
-
-static bool has_job_without_entry(const struct txn *t)
-{
-    for (int i = 0; i < t->n; i++)
-        if (t->items[i].job->source != SOURCE_STREAM)
-            return true;
-    return false;
 }
 
 static void publish_replies(struct daemon *d, const struct txn *t);
@@ -314,10 +300,8 @@ static void check_reply(struct redis *r, redisReply *reply, void *priv)
         log_warn("checking %d outcome(s) sent before the connection went: %s; writing them "
                  "again", t->n, reply->str);
         ran = false;
-    } else if (t->marker) {
-        ran = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;   /* EXISTS */
     } else {
-        ran = reply->type == REDIS_REPLY_ARRAY && reply->elements == 0;    /* not pending */
+        ran = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;   /* EXISTS */
     }
     log_info("%d outcome(s) sent before the connection went %s", t->n,
              ran ? "were stored then" : "were not stored; writing them again");
@@ -340,31 +324,21 @@ void result_redis_ready(struct daemon *d)
         struct txn *t = list_entry(l, struct txn, link);
         if (t->checking)
             continue;
-        int rc;
-        if (t->marker) {
-            char key[512];
-            marker_key(d, key, sizeof(key), t->marker);
-            const char *argv[] = {"EXISTS", key};
-            rc = redis_send(d->redis, REDIS_CMD, check_reply, t, 0, 2, argv, NULL);
-        } else {
-            const struct job *job = first_stream_job(t);
-            const char *argv[] = {"XPENDING", job->stream, GROUP, job->entry_id, job->entry_id,
-                                  "1"};
-            rc = redis_send(d->redis, REDIS_CMD, check_reply, t, 0, 6, argv, NULL);
-        }
-        if (rc)
+        char key[512];
+        marker_key(d, key, sizeof(key), t->marker);
+        const char *argv[] = {"EXISTS", key};
+        if (redis_send(d->redis, REDIS_CMD, check_reply, t, 0, 2, argv, NULL))
             return;     /* the connection went again */
         t->checking = true;
     }
 }
 
-/* Inside a transaction: its own marker when it holds a pub/sub job's
- * outcome, and the deletion of the markers of transactions known to have
- * run. */
+/* Inside a transaction: its own marker, and the deletion of the markers of
+ * transactions known to have run. */
 static void send_markers(struct daemon *d, struct txn *t)
 {
     char key[512];
-    if (has_job_without_entry(t)) {
+    if (t->n) {
         t->marker = ++marker_seq;
         marker_key(d, key, sizeof(key), t->marker);
         const char *argv[] = {"SET", key, "1", "EX", MARKER_TTL};

@@ -3,7 +3,8 @@ import json
 import signal
 import time
 
-from conftest import NS, free_port, publish, result, stats, submit, wait_for, wait_result, wait_results
+from conftest import (NS, Ledger, free_port, publish, result, stats, submit, wait_for, wait_result,
+                      wait_results)
 from test_admin import get, parse_metrics
 
 
@@ -276,3 +277,26 @@ def test_a_stream_entry_id_in_the_future_does_not_delay_later_jobs(r, start_jobd
     assert rec["status"] == "succeeded"
     assert rec["queued_at"] <= now and rec["started_at"] - rec["queued_at"] >= 300, rec
     assert wait_result(r, "evil")["queued_at"] <= now
+
+
+def test_a_destroyed_group_is_made_again_without_replaying_history(r, start_jobd):
+    # XGROUP DESTROY while jobd runs (an operator clearing stuck entries):
+    # jobd made the group again at id 0, and every entry ever queued (jobd
+    # never trims its streams), acknowledged long ago, ran again. It is now
+    # made again after the last entry read; what is queued after still runs.
+    start_jobd()
+    ids = [f"h{i}" for i in range(10)]
+    for i in ids:
+        submit(r, {"id": i, "type": "sleep", "ms": 1})
+    wait_results(r, ids)
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="acks")
+    ledger = Ledger(r)
+    time.sleep(0.3)
+    r.xgroup_destroy(f"{NS}:queue", "jobd")
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})     # queued before it is made again
+    assert wait_result(r, "after")["status"] == "succeeded"
+    submit(r, {"id": "later", "type": "sleep", "ms": 1})
+    assert wait_result(r, "later")["status"] == "succeeded"
+    time.sleep(1)
+    ledger.running = False
+    assert sorted(ledger.records) == ["after", "later"], sorted(ledger.records)

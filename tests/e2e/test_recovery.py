@@ -2,7 +2,7 @@
 import json
 import time
 
-from conftest import NS, submit, wait_for, wait_results
+from conftest import NS, Jobd, Ledger, RedisServer, submit, wait_for, wait_results
 
 
 def test_kill9_then_restart_runs_every_job(r, start_jobd):
@@ -62,3 +62,39 @@ def test_poison_entry_goes_to_dead(r, start_jobd):
     assert rec["status"] == "failed" and "poison" in rec["error"]["message"]
     assert any(json.loads(d["error"])["code"] == "internal"
                for _, d in r.xrange(f"{NS}:dead"))
+
+
+def test_an_outage_longer_than_the_visibility_timeout_hands_no_live_job_to_another(tmp_path):
+    # Redis's idle clock runs on while Redis is away, so after an outage
+    # longer than the visibility timeout every entry a live daemon holds is
+    # "idle". A daemon coming up with Redis claimed them all before their
+    # holder, reconnecting with backoff, could refresh them: both ran every
+    # one. Now a holder refreshes all it holds as soon as it is back, and no
+    # daemon claims anything in its first 6 s on a connection.
+    server = RedisServer(tmp_path, appendonly=True)
+    a = Jobd(tmp_path, server.port, name="a", intake__visibility_timeout_ms=2000)
+    b = Jobd(tmp_path, server.port, name="b", intake__visibility_timeout_ms=2000)
+    try:
+        a.start()
+        r = server.client
+        ids = [f"long{i}" for i in range(5)]
+        for i in ids:
+            submit(r, {"id": i, "type": "sleep", "ms": 5000})
+        wait_for(lambda: a.log_text().count("started (sleep)") >= 5, what="jobs running on a")
+        server.kill()
+        time.sleep(3.5)          # longer than the visibility timeout
+        server.start()
+        ledger = Ledger(r)
+        b.start()                # a daemon that comes up with Redis
+        wait_for(lambda: all(r.exists(f"{NS}:result:{i}") for i in ids), timeout=30,
+                 what="every result")
+        time.sleep(6)            # long enough for a second run of each to end too
+        ledger.running = False
+        lost, duplicated = ledger.report(ids)
+        assert lost == [] and duplicated == {}, (lost, duplicated)
+        assert "reclaimed" not in b.log_text()
+    finally:
+        for d in (a, b):
+            if d.proc and d.proc.poll() is None:
+                d.stop()
+        server.kill()

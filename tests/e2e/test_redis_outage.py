@@ -725,3 +725,29 @@ def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice
             daemon.kill9()
         proxy.close()
         server.kill()
+
+
+def test_an_outcome_lost_with_a_redis_that_restarted_empty_is_written(r, redis_server,
+                                                                      start_jobd):
+    # Redis restarts empty (no persistence) while a transaction of stream
+    # outcomes is on the wire: it never ran. The group is made anew, empty
+    # (another daemon, or jobd's own stream connection), so "the first entry
+    # is not pending" was taken for "it ran" and the outcome dropped. Every
+    # transaction now carries a marker and is judged by it.
+    def restart_empty():
+        redis_server.kill()
+        redis_server.start()                # --appendonly no, --save "": empty
+        r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+
+    proxy = ExecReplyDropper(redis_server.port, trigger=b":result:gone", drop="request",
+                             on_drop=restart_empty)
+    try:
+        daemon = start_jobd(redis__port=proxy.port)
+        submit(r, {"id": "gone", "type": "sleep", "ms": 1})
+        wait_for(lambda: proxy.dropped == 1, what="the dropped transaction")
+        wait_for(lambda: "sent before the connection went" in daemon.log_text(), timeout=15,
+                 what="the lost transaction checked")
+        assert wait_result(r, "gone", timeout=10)["status"] == "succeeded"
+        assert "were stored then" not in daemon.log_text()
+    finally:
+        proxy.close()
