@@ -652,6 +652,14 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
         proxy.close()
 
 
+def tear_down(daemon, proxy, server):
+    """Whatever a test left running: the daemon (killed), the proxy, Redis."""
+    if daemon.proc and daemon.proc.poll() is None:
+        daemon.kill9()
+    proxy.close()
+    server.kill()
+
+
 def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_entry(tmp_path):
     # One transaction holds a stream job's outcome (A) and a pub/sub job's
     # (B), and never reaches Redis. Before jobd can ask, A's entry is acked
@@ -683,10 +691,7 @@ def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_ent
             in daemon.log_text()
         assert daemon.stop() == 0
     finally:
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill9()
-        proxy.close()
-        server.kill()
+        tear_down(daemon, proxy, server)
 
 
 def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice(tmp_path):
@@ -721,10 +726,7 @@ def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice
         assert stats(r)["sleep.succeeded"] == 1
         assert daemon.stop() == 0
     finally:
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill9()
-        proxy.close()
-        server.kill()
+        tear_down(daemon, proxy, server)
 
 
 def test_an_outcome_lost_with_a_redis_that_restarted_empty_is_written(r, redis_server,
