@@ -165,7 +165,7 @@ struct pending {
 struct txn {
     struct daemon *d;
     struct list_link link;      /* on unsettled while its fate is unknown */
-    uint64_t marker;            /* a pub/sub outcome in it: the NS:txn key it sets */
+    uint64_t marker;            /* the NS:txn key it sets (0: no job in it) */
     bool checking;              /* its check is on the wire */
     int n;
     struct pending items[];
@@ -237,6 +237,19 @@ static void marker_spent(uint64_t seq)
 
 static void publish_replies(struct daemon *d, const struct txn *t);
 
+/* T's fate is known: its marker may go, reply_to gets the records it
+ * stored, and each job hears whether its outcome was stored. Frees T. */
+static void conclude(struct txn *t, bool stored)
+{
+    if (stored && t->marker)
+        marker_spent(t->marker);
+    if (stored)
+        publish_replies(t->d, t);
+    for (int i = 0; i < t->n; i++)
+        t->items[i].done(t->items[i].job, stored);
+    free(t);
+}
+
 static void settle(struct txn *t, bool ran)
 {
     list_remove(&unsettled, &t->link);
@@ -245,13 +258,7 @@ static void settle(struct txn *t, bool ran)
         lost.stored++;
     else
         lost.not_stored++;
-    if (ran && t->marker)
-        marker_spent(t->marker);
-    if (ran)
-        publish_replies(t->d, t);
-    for (int i = 0; i < t->n; i++)
-        t->items[i].done(t->items[i].job, ran);
-    free(t);
+    conclude(t, ran);
 }
 
 #define RECHECK_MS 1000
@@ -393,9 +400,9 @@ static void publish_replies(struct daemon *d, const struct txn *t)
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
-    if (!reply && t->n == 0) {
-        /* Nothing of a job in it (each outcome's writing failed, out of
-         * memory): nothing to ask Redis about, and nothing to answer for. */
+    if (!reply && !t->marker) {
+        /* No job in it (each outcome's writing failed, out of memory), so
+         * no marker: nothing to ask Redis about, and nothing to answer for. */
         free(t);
         return;
     }
@@ -414,13 +421,7 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
                 log_warn("command %zu of a batch of %d outcome(s) failed: %s", i, t->n,
                          reply->element[i]->str);
     }
-    if (ok && t->marker)
-        marker_spent(t->marker);
-    if (ok)
-        publish_replies(t->d, t);
-    for (int i = 0; i < t->n; i++)
-        t->items[i].done(t->items[i].job, ok);
-    free(t);
+    conclude(t, ok);
 }
 
 /* One XACK per stream for the stream jobs of T. */

@@ -209,23 +209,12 @@ int threadpool_busy(struct threadpool *pool)
 
 static void join_and_free(struct threadpool *pool);
 
-void threadpool_destroy(struct threadpool *pool)
+/* Stop the workers and free POOL; with ONLY_IF_IDLE, -1 and nothing done
+ * while a task runs. */
+static int stop(struct threadpool *pool, bool only_if_idle)
 {
-    if (!pool)
-        return;
     pthread_mutex_lock(&pool->lock);
-    pool->stopping = true;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->lock);
-    join_and_free(pool);
-}
-
-int threadpool_destroy_if_idle(struct threadpool *pool)
-{
-    if (!pool)
-        return 0;
-    pthread_mutex_lock(&pool->lock);
-    if (pool->busy) {
+    if (only_if_idle && pool->busy) {
         pthread_mutex_unlock(&pool->lock);
         return -1;
     }
@@ -234,6 +223,17 @@ int threadpool_destroy_if_idle(struct threadpool *pool)
     pthread_mutex_unlock(&pool->lock);
     join_and_free(pool);
     return 0;
+}
+
+void threadpool_destroy(struct threadpool *pool)
+{
+    if (pool)
+        stop(pool, false);
+}
+
+int threadpool_destroy_if_idle(struct threadpool *pool)
+{
+    return pool ? stop(pool, true) : 0;
 }
 
 static void join_and_free(struct threadpool *pool)
