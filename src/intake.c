@@ -20,6 +20,19 @@
 #define HEARTBEAT_EVERY_MS 2000
 #define HEARTBEAT_LIMIT_MS 6000
 #define READ_RETRY_MS 1000
+/* How often a stream that cannot be read (a key of another type, a key the
+ * ACL user may not touch) is asked about again. */
+#define UNREADABLE_RECHECK_MS 5000
+
+/* One configured stream (intake.streams is restart-only, so their number
+ * is fixed; their names are read from d->cfg each time, since a reload
+ * frees the strings even of settings that did not change). */
+struct stream {
+    struct intake *in;
+    char last_read[48];         /* the last entry id read; "": none */
+    bool readable;              /* its group exists: the read names it */
+    bool refused;               /* its group could not be made; said, and asked again */
+};
 
 struct intake {
     struct daemon *d;
@@ -45,8 +58,16 @@ struct intake {
     int64_t est_bytes;          /* envelope size reads are planned with; 0: none seen */
     bool bytes_paused;          /* reading stopped at limits.max_held_bytes */
     bool bytes_pause_told;      /* the first such pause was logged at info */
-    char (*last_read)[48];      /* per configured stream: the last entry id read; "": none */
+    struct stream *streams;     /* per configured stream, in the config's order */
+    int nunreadable;            /* streams whose group could not be made */
+    bool probe;                 /* a read failed: ask each stream again before the next */
+    struct event *unreadable_timer;
 };
+
+static const char *stream_name(const struct stream *st)
+{
+    return st->in->d->cfg.streams[st - st->in->streams];
+}
 
 static void maybe_announce(struct intake *in)
 {
@@ -185,7 +206,8 @@ static void note_last_read(struct intake *in, const char *stream, const redisRep
         return;
     for (int s = 0; s < in->d->cfg.nstreams; s++)
         if (!strcmp(in->d->cfg.streams[s], stream)) {
-            snprintf(in->last_read[s], sizeof(in->last_read[s]), "%s", last->element[0]->str);
+            snprintf(in->streams[s].last_read, sizeof(in->streams[s].last_read), "%s",
+                     last->element[0]->str);
             return;
         }
 }
@@ -195,7 +217,7 @@ static void retry_read_later(struct intake *in)
     timer_add_ms(in->retry_timer, READ_RETRY_MS);
 }
 
-static void create_groups(struct intake *in);
+static void create_groups(struct intake *in, bool only_refused);
 
 static void read_reply(struct redis *r, redisReply *reply, void *priv)
 {
@@ -211,7 +233,13 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
         if (!strncmp(reply->str, "NOGROUP", 7)) {
             /* Someone deleted the stream or the group: make them again. */
             in->groups_ready = false;
-            create_groups(in);
+            create_groups(in, false);
+        } else {
+            /* One stream may spoil the read of all (a key replaced by one
+             * of another type: WRONGTYPE): before reading again, each is
+             * asked on its own, and one that answers with an error is left
+             * out of the reads. */
+            in->probe = true;
         }
         retry_read_later(in);
         return;
@@ -260,7 +288,9 @@ static void read_streams(struct intake *in)
     note_pause(in, false);
     if (room > d->cfg.batch)
         room = d->cfg.batch;
-    int n = d->cfg.nstreams;
+    int n = d->cfg.nstreams - in->nunreadable;
+    if (n <= 0)
+        return;     /* none readable: the recheck reads once one is */
     int argc = 9 + 2 * n;
     const char **argv = calloc((size_t)argc, sizeof(*argv));
     if (!argv)
@@ -278,8 +308,9 @@ static void read_streams(struct intake *in)
     argv[i++] = "BLOCK";
     argv[i++] = block;
     argv[i++] = "STREAMS";
-    for (int s = 0; s < n; s++)
-        argv[i++] = d->cfg.streams[s];
+    for (int s = 0; s < d->cfg.nstreams; s++)
+        if (in->streams[s].readable)
+            argv[i++] = d->cfg.streams[s];
     for (int s = 0; s < n; s++)
         argv[i++] = ">";
     if (redis_send(d->redis, REDIS_STREAM, read_reply, in, BLOCK_MS + READ_GRACE_MS, argc, argv,
@@ -291,13 +322,36 @@ static void read_streams(struct intake *in)
     free(argv);
 }
 
+/* Whether stream ST can be read, from its XGROUP CREATE reply. One that
+ * cannot is left out of the reads, so that it does not stop the others (a
+ * read naming it fails whole), is said once at error level, and is asked
+ * again every UNREADABLE_RECHECK_MS: its jobs wait, durable, until someone
+ * repairs the key. */
+static void note_group(struct stream *st, const redisReply *reply)
+{
+    struct intake *in = st->in;
+    bool ok = reply->type != REDIS_REPLY_ERROR || !strncmp(reply->str, "BUSYGROUP", 9);
+    if (ok && st->refused)
+        log_notice("stream %s can be read again", stream_name(st));
+    else if (!ok && !st->refused)
+        log_error("stream %s cannot be read: XGROUP CREATE: %s; it is left out of the reads "
+                  "(its jobs wait there) and asked again every %d s",
+                  stream_name(st), reply->str, UNREADABLE_RECHECK_MS / 1000);
+    if (ok != st->readable)
+        in->nunreadable += ok ? -1 : 1;
+    st->readable = ok;
+    st->refused = !ok;
+    if (!ok)
+        timer_add_ms(in->unreadable_timer, UNREADABLE_RECHECK_MS);
+}
+
 static void group_reply(struct redis *r, redisReply *reply, void *priv)
 {
-    struct intake *in = priv;
+    struct stream *st = priv;
+    struct intake *in = st->in;
     if (!reply)
         return;
-    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9))
-        log_error("XGROUP CREATE: %s", reply->str);
+    note_group(st, reply);
     if (--in->groups_waiting == 0) {
         in->groups_ready = true;
         maybe_announce(in);
@@ -305,19 +359,43 @@ static void group_reply(struct redis *r, redisReply *reply, void *priv)
     }
 }
 
+/* A stream that could not be read, asked again while the others are read. */
+static void recheck_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct stream *st = priv;
+    if (!reply || st->readable)
+        return;
+    note_group(st, reply);
+    if (st->readable)
+        read_streams(st->in);   /* the next read names it (after one outstanding) */
+}
+
+static void recheck_unreadable(evutil_socket_t fd, short what, void *arg)
+{
+    struct intake *in = arg;
+    if (in->groups_ready)
+        create_groups(in, true);
+}
+
 /* Group "jobd" at id 0 with MKSTREAM: jobs queued before any daemon ran are
  * read, not skipped. Sent on the stream connection so it precedes the read.
  * A group that vanished while this daemon read from it is made again after
  * the last entry it read there: at 0, every entry still in the stream (all
- * of its history: jobd never trims) ran again. */
-static void create_groups(struct intake *in)
+ * of its history: jobd never trims) ran again. ONLY_REFUSED: ask again about
+ * the streams that could not be read, while the others are. */
+static void create_groups(struct intake *in, bool only_refused)
 {
     struct daemon *d = in->d;
-    in->groups_waiting = d->cfg.nstreams;
+    if (!only_refused)
+        in->groups_waiting = d->cfg.nstreams;
     for (int s = 0; s < d->cfg.nstreams; s++) {
-        const char *from = in->last_read[s][0] ? in->last_read[s] : "0";
-        const char *argv[] = {"XGROUP", "CREATE", d->cfg.streams[s], GROUP, from, "MKSTREAM"};
-        if (redis_send(d->redis, REDIS_STREAM, group_reply, in, 0, 6, argv, NULL))
+        struct stream *st = &in->streams[s];
+        if (only_refused && !st->refused)
+            continue;
+        const char *from = st->last_read[0] ? st->last_read : "0";
+        const char *argv[] = {"XGROUP", "CREATE", stream_name(st), GROUP, from, "MKSTREAM"};
+        if (redis_send(d->redis, REDIS_STREAM, only_refused ? recheck_reply : group_reply, st, 0,
+                       6, argv, NULL) && !only_refused)
             in->groups_waiting--;
     }
 }
@@ -339,7 +417,7 @@ static void stream_up(void *arg)
     in->stream_client_id = 0;
     const char *argv[] = {"CLIENT", "ID"};
     redis_send(in->d->redis, REDIS_STREAM, client_id_reply, in, 0, 2, argv, NULL);
-    create_groups(in);
+    create_groups(in, false);
 }
 
 static void stream_down(void *arg)
@@ -359,7 +437,14 @@ static void linger_done(void *arg)
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
 {
-    read_streams(arg);
+    struct intake *in = arg;
+    if (in->probe && in->groups_ready && redis_ready(in->d->redis, REDIS_STREAM)) {
+        in->probe = false;
+        in->groups_ready = false;
+        create_groups(in, false);   /* its replies read again */
+        return;
+    }
+    read_streams(in);
 }
 
 /* ---- pub/sub --------------------------------------------------------------- */
@@ -395,8 +480,8 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
     free(p);
 }
 
-/* Full (slots or bytes) or draining: park the job on the first stream
- * (durable) instead of holding it in memory or dropping it. */
+/* Full (slots or bytes) or draining: park the job on the first (readable)
+ * stream, durable, instead of holding it in memory or dropping it. */
 static bool park_on_stream(struct intake *in, const char *raw, size_t len)
 {
     struct daemon *d = in->d;
@@ -408,8 +493,9 @@ static bool park_on_stream(struct intake *in, const char *raw, size_t len)
     p->len = len;
     memcpy(p->raw, raw, len);
     snprintf(queued, sizeof(queued), "%" PRId64, now_ms());
-    const char *argv[] = {"XADD", d->cfg.streams[0], "*", "job", raw, "queued_at", queued};
-    size_t lens[] = {4, strlen(d->cfg.streams[0]), 1, 3, len, 9, strlen(queued)};
+    const char *stream = intake_home_stream(in, NULL);
+    const char *argv[] = {"XADD", stream, "*", "job", raw, "queued_at", queued};
+    size_t lens[] = {4, strlen(stream), 1, 3, len, 9, strlen(queued)};
     if (redis_send(d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens)) {
         free(p);
         return false;
@@ -559,11 +645,15 @@ struct intake *intake_create(struct daemon *d)
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
     in->linger = precise_timer_new(d->base, linger_done, in);
     in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
-    in->last_read = calloc((size_t)d->cfg.nstreams, sizeof(*in->last_read));
-    if (!in->retry_timer || !in->linger || !in->ping_timer || !in->last_read) {
+    in->unreadable_timer = evtimer_new(d->base, recheck_unreadable, in);
+    in->streams = calloc((size_t)d->cfg.nstreams, sizeof(*in->streams));
+    if (!in->retry_timer || !in->linger || !in->ping_timer || !in->unreadable_timer ||
+        !in->streams) {
         intake_free(in);
         return NULL;
     }
+    for (int s = 0; s < d->cfg.nstreams; s++)
+        in->streams[s] = (struct stream){.in = in, .readable = true};
     struct redis_hooks sub = {sub_up, sub_down, in}, stream = {stream_up, stream_down, in};
     redis_set_hooks(d->redis, REDIS_SUB, &sub);
     redis_set_hooks(d->redis, REDIS_STREAM, &stream);
@@ -579,7 +669,9 @@ void intake_free(struct intake *in)
     precise_timer_free(in->linger);
     if (in->ping_timer)
         event_free(in->ping_timer);
-    free(in->last_read);
+    if (in->unreadable_timer)
+        event_free(in->unreadable_timer);
+    free(in->streams);
     free(in);
 }
 
@@ -599,6 +691,7 @@ void intake_stop(struct intake *in)
 {
     in->stopped = true;
     evtimer_del(in->retry_timer);
+    evtimer_del(in->unreadable_timer);
     precise_timer_cancel(in->linger);
     /* A read blocked in Redis would still deliver what is added in the next
      * second (even the jobs this drain puts back), only to have it put back
@@ -616,6 +709,29 @@ void intake_stop(struct intake *in)
 int intake_idle(const struct intake *in)
 {
     return !in->reading;
+}
+
+bool intake_stream_readable(const struct intake *in, int s)
+{
+    return in->streams[s].readable;
+}
+
+int intake_unreadable_streams(const struct intake *in)
+{
+    return in ? in->nunreadable : 0;
+}
+
+const char *intake_home_stream(const struct intake *in, const char *stream)
+{
+    const char *first = NULL;
+    for (int s = in->d->cfg.nstreams - 1; s >= 0; s--) {
+        if (!in->streams[s].readable)
+            continue;
+        if (stream && !strcmp(in->d->cfg.streams[s], stream))
+            return stream;
+        first = in->d->cfg.streams[s];
+    }
+    return first ? first : stream ? stream : in->d->cfg.streams[0];
 }
 
 uint64_t intake_overflowed(const struct intake *in)

@@ -16,6 +16,7 @@
 #define JOBD_INTAKE_H
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runner.h"
@@ -49,6 +50,19 @@ int intake_idle(const struct intake *in);
 
 /* The command connection came up (readiness depends on it too). */
 void intake_cmd_ready(struct intake *in);
+
+/* Configured stream S (an index into intake.streams) can be read: its group
+ * was made. One that cannot (a key of another type, say) is left out of the
+ * reads and asked about again every few seconds. */
+bool intake_stream_readable(const struct intake *in, int s);
+
+/* How many configured streams cannot be read now. */
+int intake_unreadable_streams(const struct intake *in);
+
+/* The stream a job is put (back) on: STREAM, the one it came from, while it
+ * can be read; otherwise, and for a pub/sub job (STREAM NULL), the first
+ * configured stream that can be; the first configured one when none can. */
+const char *intake_home_stream(const struct intake *in, const char *stream);
 
 /* Counters for the heartbeat. */
 uint64_t intake_overflowed(const struct intake *in);

@@ -183,6 +183,8 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     snprintf(idle, sizeof(idle), "%" PRId64, d->cfg.visibility_timeout_ms);
     snprintf(count, sizeof(count), "%d", room);
     for (int s = 0; s < d->cfg.nstreams; s++) {
+        if (!intake_stream_readable(d->intake, s))
+            continue;   /* said by intake; XPENDING would fail on it every tick */
         const char *argv[] = {"XPENDING", d->cfg.streams[s], GROUP, "IDLE", idle, "-", "+", count};
         send_stream_call(rc, d->cfg.streams[s], 0, pending_reply, 8, argv);
     }

@@ -7,6 +7,7 @@
 
 #include "daemon.h"
 #include "executor.h"
+#include "intake.h"
 #include "jsonw.h"
 #include "list.h"
 #include "log.h"
@@ -570,7 +571,8 @@ static int write_requeue(struct daemon *d, struct job *job)
     char attempts[16], queued[24];
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
     snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
-    const char *stream = job->source == SOURCE_STREAM ? job->stream : d->cfg.streams[0];
+    const char *stream =
+        intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
     const char *argv[] = {"XADD", stream, "*", "job", job->raw, "id", job->id,
                           "attempts", attempts, "queued_at", queued};
     size_t lens[11];
@@ -597,7 +599,8 @@ static int write_schedule(struct daemon *d, struct job *job)
     if (!job->write_nonce[0])
         snprintf(job->write_nonce, sizeof(job->write_nonce), "%s-%" PRIu64, d->worker_id,
                  ++nonce);
-    const char *stream = job->source == SOURCE_STREAM ? job->stream : d->cfg.streams[0];
+    const char *stream =
+        intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
     json_t *m = json_pack("{s:s, s:s%, s:s, s:s, s:s, s:s, s:s}", "stream", stream, "job",
                           job->raw, job->raw_len, "id", job->id, "attempts", attempts,
                           "queued_at", queued, "due", due, "nonce", job->write_nonce);

@@ -300,3 +300,67 @@ def test_a_destroyed_group_is_made_again_without_replaying_history(r, start_jobd
     time.sleep(1)
     ledger.running = False
     assert sorted(ledger.records) == ["after", "later"], sorted(ledger.records)
+
+
+def unreadable_gauge(port):
+    return parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])["jobd_streams_unreadable"]
+
+
+def test_a_stream_key_of_another_type_does_not_stop_the_other_streams(r, start_jobd):
+    # One read names every stream, and Redis fails it whole for one key that
+    # is not a stream: no stream was read at all. Such a stream is now left
+    # out of the reads, said once, and read again once it is repaired.
+    urgent = f"{NS}:urgent"
+    r.set(urgent, "not a stream")
+    port = free_port()
+    daemon = start_jobd(intake__streams=[f"{NS}:queue", urgent],
+                        admin__listen=f"127.0.0.1:{port}")
+    submit(r, {"id": "fine", "type": "sleep", "ms": 1})
+    assert wait_result(r, "fine")["status"] == "succeeded"
+    assert f"stream {urgent} cannot be read: XGROUP CREATE: WRONGTYPE" in daemon.log_text()
+    assert unreadable_gauge(port) == 1
+    r.delete(urgent)
+    submit(r, {"id": "repaired", "type": "sleep", "ms": 1}, stream=urgent)
+    assert wait_result(r, "repaired", timeout=15)["status"] == "succeeded"
+    assert f"stream {urgent} can be read again" in daemon.log_text()
+    assert unreadable_gauge(port) == 0
+    assert daemon.log_text().count("cannot be read") == 1      # said once, not every recheck
+
+
+def test_a_stream_replaced_by_another_type_while_read_is_left_out(r, start_jobd):
+    urgent = f"{NS}:urgent"
+    daemon = start_jobd(intake__streams=[f"{NS}:queue", urgent])
+    submit(r, {"id": "before", "type": "sleep", "ms": 1}, stream=urgent)
+    wait_result(r, "before")
+    r.delete(urgent)
+    r.set(urgent, "not a stream")
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after", timeout=15)["status"] == "succeeded"
+    log = daemon.log_text()
+    assert f"stream {urgent} cannot be read" in log
+    # The failed reads are not repeated every second for ever.
+    wrongtype_reads = log.count("XREADGROUP: WRONGTYPE")
+    time.sleep(2.5)
+    assert daemon.log_text().count("XREADGROUP: WRONGTYPE") == wrongtype_reads
+
+
+def test_pubsub_jobs_are_parked_and_retried_on_the_first_readable_stream(r, start_jobd):
+    # The first stream is where pub/sub jobs are parked and put back for a
+    # retry. When it is a key of another type, they go to the next readable
+    # one: parked there, a job was refused and held in memory; put back
+    # there, a retry went to the dead letters.
+    queue, urgent = f"{NS}:queue", f"{NS}:urgent"
+    r.set(queue, "not a stream")
+    start_jobd(intake__streams=[queue, urgent], limits__max_inflight=1, http__allow_private=True)
+    publish(r, {"id": "long", "type": "sleep", "ms": 300})
+    time.sleep(0.1)
+    publish(r, {"id": "parked", "type": "sleep", "ms": 1})
+    publish(r, {"id": "retried", "type": "http", "url": f"http://127.0.0.1:{free_port()}/",
+                "retry": {"attempts": 2, "delay_ms": 50}})
+    assert wait_result(r, "parked")["status"] == "succeeded"
+    rec = wait_result(r, "retried")
+    assert (rec["status"], rec["attempts"]) == ("failed", 2), rec
+    assert {f.get("id") or json.loads(f["job"])["id"] for _, f in r.xrange(urgent)} >= \
+        {"parked", "retried"}
+    assert r.type(queue) == "string"
+    assert not [f for _, f in r.xrange(f"{NS}:dead") if "refused the job" in f["error"]]
