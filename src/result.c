@@ -161,6 +161,7 @@ json_t *result_record(const struct daemon *d, const struct job *job)
 struct pending {
     struct job *job;
     result_done_fn *done;
+    int first_cmd, ncmds;       /* its commands' places in the EXEC reply */
 };
 
 struct txn {
@@ -178,9 +179,12 @@ static struct {
     int n, cap;
 } batch;
 
+static int queued_in_txn;      /* commands queued since the MULTI: the next one's place */
+
 static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
 {
     redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens);
+    queued_in_txn++;
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -239,15 +243,17 @@ static void marker_spent(uint64_t seq)
 static void publish_replies(struct daemon *d, const struct txn *t);
 
 /* T's fate is known: its marker may go, reply_to gets the records it
- * stored, and each job hears whether its outcome was stored. Frees T. */
-static void conclude(struct txn *t, bool stored)
+ * stored, and each job hears whether its outcome was stored (REFUSED: per
+ * job, one whose own command Redis refused as the transaction ran; NULL:
+ * none). Frees T. */
+static void conclude(struct txn *t, bool stored, const bool *refused)
 {
     if (stored && t->marker)
         marker_spent(t->marker);
     if (stored)
         publish_replies(t->d, t);
     for (int i = 0; i < t->n; i++)
-        t->items[i].done(t->items[i].job, stored);
+        t->items[i].done(t->items[i].job, stored && !(refused && refused[i]));
     free(t);
 }
 
@@ -259,7 +265,7 @@ static void settle(struct txn *t, bool ran)
         lost.stored++;
     else
         lost.not_stored++;
-    conclude(t, ran);
+    conclude(t, ran, NULL);
 }
 
 #define RECHECK_MS 1000
@@ -398,6 +404,58 @@ static void publish_replies(struct daemon *d, const struct txn *t)
     }
 }
 
+static const char *write_kind_name(enum job_write kind)
+{
+    switch (kind) {
+    case WRITE_RESULT: return "storing its result record or dead letter";
+    case WRITE_SCHEDULE: return "scheduling it (NS:scheduled)";
+    case WRITE_REQUEUE: return "putting it back on a stream";
+    case WRITE_ACK: break;
+    }
+    return "acknowledging its entry";
+}
+
+/* A command that fails as the transaction runs does not roll it back
+ * (WRONGTYPE: a stream, NS:scheduled or NS:dead replaced by a key of another
+ * type). Each failure is said with the job it belongs to. A job put back on
+ * its stream or scheduled for a retry whose XADD or ZADD failed was not
+ * stored, although its entry was acknowledged in the same transaction:
+ * told so, its runner keeps it and writes it again (a second later, on a
+ * readable stream) instead of losing it. Its result record or dead letter
+ * failing leaves the other stored. Returns per job whether it was refused;
+ * NULL when none was (or out of memory: then as before, all stored). */
+static bool *refused_commands(const struct txn *t, const redisReply *reply)
+{
+    bool *refused = NULL;
+    size_t jobs_end = 0;
+    for (int i = 0; i < t->n; i++) {
+        const struct pending *p = &t->items[i];
+        if ((size_t)(p->first_cmd + p->ncmds) > jobs_end)
+            jobs_end = (size_t)(p->first_cmd + p->ncmds);
+        for (int c = p->first_cmd; c < p->first_cmd + p->ncmds && (size_t)c < reply->elements;
+             c++) {
+            const redisReply *e = reply->element[c];
+            if (e->type != REDIS_REPLY_ERROR)
+                continue;
+            bool kept = p->job->write_kind == WRITE_REQUEUE ||
+                        p->job->write_kind == WRITE_SCHEDULE;
+            /* Once per job at error level: it is written again every second. */
+            log_job(!kept ? LOG_WARN : p->job->write_refused ? LOG_DEBUG : LOG_ERROR, p->job,
+                    "%s failed: %s%s",
+                    write_kind_name(p->job->write_kind), e->str,
+                    kept ? "; kept here and written again" : "");
+            if (kept && (refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
+                refused[i] = true;
+        }
+    }
+    /* The rest, queued after the jobs' own: markers, stats, acknowledgements. */
+    for (size_t c = jobs_end; c < reply->elements; c++)
+        if (reply->element[c]->type == REDIS_REPLY_ERROR)
+            log_warn("command %zu of a batch of %d outcome(s) failed: %s", c, t->n,
+                     reply->element[c]->str);
+    return refused;
+}
+
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct txn *t = priv;
@@ -415,14 +473,9 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
     bool ok = reply->type == REDIS_REPLY_ARRAY;
     if (reply->type == REDIS_REPLY_ERROR)
         log_error("storing %d outcome(s) failed: %s", t->n, reply->str);
-    if (ok) {
-        /* Errors inside a transaction do not roll it back; report them. */
-        for (size_t i = 0; i < reply->elements; i++)
-            if (reply->element[i]->type == REDIS_REPLY_ERROR)
-                log_warn("command %zu of a batch of %d outcome(s) failed: %s", i, t->n,
-                         reply->element[i]->str);
-    }
-    conclude(t, ok);
+    bool *refused = ok ? refused_commands(t, reply) : NULL;
+    conclude(t, ok, refused);
+    free(refused);
 }
 
 /* One XACK per stream for the stream jobs of T. */
@@ -656,6 +709,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         }
         const char *multi[] = {"MULTI"};
         queue_command(d, 1, multi, NULL);
+        queued_in_txn = 0;
         /* An outcome that could not be written (out of memory) leaves the
          * transaction, so its entry is not acknowledged or counted either:
          * it goes back to its job, to be written again. The written ones
@@ -664,12 +718,14 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         for (int i = 0; i < n; i++) {
             struct job *job = t->items[i].job;
             int rc = 0;
+            t->items[i].first_cmd = queued_in_txn;
             switch (job->write_kind) {
             case WRITE_RESULT: rc = write_result(d, job); break;
             case WRITE_SCHEDULE: rc = write_schedule(d, job); break;
             case WRITE_REQUEUE: rc = write_requeue(d, job); break;
             case WRITE_ACK: break;
             }
+            t->items[i].ncmds = queued_in_txn - t->items[i].first_cmd;
             if (rc == 0) {
                 struct pending written = t->items[i];
                 t->items[i] = t->items[kept];
@@ -706,7 +762,7 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done)
         batch.items = grown;
         batch.cap = cap;
     }
-    batch.items[batch.n++] = (struct pending){job, done};
+    batch.items[batch.n++] = (struct pending){.job = job, .done = done};
     event_active(batch.flush, EV_TIMEOUT, 0);   /* once, when this loop pass ends */
     return 0;
 }

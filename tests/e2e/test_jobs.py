@@ -140,3 +140,21 @@ def test_a_scheduled_entry_its_stream_refuses_goes_to_dead(r, start_jobd):
     entries = wait_for(lambda: dead_entries(r), what="the refused entry in NS:dead")
     assert '"id":"lost?"' in entries[0]["job"] and "refused" in entries[0]["error"], entries
     assert r.zcard(f"{NS}:scheduled") == 0
+
+
+def test_a_retry_redis_refuses_to_schedule_is_kept_and_written_again(r, start_jobd):
+    # A command that fails as a MULTI/EXEC runs does not roll the rest back:
+    # the retry's ZADD into a NS:scheduled of another type failed while the
+    # entry was acknowledged beside it, and the job vanished with a warning.
+    # The daemon now keeps it, says so, and writes it again until it can.
+    r.set(f"{NS}:scheduled", "not a sorted set")
+    daemon = start_jobd()
+    submit(r, {"id": "kept", "type": "sleep", "ms": 5000, "timeout_ms": 50,
+               "retry": {"attempts": 2, "delay_ms": 100, "jitter": False}})
+    wait_for(lambda: "job kept: scheduling it (NS:scheduled) failed: WRONGTYPE" in daemon.log_text(),
+             what="the refused retry said")
+    time.sleep(1.5)     # at least one more refused write: still kept
+    assert r.get(f"{NS}:result:kept") is None
+    r.delete(f"{NS}:scheduled")
+    rec = wait_result(r, "kept", timeout=15)
+    assert (rec["status"], rec["attempts"]) == ("timed_out", 2), rec
