@@ -13,6 +13,11 @@ from conftest import free_port
 class DelayProxy:
     def __init__(self, target_port, delay):
         self.target_port, self.delay = target_port, delay
+        # Set by a test: connections accepted from then on reach the server
+        # this much later (what a client sends meanwhile waits), those
+        # already open are not slowed. A PostgreSQL cancel request comes on
+        # a connection of its own: this makes it late.
+        self.connect_delay = 0.0
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.writers = []
@@ -50,6 +55,8 @@ class DelayProxy:
         self.loop.run_forever()
 
     async def _connection(self, client_reader, client_writer):
+        if self.connect_delay:
+            await asyncio.sleep(self.connect_delay)
         try:
             server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
