@@ -40,7 +40,7 @@ struct cf_setting {
 };
 
 static int check_ip(const char *v, char *why, size_t n);
-static int check_namespace(const char *v, char *why, size_t n);
+static int check_key_chars(const char *v, char *why, size_t n);
 static int check_listen(const char *v, char *why, size_t n);
 
 #define OFF(f) offsetof(struct config, f)
@@ -58,7 +58,7 @@ static const struct cf_setting settings[] = {
     INT("redis.db", redis_db, 0, 0, 10000, false),
     STR("redis.username", redis_username, "", 0, 256, false, NULL),
     STR("redis.password", redis_password, "", 0, 4096, false, NULL),
-    STR("redis.namespace", ns, "jobd", 1, 64, false, check_namespace),
+    STR("redis.namespace", ns, "jobd", 1, 64, false, check_key_chars),
     LIST("intake.channels", channels, nchannels, 0, 256, false),
     LIST("intake.streams", streams, nstreams, 1, 256, false),
     INT64("intake.visibility_timeout_ms", visibility_timeout_ms, 60000, 1000, 86400000, false),
@@ -103,6 +103,9 @@ static const struct cf_setting settings[] = {
     INT("admin.max_connections", admin_max_connections, 64, 1, 10000, true),
     INT64("shutdown.drain_ms", drain_ms, 25000, 0, 3600000, true),
     {"log.level", CF_LEVEL, OFF(log_level), 0, LOG_INFO, 0, "info", 0, 0, true, NULL},
+    /* Restart: the name is the consumer that owns this daemon's pending
+     * entries, and the name of its worker key and transaction markers. */
+    STR("worker.name", worker_name, "", 0, 100, false, check_key_chars),
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -182,11 +185,21 @@ static int check_ip(const char *v, char *why, size_t n)
     return -1;
 }
 
-static int check_namespace(const char *v, char *why, size_t n)
+/* Names that go into key and channel names (redis.namespace, worker.name):
+ * nothing a SCAN pattern, a log line, a metric label or a terminal (jobctl
+ * workers) would read as more than a name, so no glob characters, spaces,
+ * quotes or control characters. The culprit is named, not echoed raw. */
+static int check_key_chars(const char *v, char *why, size_t n)
 {
     for (const char *p = v; *p; p++)
         if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-", *p)) {
-            snprintf(why, n, "must be characters of [A-Za-z0-9._:-], got \"%s\"", v);
+            unsigned char c = (unsigned char)*p;
+            if (c > ' ' && c < 0x7f)
+                snprintf(why, n, "must be characters of [A-Za-z0-9._:-], got '%c' at position %d",
+                         c, (int)(p - v) + 1);
+            else
+                snprintf(why, n, "must be characters of [A-Za-z0-9._:-], got byte 0x%02x at "
+                         "position %d", c, (int)(p - v) + 1);
             return -1;
         }
     return 0;

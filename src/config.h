@@ -93,6 +93,9 @@ struct config {
 
     /* log */
     int log_level;          /* LOG_DEBUG..LOG_ERROR from log.h */
+
+    /* worker */
+    char *worker_name;      /* consumer and worker key name; empty: "host:pid" */
 };
 
 /* Load and validate FILE into *cfg (zeroed first). On failure returns -1, leaves

@@ -203,9 +203,15 @@ static void free_events(struct daemon *d)
 
 int daemon_run(struct daemon *d)
 {
-    char host[100] = "localhost";
-    gethostname(host, sizeof(host) - 1);
-    snprintf(d->worker_id, sizeof(d->worker_id), "%s:%d", host, (int)getpid());
+    /* "host:pid" is not unique across containers that share the host's
+     * name and each run jobd as pid 1: worker.name gives each its own. */
+    if (*d->cfg.worker_name) {
+        snprintf(d->worker_id, sizeof(d->worker_id), "%s", d->cfg.worker_name);
+    } else {
+        char host[100] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(d->worker_id, sizeof(d->worker_id), "%s:%d", host, (int)getpid());
+    }
     d->started_at = now_ms();
     srandom((unsigned)(now_ms() ^ getpid()));
 

@@ -27,7 +27,7 @@ struct daemon {
     struct event_base *base;
     struct config cfg;          /* current settings; replaced whole on SIGHUP */
     const char *config_path;
-    char worker_id[160];        /* "host:pid" */
+    char worker_id[160];        /* worker.name, or "host:pid" */
     int64_t started_at;         /* ms since epoch */
 
     struct threadpool *pool;

@@ -1,12 +1,15 @@
 /* heartbeat.h - the NS:worker:<id> snapshot (PROTOCOL §5).
  *
  * Refreshed every few seconds with a TTL three times as long, so a worker
- * that dies disappears on its own; deleted on a clean exit.
+ * that dies disappears on its own; deleted on a clean exit. Each write also
+ * reads back the snapshot it replaces, to notice another live daemon with
+ * the same worker name (logged, and counted for /metrics).
  */
 #ifndef JOBD_HEARTBEAT_H
 #define JOBD_HEARTBEAT_H
 
 #include <jansson.h>
+#include <stdint.h>
 
 struct daemon;
 struct heartbeat;
@@ -17,6 +20,8 @@ void heartbeat_free(struct heartbeat *hb);
 void heartbeat_now(struct heartbeat *hb);
 /* Remove the key (clean exit). */
 void heartbeat_remove(struct heartbeat *hb);
+/* Writes that found another live daemon's snapshot under our worker name. */
+uint64_t heartbeat_collisions(const struct heartbeat *hb);
 /* The snapshot itself. */
 json_t *heartbeat_snapshot(const struct daemon *d);
 

@@ -357,7 +357,7 @@ static int workers(void)
                     const char *version = json_string_value(json_object_get(s, "version"));
 #define JOBS_FIELD(name) (long long)json_integer_value(json_object_get(jobs, name))
                     printf("%s inflight=%lld queued=%lld running=%lld storing=%lld "
-                           "group_children=%lld/%lld held_bytes=%lld draining=%s version=%s\n",
+                           "group_children=%lld/%lld held_bytes=%lld draining=%s version=%s",
                            worker ? worker : "?", JOBS_FIELD("inflight"), JOBS_FIELD("queued"),
                            JOBS_FIELD("running"), JOBS_FIELD("storing"),
                            JOBS_FIELD("group_children_running"),
@@ -365,6 +365,14 @@ static int workers(void)
                            json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
                            version ? version : "?");
 #undef JOBS_FIELD
+                    /* Daemons sharing a name overwrite one key: one line
+                     * shows for several daemons, so it says so itself. */
+                    json_int_t shared = json_integer_value(json_object_get(s, "name_collisions"));
+                    if (shared > 0)
+                        printf(" name_collisions=%lld (another daemon uses this name: "
+                               "set worker.name)",
+                               (long long)shared);
+                    printf("\n");
                     json_decref(s);
                 }
             }

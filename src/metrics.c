@@ -7,6 +7,7 @@
 #include "daemon.h"
 #include "exec_http.h"
 #include "executor.h"
+#include "heartbeat.h"
 #include "intake.h"
 #include "metrics.h"
 #include "pgpool.h"
@@ -220,6 +221,10 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
           threadpool_queued(d->pool));
     counter(out, "jobd_redis_reconnects_total", "Redis reconnections after a failure.",
             (double)redis_reconnects(d->redis));
+    counter(out, "jobd_worker_name_collisions_total",
+            "Heartbeats that found the worker key written by another running daemon with the "
+            "same worker name (set worker.name).",
+            (double)heartbeat_collisions(d->heartbeat));
     evbuffer_add_printf(out, "# HELP jobd_redis_connected 1 when the connection is ready.\n"
                              "# TYPE jobd_redis_connected gauge\n");
     for (int r = 0; r < REDIS_NROLES; r++)

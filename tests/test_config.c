@@ -75,6 +75,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.admin_max_connections, 64);
     assert_int_equal(cfg.drain_ms, 25000);
     assert_int_equal(cfg.log_level, LOG_INFO);
+    assert_string_equal(cfg.worker_name, "");
     config_free(&cfg);
 }
 
@@ -188,6 +189,9 @@ static void test_host_must_be_numeric(void **state)
 static void test_other_checks(void **state)
 {
     expect_error("redis = { namespace = \"a b\"; };\n", "redis.namespace: must be characters");
+    expect_error("worker = { name = \"w*\"; };\n",
+                 "worker.name: must be characters of [A-Za-z0-9._:-], got '*' at position 2");
+    expect_error("worker = { name = \"w\\n\"; };\n", "got byte 0x0a at position 2");
     expect_error("admin = { listen = \"localhost:80\"; };\n", "admin.listen: must be");
     expect_error("admin = { max_connections = 0; };\n",
                  "admin.max_connections: must be 1..10000, got 0");

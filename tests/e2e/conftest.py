@@ -108,8 +108,13 @@ class Jobd:
             self.wait_ready()
         return self
 
+    def worker_name(self):
+        """worker.name when the config sets one, else jobd's "host:pid"."""
+        return (self.settings.get("worker", {}).get("name")
+                or f"{socket.gethostname()}:{self.proc.pid}")
+
     def worker_key(self):
-        return f"{NS}:worker:{socket.gethostname()}:{self.proc.pid}"
+        return f"{NS}:worker:{self.worker_name()}"
 
     def wait_ready(self, timeout=10):
         client = redis.Redis(port=self.redis_port)

@@ -40,3 +40,18 @@ def test_check_refuses_a_listen_port_getaddrinfo_would_refuse(tmp_path):
         conf.write_text(f'redis = {{ port = 6379; }};\nadmin = {{ listen = "{bad}"; }};\n')
         out = run("-c", str(conf), "-t")
         assert out.returncode == 1 and "admin.listen" in out.stderr, (bad, out.stderr)
+
+
+def test_check_refuses_a_worker_name_that_would_break_key_names(tmp_path):
+    conf = tmp_path / "name.conf"
+    for bad in ["a b", "w*", "w?", "w[1]", "{w}", "w\\n", 'w\\"x', "w\\x1b[31m", "é",
+                "w" * 101]:
+        conf.write_text(f'redis = {{ port = 6379; }};\nworker = {{ name = "{bad}"; }};\n')
+        out = run("-c", str(conf), "-t")
+        assert out.returncode == 1 and f"{conf}:2: worker.name: must be" in out.stderr, \
+            (bad, out.stderr)
+        assert "\x1b" not in out.stderr and out.stderr.count("\n") == 2, (bad, out.stderr)
+    for good in ["", "web-1.example.org:7", "w" * 100]:
+        conf.write_text(f'worker = {{ name = "{good}"; }};\n')
+        out = run("-c", str(conf), "-t")
+        assert out.returncode == 0, (good, out.stderr)
