@@ -41,6 +41,26 @@ static struct {
     char channel[513];          /* the first intake channel that is not a pattern */
 } ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL, "", "", 0, ""};
 
+/* A line of plain text built from what Redis holds (worker snapshots, dead
+ * letters, result records): anyone who can write there (a producer) chooses
+ * those bytes, and escape sequences printed raw would drive the operator's
+ * terminal. Control characters show as '?'; the line ends with a newline. */
+static void print_line(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = NULL;
+    int n = vasprintf(&text, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    for (int i = 0; i < n; i++)
+        if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
+            text[i] = '?';
+    printf("%s\n", text);
+    free(text);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -273,7 +293,7 @@ static int status(const char *id)
         if (ctl.json)
             printf("%s\n", r->str);
         else
-            printf("%s %s attempts=%lld%s%s\n", id, st ? st : "?",
+            print_line("%s %s attempts=%lld%s%s", id, st ? st : "?",
                    (long long)json_integer_value(json_object_get(rec, "attempts")),
                    json_object_get(rec, "error") ? " error=" : "",
                    json_object_get(rec, "error")
@@ -355,24 +375,23 @@ static int workers(void)
                     json_t *jobs = json_object_get(s, "jobs");
                     const char *worker = json_string_value(json_object_get(s, "worker"));
                     const char *version = json_string_value(json_object_get(s, "version"));
-#define JOBS_FIELD(name) (long long)json_integer_value(json_object_get(jobs, name))
-                    printf("%s inflight=%lld queued=%lld running=%lld storing=%lld "
-                           "group_children=%lld/%lld held_bytes=%lld draining=%s version=%s",
-                           worker ? worker : "?", JOBS_FIELD("inflight"), JOBS_FIELD("queued"),
-                           JOBS_FIELD("running"), JOBS_FIELD("storing"),
-                           JOBS_FIELD("group_children_running"),
-                           JOBS_FIELD("group_children_queued"), JOBS_FIELD("held_bytes"),
-                           json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
-                           version ? version : "?");
-#undef JOBS_FIELD
                     /* Daemons sharing a name overwrite one key: one line
                      * shows for several daemons, so it says so itself. */
                     json_int_t shared = json_integer_value(json_object_get(s, "name_collisions"));
+                    char note[96] = "";
                     if (shared > 0)
-                        printf(" name_collisions=%lld (another daemon uses this name: "
-                               "set worker.name)",
-                               (long long)shared);
-                    printf("\n");
+                        snprintf(note, sizeof(note), " name_collisions=%lld (another daemon uses "
+                                 "this name: set worker.name)", (long long)shared);
+#define JOBS_FIELD(name) (long long)json_integer_value(json_object_get(jobs, name))
+                    print_line("%s inflight=%lld queued=%lld running=%lld storing=%lld "
+                               "group_children=%lld/%lld held_bytes=%lld draining=%s version=%s%s",
+                               worker ? worker : "?", JOBS_FIELD("inflight"),
+                               JOBS_FIELD("queued"), JOBS_FIELD("running"), JOBS_FIELD("storing"),
+                               JOBS_FIELD("group_children_running"),
+                               JOBS_FIELD("group_children_queued"), JOBS_FIELD("held_bytes"),
+                               json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
+                               version ? version : "?", note);
+#undef JOBS_FIELD
                     json_decref(s);
                 }
             }
@@ -391,6 +410,26 @@ static const char *field(const redisReply *fields, const char *name)
     return "";
 }
 
+/* One dead letter as a JSON line. Its fields are anyone's who can write the
+ * stream: the id is escaped as a string, and an error that is not JSON is
+ * given as a string too, so the line always parses. */
+static void print_dead_json(const char *entry, const redisReply *fields)
+{
+    const char *error = field(fields, "error");
+    json_t *err = *error ? json_loads(error, JSON_DECODE_ANY, NULL) : json_null();
+    if (!err)
+        err = json_string(error);
+    json_t *line = json_pack("{s:s, s:s, s:o?}", "entry", entry, "id", field(fields, "id"),
+                             "error", err);
+    char *text = line ? json_dumps(line, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    if (text)
+        printf("%s\n", text);
+    else    /* not UTF-8 (json_pack refuses it): said, not dropped */
+        printf("{\"entry\":\"%s\",\"id\":null,\"error\":\"not UTF-8 text\"}\n", entry);
+    free(text);
+    json_decref(line);
+}
+
 static int dead(int argc, char **argv)
 {
     if (argc < 1) {
@@ -403,10 +442,9 @@ static int dead(int argc, char **argv)
         for (size_t i = 0; i < r->elements; i++) {
             const redisReply *e = r->element[i], *f = e->element[1];
             if (ctl.json)
-                printf("{\"entry\":\"%s\",\"id\":\"%s\",\"error\":%s}\n", e->element[0]->str,
-                       field(f, "id"), *field(f, "error") ? field(f, "error") : "null");
+                print_dead_json(e->element[0]->str, f);
             else
-                printf("%s %s %s\n", e->element[0]->str, field(f, "id"), field(f, "error"));
+                print_line("%s %s %s", e->element[0]->str, field(f, "id"), field(f, "error"));
         }
         freeReplyObject(r);
         return 0;

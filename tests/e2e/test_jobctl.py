@@ -275,3 +275,25 @@ def test_dead_retry_refuses_a_truncated_dead_letter(r, start_jobd):
     out = ctl(daemon, "dead", "retry", entry_id)
     assert out.returncode == 1 and "not retried" in out.stderr, out
     assert r.xlen(f"{NS}:dead") == 1 and r.xlen(f"{NS}:queue") == 1    # nothing sent
+
+
+def test_text_from_redis_cannot_drive_the_terminal_or_break_json(r, start_jobd):
+    # Worker keys and dead letters are anyone's who can write Redis (every
+    # producer can): an escape sequence in them was printed raw to the
+    # operator's terminal, and a quote in a dead letter's id broke
+    # `--json dead list`.
+    daemon = start_jobd()
+    evil = "\x1b]0;owned\x07\x1b[2J"
+    r.set(f"{NS}:worker:evil", json.dumps({"worker": "w" + evil, "version": evil}), ex=10)
+    r.xadd(f"{NS}:dead", {"job": "{}", "id": 'q"' + evil, "error": "not json" + evil})
+    r.set(f"{NS}:result:forged", json.dumps({"status": evil, "error": {"code": evil}}))
+    submit(r, {"id": "xy", "type": "nope"})
+    wait_result(r, "xy")
+    for args in (["workers"], ["dead", "list"], ["status", "forged"]):
+        out = ctl(daemon, *args)
+        assert "\x1b" not in out.stdout and "\x07" not in out.stdout, (args, out.stdout)
+    assert "w?]0;owned??[2J inflight=0" in ctl(daemon, "workers").stdout
+    lines = [json.loads(line) for line in ctl(daemon, "--json", "dead", "list").stdout.splitlines()]
+    assert [e["id"] for e in lines] == ["xy", 'q"' + evil], lines
+    assert lines[0]["error"]["code"] == "unknown_type"
+    assert lines[1]["error"] == "not json" + evil       # not JSON: given as a string
