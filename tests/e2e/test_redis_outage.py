@@ -653,6 +653,72 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
         proxy.close()
 
 
+def xadd_refused_to(r, user="parker"):
+    """An ACL user with every right, for jobd; returns (refuse, allow): take
+    XADD from that user, or give it back. Redis checks the rights of a
+    logged-in connection on each command, so either works at once."""
+    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    return (lambda: r.execute_command("ACL", "SETUSER", user, "-xadd"),
+            lambda: r.execute_command("ACL", "SETUSER", user, "+xadd"))
+
+
+def test_a_pubsub_job_whose_parking_redis_refused_still_runs(r, start_jobd):
+    # Full: a pub/sub job is parked on the stream, and Redis answers the XADD
+    # with an error (NOPERM: the user may not XADD) on a live connection.
+    # Taken (its PUBLISH counted this daemon), it must not vanish: the daemon
+    # holds it and runs it, once, without a copy left on the stream.
+    refuse, allow = xadd_refused_to(r)
+    daemon = start_jobd(redis__username="parker", redis__password="pw",
+                        limits__max_inflight=1)
+    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    refuse()
+    ledger = Ledger(r)
+    try:
+        assert publish(r, {"id": "refused-park", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed: NOPERM" in daemon.log_text(),
+                 what="the refused XADD")
+        assert wait_result(r, "refused-park", timeout=15)["status"] == "succeeded"
+        assert wait_result(r, "long")["status"] == "succeeded"
+        assert "holding it here" in daemon.log_text()
+        assert copies_of(r, "refused-park") == 0
+        assert r.xlen(f"{NS}:queue") == 1          # "long" only: nothing was parked
+        lost, duplicated = ledger.report(["long", "refused-park"])
+        assert not lost and not duplicated, (lost, duplicated)
+        assert stats(r)["sleep.succeeded"] == 2
+    finally:
+        ledger.running = False
+        allow()
+
+
+def test_a_pubsub_job_whose_parking_redis_refused_while_draining_goes_back(r, start_jobd):
+    # Draining: the park of a pub/sub job is refused with an error reply. The
+    # daemon holds the job; as every job held while draining, it goes back
+    # on the stream (its requeue refused too, until XADD is allowed again),
+    # exactly once, and jobd exits 0.
+    refuse, allow = xadd_refused_to(r)
+    daemon = start_jobd(redis__username="parker", redis__password="pw",
+                        shutdown__drain_ms=20000)
+    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    refuse()
+    try:
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+        assert publish(r, {"id": "refused-drain", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed: NOPERM" in daemon.log_text(),
+                 what="the refused XADD")
+        wait_for(lambda: "will retry" in daemon.log_text(), what="the refused requeue")
+        assert daemon.proc.poll() is None           # not gone without it
+    finally:
+        allow()
+    assert daemon.proc.wait(20) == 0
+    assert wait_result(r, "long")["status"] == "succeeded"
+    assert r.get(f"{NS}:result:refused-drain") is None     # not run here: put back
+    assert copies_of(r, "refused-drain") == 1
+    assert "lost" not in daemon.log_text()
+
+
 def tear_down(daemon, proxy, server):
     """Whatever a test left running: the daemon (killed), the proxy, Redis."""
     if daemon.proc and daemon.proc.poll() is None:
