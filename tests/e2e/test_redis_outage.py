@@ -653,6 +653,72 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
         proxy.close()
 
 
+def xadd_refused_to(r, user="parker"):
+    """An ACL user with every right, for jobd; returns (refuse, allow): take
+    XADD from that user, or give it back. Redis checks the rights of a
+    logged-in connection on each command, so either works at once."""
+    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    return (lambda: r.execute_command("ACL", "SETUSER", user, "-xadd"),
+            lambda: r.execute_command("ACL", "SETUSER", user, "+xadd"))
+
+
+def test_a_pubsub_job_whose_parking_redis_refused_still_runs(r, start_jobd):
+    # Full: a pub/sub job is parked on the stream, and Redis answers the XADD
+    # with an error (NOPERM: the user may not XADD) on a live connection.
+    # Taken (its PUBLISH counted this daemon), it must not vanish: the daemon
+    # holds it and runs it, once, without a copy left on the stream.
+    refuse, allow = xadd_refused_to(r)
+    daemon = start_jobd(redis__username="parker", redis__password="pw",
+                        limits__max_inflight=1)
+    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    refuse()
+    ledger = Ledger(r)
+    try:
+        assert publish(r, {"id": "refused-park", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed: NOPERM" in daemon.log_text(),
+                 what="the refused XADD")
+        assert wait_result(r, "refused-park", timeout=15)["status"] == "succeeded"
+        assert wait_result(r, "long")["status"] == "succeeded"
+        assert "holding it here" in daemon.log_text()
+        assert copies_of(r, "refused-park") == 0
+        assert r.xlen(f"{NS}:queue") == 1          # "long" only: nothing was parked
+        lost, duplicated = ledger.report(["long", "refused-park"])
+        assert not lost and not duplicated, (lost, duplicated)
+        assert stats(r)["sleep.succeeded"] == 2
+    finally:
+        ledger.running = False
+        allow()
+
+
+def test_a_pubsub_job_whose_parking_redis_refused_while_draining_goes_back(r, start_jobd):
+    # Draining: the park of a pub/sub job is refused with an error reply. The
+    # daemon holds the job; as every job held while draining, it goes back
+    # on the stream (its requeue refused too, until XADD is allowed again),
+    # exactly once, and jobd exits 0.
+    refuse, allow = xadd_refused_to(r)
+    daemon = start_jobd(redis__username="parker", redis__password="pw",
+                        shutdown__drain_ms=20000)
+    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    refuse()
+    try:
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+        assert publish(r, {"id": "refused-drain", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed: NOPERM" in daemon.log_text(),
+                 what="the refused XADD")
+        wait_for(lambda: "will retry" in daemon.log_text(), what="the refused requeue")
+        assert daemon.proc.poll() is None           # not gone without it
+    finally:
+        allow()
+    assert daemon.proc.wait(20) == 0
+    assert wait_result(r, "long")["status"] == "succeeded"
+    assert r.get(f"{NS}:result:refused-drain") is None     # not run here: put back
+    assert copies_of(r, "refused-drain") == 1
+    assert "lost" not in daemon.log_text()
+
+
 def tear_down(daemon, proxy, server):
     """Whatever a test left running: the daemon (killed), the proxy, Redis."""
     if daemon.proc and daemon.proc.poll() is None:
@@ -729,6 +795,94 @@ def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice
         assert daemon.stop() == 0
     finally:
         tear_down(daemon, proxy, server)
+
+
+def jobs_inflight(daemon):
+    """jobd_jobs_inflight from the daemon's /metrics: jobs taken, outcome not yet stored."""
+    samples = parse_metrics(get(f"http://{daemon.settings['admin']['listen']}/metrics")[1])
+    return samples["jobd_jobs_inflight"]
+
+
+class BusyScript:
+    """Redis kept busy by a Lua script that never ends (EVAL from a client of
+    its own, on a thread), so that every other command is answered
+    "BUSY ..." until kill() sends SCRIPT KILL. The threshold after which
+    Redis says BUSY instead of just not answering is set to 100 ms."""
+
+    def __init__(self, port):
+        self.port = port
+        self.thread = None
+        redis.Redis(port=port).config_set("busy-reply-threshold", 100)
+
+    def start(self):
+        """Start the script and return once Redis answers BUSY."""
+        def run():
+            try:
+                redis.Redis(port=self.port).eval("while true do end", 0)
+            except redis.exceptions.RedisError:
+                pass            # "Script killed by user", or Redis killed
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        probe = redis.Redis(port=self.port)
+
+        def busy():
+            try:
+                probe.exists("probe")
+            except redis.exceptions.BusyLoadingError:
+                return False    # LOADING, not this
+            except redis.exceptions.ResponseError as e:
+                return str(e).startswith("BUSY")
+            return False
+        wait_for(busy, what="Redis busy with the script")
+
+    def kill(self):
+        if not self.thread:
+            return
+        try:
+            redis.Redis(port=self.port).script_kill()
+        except redis.exceptions.RedisError:
+            pass                # not running (any more)
+        self.thread.join(10)
+        self.thread = None
+
+
+@pytest.mark.parametrize("path", ["stream", "pubsub"])
+def test_a_lost_reply_checked_while_a_script_keeps_redis_busy_is_asked_again(
+        r, redis_server, start_jobd, path):
+    # The transaction ran and its reply was lost; when jobd asks whether it
+    # ran (EXISTS on its marker), Redis is blocked by a long Lua script and
+    # answers "BUSY": not "no". Taken as "not stored", the outcome would be
+    # written twice (two records on NS:events, counted twice). jobd must ask
+    # again until the script is killed, then find it stored.
+    busy = BusyScript(redis_server.port)
+    proxy = ExecReplyDropper(redis_server.port, trigger=f":result:busy-{path}".encode(),
+                             drop="reply", on_drop=busy.start)
+    ledger = Ledger(r)
+    try:
+        daemon = start_jobd(redis__port=proxy.port, admin__listen=f"127.0.0.1:{free_port()}")
+        send_by(path)(r, {"id": f"busy-{path}", "type": "sleep", "ms": 1})
+        wait_for(lambda: proxy.dropped == 1, what="the lost reply")
+        wait_for(lambda: "checking 1 outcome(s) sent before the connection went: BUSY"
+                 in daemon.log_text(), timeout=15, what="the check answered BUSY")
+        busy.kill()
+        wait_for(lambda: "1 outcome(s) sent before the connection went were"
+                 in daemon.log_text(), timeout=15, what="the lost reply settled")
+        # Nothing held any more: every write the daemon meant to make is made.
+        wait_for(lambda: jobs_inflight(daemon) == 0, what="the job done with")
+        assert wait_result(r, f"busy-{path}")["status"] == "succeeded"
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+        lost, duplicated = ledger.report([f"busy-{path}"])
+        assert not lost and not duplicated, (lost, duplicated)
+        assert stats(r)["sleep.succeeded"] == 1
+        log = daemon.log_text()
+        assert "; asking again in 1000 ms" in log, log
+        assert "were stored then" in log and "writing them again" not in log, log
+        assert lost_replies(daemon) == (1, 0, 0)
+        assert daemon.stop() == 0
+    finally:
+        ledger.running = False
+        busy.kill()
+        proxy.close()
 
 
 def test_an_outcome_lost_with_a_redis_that_restarted_empty_is_written(r, redis_server,
