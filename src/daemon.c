@@ -38,7 +38,8 @@
 
 void daemon_intake_ready(struct daemon *d)
 {
-    heartbeat_now(d->heartbeat);
+    if (!d->said_goodbye)   /* a subscriber back at the end of a drain: the key stays gone */
+        heartbeat_now(d->heartbeat);
     if (!d->ready_notified) {
         d->ready_notified = true;
         log_notice("ready: worker %s, %d channel(s), %d stream(s), max_inflight %d",
@@ -64,6 +65,10 @@ void daemon_check_drained(struct daemon *d)
 {
     if (!d->draining || runner_inflight(d->runner) > 0 || !intake_idle(d->intake))
         return;
+    /* Messages on their way to the subscriber are read (and parked) first;
+     * the exit check comes back every EXIT_CHECK_MS. */
+    if (!intake_unsubscribed(d->intake) || !intake_idle(d->intake))
+        return;
     if (!d->said_goodbye) {
         d->said_goodbye = true;
         heartbeat_remove(d->heartbeat);
@@ -83,9 +88,10 @@ static void exit_check_cb(evutil_socket_t fd, short what, void *arg)
 static void give_up_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    log_error("shutdown: %d job outcome(s) could not be written to Redis; stream entries stay "
-              "pending there and will be redelivered, pub/sub jobs among them are lost",
-              runner_inflight(d->runner));
+    log_error("shutdown: %d job outcome(s) could not be written to Redis, and %d parked pub/sub "
+              "job(s) were not confirmed; stream entries stay pending there and will be "
+              "redelivered, pub/sub jobs among them are lost",
+              runner_inflight(d->runner), intake_parks_unanswered(d->intake));
     d->exit_code = 1;
     event_base_loopexit(d->base, NULL);
 }

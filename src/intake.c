@@ -23,6 +23,8 @@
 /* How often a stream that cannot be read (a key of another type, a key the
  * ACL user may not touch) is asked about again. */
 #define UNREADABLE_RECHECK_MS 5000
+/* How long the exit waits for the subscriber to confirm its UNSUBSCRIBEs. */
+#define UNSUBSCRIBE_WAIT_MS 5000
 
 /* One configured stream (intake.streams is restart-only, so their number
  * is fixed; their names are read from d->cfg each time, since a reload
@@ -44,6 +46,11 @@ struct intake {
     long long stream_client_id; /* CLIENT ID of the stream connection; 0: not known */
     int groups_waiting;
     int subs_expected, subs_confirmed;
+    /* The end of a drain: UNSUBSCRIBE sent, and every message Redis
+     * delivered before it read (parked) once it is confirmed. */
+    bool unsubscribing, unsubscribed;
+    int64_t unsubscribe_sent_at;    /* mono ms */
+    int parks_unanswered;       /* park XADDs Redis has not answered yet */
     int64_t subscribed_at;      /* mono ms the (P)SUBSCRIBEs went out */
     bool announced;             /* daemon_intake_ready() called for this round */
     char control_channel[128];
@@ -467,6 +474,7 @@ struct parked {
 static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct parked *p = priv;
+    p->in->parks_unanswered--;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         /* Not stored (or not known to be): the job was taken (its PUBLISH
          * counted this daemon), so it must not vanish. The runner holds it:
@@ -509,6 +517,7 @@ static bool park_on_stream(struct intake *in, const char *raw, size_t len)
         return false;
     }
     in->overflowed++;
+    in->parks_unanswered++;
     return true;
 }
 
@@ -547,6 +556,13 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
     if (!strcmp(kind, "subscribe") || !strcmp(kind, "psubscribe")) {
         in->subs_confirmed++;
         maybe_announce(in);
+        return;
+    }
+    if (!strcmp(kind, "unsubscribe") || !strcmp(kind, "punsubscribe")) {
+        /* [kind, channel, subscriptions left]: at 0 every message published
+         * to us before the UNSUBSCRIBEs has been read. */
+        if (reply->element[2]->type == REDIS_REPLY_INTEGER && reply->element[2]->integer == 0)
+            in->unsubscribed = true;
         return;
     }
     const redisReply *channel, *payload;
@@ -592,6 +608,10 @@ static void sub_up(void *arg)
     redisAsyncContext *ac = redis_context(in->d->redis, REDIS_SUB);
     if (!ac)
         return;
+    if (in->unsubscribing) {
+        in->unsubscribed = true;    /* a new connection holds nothing of ours */
+        return;
+    }
     in->subs_expected = in->subs_confirmed = 0;
     in->ping_sent_at = 0;
     in->subscribed_at = mono_ms();
@@ -604,6 +624,8 @@ static void sub_up(void *arg)
 static void sub_down(void *arg)
 {
     struct intake *in = arg;
+    if (in->unsubscribing)
+        in->unsubscribed = true;    /* what it still held is gone with it */
     in->subs_confirmed = 0;
     in->announced = false;
 }
@@ -615,6 +637,8 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     struct intake *in = arg;
     struct redis *r = in->d->redis;
     int64_t now = mono_ms();
+    if (in->unsubscribing)
+        return;     /* the heartbeat channel too is no longer heard */
     /* Subscriptions never confirmed: a stalled link (no command deadline
      * covers SUBSCRIBE, and the heartbeat below waits for them). */
     if (redis_ready(r, REDIS_SUB) && in->subs_confirmed < in->subs_expected &&
@@ -716,7 +740,47 @@ void intake_stop(struct intake *in)
 
 int intake_idle(const struct intake *in)
 {
-    return !in->reading;
+    return !in->reading && !in->parks_unanswered;
+}
+
+static void unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
+{
+    /* hiredis 0.14.1 takes no callback for (P)UNSUBSCRIBE: the confirmation
+     * goes to the channel's own, sub_message(). */
+    const char *argv[] = {config_is_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", channel};
+    redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, NULL);
+}
+
+bool intake_unsubscribed(struct intake *in)
+{
+    if (in->unsubscribed)
+        return true;
+    redisAsyncContext *ac = redis_context(in->d->redis, REDIS_SUB);
+    if (!in->unsubscribing) {
+        in->unsubscribing = true;
+        in->unsubscribe_sent_at = mono_ms();
+        if (!ac || !redis_ready(in->d->redis, REDIS_SUB) || !in->subs_confirmed) {
+            in->unsubscribed = true;
+            return true;
+        }
+        for (int i = 0; i < in->d->cfg.nchannels; i++)
+            unsubscribe(in, ac, in->d->cfg.channels[i]);
+        unsubscribe(in, ac, in->control_channel);
+        unsubscribe(in, ac, in->heartbeat_channel);
+        return false;
+    }
+    if (mono_ms() - in->unsubscribe_sent_at > UNSUBSCRIBE_WAIT_MS) {
+        log_warn("shutdown: the subscriber connection did not confirm its UNSUBSCRIBE in %d ms; "
+                 "a pub/sub job still on its way to it is lost",
+                 UNSUBSCRIBE_WAIT_MS);
+        in->unsubscribed = true;
+    }
+    return in->unsubscribed;
+}
+
+int intake_parks_unanswered(const struct intake *in)
+{
+    return in->parks_unanswered;
 }
 
 bool intake_stream_readable(const struct intake *in, int s)

@@ -45,8 +45,20 @@ void intake_capacity_changed(struct intake *in);
 void intake_stop(struct intake *in);
 
 /* True when no stream read is outstanding (a read in flight may still deliver
- * entries that must be handled before exit). */
+ * entries that must be handled before exit) and every parked pub/sub job's
+ * XADD was answered. */
 int intake_idle(const struct intake *in);
+
+/* The end of a drain (nothing runs, nothing is read): unsubscribe from
+ * every channel, and say true once Redis confirmed it, the connection is
+ * gone, or 5 s passed. A producer's PUBLISH counted this daemon for a message
+ * still on its way: read before the confirmation, it is parked on the
+ * stream (the exit waits for that too: intake_idle()), not lost with the
+ * connection. Called again until it says true. */
+bool intake_unsubscribed(struct intake *in);
+
+/* Parked pub/sub jobs whose XADD Redis has not answered yet. */
+int intake_parks_unanswered(const struct intake *in);
 
 /* The command connection came up (readiness depends on it too). */
 void intake_cmd_ready(struct intake *in);
