@@ -10,6 +10,7 @@ import redis
 
 from conftest import (RedisServer, Jobd, Ledger, NS, free_port, publish, stats, submit, wait_for,
                       wait_result, wait_results)
+from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
 
 
@@ -72,7 +73,7 @@ def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
     assert daemon.log_text().count("will retry") == 1   # warned once, not per retry
 
 
-class ExecReplyDropper:
+class ExecReplyDropper(ForwardingProxy):
     """A TCP proxy in front of Redis that forwards everything, except once:
     the first connection to send bytes holding TRIGGER is closed instead of
     passing on its next reply (the transaction ran, and jobd never hears
@@ -81,66 +82,35 @@ class ExecReplyDropper:
     the connection is closed: what others do to Redis meanwhile."""
 
     def __init__(self, redis_port, trigger=b"ZADD", drop="reply", on_drop=None):
-        self.redis_port = redis_port
         self.trigger = trigger
         self.drop = drop
         self.on_drop = on_drop
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
         self.dropped = 0
         self.armed = True
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(redis_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.redis_port))
-            except OSError:         # Redis is down: so is this connection
-                client.close()
-                continue
-            state = {"triggered": False}
-            threading.Thread(target=self._pipe, args=(client, server, state, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, state, False),
-                             daemon=True).start()
+    def new_state(self):
+        return {"triggered": False}
 
-    def _pipe(self, src, dst, state, upstream):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if upstream and self.armed and self.trigger in data:
-                    if self.drop == "request":
-                        self.armed = False
-                        if self.on_drop:
-                            self.on_drop()
-                        self.dropped += 1
-                        break
-                    state["triggered"] = True
-                if not upstream and state["triggered"]:
-                    self.armed = False
-                    if self.on_drop:
-                        self.on_drop()
-                    self.dropped += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+    def _dropped(self):
+        self.armed = False
+        if self.on_drop:
+            self.on_drop()
+        self.dropped += 1
+        return False
+
+    def forward(self, data, src, dst, state, upstream):
+        if upstream and self.armed and self.trigger in data:
+            if self.drop == "request":
+                return self._dropped()
+            state["triggered"] = True
+        if not upstream and state["triggered"]:
+            return self._dropped()
+        dst.sendall(data)
+        return True
 
     def close(self):
+        """Stop accepting only: the daemon behind it is stopped through it."""
         self.listener.close()
 
 
@@ -357,65 +327,31 @@ def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
     assert wait_result(r, "after-pause")["status"] == "succeeded"
 
 
-class SubscribeSwallower:
+class SubscribeSwallower(ForwardingProxy):
     """A TCP proxy in front of Redis that forwards everything, except that
     the first connection to send a (P)SUBSCRIBE is from then on left open and
     unanswered: its SUBSCRIBEs never reach Redis and are never confirmed.
     Later connections are forwarded whole."""
 
     def __init__(self, redis_port):
-        self.redis_port = redis_port
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.swallowed = None       # the connection left hanging
         self.subscribers = 0        # connections that sent a SUBSCRIBE
-        self.sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(redis_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.redis_port))
-            state = {"stalled": False}
-            self.sockets += [client, server]
-            threading.Thread(target=self._pipe, args=(client, server, state, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, state, False),
-                             daemon=True).start()
+    def new_state(self):
+        return {"stalled": False}
 
-    def _pipe(self, src, dst, state, upstream):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if upstream and b"SUBSCRIBE" in data.upper() and not state["stalled"]:
-                    with self.lock:
-                        self.subscribers += 1
-                        if self.swallowed is None:
-                            self.swallowed = src
-                            state["stalled"] = True
-                if state["stalled"]:
-                    continue        # read and drop, answer nothing
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
-        for s in self.sockets:
-            s.close()
+    def forward(self, data, src, dst, state, upstream):
+        if upstream and b"SUBSCRIBE" in data.upper() and not state["stalled"]:
+            with self.lock:
+                self.subscribers += 1
+                if self.swallowed is None:
+                    self.swallowed = src
+                    state["stalled"] = True
+        if not state["stalled"]:
+            dst.sendall(data)
+        return True     # stalled: read and drop, answer nothing
 
 
 def test_a_subscriber_left_unconfirmed_is_replaced(r, redis_server, start_jobd):
@@ -653,13 +589,18 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
         proxy.close()
 
 
-def xadd_refused_to(r, user="parker"):
-    """An ACL user with every right, for jobd; returns (refuse, allow): take
-    XADD from that user, or give it back. Redis checks the rights of a
-    logged-in connection on each command, so either works at once."""
-    r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
-    return (lambda: r.execute_command("ACL", "SETUSER", user, "-xadd"),
-            lambda: r.execute_command("ACL", "SETUSER", user, "+xadd"))
+def start_refusing_xadd(r, start_jobd, **settings):
+    """A daemon logged in as an ACL user with every right, running a 1.5 s
+    job ("long"), whose XADD is then taken away. Returns the daemon and a
+    function that gives XADD back. Redis checks the rights of a logged-in
+    connection on each command, so either works at once."""
+    acl = ["ACL", "SETUSER", "parker"]
+    r.execute_command(*acl, "on", ">pw", "~*", "&*", "+@all")
+    daemon = start_jobd(redis__username="parker", redis__password="pw", **settings)
+    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    r.execute_command(*acl, "-xadd")
+    return daemon, lambda: r.execute_command(*acl, "+xadd")
 
 
 def test_a_pubsub_job_whose_parking_redis_refused_still_runs(r, start_jobd):
@@ -667,12 +608,7 @@ def test_a_pubsub_job_whose_parking_redis_refused_still_runs(r, start_jobd):
     # with an error (NOPERM: the user may not XADD) on a live connection.
     # Taken (its PUBLISH counted this daemon), it must not vanish: the daemon
     # holds it and runs it, once, without a copy left on the stream.
-    refuse, allow = xadd_refused_to(r)
-    daemon = start_jobd(redis__username="parker", redis__password="pw",
-                        limits__max_inflight=1)
-    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
-    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
-    refuse()
+    daemon, allow = start_refusing_xadd(r, start_jobd, limits__max_inflight=1)
     ledger = Ledger(r)
     try:
         assert publish(r, {"id": "refused-park", "type": "sleep", "ms": 1}) == 1
@@ -696,12 +632,7 @@ def test_a_pubsub_job_whose_parking_redis_refused_while_draining_goes_back(r, st
     # daemon holds the job; as every job held while draining, it goes back
     # on the stream (its requeue refused too, until XADD is allowed again),
     # exactly once, and jobd exits 0.
-    refuse, allow = xadd_refused_to(r)
-    daemon = start_jobd(redis__username="parker", redis__password="pw",
-                        shutdown__drain_ms=20000)
-    submit(r, {"id": "long", "type": "sleep", "ms": 1500})
-    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
-    refuse()
+    daemon, allow = start_refusing_xadd(r, start_jobd, shutdown__drain_ms=20000)
     try:
         daemon.signal(signal.SIGTERM)
         wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
@@ -762,17 +693,24 @@ def test_a_lost_transaction_with_pubsub_outcomes_is_not_judged_by_its_stream_ent
         tear_down(daemon, proxy, server)
 
 
+def slow_loading_redis(tmp_path):
+    """A Redis with an AOF of 10,000 keys: restarted with --key-load-delay
+    200 it answers LOADING for about 2 s."""
+    server = RedisServer(tmp_path, appendonly=True)
+    pad = server.client.pipeline(transaction=False)
+    for i in range(10000):
+        pad.set(f"pad:{i}", "x")
+    pad.execute()
+    return server
+
+
 def test_a_lost_reply_checked_while_redis_loads_is_asked_again_not_written_twice(tmp_path):
     # The transaction ran, its reply was lost with a Redis restart, and the
     # restarted Redis is still loading its AOF when jobd asks whether it ran:
     # "LOADING" is not "no". Taken as "not stored", the outcome was written
     # twice (bench/soak counted one record twice). Now jobd asks again.
-    server = RedisServer(tmp_path, appendonly=True)
+    server = slow_loading_redis(tmp_path)
     r = server.client
-    pad = r.pipeline(transaction=False)
-    for i in range(10000):          # loaded at 200 us a key: 2 s of LOADING
-        pad.set(f"pad:{i}", "x")
-    pad.execute()
 
     def restart_loading_slowly():
         server.kill()
@@ -916,12 +854,8 @@ def test_a_stream_is_not_left_out_while_a_restarted_redis_loads(tmp_path):
     # and the stream was taken for one that cannot be read: left out of the
     # reads for the 5 s recheck, and said at error level (found by
     # bench/soak). Only an error about the key (WRONGTYPE, NOPERM) does that.
-    server = RedisServer(tmp_path, appendonly=True)
+    server = slow_loading_redis(tmp_path)
     r = server.client
-    pad = r.pipeline(transaction=False)
-    for i in range(10000):          # loaded at 200 us a key: 2 s of LOADING
-        pad.set(f"pad:{i}", "x")
-    pad.execute()
     daemon = Jobd(tmp_path, server.port)
     try:
         daemon.start()

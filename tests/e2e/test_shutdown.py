@@ -1,11 +1,11 @@
 """PROTOCOL §6: SIGTERM drains, puts back what is left, loses nothing."""
 import json
 import signal
-import socket
 import threading
 import time
 
 from conftest import NS, Ledger, publish, result, submit, wait_for, wait_results
+from redis_proxy import ForwardingProxy
 from test_redis_outage import copies_of, live_copies, log_times
 
 
@@ -100,7 +100,7 @@ def test_a_drain_ends_the_blocked_read_at_once(r, start_jobd):
     assert r.xlen(f"{NS}:queue") == 1
 
 
-class SlowDelivery:
+class SlowDelivery(ForwardingProxy):
     """A TCP proxy in front of Redis that forwards everything, except that
     the first chunk from Redis holding TRIGGER (and whatever follows it on
     that connection) reaches jobd late: once jobd sends anything more on
@@ -109,55 +109,21 @@ class SlowDelivery:
     reaches Redis HOLD seconds late (or never, the proxy closed first)."""
 
     def __init__(self, redis_port, trigger, hold=5.0, upstream=False):
-        self.redis_port, self.trigger, self.hold = redis_port, trigger, hold
-        self.upstream = upstream
+        self.trigger, self.hold, self.upstream = trigger, hold, upstream
         self.held = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(redis_port)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-                server = socket.create_connection(("127.0.0.1", self.redis_port))
-            except OSError:
-                return
-            self.sockets += [client, server]
-            spoke = threading.Event()       # jobd sent something after the hold began
-            threading.Thread(target=self._pipe, args=(client, server, spoke, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, spoke, False),
-                             daemon=True).start()
+    def new_state(self):
+        return {"spoke": threading.Event()}     # jobd sent something after the hold began
 
-    def _pipe(self, src, dst, spoke, upstream):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if upstream and self.held.is_set():
-                    spoke.set()
-                if upstream == self.upstream and not self.held.is_set() \
-                        and self.trigger in data:
-                    self.held.set()
-                    spoke.wait(self.hold)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
-        for s in self.sockets:
-            s.close()
+    def forward(self, data, src, dst, state, upstream):
+        if upstream and self.held.is_set():
+            state["spoke"].set()
+        if upstream == self.upstream and not self.held.is_set() and self.trigger in data:
+            self.held.set()
+            state["spoke"].wait(self.hold)
+        dst.sendall(data)
+        return True
 
 
 def test_a_pubsub_job_still_on_the_wire_at_sigterm_is_not_lost(r, redis_server, start_jobd):
