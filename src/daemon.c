@@ -88,10 +88,11 @@ static void exit_check_cb(evutil_socket_t fd, short what, void *arg)
 static void give_up_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    log_error("shutdown: %d job outcome(s) could not be written to Redis, and %d parked pub/sub "
-              "job(s) were not confirmed; stream entries stay pending there and will be "
-              "redelivered, pub/sub jobs among them are lost",
-              runner_inflight(d->runner), intake_parks_unanswered(d->intake));
+    log_error("shutdown: %d job outcome(s) could not be written to Redis (each job was named "
+              "when it was first refused), and %d parked pub/sub job(s) were not confirmed; "
+              "a job whose stream entry is still pending will be redelivered, the others "
+              "(pub/sub jobs, and jobs whose entry was acknowledged with a refused retry) "
+              "are lost", runner_inflight(d->runner), intake_parks_unanswered(d->intake));
     d->exit_code = 1;
     event_base_loopexit(d->base, NULL);
 }

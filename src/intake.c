@@ -144,6 +144,15 @@ static void note_pause(struct intake *in, bool paused)
 
 static void read_streams(struct intake *in);
 
+/* An error about the key itself: a key of another type, or one the ACL user
+ * may not touch ("... access one of the keys ..."). NOPERM for a command
+ * ("... run the 'xgroup|create' command": a user whose groups an admin
+ * makes) is not about the stream. */
+static bool key_error(const char *err)
+{
+    return !strncmp(err, "WRONGTYPE", 9) || (!strncmp(err, "NOPERM", 6) && strstr(err, " key"));
+}
+
 static const char *field_value(const redisReply *fields, const char *name, size_t *len)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
@@ -241,11 +250,10 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
             /* Someone deleted the stream or the group: make them again. */
             in->groups_ready = false;
             create_groups(in, false);
-        } else {
-            /* One stream may spoil the read of all (a key replaced by one
-             * of another type: WRONGTYPE): before reading again, each is
-             * asked on its own, and one that answers with an error is left
-             * out of the reads. */
+        } else if (key_error(reply->str)) {
+            /* One stream spoils the read of all (a key replaced by one of
+             * another type): before reading again, each is asked on its
+             * own, and one that answers with such an error is left out. */
             in->probe = true;
         }
         retry_read_later(in);
@@ -329,29 +337,38 @@ static void read_streams(struct intake *in)
     free(argv);
 }
 
+
 /* Whether stream ST can be read, from its XGROUP CREATE reply. One that
  * cannot is left out of the reads, so that it does not stop the others (a
  * read naming it fails whole), is said once at error level, and is asked
  * again every UNREADABLE_RECHECK_MS: its jobs wait, durable, until someone
  * repairs the key. */
+static void set_readable(struct stream *st, bool ok, const char *what, const char *err);
+
 static void note_group(struct stream *st, const redisReply *reply)
 {
-    struct intake *in = st->in;
     bool ok = reply->type != REDIS_REPLY_ERROR || !strncmp(reply->str, "BUSYGROUP", 9);
     /* Only an error about this key leaves the stream out. One about Redis
      * (LOADING after a restart, BUSY, MASTERDOWN) is said and the read is
      * tried as before, a second after it fails: leaving the stream out
      * paused it for the whole recheck (found by bench/soak). */
-    if (!ok && strncmp(reply->str, "WRONGTYPE", 9) && strncmp(reply->str, "NOPERM", 6)) {
+    if (!ok && !key_error(reply->str)) {
         log_warn("XGROUP CREATE %s: %s", stream_name(st), reply->str);
         ok = true;
     }
+    set_readable(st, ok, "XGROUP CREATE", ok ? NULL : reply->str);
+}
+
+/* OK: stream ST can be read (again); else WHAT failed on it with ERR. */
+static void set_readable(struct stream *st, bool ok, const char *what, const char *err)
+{
+    struct intake *in = st->in;
     if (ok && st->refused)
         log_notice("stream %s can be read again", stream_name(st));
     else if (!ok && !st->refused)
-        log_error("stream %s cannot be read: XGROUP CREATE: %s; it is left out of the reads "
-                  "(its jobs wait there) and asked again every %d s",
-                  stream_name(st), reply->str, UNREADABLE_RECHECK_MS / 1000);
+        log_error("stream %s cannot be read: %s: %s; it is left out of the reads and of "
+                  "put-backs (its jobs wait there) and asked again every %d s",
+                  stream_name(st), what, err, UNREADABLE_RECHECK_MS / 1000);
     if (ok != st->readable)
         in->nunreadable += ok ? -1 : 1;
     st->readable = ok;
@@ -467,6 +484,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 /* A parked job, kept until Redis has said that its XADD was stored. */
 struct parked {
     struct intake *in;
+    char stream[513];           /* where (intake.streams names are up to 512 bytes) */
     size_t len;
     char raw[];
 };
@@ -489,6 +507,8 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
         } else {
             log_error("parking a pub/sub job on the stream failed: %s; holding it here",
                       reply ? reply->str : "connection lost");
+            if (reply)  /* its put-back then goes to another stream */
+                intake_write_refused(p->in, p->stream, reply->str);
             struct job_message msg = {.raw = p->raw, .raw_len = p->len, .source = SOURCE_PUBSUB};
             runner_accept(d->runner, &msg);
         }
@@ -510,6 +530,7 @@ static bool park_on_stream(struct intake *in, const char *raw, size_t len)
     memcpy(p->raw, raw, len);
     snprintf(queued, sizeof(queued), "%" PRId64, now_ms());
     const char *stream = intake_home_stream(in, NULL);
+    snprintf(p->stream, sizeof(p->stream), "%s", stream);
     const char *argv[] = {"XADD", stream, "*", "job", raw, "queued_at", queued};
     size_t lens[] = {4, strlen(stream), 1, 3, len, 9, strlen(queued)};
     if (redis_send(d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens)) {
@@ -759,7 +780,10 @@ bool intake_unsubscribed(struct intake *in)
     if (!in->unsubscribing) {
         in->unsubscribing = true;
         in->unsubscribe_sent_at = mono_ms();
-        if (!ac || !redis_ready(in->d->redis, REDIS_SUB) || !in->subs_confirmed) {
+        /* Sent SUBSCRIBEs count even unconfirmed: Redis may already be
+         * delivering to them (hiredis accepts the UNSUBSCRIBE once they are
+         * sent, and the replies come in order). */
+        if (!ac || !redis_ready(in->d->redis, REDIS_SUB) || !in->subs_expected) {
             in->unsubscribed = true;
             return true;
         }
@@ -786,6 +810,15 @@ int intake_parks_unanswered(const struct intake *in)
 bool intake_stream_readable(const struct intake *in, int s)
 {
     return in->streams[s].readable;
+}
+
+void intake_write_refused(struct intake *in, const char *stream, const char *err)
+{
+    if (!in || !key_error(err))
+        return;
+    for (int s = 0; s < in->d->cfg.nstreams; s++)
+        if (in->streams[s].readable && !strcmp(in->d->cfg.streams[s], stream))
+            set_readable(&in->streams[s], false, "XADD", err);
 }
 
 int intake_unreadable_streams(const struct intake *in)

@@ -68,6 +68,11 @@ void intake_cmd_ready(struct intake *in);
  * reads and asked about again every few seconds. */
 bool intake_stream_readable(const struct intake *in, int s);
 
+/* An XADD to STREAM (a park, a put-back) was refused with ERR: one about the
+ * key (WRONGTYPE, NOPERM on a key) leaves that stream out of the reads and
+ * of put-backs, as if its group could not be made. */
+void intake_write_refused(struct intake *in, const char *stream, const char *err);
+
 /* How many configured streams cannot be read now. */
 int intake_unreadable_streams(const struct intake *in);
 

@@ -54,11 +54,52 @@ static void print_line(const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    for (int i = 0; i < n; i++)
-        if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
+    /* C0 controls, DEL, and the C1 controls in UTF-8 (C2 80..C2 9F: U+009B
+     * is a CSI to some terminals), the latter as "??" (has_controls()). */
+    for (int i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 || c == 0x7f)
             text[i] = '?';
+        else if (c == 0xc2 && i + 1 < n && (unsigned char)text[i + 1] >= 0x80 &&
+                 (unsigned char)text[i + 1] <= 0x9f)
+            text[i] = text[i + 1] = '?';
+    }
     printf("%s\n", text);
     free(text);
+}
+
+/* A byte of TEXT a terminal would act on: a C0 control, DEL, or a C1
+ * control in UTF-8. */
+static bool has_controls(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 || c == 0x7f ||
+            (c == 0xc2 && i + 1 < len && (unsigned char)text[i + 1] >= 0x80 &&
+             (unsigned char)text[i + 1] <= 0x9f))
+            return true;
+    }
+    return false;
+}
+
+/* A JSON document from Redis (a record, a snapshot, an event). jobd's own
+ * print as they are; one with control characters (written by someone else:
+ * valid JSON has none raw but C1 ones) is printed again as JSON with every
+ * character beyond ASCII escaped, so none reaches the terminal raw; text
+ * that is not JSON as a JSON string of itself, or null when not UTF-8. */
+static void print_json(const char *text, size_t len)
+{
+    if (!has_controls(text, len)) {
+        printf("%.*s\n", (int)len, text);
+        return;
+    }
+    json_t *doc = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!doc)
+        doc = json_stringn(text, len);
+    char *out = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY) : NULL;
+    printf("%s\n", out ? out : "null");
+    free(out);
+    json_decref(doc);
 }
 
 static void usage(FILE *out)
@@ -260,7 +301,7 @@ static int submit(int argc, char **argv)
                     if (!status || strcmp(status, "succeeded"))
                         rc = EXIT_JOB;
                     if (!bar)
-                        printf("%s\n", r->str);
+                        print_json(r->str, r->len);
                     json_decref(rec);
                     json_array_remove(pending, k);
                     done++;
@@ -291,7 +332,7 @@ static int status(const char *id)
         json_t *rec = json_loads(r->str, 0, NULL);
         const char *st = json_string_value(json_object_get(rec, "status"));
         if (ctl.json)
-            printf("%s\n", r->str);
+            print_json(r->str, r->len);
         else
             print_line("%s %s attempts=%lld%s%s", id, st ? st : "?",
                    (long long)json_integer_value(json_object_get(rec, "attempts")),
@@ -367,7 +408,7 @@ static int workers(void)
             redisReply *w = cmd("GET %s", r->element[1]->element[i]->str);
             if (w->type == REDIS_REPLY_STRING) {
                 if (ctl.json) {
-                    printf("%s\n", w->str);
+                    print_json(w->str, w->len);
                 } else {
                     /* Anyone with write access to Redis can put anything
                      * here: missing fields print as "?" or 0. */
@@ -492,7 +533,7 @@ static int tail(void)
     while (redisGetReply(ctl.c, &reply) == REDIS_OK) {
         redisReply *m = reply;
         if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 && m->element[2]->str)
-            printf("%s\n", m->element[2]->str);
+            print_json(m->element[2]->str, m->element[2]->len);
         freeReplyObject(m);
     }
     fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);

@@ -183,8 +183,9 @@ static int queued_in_txn;      /* commands queued since the MULTI: the next one'
 
 static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
 {
-    redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens);
-    queued_in_txn++;
+    /* Counted only when sent: the EXEC reply has an element for each. */
+    if (redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens) == 0)
+        queued_in_txn++;
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -404,6 +405,13 @@ static void publish_replies(struct daemon *d, const struct txn *t)
     }
 }
 
+/* Where JOB goes back (put back, or due again after a retry's wait): its own
+ * stream while it can be read, else the first that can (intake.c). */
+static const char *requeue_stream(struct daemon *d, const struct job *job)
+{
+    return intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
+}
+
 static const char *write_kind_name(enum job_write kind)
 {
     switch (kind) {
@@ -446,6 +454,9 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
                     kept ? "; kept here and written again" : "");
             if (kept && (refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
                 refused[i] = true;
+            /* A stream that refuses a put-back gets no more of them. */
+            if (p->job->write_kind == WRITE_REQUEUE)
+                intake_write_refused(t->d->intake, requeue_stream(t->d, p->job), e->str);
         }
     }
     /* The rest, queued after the jobs' own: markers, stats, acknowledgements. */
@@ -624,8 +635,7 @@ static int write_requeue(struct daemon *d, struct job *job)
     char attempts[16], queued[24];
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
     snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
-    const char *stream =
-        intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
+    const char *stream = requeue_stream(d, job);
     const char *argv[] = {"XADD", stream, "*", "job", job->raw, "id", job->id,
                           "attempts", attempts, "queued_at", queued};
     size_t lens[11];
@@ -652,8 +662,7 @@ static int write_schedule(struct daemon *d, struct job *job)
     if (!job->write_nonce[0])
         snprintf(job->write_nonce, sizeof(job->write_nonce), "%s-%" PRIu64, d->worker_id,
                  ++nonce);
-    const char *stream =
-        intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
+    const char *stream = requeue_stream(d, job);
     json_t *m = json_pack("{s:s, s:s%, s:s, s:s, s:s, s:s, s:s}", "stream", stream, "job",
                           job->raw, job->raw_len, "id", job->id, "attempts", attempts,
                           "queued_at", queued, "due", due, "nonce", job->write_nonce);

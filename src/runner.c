@@ -182,6 +182,11 @@ static void write_done(struct job *job, bool stored)
 {
     struct runner *r = job->d->runner;
     if (!stored) {
+        /* Draining, a retry or delay that could not be scheduled goes back
+         * on its stream instead: NS:scheduled may be what refuses it (a key
+         * of another type), and its entry may be acknowledged already. */
+        if (r->d->draining && job->write_kind == WRITE_SCHEDULE)
+            job->write_kind = WRITE_REQUEUE;
         mark_unstored(r, job);
         if (!job->write_refused)
             log_job(LOG_WARN, job, "outcome not stored yet (Redis unavailable or refusing "

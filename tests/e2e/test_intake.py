@@ -364,3 +364,56 @@ def test_pubsub_jobs_are_parked_and_retried_on_the_first_readable_stream(r, star
         {"parked", "retried"}
     assert r.type(queue) == "string"
     assert not [f for _, f in r.xrange(f"{NS}:dead") if "refused the job" in f["error"]]
+
+
+def test_a_user_that_may_not_run_xgroup_reads_the_groups_an_admin_made(r, start_jobd):
+    # NOPERM for the XGROUP command is not about the stream: a
+    # least-privilege user whose groups are made by an admin must still read.
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    r.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all", "-xgroup")
+    daemon = start_jobd(redis__username="worker", redis__password="pw")
+    submit(r, {"id": "a", "type": "sleep", "ms": 1})
+    assert wait_result(r, "a")["status"] == "succeeded"
+    assert "cannot be read" not in daemon.log_text()
+
+
+def test_a_put_back_its_stream_refuses_during_the_drain_goes_to_another(r, start_jobd):
+    # The first stream is replaced by a key of another type during the
+    # drain: the running pub/sub job's put-back XADD is refused inside the
+    # transaction. That stream is then left out of put-backs too, and the
+    # job goes back on the next readable stream instead of being refused
+    # every second until the drain gives up (exit 1, the job lost).
+    queue, urgent = f"{NS}:queue", f"{NS}:urgent"
+    daemon = start_jobd(intake__streams=[queue, urgent], shutdown__drain_ms=500)
+    publish(r, {"id": "ps", "type": "sleep", "ms": 60000})
+    wait_for(lambda: "job ps: attempt 1" in daemon.log_text(), what="ps to start")
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: ": draining 1 job(s)" in daemon.log_text(), what="the drain")
+    r.delete(queue)
+    r.set(queue, "not a stream")
+    assert daemon.proc.wait(30) == 0, daemon.log_text()
+    assert [json.loads(f["job"])["id"] for _, f in r.xrange(urgent)] == ["ps"]
+    assert f"stream {queue} cannot be read: XADD: WRONGTYPE" in daemon.log_text()
+
+
+def test_a_redis_that_refuses_writes_is_not_probed_stream_by_stream(r, start_jobd):
+    # READONLY (a failover made this Redis a replica) fails every read, but it
+    # is not about one stream: only WRONGTYPE or NOPERM on a key starts the
+    # stream-by-stream probe, whose XGROUP CREATE warnings, one per stream,
+    # came every second on top of the read's own.
+    streams = [f"{NS}:s{i}" for i in range(4)]
+    daemon = start_jobd(intake__streams=streams)
+    r.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        # (Becoming a replica ends the blocked read: the reconnect asks for
+        # each group once, which is expected.)
+        wait_for(lambda: daemon.log_text().count("XREADGROUP: READONLY") >= 2, timeout=15,
+                 what="two refused reads")
+        asked = daemon.log_text().count("XGROUP CREATE")
+        wait_for(lambda: daemon.log_text().count("XREADGROUP: READONLY") >= 5, timeout=15,
+                 what="three more refused reads")
+        assert daemon.log_text().count("XGROUP CREATE") == asked
+    finally:
+        r.execute_command("REPLICAOF", "NO", "ONE")
+    submit(r, {"id": "after", "type": "sleep", "ms": 1}, stream=streams[2])
+    assert wait_result(r, "after")["status"] == "succeeded"

@@ -283,16 +283,23 @@ def test_text_from_redis_cannot_drive_the_terminal_or_break_json(r, start_jobd):
     # operator's terminal, and a quote in a dead letter's id broke
     # `--json dead list`.
     daemon = start_jobd()
-    evil = "\x1b]0;owned\x07\x1b[2J"
+    evil = "\x1b]0;owned\x07\x1b[2J\u009b31m"      # the last: CSI as a C1 control
     r.set(f"{NS}:worker:evil", json.dumps({"worker": "w" + evil, "version": evil}), ex=10)
     r.xadd(f"{NS}:dead", {"job": "{}", "id": 'q"' + evil, "error": "not json" + evil})
     r.set(f"{NS}:result:forged", json.dumps({"status": evil, "error": {"code": evil}}))
     submit(r, {"id": "xy", "type": "nope"})
     wait_result(r, "xy")
-    for args in (["workers"], ["dead", "list"], ["status", "forged"]):
+    r.set(f"{NS}:result:raw", b"\x1b]0;raw\x07 not json")
+    for args in (["workers"], ["dead", "list"], ["status", "forged"], ["--json", "workers"],
+                 ["--json", "status", "forged"], ["--json", "status", "raw"]):
         out = ctl(daemon, *args)
-        assert "\x1b" not in out.stdout and "\x07" not in out.stdout, (args, out.stdout)
-    assert "w?]0;owned??[2J inflight=0" in ctl(daemon, "workers").stdout
+        assert not any(c in out.stdout for c in "\x1b\x07\u009b"), (args, out.stdout)
+    assert "w?]0;owned??[2J??31m inflight=0" in ctl(daemon, "workers").stdout
+    # --json: the same values, escaped, as JSON that still parses.
+    snapshots = [json.loads(line) for line in ctl(daemon, "--json", "workers").stdout.splitlines()]
+    assert "w" + evil in [s["worker"] for s in snapshots]
+    assert json.loads(ctl(daemon, "--json", "status", "forged").stdout)["status"] == evil
+    assert json.loads(ctl(daemon, "--json", "status", "raw").stdout) == "\x1b]0;raw\x07 not json"
     lines = [json.loads(line) for line in ctl(daemon, "--json", "dead", "list").stdout.splitlines()]
     assert [e["id"] for e in lines] == ["xy", 'q"' + evil], lines
     assert lines[0]["error"]["code"] == "unknown_type"

@@ -1,6 +1,7 @@
 """PROTOCOL §3 sleep and hash, timeouts, retries and cancel."""
 import hashlib
 import json
+import signal
 import time
 
 import pytest
@@ -158,3 +159,20 @@ def test_a_retry_redis_refuses_to_schedule_is_kept_and_written_again(r, start_jo
     r.delete(f"{NS}:scheduled")
     rec = wait_result(r, "kept", timeout=15)
     assert (rec["status"], rec["attempts"]) == ("timed_out", 2), rec
+
+
+def test_a_retry_redis_refuses_to_schedule_goes_back_on_its_stream_at_shutdown(r, start_jobd):
+    # The refused retry's entry was acknowledged with it, so at shutdown it
+    # lived only in the daemon: it was lost when the drain gave up. Draining,
+    # an outcome that cannot be scheduled goes back on its stream instead.
+    r.set(f"{NS}:scheduled", "not a sorted set")
+    daemon = start_jobd(shutdown__drain_ms=500)
+    submit(r, {"id": "back", "type": "sleep", "ms": 5000, "timeout_ms": 50,
+               "retry": {"attempts": 3, "delay_ms": 100, "jitter": False}})
+    wait_for(lambda: "job back: scheduling it (NS:scheduled) failed" in daemon.log_text(),
+             what="the refused retry")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0, daemon.log_text()
+    put_back = [f for _, f in r.xrange(f"{NS}:queue") if f.get("id") == "back"]
+    assert len(put_back) == 1 and put_back[0]["attempts"] == "1", put_back
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0

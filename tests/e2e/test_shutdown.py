@@ -172,3 +172,45 @@ def test_a_park_unanswered_during_the_drain_is_put_back_not_lost(r, redis_server
         assert result(r, "late-park") is None
     finally:
         proxy.close()
+
+
+class LateNewConnections(ForwardingProxy):
+    """A TCP proxy in front of Redis; once .late is set, what Redis sends on
+    connections accepted from then on reaches jobd DELAY seconds late."""
+
+    def __init__(self, redis_port, delay=3.0):
+        self.delay, self.late = delay, False
+        super().__init__(redis_port)
+
+    def new_state(self):
+        return {"delay": self.delay if self.late else 0}
+
+    def forward(self, data, src, dst, state, upstream):
+        if not upstream and state["delay"]:
+            time.sleep(state["delay"])      # the first chunk late, the rest behind it
+            state["delay"] = 0
+        dst.sendall(data)
+        return True
+
+
+def test_a_job_published_to_an_unconfirmed_subscription_at_the_drains_end_is_not_lost(
+        r, redis_server, start_jobd):
+    # The subscriber reconnects during the drain and its SUBSCRIBEs are not
+    # confirmed yet when the drain ends: Redis already delivers to them
+    # (PUBLISH counts this daemon), so the exit must unsubscribe and read
+    # them too, not take "nothing confirmed" for "nothing to read".
+    proxy = LateNewConnections(redis_server.port)
+    try:
+        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=5000)
+        submit(r, {"id": "long", "type": "sleep", "ms": 2000})
+        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: ": draining 1 job(s)" in daemon.log_text(), what="the drain")
+        proxy.late = True
+        r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_for(lambda: r.pubsub_numsub(f"{NS}:jobs")[0][1] == 1, what="subscribed again")
+        assert publish(r, {"id": "wire", "type": "sleep", "ms": 1}) == 1
+        assert daemon.proc.wait(30) == 0
+        assert result(r, "wire") is not None or copies_of(r, "wire") == 1, daemon.log_text()
+    finally:
+        proxy.close()
