@@ -338,28 +338,12 @@ static void read_streams(struct intake *in)
 }
 
 
-/* Whether stream ST can be read, from its XGROUP CREATE reply. One that
- * cannot is left out of the reads, so that it does not stop the others (a
- * read naming it fails whole), is said once at error level, and is asked
- * again every UNREADABLE_RECHECK_MS: its jobs wait, durable, until someone
- * repairs the key. */
-static void set_readable(struct stream *st, bool ok, const char *what, const char *err);
-
-static void note_group(struct stream *st, const redisReply *reply)
-{
-    bool ok = reply->type != REDIS_REPLY_ERROR || !strncmp(reply->str, "BUSYGROUP", 9);
-    /* Only an error about this key leaves the stream out. One about Redis
-     * (LOADING after a restart, BUSY, MASTERDOWN) is said and the read is
-     * tried as before, a second after it fails: leaving the stream out
-     * paused it for the whole recheck (found by bench/soak). */
-    if (!ok && !key_error(reply->str)) {
-        log_warn("XGROUP CREATE %s: %s", stream_name(st), reply->str);
-        ok = true;
-    }
-    set_readable(st, ok, "XGROUP CREATE", ok ? NULL : reply->str);
-}
-
-/* OK: stream ST can be read (again); else WHAT failed on it with ERR. */
+/* OK: stream ST can be read (again); else WHAT failed on it with ERR. One
+ * that cannot is left out of the reads, so that it does not stop the others
+ * (a read naming it fails whole), and out of parks and put-backs; it is
+ * said once at error level and asked about again every
+ * UNREADABLE_RECHECK_MS: its jobs wait, durable, until someone repairs the
+ * key. */
 static void set_readable(struct stream *st, bool ok, const char *what, const char *err)
 {
     struct intake *in = st->in;
@@ -375,6 +359,21 @@ static void set_readable(struct stream *st, bool ok, const char *what, const cha
     st->refused = !ok;
     if (!ok)
         timer_add_ms(in->unreadable_timer, UNREADABLE_RECHECK_MS);
+}
+
+/* Whether stream ST can be read, from its XGROUP CREATE reply. Only an
+ * error about this key leaves it out. One about Redis (LOADING after a
+ * restart, BUSY, MASTERDOWN) is said and the read is tried as before, a
+ * second after it fails: leaving the stream out paused it for the whole
+ * recheck (found by bench/soak). */
+static void note_group(struct stream *st, const redisReply *reply)
+{
+    bool ok = reply->type != REDIS_REPLY_ERROR || !strncmp(reply->str, "BUSYGROUP", 9);
+    if (!ok && !key_error(reply->str)) {
+        log_warn("XGROUP CREATE %s: %s", stream_name(st), reply->str);
+        ok = true;
+    }
+    set_readable(st, ok, "XGROUP CREATE", ok ? NULL : reply->str);
 }
 
 static void group_reply(struct redis *r, redisReply *reply, void *priv)

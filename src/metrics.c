@@ -211,8 +211,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     counter(out, "jobd_pubsub_parked_total",
             "Pub/sub jobs that found jobd full or draining and were parked on the first stream.",
             (double)intake_overflowed(d->intake));
-    gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads because "
-          "their group could not be made (a key of another type, say); see the log.",
+    gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads and "
+          "put-backs because their key refused jobd (a key of another type, say); see the log.",
           intake_unreadable_streams(d->intake));
     gauge(out, "jobd_threadpool_threads", "Worker threads.", threadpool_size(d->pool));
     gauge(out, "jobd_threadpool_busy", "Worker threads running a task.",
