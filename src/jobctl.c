@@ -41,10 +41,33 @@ static struct {
     char channel[513];          /* the first intake channel that is not a pattern */
 } ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL, "", "", 0, ""};
 
+/* How many bytes at TEXT[I] a terminal would act on: 1 for a C0 control or
+ * DEL, 2 for a C1 control in UTF-8 (C2 80..C2 9F: U+009B is a CSI to some
+ * terminals), 0 for anything else. */
+static size_t control_at(const char *text, size_t len, size_t i)
+{
+    unsigned char c = (unsigned char)text[i];
+    if (c < 0x20 || c == 0x7f)
+        return 1;
+    if (c == 0xc2 && i + 1 < len && (unsigned char)text[i + 1] >= 0x80 &&
+        (unsigned char)text[i + 1] <= 0x9f)
+        return 2;
+    return 0;
+}
+
+static bool has_controls(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (control_at(text, len, i))
+            return true;
+    return false;
+}
+
 /* A line of plain text built from what Redis holds (worker snapshots, dead
  * letters, result records): anyone who can write there (a producer) chooses
  * those bytes, and escape sequences printed raw would drive the operator's
- * terminal. Control characters show as '?'; the line ends with a newline. */
+ * terminal. Each control character shows as '?' (a C1 one as "??"); the
+ * line ends with a newline. */
 static void print_line(const char *fmt, ...)
 {
     va_list ap;
@@ -54,32 +77,11 @@ static void print_line(const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    /* C0 controls, DEL, and the C1 controls in UTF-8 (C2 80..C2 9F: U+009B
-     * is a CSI to some terminals), the latter as "??" (has_controls()). */
-    for (int i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c < 0x20 || c == 0x7f)
-            text[i] = '?';
-        else if (c == 0xc2 && i + 1 < n && (unsigned char)text[i + 1] >= 0x80 &&
-                 (unsigned char)text[i + 1] <= 0x9f)
-            text[i] = text[i + 1] = '?';
-    }
+    for (size_t i = 0, k; i < (size_t)n; i++)
+        for (k = control_at(text, (size_t)n, i); k; k--)
+            text[i + k - 1] = '?';
     printf("%s\n", text);
     free(text);
-}
-
-/* A byte of TEXT a terminal would act on: a C0 control, DEL, or a C1
- * control in UTF-8. */
-static bool has_controls(const char *text, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c < 0x20 || c == 0x7f ||
-            (c == 0xc2 && i + 1 < len && (unsigned char)text[i + 1] >= 0x80 &&
-             (unsigned char)text[i + 1] <= 0x9f))
-            return true;
-    }
-    return false;
 }
 
 /* A JSON document from Redis (a record, a snapshot, an event). jobd's own
