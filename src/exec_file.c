@@ -304,10 +304,13 @@ static void file_start(struct job *job)
         job_fail(job, ERR_UNAVAILABLE, "thread pool queue is full");
 }
 
-/* The runner sets job->cancel_flag; a worker that has not started the task
- * skips it, a sha256 in progress stops at the next chunk. */
+/* The runner sets job->cancel_flag; a sha256 in progress stops at the next
+ * chunk, and a task still queued leaves the queue at once (as hash_cancel). */
 static void file_cancel(struct job *job)
 {
+    struct file_state *st = job->exec_state;
+    if (st && st->task.work)
+        threadpool_cancel(job->d->pool, &st->task);
 }
 
 static void file_free(struct job *job)

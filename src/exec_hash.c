@@ -287,10 +287,15 @@ static void hash_start(struct job *job)
         job_fail(job, ERR_UNAVAILABLE, "thread pool queue is full");
 }
 
-/* The runner sets job->cancel_flag before calling this; the worker sees it
- * within HASH_CANCEL_EVERY rounds and done() reports the stop. */
+/* The runner sets job->cancel_flag before calling this; a worker sees it
+ * within HASH_CANCEL_EVERY rounds and done() reports the stop. A task still
+ * queued leaves the queue at once: it ended only when a worker reached it,
+ * behind every long hash queued first, holding its slot and its record. */
 static void hash_cancel(struct job *job)
 {
+    struct hash_state *st = job->exec_state;
+    if (st && st->task.work)
+        threadpool_cancel(job->d->pool, &st->task);
 }
 
 static void hash_free(struct job *job)

@@ -78,6 +78,32 @@ static void hand_back(struct threadpool *pool, struct pool_task *t)
     }
 }
 
+int threadpool_cancel(struct threadpool *pool, struct pool_task *task)
+{
+    pthread_mutex_lock(&pool->lock);
+    struct task_queue *q = &pool->todo;
+    struct pool_task *prev = NULL, *t = q->head;
+    while (t && t != task) {
+        prev = t;
+        t = t->next;
+    }
+    if (t) {
+        if (prev)
+            prev->next = t->next;
+        else
+            q->head = t->next;
+        if (q->tail == t)
+            q->tail = prev;
+        q->length--;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    if (!t)
+        return -1;
+    t->skipped = true;
+    hand_back(pool, t);     /* done() from the loop, as for every task */
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct threadpool *pool = arg;

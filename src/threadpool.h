@@ -31,6 +31,12 @@ struct pool_task {
 struct threadpool *threadpool_create(struct event_base *base, int nthreads, int max_queue);
 /* 0, or -1 when the queue is full or the pool is stopping. */
 int threadpool_submit(struct threadpool *pool, struct pool_task *task);
+/* TASK, still waiting for a worker, leaves the queue: its done() runs on the
+ * loop soon after (never inside this call) with task->skipped = true, so a
+ * timeout or cancel does not wait for every task queued ahead of it. 0 when
+ * taken out, -1 when a worker has it already (or it is done): work() then
+ * sees *cancel as usual. */
+int threadpool_cancel(struct threadpool *pool, struct pool_task *task);
 int threadpool_size(const struct threadpool *pool);
 int threadpool_queued(struct threadpool *pool);   /* waiting, not started */
 int threadpool_busy(struct threadpool *pool);     /* running now */

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,12 +116,63 @@ static void test_bounded_queue_and_destroy_runs_every_done(void **state)
     event_base_free(base);
 }
 
+/* Blocks its worker until *gate opens: the tasks behind it stay queued. */
+static atomic_int gate;
+
+static void gated_work(struct pool_task *t)
+{
+    while (!atomic_load(&gate))
+        usleep(1000);
+    work(t);
+}
+
+static void test_a_queued_task_cancelled_ends_without_waiting_its_turn(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct threadpool *pool = threadpool_create(base, 1, 10);
+    int done_count = 0;
+    atomic_store(&gate, 0);
+    struct counted first = {.task = {.work = gated_work, .done = done},
+                            .done_count = &done_count, .base = base, .stop_after = 1};
+    struct counted queued[3];
+    memset(queued, 0, sizeof(queued));
+    assert_int_equal(threadpool_submit(pool, &first.task), 0);
+    for (int i = 0; i < 3; i++) {
+        queued[i] = (struct counted){.task = {.work = work, .done = done},
+                                     .done_count = &done_count, .base = base, .stop_after = 1};
+        assert_int_equal(threadpool_submit(pool, &queued[i].task), 0);
+    }
+    while (threadpool_busy(pool) == 0)   /* the first is on the worker */
+        usleep(1000);
+    /* The middle one leaves the queue: its done() comes from the loop while
+     * the worker is still held by the first; cancelling it again, or the
+     * running one, finds nothing to take out. */
+    assert_int_equal(threadpool_cancel(pool, &queued[1].task), 0);
+    assert_int_equal(done_count, 0);    /* never inside the call */
+    assert_int_equal(threadpool_cancel(pool, &queued[1].task), -1);
+    assert_int_equal(threadpool_cancel(pool, &first.task), -1);
+    event_base_dispatch(base);
+    assert_int_equal(done_count, 1);
+    assert_true(queued[1].task.skipped);
+    assert_false(queued[1].worked);
+    assert_false(first.worked);
+    assert_int_equal(threadpool_queued(pool), 2);   /* the others keep their places */
+    first.stop_after = queued[0].stop_after = queued[2].stop_after = 4;
+    atomic_store(&gate, 1);
+    event_base_dispatch(base);
+    assert_int_equal(done_count, 4);
+    assert_true(first.worked && queued[0].worked && queued[2].worked);
+    threadpool_destroy(pool);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tasks_run_on_workers_and_finish_on_loop),
         cmocka_unit_test(test_cancelled_before_start_is_skipped),
         cmocka_unit_test(test_bounded_queue_and_destroy_runs_every_done),
+        cmocka_unit_test(test_a_queued_task_cancelled_ends_without_waiting_its_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

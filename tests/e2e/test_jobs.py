@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import NS, dead_entries, publish, stats, submit, wait_for, wait_result
+from conftest import NS, dead_entries, publish, result, stats, submit, wait_for, wait_result
 
 
 def python_digest(data, algorithm="sha256", iterations=1):
@@ -176,3 +176,22 @@ def test_a_retry_redis_refuses_to_schedule_goes_back_on_its_stream_at_shutdown(r
     put_back = [f for _, f in r.xrange(f"{NS}:queue") if f.get("id") == "back"]
     assert len(put_back) == 1 and put_back[0]["attempts"] == "1", put_back
     assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+
+
+def test_a_hash_timing_out_while_queued_behind_others_ends_at_its_timeout(r, start_jobd):
+    # threads.size 1, busy with long hashes: a hash queued behind them that
+    # times out (or is cancelled) was only noticed when the worker reached
+    # it, holding its slot and its record until every hash ahead had run.
+    # It now leaves the pool's queue at once.
+    daemon = start_jobd(threads__size=1)
+    for i in range(3):
+        submit(r, {"id": f"long{i}", "type": "hash", "algorithm": "sha512", "data": "x",
+                   "iterations": 10000000})
+    wait_for(lambda: "job long2: attempt 1" in daemon.log_text(), what="the long hashes")
+    submit(r, {"id": "queued", "type": "hash", "data": "x", "timeout_ms": 200})
+    submit(r, {"id": "cancelled", "type": "hash", "data": "x"})
+    time.sleep(0.1)
+    publish(r, {"cmd": "cancel", "id": "cancelled"}, channel=f"{NS}:control")
+    assert wait_result(r, "queued", timeout=3)["status"] == "timed_out"
+    assert wait_result(r, "cancelled", timeout=3)["status"] == "cancelled"
+    assert result(r, "long2") is None       # still behind the first: the pool was busy
