@@ -789,8 +789,19 @@ static void forget_old_cancels(struct runner *r)
         if (json_integer_value(value) <= now)
             json_object_del(r->cancelled, key);
     }
-    if (json_object_size(r->cancelled) >= CANCEL_MEMORY_MAX)
-        json_object_clear(r->cancelled);
+    if (json_object_size(r->cancelled) < CANCEL_MEMORY_MAX)
+        return;
+    /* Still full within the hour (a flood of cancels, maybe for made-up
+     * ids): the oldest tenth goes (jansson iterates in insertion order).
+     * Forgetting all of them let a flood undo every real cancel. */
+    log_warn("control: %d cancels heard within %d s; forgetting the oldest %d",
+             CANCEL_MEMORY_MAX, CANCEL_MEMORY_MS / 1000, CANCEL_MEMORY_MAX / 10);
+    size_t drop = CANCEL_MEMORY_MAX / 10;
+    json_object_foreach_safe(r->cancelled, tmp, key, value) {
+        if (!drop--)
+            break;
+        json_object_del(r->cancelled, key);
+    }
 }
 
 void runner_cancel_id(struct runner *r, const char *id)

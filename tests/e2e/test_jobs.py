@@ -107,6 +107,30 @@ def test_cancelled_waiting_job_never_starts(r, start_jobd):
     assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"]
 
 
+def test_cancels_past_the_memory_limit_push_out_only_the_oldest(r, start_jobd):
+    # Cancels are remembered (for jobs not read or not due yet) up to 100,000
+    # within an hour. Reaching that made the daemon forget every cancel at
+    # once, so the newest, real one's job ran; now the oldest tenth goes.
+    daemon = start_jobd()
+    submit(r, {"id": "w", "type": "sleep", "ms": 1, "delay_ms": 6000})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
+
+    def cancels(first, n):
+        pipe = r.pipeline(transaction=False)
+        for i in range(first, first + n):
+            pipe.publish(f"{NS}:control", f'{{"cmd":"cancel","id":"old{i}"}}')
+            if i % 10000 == 9999:
+                pipe.execute()
+        pipe.execute()
+
+    cancels(0, 99990)
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "w"}))
+    cancels(99990, 100)
+    rec = wait_result(r, "w", timeout=30)
+    assert rec["status"] == "cancelled", rec
+    assert "forgetting the oldest 10000" in daemon.log_text()
+
+
 def test_cancel_of_unknown_id_and_bad_control_messages_are_harmless(r, start_jobd):
     daemon = start_jobd()
     for msg in ['{"cmd":"cancel","id":"nobody"}', "garbage", '{"cmd":"explode"}', "{}"]:
