@@ -193,8 +193,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
                              "jobd_lost_replies_total{found=\"not_stored\"} %llu\n",
                         (unsigned long long)lost_stored, (unsigned long long)lost_not_stored);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
-    gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight (a group's "
-          "includes its children).", (double)c.held_bytes);
+    gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight, and what "
+          "their group children take.", (double)c.held_bytes);
     gauge(out, "jobd_max_held_bytes", "limits.max_held_bytes.", (double)d->cfg.max_held_bytes);
     gauge(out, "jobd_group_children_running", "Group children (nested groups aside) with an "
           "attempt running, each in a child slot.", c.child_running);

@@ -10,9 +10,9 @@
  * intake, which counts them as taken, reads nothing until they have started.
  *
  * Memory is bounded by bytes too: held_bytes sums the raw envelopes of the
- * jobs counted in flight (a group's envelope holds its children), from
- * runner_accept() until job_release(), and intake reads nothing while it is
- * at limits.max_held_bytes (see intake_room()).
+ * jobs counted in flight, from runner_accept() until job_release(), and what
+ * each group child takes while it exists (child_cost()); intake reads
+ * nothing while it is at limits.max_held_bytes (see intake_room()).
  *
  * Group children are not counted in max_inflight (their top-level group is).
  * Those that do work, every child but a nested group, take one of
@@ -382,6 +382,15 @@ static void child_begin_attempt(struct runner *r, struct job *child)
                 r->d->cfg.max_group_children);
 }
 
+/* What a group child costs while it exists, charged to held_bytes: its own
+ * struct and re-serialised envelope. The group's raw envelope alone was
+ * charged ~90 times too little (10,000 children of ~30 bytes each take
+ * ~1.1 KB apiece), so big groups went past limits.max_held_bytes unseen. */
+static int64_t child_cost(const struct job *child)
+{
+    return (int64_t)(sizeof(*child) + child->raw_len + 1);
+}
+
 struct job *runner_child_new(struct job *parent, int index, const json_t *envelope,
                              struct job_error *err)
 {
@@ -393,6 +402,7 @@ struct job *runner_child_new(struct job *parent, int index, const json_t *envelo
     }
     child->raw_len = strlen(child->raw);
     child->d = parent->d;
+    child->d->runner->held_bytes += child_cost(child);
     child->source = SOURCE_CHILD;
     child->parent = parent;
     child->child_index = index;
@@ -468,9 +478,11 @@ void runner_child_free(struct job *child)
 {
     if (!child)
         return;
+    struct runner *r = child->d->runner;
     if (child->state == JOB_QUEUED)    /* only when the daemon exits mid-group */
-        child_unwait(child->d->runner, child);
-    job_free(child->d->runner, child);
+        child_unwait(r, child);
+    r->held_bytes -= child_cost(child);
+    job_free(r, child);
 }
 
 /* A child's attempt ended: retry it on a timer or report to its group. */

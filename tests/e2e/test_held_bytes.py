@@ -246,3 +246,23 @@ def test_sighup_lowering_the_budget_holds_fewer(r, start_jobd):
     wait_for(lambda: snapshot().get("max_held_bytes") == BUDGET, timeout=8,
              what="max_held_bytes in the worker key")
     assert metrics(port)["jobd_held_bytes"] == 0
+
+
+def test_a_group_is_charged_what_its_children_take(r, start_jobd):
+    # A group of 1,000 tiny children is 27 kB of envelope, but each child is
+    # a job of its own in memory (~1.1 kB). Charged only its envelope, a big
+    # group went past limits.max_held_bytes about 90 times over, unseen.
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    group = {"id": "g", "type": "group", "mode": "all",
+             "jobs": [{"type": "sleep", "ms": 1500}] * 1000}
+    envelope = len(json.dumps(group))
+    submit(r, group)
+
+    def held():
+        return parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])["jobd_held_bytes"]
+
+    wait_for(lambda: held() > envelope, what="the group taken")
+    assert held() >= 1000 * 1000, (held(), envelope)
+    assert wait_result(r, "g", timeout=30)["status"] == "succeeded"
+    wait_for(lambda: held() == 0, what="everything released")
