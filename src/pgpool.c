@@ -683,6 +683,8 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
      * it arrives): run it again, once. */
     if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
         !q->requeued && (c->cancels_delivered > q->cancels_seen || c->cancels_pending)) {
+        log_info("postgres: query %s was stopped by a cancel meant for the query before it; "
+                 "sending it again", q->name ? q->name : "(raw SQL)");
         q->requeued = true;
         reset_answer(q);
         q->next = pool->wait_head;      /* first in line: it was already sent once */
