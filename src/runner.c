@@ -402,7 +402,8 @@ struct job *runner_child_new(struct job *parent, int index, const json_t *envelo
     }
     child->raw_len = strlen(child->raw);
     child->d = parent->d;
-    child->d->runner->held_bytes += child_cost(child);
+    if (child->d->runner)   /* none in the fuzz targets, which only parse */
+        child->d->runner->held_bytes += child_cost(child);
     child->source = SOURCE_CHILD;
     child->parent = parent;
     child->child_index = index;
@@ -481,7 +482,8 @@ void runner_child_free(struct job *child)
     struct runner *r = child->d->runner;
     if (child->state == JOB_QUEUED)    /* only when the daemon exits mid-group */
         child_unwait(r, child);
-    r->held_bytes -= child_cost(child);
+    if (r)
+        r->held_bytes -= child_cost(child);
     job_free(r, child);
 }
 
