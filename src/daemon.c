@@ -67,7 +67,7 @@ void daemon_check_drained(struct daemon *d)
         return;
     /* Messages on their way to the subscriber are read (and parked) first;
      * the exit check comes back every EXIT_CHECK_MS. */
-    if (!intake_unsubscribed(d->intake) || !intake_idle(d->intake))
+    if (!intake_unsubscribed(d->intake))
         return;
     if (!d->said_goodbye) {
         d->said_goodbye = true;

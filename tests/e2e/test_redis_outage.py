@@ -533,6 +533,17 @@ def test_backoff_starts_over_after_five_healthy_seconds(r, redis_server, start_j
     assert wait_result(r, "after-second", timeout=10)["status"] == "succeeded"
 
 
+def draining_with_a_long_job(r, start_jobd, redis_port, long_ms, drain_ms):
+    """A daemon on REDIS_PORT running a sleep job "long" of LONG_MS, sent
+    SIGTERM and draining (for up to DRAIN_MS)."""
+    daemon = start_jobd(redis__port=redis_port, shutdown__drain_ms=drain_ms)
+    submit(r, {"id": "long", "type": "sleep", "ms": long_ms})
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: ": draining 1 job(s)" in daemon.log_text(), what="the drain")
+    return daemon
+
+
 def copies_of(r, job_id, stream=f"{NS}:queue"):
     """Entries of STREAM a daemon would still run whose envelope is JOB_ID's,
     parked (no "id" field: the envelope's) or put back (with one)."""
@@ -572,11 +583,7 @@ def test_pubsub_jobs_taken_while_draining_survive_a_lost_command_connection(r, r
     # exits 0 once they are there.
     proxy = ExecReplyDropper(redis_server.port, trigger=b"first-park", drop="request")
     try:
-        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=4000)
-        submit(r, {"id": "long", "type": "sleep", "ms": 2000})
-        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
-        daemon.signal(signal.SIGTERM)
-        wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+        daemon = draining_with_a_long_job(r, start_jobd, proxy.port, long_ms=2000, drain_ms=4000)
         assert publish(r, {"id": "first-park", "type": "sleep", "ms": 1}) == 1
         wait_for(lambda: proxy.dropped == 1, interval=0.001, what="the lost XADD")
         assert publish(r, {"id": "second", "type": "sleep", "ms": 1}) == 1

@@ -6,7 +6,7 @@ import time
 
 from conftest import NS, Ledger, publish, result, submit, wait_for, wait_results
 from redis_proxy import ForwardingProxy
-from test_redis_outage import copies_of, live_copies, log_times
+from test_redis_outage import copies_of, draining_with_a_long_job, live_copies, log_times
 
 
 def test_sigterm_under_load_loses_nothing(r, start_jobd):
@@ -157,11 +157,8 @@ def test_a_park_unanswered_during_the_drain_is_put_back_not_lost(r, redis_server
     # window of a few ms, not reached here.)
     proxy = SlowDelivery(redis_server.port, trigger=b"late-park", hold=60, upstream=True)
     try:
-        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=1000)
-        submit(r, {"id": "long", "type": "sleep", "ms": 60000})
-        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
-        daemon.signal(signal.SIGTERM)
-        wait_for(lambda: ": draining 1 job(s)" in daemon.log_text(), what="the drain")
+        daemon = draining_with_a_long_job(r, start_jobd, proxy.port, long_ms=60000,
+                                          drain_ms=1000)
         assert publish(r, {"id": "late-park", "type": "sleep", "ms": 1}) == 1
         wait_for(proxy.held.is_set, what="the park's XADD held")
         assert daemon.proc.wait(30) == 0
@@ -201,11 +198,7 @@ def test_a_job_published_to_an_unconfirmed_subscription_at_the_drains_end_is_not
     # them too, not take "nothing confirmed" for "nothing to read".
     proxy = LateNewConnections(redis_server.port)
     try:
-        daemon = start_jobd(redis__port=proxy.port, shutdown__drain_ms=5000)
-        submit(r, {"id": "long", "type": "sleep", "ms": 2000})
-        wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
-        daemon.signal(signal.SIGTERM)
-        wait_for(lambda: ": draining 1 job(s)" in daemon.log_text(), what="the drain")
+        daemon = draining_with_a_long_job(r, start_jobd, proxy.port, long_ms=2000, drain_ms=5000)
         proxy.late = True
         r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         wait_for(lambda: r.pubsub_numsub(f"{NS}:jobs")[0][1] == 1, what="subscribed again")
