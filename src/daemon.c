@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "cancels.h"
 #include "config.h"
 #include "daemon.h"
 #include "executor.h"
@@ -238,12 +239,13 @@ int daemon_run(struct daemon *d)
     if (!d->pool)
         die("cannot start %d worker thread(s)", d->cfg.threads);
     d->redis = redis_create(d);
+    d->cancels = cancels_create(d);
     d->runner = runner_create(d);
     d->intake = intake_create(d);
     d->scheduler = scheduler_create(d);
     d->heartbeat = heartbeat_create(d);
     d->reclaim = reclaim_create(d);
-    if (!d->redis || !d->runner || !d->intake || !d->scheduler || !d->heartbeat || !d->reclaim)
+    if (!d->redis || !d->cancels || !d->runner || !d->intake || !d->scheduler || !d->heartbeat || !d->reclaim)
         die("out of memory at start-up");
     struct redis_hooks cmd = {cmd_up, NULL, d};
     redis_set_hooks(d->redis, REDIS_CMD, &cmd);
@@ -280,6 +282,7 @@ int daemon_run(struct daemon *d)
     intake_free(d->intake);
     d->intake = NULL;
     runner_free(d->runner);
+    cancels_free(d->cancels);
     /* After the runner: freeing a job may still remove its transfers. */
     executors_shutdown(d);
     result_shutdown();

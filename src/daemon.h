@@ -20,6 +20,7 @@ struct runner;
 struct scheduler;
 struct heartbeat;
 struct reclaim;
+struct cancels;
 struct admin;
 struct pgpool;
 
@@ -34,6 +35,7 @@ struct daemon {
     struct redis *redis;
     struct intake *intake;
     struct runner *runner;
+    struct cancels *cancels;    /* ids cancelled within the hour */
     struct scheduler *scheduler;
     struct heartbeat *heartbeat;
     struct reclaim *reclaim;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cancels.h"
 #include "daemon.h"
 #include "intake.h"
 #include "job.h"
@@ -448,6 +449,9 @@ static void stream_up(void *arg)
     in->stream_client_id = 0;
     const char *argv[] = {"CLIENT", "ID"};
     redis_send(in->d->redis, REDIS_STREAM, client_id_reply, in, 0, 2, argv, NULL);
+    /* Before the groups, so before the first read: a job waiting in the
+     * stream whose cancel this daemon never heard ends cancelled. */
+    cancels_load(in->d->cancels, REDIS_STREAM);
     create_groups(in, false);
 }
 
@@ -635,6 +639,10 @@ static void sub_up(void *arg)
     in->subs_expected = in->subs_confirmed = 0;
     in->ping_sent_at = 0;
     in->subscribed_at = mono_ms();
+    /* Cancels published while NS:control was not heard: another daemon, or
+     * jobctl, kept them in NS:cancels. */
+    if (redis_ready(in->d->redis, REDIS_CMD))
+        cancels_load(in->d->cancels, REDIS_CMD);
     for (int i = 0; i < in->d->cfg.nchannels; i++)
         subscribe(in, ac, in->d->cfg.channels[i]);
     subscribe(in, ac, in->control_channel);

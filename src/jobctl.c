@@ -16,7 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cancels.h"
 #include "config.h"
+#include "envelope.h"
+#include "job.h"
 
 #define EXIT_JOB 1
 #define EXIT_USAGE 2
@@ -84,20 +87,77 @@ static void print_line(const char *fmt, ...)
     free(text);
 }
 
-/* A JSON document from Redis (a record, a snapshot, an event). jobd's own
- * print as they are; one with control characters (written by someone else:
- * valid JSON has none raw but C1 ones) is printed again as JSON with every
- * character beyond ASCII escaped, so none reaches the terminal raw; text
- * that is not JSON as a JSON string of itself, or null when not UTF-8. */
+/* How many bytes of valid UTF-8 (as jansson checks it: no overlong forms,
+ * no surrogates, nothing past U+10FFFF) start TEXT; 0 when none do. */
+static size_t utf8_char_len(const unsigned char *t, size_t len)
+{
+    if (t[0] < 0x80)
+        return 1;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (t[0] >= 0xc2 && t[0] <= 0xdf)
+        n = 2;
+    else if (t[0] >= 0xe0 && t[0] <= 0xef) {
+        n = 3;
+        lo = t[0] == 0xe0 ? 0xa0 : 0x80;
+        hi = t[0] == 0xed ? 0x9f : 0xbf;
+    } else if (t[0] >= 0xf0 && t[0] <= 0xf4) {
+        n = 4;
+        lo = t[0] == 0xf0 ? 0x90 : 0x80;
+        hi = t[0] == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (len < n || t[1] < lo || t[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (t[i] < 0x80 || t[i] > 0xbf)
+            return 0;
+    return n;
+}
+
+/* TEXT as a JSON string, each byte that is not part of valid UTF-8 given as
+ * U+FFFD: text from Redis is anyone's, and json_stringn() refuses the whole
+ * of it for one such byte. NULL only when out of memory. */
+static json_t *lossy_string(const char *text, size_t len)
+{
+    char *out = malloc(len * 3 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_char_len((const unsigned char *)text + i, len - i);
+        if (n) {
+            memcpy(out + o, text + i, n);
+            o += n;
+            i += n;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    json_t *s = json_stringn(out, o);
+    free(out);
+    return s;
+}
+
+/* A JSON document from Redis (a record, a snapshot, an event), printed so
+ * that --json output always parses. jobd's own print as they are; one with
+ * control characters (written by someone else: valid JSON has none raw but
+ * C1 ones) is printed again as JSON with every character beyond ASCII
+ * escaped, so none reaches the terminal raw; text that is not JSON as a JSON
+ * string of itself (bytes that are not UTF-8 as U+FFFD). */
 static void print_json(const char *text, size_t len)
 {
-    if (!has_controls(text, len)) {
+    json_t *doc = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (doc && !has_controls(text, len)) {
         printf("%.*s\n", (int)len, text);
+        json_decref(doc);
         return;
     }
-    json_t *doc = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     if (!doc)
-        doc = json_stringn(text, len);
+        doc = lossy_string(text, len);
     char *out = doc ? json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY) : NULL;
     printf("%s\n", out ? out : "null");
     free(out);
@@ -165,13 +225,6 @@ static void connect_redis(void)
 }
 
 /* ---- submit ---------------------------------------------------------------- */
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void progress(size_t done, size_t total, int64_t started)
 {
@@ -361,6 +414,17 @@ static int cancel(const char *id)
         json_decref(msg);
         return EXIT_USAGE;
     }
+    /* Kept first, then published: a daemon that starts, or reconnects, in
+     * between reads it from NS:cancels (cancels.h), and a job that waits
+     * while no daemon runs at all is cancelled too. */
+    bool kept = envelope_valid_id(id, strlen(id));
+    if (kept) {
+        long long until = (long long)(now_ms() + CANCEL_MEMORY_MS);
+        freeReplyObject(cmd("ZADD %s:cancels %lld %s", ctl.ns, until, id));
+    } else {
+        fprintf(stderr, "jobctl: warning: that id cannot name a job (1-128 of "
+                "[A-Za-z0-9._:-]); daemons will ignore this cancel\n");
+    }
     redisReply *r = cmd("PUBLISH %s:control %s", ctl.ns, text);
     if (ctl.json) {
         json_t *out = json_pack("{s:s, s:I}", "id", id, "daemons", (json_int_t)r->integer);
@@ -369,7 +433,8 @@ static int cancel(const char *id)
         free(o);
         json_decref(out);
     } else {
-        printf("cancel %s sent to %lld daemon(s)\n", id, r->integer);
+        print_line("cancel %s sent to %lld daemon(s)%s", id, r->integer,
+               kept ? ", and kept for an hour for daemons not running now" : "");
     }
     freeReplyObject(r);
     free(text);
@@ -458,17 +523,17 @@ static const char *field(const redisReply *fields, const char *name)
  * given as a string too, so the line always parses. */
 static void print_dead_json(const char *entry, const redisReply *fields)
 {
-    const char *error = field(fields, "error");
+    const char *error = field(fields, "error"), *id = field(fields, "id");
     json_t *err = *error ? json_loads(error, JSON_DECODE_ANY, NULL) : json_null();
     if (!err)
-        err = json_string(error);
-    json_t *line = json_pack("{s:s, s:s, s:o?}", "entry", entry, "id", field(fields, "id"),
-                             "error", err);
+        err = lossy_string(error, strlen(error));
+    json_t *line = json_pack("{s:s, s:o?, s:o?}", "entry", entry, "id",
+                             lossy_string(id, strlen(id)), "error", err);
     char *text = line ? json_dumps(line, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     if (text)
         printf("%s\n", text);
-    else    /* not UTF-8 (json_pack refuses it): said, not dropped */
-        printf("{\"entry\":\"%s\",\"id\":null,\"error\":\"not UTF-8 text\"}\n", entry);
+    else    /* out of memory: said, not dropped */
+        printf("{\"entry\":\"%s\",\"id\":null,\"error\":null}\n", entry);
     free(text);
     json_decref(line);
 }

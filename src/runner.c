@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cancels.h"
 #include "daemon.h"
 #include "envelope.h"
 #include "executor.h"
@@ -43,15 +44,12 @@
 #include "timer.h"
 
 #define BUCKETS 4096
-#define CANCEL_MEMORY_MS (3600 * 1000)
-#define CANCEL_MEMORY_MAX 100000
 #define REWRITE_AFTER_MS 1000
 
 struct runner {
     struct daemon *d;
     struct list live;               /* every job not yet freed, oldest first */
     struct job *buckets[BUCKETS];   /* live jobs by id (ids may repeat) */
-    json_t *cancelled;              /* id -> time the cancel expires (ms) */
     int inflight, running, storing, unstored;
     int64_t held_bytes;             /* raw envelopes of the jobs in flight */
     struct list queue;              /* top-level JOB_QUEUED (wait_link), oldest first */
@@ -104,9 +102,8 @@ struct runner *runner_create(struct daemon *d)
     if (!r)
         return NULL;
     r->d = d;
-    r->cancelled = json_object();
     r->rewrite_timer = evtimer_new(d->base, rewrite_cb, r);
-    if (!r->cancelled || !r->rewrite_timer) {
+    if (!r->rewrite_timer) {
         runner_free(r);
         return NULL;
     }
@@ -161,7 +158,6 @@ void runner_free(struct runner *r)
         list_remove(&r->live, &job->live_link);
         job_free(r, job);
     }
-    json_decref(r->cancelled);
     if (r->rewrite_timer)
         event_free(r->rewrite_timer);
     free(r);
@@ -597,12 +593,6 @@ static int64_t entry_time(const char *entry_id)
     return entry_id ? strtoll(entry_id, NULL, 10) : 0;
 }
 
-static bool cancel_remembered(struct runner *r, const char *id)
-{
-    json_t *until = json_object_get(r->cancelled, id);
-    return until && json_integer_value(until) > now_ms();
-}
-
 static void proceed(struct runner *r, struct job *job);
 
 static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
@@ -733,7 +723,7 @@ static void proceed(struct runner *r, struct job *job)
     struct daemon *d = r->d;
     /* A remembered cancel first: put back by a drain, the job would go to a
      * daemon that never heard the cancel, and run. */
-    if (cancel_remembered(r, job->id)) {
+    if (cancels_has(d->cancels, job->id)) {
         job->status = JOB_CANCELLED;
         job_error_set(&job->error, ERR_CANCELLED, "cancelled before it started");
         finish(r, job, WRITE_RESULT);
@@ -793,36 +783,8 @@ void runner_capacity_changed(struct runner *r)
 
 /* ---- control --------------------------------------------------------------- */
 
-static void forget_old_cancels(struct runner *r)
+void runner_apply_cancel(struct runner *r, const char *id)
 {
-    int64_t now = now_ms();
-    const char *key;
-    json_t *value;
-    void *tmp;
-    json_object_foreach_safe(r->cancelled, tmp, key, value) {
-        if (json_integer_value(value) <= now)
-            json_object_del(r->cancelled, key);
-    }
-    if (json_object_size(r->cancelled) < CANCEL_MEMORY_MAX)
-        return;
-    /* Still full within the hour (a flood of cancels, maybe for made-up
-     * ids): the oldest tenth goes (jansson iterates in insertion order).
-     * Forgetting all of them let a flood undo every real cancel. */
-    log_warn("control: %d cancels heard within %d s; forgetting the oldest %d",
-             CANCEL_MEMORY_MAX, CANCEL_MEMORY_MS / 1000, CANCEL_MEMORY_MAX / 10);
-    size_t drop = CANCEL_MEMORY_MAX / 10;
-    json_object_foreach_safe(r->cancelled, tmp, key, value) {
-        if (!drop--)
-            break;
-        json_object_del(r->cancelled, key);
-    }
-}
-
-void runner_cancel_id(struct runner *r, const char *id)
-{
-    if (json_object_size(r->cancelled) >= CANCEL_MEMORY_MAX)
-        forget_old_cancels(r);
-    json_object_set_new(r->cancelled, id, json_integer(now_ms() + CANCEL_MEMORY_MS));
     int found = 0;
     for (struct job *job = r->buckets[bucket_of(id)]; job; job = job->hnext) {
         if (strcmp(job->id, id) != 0)
@@ -838,6 +800,12 @@ void runner_cancel_id(struct runner *r, const char *id)
     }
     if (!found)
         log_debug("cancel for %s: not running here", id);
+}
+
+void runner_cancel_id(struct runner *r, const char *id)
+{
+    cancels_heard(r->d->cancels, id);
+    runner_apply_cancel(r, id);
 }
 
 void runner_control(struct runner *r, const char *payload, size_t len)

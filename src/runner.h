@@ -63,9 +63,13 @@ void runner_redis_ready(struct runner *r);
 /* Shutdown: stop every running job; each goes back on its stream. */
 void runner_stop_all(struct runner *r);
 
-/* Cancel by id (also remembered for a while, so a job that arrives later with
- * that id never starts). */
+/* A cancel for ID heard on NS:control: remembered and kept in NS:cancels
+ * (cancels.h), so that a job that arrives later with that id never starts,
+ * and applied to the jobs held now. */
 void runner_cancel_id(struct runner *r, const char *id);
+/* Stop or end the jobs held now with ID (a cancel heard, or read from
+ * NS:cancels). */
+void runner_apply_cancel(struct runner *r, const char *id);
 
 /* Does this daemon hold the stream entry (running or writing its outcome)? */
 bool runner_holds_entry(const struct runner *r, const char *stream, const char *entry_id);

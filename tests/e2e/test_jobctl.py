@@ -238,6 +238,18 @@ def test_config_file_gives_long_stream_and_channel_names(r, start_jobd):
     assert wait_result(r, "long-channel")["status"] == "succeeded"
 
 
+def test_a_cancel_sent_while_no_daemon_runs_reaches_the_waiting_job(r, start_jobd):
+    daemon = start_jobd()
+    assert daemon.stop() == 0
+    submit(r, {"id": "queued", "type": "sleep", "ms": 1})
+    out = ctl(daemon, "cancel", "queued")
+    assert out.returncode == 0, out.stderr
+    assert "sent to 0 daemon(s), and kept for an hour" in out.stdout
+    daemon.start()
+    rec = wait_result(r, "queued")
+    assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"], rec
+
+
 def test_cancel_with_an_id_that_is_not_utf8_or_needs_escaping(r, start_jobd):
     daemon = start_jobd()
     # Not UTF-8: jobctl refuses it (it used to crash on the JSON it could not build).
@@ -248,6 +260,9 @@ def test_cancel_with_an_id_that_is_not_utf8_or_needs_escaping(r, start_jobd):
     out = ctl(daemon, "--json", "cancel", 'a"b')
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"id": 'a"b', "daemons": 1}
+    # No job can have that id: nothing is kept, and jobctl says so.
+    assert "cannot name a job" in out.stderr
+    assert not r.exists(f"{NS}:cancels")
 
 
 def test_submit_wait_ends_for_envelopes_rejected_without_a_usable_id(r, start_jobd):
@@ -262,6 +277,22 @@ def test_submit_wait_ends_for_envelopes_rejected_without_a_usable_id(r, start_jo
     # Published without a usable id: nothing to wait for, said so at once.
     out = ctl(daemon, "submit", "--publish", "--wait", '{"type":"sleep","ms":1}')
     assert "cannot be waited for" in out.stderr, out.stderr
+
+
+def test_bytes_that_are_not_utf8_show_as_replacement_characters_in_json(r, start_jobd):
+    # --json printed null for a dead letter's id or error, or a record, that
+    # was not UTF-8 (jansson refuses such a string whole).
+    daemon = start_jobd()
+    r.xadd(f"{NS}:dead", {"job": "{}", "id": b"bad\xff\xfeid", "error": b"oops \xc0\xaf\xed\xa0\x80"})
+    r.set(f"{NS}:result:raw", b"\x1b not json \xff")
+    (line,) = ctl(daemon, "--json", "dead", "list").stdout.splitlines()
+    entry = json.loads(line)
+    assert entry["id"] == "bad\ufffd\ufffdid"
+    # An overlong "/" and a surrogate: one U+FFFD a byte, as jansson would refuse them.
+    assert entry["error"] == "oops " + "\ufffd" * 5
+    assert json.loads(ctl(daemon, "--json", "status", "raw").stdout) == "\x1b not json \ufffd"
+    r.set(f"{NS}:result:plain", b"not json either \xff")
+    assert json.loads(ctl(daemon, "--json", "status", "plain").stdout) == "not json either \ufffd"
 
 
 def test_dead_retry_refuses_a_truncated_dead_letter(r, start_jobd):

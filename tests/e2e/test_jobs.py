@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from conftest import NS, dead_entries, publish, result, stats, submit, wait_for, wait_result
+from conftest import (NS, dead_entries, free_port, publish, result, stats, submit, wait_for,
+                      wait_result)
+from test_admin import get, parse_metrics
 
 
 def python_digest(data, algorithm="sha256", iterations=1):
@@ -129,6 +131,72 @@ def test_cancels_past_the_memory_limit_push_out_only_the_oldest(r, start_jobd):
     rec = wait_result(r, "w", timeout=30)
     assert rec["status"] == "cancelled", rec
     assert "forgetting the oldest 10000" in daemon.log_text()
+
+
+def test_a_cancel_outlives_the_daemon_that_heard_it(r, start_jobd):
+    # A cancel lived only in the memory of the daemons that heard it: a job
+    # still waiting when they stopped ran on the next daemon (PROTOCOL §5:
+    # "a waiting job never starts"). It is now kept in NS:cancels for an hour.
+    first = start_jobd()
+    submit(r, {"id": "w", "type": "sleep", "ms": 1, "delay_ms": 3000})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "w"}))
+    wait_for(lambda: r.zscore(f"{NS}:cancels", "w"), what="the cancel kept in NS:cancels")
+    expires_in = r.zscore(f"{NS}:cancels", "w") - time.time() * 1000
+    assert 3_590_000 < expires_in <= 3_600_000
+    assert first.stop() == 0
+    assert r.zcard(f"{NS}:scheduled") == 1, "the job waits while no daemon runs"
+    second = start_jobd(name="second")
+    rec = wait_result(r, "w")
+    assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"], rec
+    assert "1 cancel(s) read from jobd:cancels" in second.log_text()
+
+
+def test_a_subscriber_that_reconnects_reads_the_cancels_it_missed(r, start_jobd):
+    # A cancel published while this daemon's subscriber was away is kept in
+    # NS:cancels by the daemons that heard it (written here by hand); the
+    # subscriber coming back reads them. Its stream connection stays up, so
+    # only the subscriber's reconnect can have read it.
+    daemon = start_jobd()
+    submit(r, {"id": "missed", "type": "sleep", "ms": 1, "delay_ms": 3000})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
+    r.zadd(f"{NS}:cancels", {"missed": time.time() * 1000 + 3_600_000})
+    assert r.client_kill_filter(_type="pubsub") >= 1
+    rec = wait_result(r, "missed")
+    assert rec["status"] == "cancelled", rec
+    assert "1 cancel(s) read from jobd:cancels" in daemon.log_text()
+
+
+def test_members_of_ns_cancels_are_checked(r, start_jobd):
+    # Anyone who can write Redis can write NS:cancels: members that cannot
+    # be job ids are skipped (and said), expired ones ignored.
+    now = time.time() * 1000
+    r.zadd(f"{NS}:cancels", {"has space": now + 60_000, "x" * 129: now + 60_000,
+                             "fresh": now + 60_000, "expired": now - 1})
+    submit(r, {"id": "fresh", "type": "sleep", "ms": 1})
+    submit(r, {"id": "expired", "type": "sleep", "ms": 1})
+    port = free_port()
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}")
+    assert wait_result(r, "fresh")["status"] == "cancelled"
+    assert wait_result(r, "expired")["status"] == "succeeded"
+    assert "2 member(s) of jobd:cancels are not job ids; skipped" in daemon.log_text()
+    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert metrics["jobd_cancels_remembered"] == 1
+
+
+def test_a_cancels_key_of_another_type_leaves_cancels_in_memory(r, start_jobd):
+    r.set(f"{NS}:cancels", "not a sorted set")
+    daemon = start_jobd()
+    submit(r, {"id": "w", "type": "sleep", "ms": 1, "delay_ms": 1000})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
+    for _ in range(3):
+        r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "w"}))
+    rec = wait_result(r, "w")
+    assert rec["status"] == "cancelled", rec
+    log = daemon.log_text()
+    assert "ERROR control: reading jobd:cancels failed: WRONGTYPE" in log
+    # Once at error level, not once a cancel.
+    assert log.count("ERROR control: keeping a cancel in jobd:cancels failed: WRONGTYPE") == 1, log
 
 
 def test_cancel_of_unknown_id_and_bad_control_messages_are_harmless(r, start_jobd):
