@@ -156,11 +156,12 @@ static void loaded_reply(struct redis *r, redisReply *reply, void *priv)
             skipped++;
             continue;
         }
-        int64_t until = (int64_t)strtod(score->str, NULL);
-        if (until <= now)
+        /* Compared as a double first: a score may be "inf", and converting
+         * that to an integer is undefined. */
+        double score_ms = strtod(score->str, NULL);
+        if (!(score_ms > (double)now))
             continue;
-        if (until > latest)
-            until = latest;
+        int64_t until = score_ms < (double)latest ? (int64_t)score_ms : latest;
         if (remember(c, id->str, until)) {
             learned++;
             runner_apply_cancel(c->d->runner, id->str);

@@ -169,19 +169,22 @@ def test_a_subscriber_that_reconnects_reads_the_cancels_it_missed(r, start_jobd)
 
 def test_members_of_ns_cancels_are_checked(r, start_jobd):
     # Anyone who can write Redis can write NS:cancels: members that cannot
-    # be job ids are skipped (and said), expired ones ignored.
+    # be job ids are skipped (and said), expired ones ignored, and one for
+    # ever (+inf) kept for an hour.
     now = time.time() * 1000
     r.zadd(f"{NS}:cancels", {"has space": now + 60_000, "x" * 129: now + 60_000,
-                             "fresh": now + 60_000, "expired": now - 1})
+                             "fresh": now + 60_000, "expired": now - 1, "ever": float("inf")})
     submit(r, {"id": "fresh", "type": "sleep", "ms": 1})
     submit(r, {"id": "expired", "type": "sleep", "ms": 1})
+    submit(r, {"id": "ever", "type": "sleep", "ms": 1})
     port = free_port()
     daemon = start_jobd(admin__listen=f"127.0.0.1:{port}")
     assert wait_result(r, "fresh")["status"] == "cancelled"
     assert wait_result(r, "expired")["status"] == "succeeded"
+    assert wait_result(r, "ever")["status"] == "cancelled"
     assert "2 member(s) of jobd:cancels are not job ids; skipped" in daemon.log_text()
     metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
-    assert metrics["jobd_cancels_remembered"] == 1
+    assert metrics["jobd_cancels_remembered"] == 2
 
 
 def test_a_cancels_key_of_another_type_leaves_cancels_in_memory(r, start_jobd):
