@@ -488,14 +488,33 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 struct parked {
     struct intake *in;
     char stream[513];           /* where (intake.streams names are up to 512 bytes) */
+    char queued_at[24];         /* when it was first parked (ms) */
     size_t len;
     char raw[];
 };
+
+static bool send_park(struct intake *in, struct parked *p);
 
 static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct parked *p = priv;
     p->in->parks_unanswered--;
+    if (reply && reply->type == REDIS_REPLY_ERROR && key_error(reply->str) &&
+        !event_base_got_exit(p->in->d->base)) {
+        /* That stream's key refuses jobs (WRONGTYPE, NOPERM on the key): it
+         * is left out from now on, and the job is parked on the next
+         * readable stream, still durable. Held in memory instead, it was
+         * lost to a crash while it waited for a slot. */
+        char refused[sizeof(p->stream)];
+        snprintf(refused, sizeof(refused), "%s", p->stream);
+        log_info("parking a pub/sub job on %s failed: %s; trying the next stream", refused,
+                  reply->str);
+        intake_write_refused(p->in, refused, reply->str);
+        snprintf(p->stream, sizeof(p->stream), "%s", intake_home_stream(p->in, NULL));
+        if (strcmp(p->stream, refused) != 0 && send_park(p->in, p))
+            return;
+        snprintf(p->stream, sizeof(p->stream), "%s", refused);
+    }
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         /* Not stored (or not known to be): the job was taken (its PUBLISH
          * counted this daemon), so it must not vanish. The runner holds it:
@@ -523,24 +542,29 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
  * stream, durable, instead of holding it in memory or dropping it. */
 static bool park_on_stream(struct intake *in, const char *raw, size_t len)
 {
-    struct daemon *d = in->d;
-    char queued[24];
     struct parked *p = malloc(sizeof(*p) + len);
     if (!p)
         return false;
     p->in = in;
     p->len = len;
     memcpy(p->raw, raw, len);
-    snprintf(queued, sizeof(queued), "%" PRId64, now_ms());
-    const char *stream = intake_home_stream(in, NULL);
-    snprintf(p->stream, sizeof(p->stream), "%s", stream);
-    const char *argv[] = {"XADD", stream, "*", "job", raw, "queued_at", queued};
-    size_t lens[] = {4, strlen(stream), 1, 3, len, 9, strlen(queued)};
-    if (redis_send(d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens)) {
+    snprintf(p->stream, sizeof(p->stream), "%s", intake_home_stream(in, NULL));
+    snprintf(p->queued_at, sizeof(p->queued_at), "%" PRId64, now_ms());
+    if (!send_park(in, p)) {
         free(p);
         return false;
     }
     in->overflowed++;
+    return true;
+}
+
+/* XADD P's job to P->stream; overflow_reply() gets the answer. */
+static bool send_park(struct intake *in, struct parked *p)
+{
+    const char *argv[] = {"XADD", p->stream, "*", "job", p->raw, "queued_at", p->queued_at};
+    size_t lens[] = {4, strlen(p->stream), 1, 3, p->len, 9, strlen(p->queued_at)};
+    if (redis_send(in->d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens))
+        return false;
     in->parks_unanswered++;
     return true;
 }

@@ -2,6 +2,7 @@
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -12,6 +13,7 @@ from conftest import (RedisServer, Jobd, Ledger, NS, free_port, publish, stats, 
                       wait_result, wait_results)
 from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
+from test_intake import unreadable_gauge
 
 
 def test_reconnects_resubscribes_and_resumes(r, redis_server, start_jobd):
@@ -330,28 +332,35 @@ def test_subscriptions_never_confirmed_are_noticed(r, start_jobd):
 class SubscribeSwallower(ForwardingProxy):
     """A TCP proxy in front of Redis that forwards everything, except that
     the first connection to send a (P)SUBSCRIBE is from then on left open and
-    unanswered: its SUBSCRIBEs never reach Redis and are never confirmed.
-    Later connections are forwarded whole."""
+    unanswered: what it sends (its SUBSCRIBEs) never reaches Redis and is
+    never confirmed. Later connections are forwarded whole. With TRIGGER
+    b"UNSUBSCRIBE", it is the first connection to send a (P)UNSUBSCRIBE
+    instead: subscribed as usual, it still hears its channels (Redis still
+    delivers to it), but its UNSUBSCRIBEs are never confirmed. SWALLOWED_AT:
+    when (time.monotonic()) that began."""
 
-    def __init__(self, redis_port):
+    def __init__(self, redis_port, trigger=b"SUBSCRIBE"):
+        self.trigger = trigger
         self.lock = threading.Lock()
         self.swallowed = None       # the connection left hanging
-        self.subscribers = 0        # connections that sent a SUBSCRIBE
+        self.swallowed_at = None
+        self.subscribers = 0        # connections that sent TRIGGER
         super().__init__(redis_port)
 
     def new_state(self):
         return {"stalled": False}
 
     def forward(self, data, src, dst, state, upstream):
-        if upstream and b"SUBSCRIBE" in data.upper() and not state["stalled"]:
+        if upstream and self.trigger in data.upper() and not state["stalled"]:
             with self.lock:
                 self.subscribers += 1
                 if self.swallowed is None:
                     self.swallowed = src
+                    self.swallowed_at = time.monotonic()
                     state["stalled"] = True
-        if not state["stalled"]:
+        if not (upstream and state["stalled"]):
             dst.sendall(data)
-        return True     # stalled: read and drop, answer nothing
+        return True     # stalled: what it sends is read and dropped, never answered
 
 
 def test_a_subscriber_left_unconfirmed_is_replaced(r, redis_server, start_jobd):
@@ -533,10 +542,11 @@ def test_backoff_starts_over_after_five_healthy_seconds(r, redis_server, start_j
     assert wait_result(r, "after-second", timeout=10)["status"] == "succeeded"
 
 
-def draining_with_a_long_job(r, start_jobd, redis_port, long_ms, drain_ms):
-    """A daemon on REDIS_PORT running a sleep job "long" of LONG_MS, sent
-    SIGTERM and draining (for up to DRAIN_MS)."""
-    daemon = start_jobd(redis__port=redis_port, shutdown__drain_ms=drain_ms)
+def draining_with_a_long_job(r, start_jobd, redis_port, long_ms, drain_ms, **settings):
+    """A daemon on REDIS_PORT running a sleep job "long" of LONG_MS (on
+    NS:queue), sent SIGTERM and draining (for up to DRAIN_MS). SETTINGS: more
+    start_jobd() overrides."""
+    daemon = start_jobd(redis__port=redis_port, shutdown__drain_ms=drain_ms, **settings)
     submit(r, {"id": "long", "type": "sleep", "ms": long_ms})
     wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
     daemon.signal(signal.SIGTERM)
@@ -885,3 +895,124 @@ def loaded(r):
         return r.ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
         return False
+
+
+def replace_by_a_string(r, key):
+    """KEY, a stream jobd reads, made a string under it: XADD answers WRONGTYPE."""
+    r.delete(key)
+    r.set(key, "not a stream")
+
+
+def stream_job_ids(r, stream):
+    """The envelope ids of every entry of STREAM, in order."""
+    return [json.loads(fields["job"])["id"] for _, fields in r.xrange(stream)]
+
+
+def admin_port(daemon):
+    return int(daemon.settings["admin"]["listen"].rsplit(":", 1)[1])
+
+
+def test_a_park_the_first_stream_refuses_while_draining_goes_to_the_next(r, redis_server,
+                                                                        start_jobd):
+    # Draining: a pub/sub job is parked on the first stream, which was
+    # replaced by a key of another type while jobd ran and has not been read
+    # since (the drain ended the blocked read). The park's XADD is refused
+    # (WRONGTYPE): that marks the stream unreadable at once (said once at
+    # error level, counted), and the job is parked on the next stream
+    # instead; a later daemon runs it from there.
+    first, queue = f"{NS}:first", f"{NS}:queue"
+    streams = [first, queue]
+    daemon = draining_with_a_long_job(r, start_jobd, redis_server.port, long_ms=2500,
+                                      drain_ms=10000, intake__streams=streams,
+                                      admin__listen=f"127.0.0.1:{free_port()}")
+    # CLIENT UNBLOCK ended the read naming both streams: nothing but the park
+    # can find the replaced key (a read's WRONGTYPE would mark it too).
+    wait_for(lambda: not [c for c in r.client_list()
+                          if c["cmd"] == "xreadgroup" and "b" in c["flags"]],
+             what="the blocked read ended")
+    replace_by_a_string(r, first)
+    assert publish(r, {"id": "turned-away", "type": "sleep", "ms": 1}) == 1
+    wait_for(lambda: f"stream {first} cannot be read: XADD: WRONGTYPE" in daemon.log_text(),
+             what="the refused park marking the stream")
+    assert unreadable_gauge(admin_port(daemon)) == 1
+    assert daemon.proc.wait(20) == 0
+    log = daemon.log_text()
+    assert f"parking a pub/sub job on {first} failed: WRONGTYPE" in log, log
+    assert log.count("cannot be read") == 1, log
+    assert "holding it here" not in log, log
+    assert "putting it back on a stream failed" not in log, log
+    assert "lost" not in log, log
+    assert wait_result(r, "long")["status"] == "succeeded"
+    assert r.type(first) == "string"
+    assert stream_job_ids(r, queue) == ["long", "turned-away"]
+    assert copies_of(r, "turned-away") == 1
+    # Not lost: the next daemon reads it from the second stream and runs it.
+    start_jobd(name="next", intake__streams=streams)
+    assert wait_result(r, "turned-away")["status"] == "succeeded"
+    wait_for(lambda: r.xpending(queue, "jobd")["pending"] == 0, what="its entry acknowledged")
+    assert stats(r)["sleep.succeeded"] == 2
+
+
+def test_a_park_the_first_stream_refuses_while_full_goes_to_the_next_stream(r, start_jobd):
+    # Full (limits.max_inflight 1, intake reading nothing): a pub/sub job is
+    # parked on the first stream, replaced by a key of another type while
+    # jobd ran. The XADD is refused (WRONGTYPE): the refusal marks the
+    # stream unreadable (said once at error level, counted), and the job is
+    # parked on the second stream, durable. It used to be held in memory
+    # over the limit until a slot was free, and lost if the daemon died
+    # meanwhile. The next job parked goes straight to the second stream.
+    first, queue = f"{NS}:first", f"{NS}:queue"
+    daemon = start_jobd(intake__streams=[first, queue], limits__max_inflight=1,
+                        admin__listen=f"127.0.0.1:{free_port()}")
+    submit(r, {"id": "long", "type": "sleep", "ms": 2000}, stream=queue)
+    wait_for(lambda: "job long: attempt 1" in daemon.log_text(), what="long to start")
+    replace_by_a_string(r, first)
+    assert publish(r, {"id": "held", "type": "sleep", "ms": 1}) == 1
+    wait_for(lambda: "held" in stream_job_ids(r, queue), what="held parked on the second stream")
+    assert f"stream {first} cannot be read: XADD: WRONGTYPE" in daemon.log_text()
+    assert unreadable_gauge(admin_port(daemon)) == 1
+    assert publish(r, {"id": "parked", "type": "sleep", "ms": 1}) == 1
+    wait_for(lambda: "parked" in stream_job_ids(r, queue), what="parked on the second stream")
+    assert r.get(f"{NS}:result:long") is None       # still full: parked, not taken
+    assert wait_result(r, "held")["status"] == "succeeded"
+    assert wait_result(r, "parked")["status"] == "succeeded"
+    log = daemon.log_text()
+    assert log.count(f"parking a pub/sub job on {first} failed: WRONGTYPE") == 1, log
+    assert "holding it here" not in log, log
+    assert log.count("cannot be read") == 1, log
+    assert stream_job_ids(r, queue) == ["long", "held", "parked"]
+    assert r.type(first) == "string"
+    wait_for(lambda: r.xpending(queue, "jobd")["pending"] == 0, what="the XACKs")
+    assert stats(r)["sleep.succeeded"] == 3
+
+
+def test_a_drain_whose_unsubscribe_is_never_confirmed_still_exits(r, redis_server, start_jobd):
+    # At the drain's end jobd unsubscribes and reads up to Redis's
+    # confirmation, so that a message already on its way is parked, not
+    # lost. Here the subscriber's UNSUBSCRIBEs never reach Redis and its
+    # connection stays open: no confirmation comes, and no reconnect either.
+    # jobd waits for it 5 s (still reading: a job published meanwhile is
+    # parked), says so, and exits 0.
+    proxy = SubscribeSwallower(redis_server.port, trigger=b"UNSUBSCRIBE")
+    try:
+        daemon = draining_with_a_long_job(r, start_jobd, proxy.port, long_ms=300, drain_ms=5000)
+        wait_for(lambda: proxy.swallowed is not None, what="the UNSUBSCRIBEs swallowed")
+        assert publish(r, {"id": "meanwhile", "type": "sleep", "ms": 1}) == 1
+        try:
+            code = daemon.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("jobd still waits for the UNSUBSCRIBE confirmation 10 s on")
+        took = time.monotonic() - proxy.swallowed_at
+        log = daemon.log_text()
+        assert code == 0, log
+        assert 4.5 < took < 8, f"exit {took:.2f} s after the UNSUBSCRIBEs"
+        assert log.count("WARN shutdown: the subscriber connection did not confirm its "
+                         "UNSUBSCRIBE in 5000 ms; a pub/sub job still on its way to it is lost") \
+            == 1, log
+        assert "ERROR" not in log, log
+        # The wait ended with the drain's own work done, not given up.
+        assert wait_result(r, "long")["status"] == "succeeded"
+        assert copies_of(r, "meanwhile") == 1
+        assert not r.exists(daemon.worker_key())
+    finally:
+        proxy.close()
