@@ -224,6 +224,14 @@ static void group_cancel(struct job *job)
         stop_children(job, st);
 }
 
+struct job *group_child(struct job *group, int index)
+{
+    if (group->exec != &group_executor || !group->exec_state)
+        return NULL;
+    struct group_state *st = group->exec_state;
+    return index >= 0 && index < st->nchildren ? st->children[index] : NULL;
+}
+
 static void group_free(struct job *job)
 {
     struct group_state *st = job->exec_state;

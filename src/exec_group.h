@@ -8,6 +8,10 @@
 #define GROUP_MAX_DEPTH 4           /* groups inside groups, the outer one counted */
 #define GROUP_MAX_TOTAL 10000       /* jobs in one whole tree */
 
+/* Child INDEX of GROUP, or NULL when GROUP is not a group or has no such
+ * child. */
+struct job *group_child(struct job *group, int index);
+
 /* Called by the runner when a child reached its final outcome. */
 void group_child_done(struct job *child);
 

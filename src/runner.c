@@ -420,12 +420,22 @@ struct job *runner_child_new(struct job *parent, int index, const json_t *envelo
     return NULL;
 }
 
+static void child_finished(struct job *child);
+
 void runner_child_start(struct job *child)
 {
     child->attempts = 0;
     child->started_at = child->finished_at = 0;
     child->status = JOB_SUCCEEDED;
     memset(&child->error, 0, sizeof(child->error));
+    if (cancels_has(child->d->cancels, child->id)) {
+        /* Cancelled by its id while its group waited (delayed, or between
+         * the group's attempts): as a job that arrives cancelled. */
+        child->status = JOB_CANCELLED;
+        job_error_set(&child->error, ERR_CANCELLED, "cancelled before it started");
+        child_finished(child);
+        return;
+    }
     child_begin_attempt(child->d->runner, child);
 }
 
@@ -783,6 +793,25 @@ void runner_capacity_changed(struct runner *r)
 
 /* ---- control --------------------------------------------------------------- */
 
+/* The group child named ID ("<group id>:<index>", as its record names it)
+ * in a group that runs here, nested as deep as groups go; or NULL. Children
+ * are not in the id index: a group's id is, and ids may hold ':' too. */
+static struct job *find_child(struct runner *r, const char *id, int depth)
+{
+    const char *colon = strrchr(id, ':');
+    if (!colon || colon == id || depth > GROUP_MAX_DEPTH || !colon[1] ||
+        strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 4)
+        return NULL;
+    char parent_id[sizeof(((struct job *)NULL)->id)];
+    snprintf(parent_id, sizeof(parent_id), "%.*s", (int)(colon - id), id);
+    int index = atoi(colon + 1);
+    for (struct job *job = r->buckets[bucket_of(parent_id)]; job; job = job->hnext)
+        if (job->state == JOB_RUNNING && !strcmp(job->id, parent_id))
+            return group_child(job, index);
+    struct job *parent = find_child(r, parent_id, depth + 1);
+    return parent && parent->state == JOB_RUNNING ? group_child(parent, index) : NULL;
+}
+
 void runner_apply_cancel(struct runner *r, const char *id)
 {
     int found = 0;
@@ -798,8 +827,15 @@ void runner_apply_cancel(struct runner *r, const char *id)
             proceed(r, job);    /* the cancel is remembered: ends cancelled */
         }
     }
-    if (!found)
+    struct job *child = found ? NULL : find_child(r, id, 1);
+    if (child) {
+        /* Only this child: in "settle" mode the others go on, in "all" mode
+         * its group fails as for any child that fails. */
+        log_job(LOG_INFO, child, "cancel requested (a group child)");
+        runner_child_stop(child);
+    } else if (!found) {
         log_debug("cancel for %s: not running here", id);
+    }
 }
 
 void runner_cancel_id(struct runner *r, const char *id)

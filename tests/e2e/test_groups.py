@@ -499,3 +499,59 @@ def test_a_record_over_max_record_bytes_is_stored_as_too_large(r, web, start_job
     dead = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:dead")]
     assert dead == ["big"], dead
     assert "stored as too_large" in daemon.log_text()
+
+
+def cancel(r, job_id):
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": job_id}))
+
+
+def test_a_cancel_by_a_child_id_stops_only_that_child(r, start_jobd):
+    # Children are named "<group id>:<index>" in the group's record; a cancel
+    # for such an id reached nothing (children are not in the id index).
+    daemon = start_jobd()
+    submit(r, {"id": "s", "type": "group", "jobs": [
+        {"type": "sleep", "ms": 10000}, {"type": "sleep", "ms": 300}]})
+    submit(r, {"id": "a", "type": "group", "mode": "all", "jobs": [
+        {"type": "sleep", "ms": 10000}, {"type": "sleep", "ms": 10000}]})
+    submit(r, {"id": "n", "type": "group", "jobs": [
+        {"type": "group", "jobs": [{"type": "sleep", "ms": 10000}, {"type": "sleep", "ms": 1}]},
+        {"type": "sleep", "ms": 1}]})
+    wait_for(lambda: "job n:0:0: attempt 1" in daemon.log_text(), what="the children to start")
+    for child in ("s:0", "a:1", "n:0:0"):
+        cancel(r, child)
+    # settle: the others go on and the group succeeds with the cancelled one.
+    rec = wait_result(r, "s")
+    assert rec["status"] == "succeeded", rec
+    assert [c["status"] for c in rec["result"]["results"]] == ["cancelled", "succeeded"]
+    assert rec["result"]["results"][0]["error"]["message"] == "cancelled by request"
+    # all: one cancelled child fails the group, which stops the rest.
+    rec = wait_result(r, "a")
+    assert rec["status"] == "failed" and "group.jobs[1] cancelled" in rec["error"]["message"]
+    assert rec["finished_at"] - rec["started_at"] < 2000
+    # nested: the inner group's first child only.
+    rec = wait_result(r, "n")
+    inner = rec["result"]["results"][0]["result"]["results"]
+    assert [c["status"] for c in inner] == ["cancelled", "succeeded"], rec
+    assert rec["finished_at"] - rec["started_at"] < 2000
+    assert "job s:0: cancel requested (a group child)" in daemon.log_text()
+
+
+def test_a_child_cancelled_before_its_group_starts_never_starts(r, start_jobd):
+    daemon = start_jobd()
+    submit(r, {"id": "d", "type": "group", "delay_ms": 1500, "jobs": [
+        {"type": "sleep", "ms": 1}, {"type": "hash", "data": "x", "iterations": 10000000}]})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed group")
+    cancel(r, "d:1")
+    rec = wait_result(r, "d", timeout=15)
+    assert rec["status"] == "succeeded", rec
+    results = rec["result"]["results"]
+    assert [c["status"] for c in results] == ["succeeded", "cancelled"]
+    assert results[1]["error"]["message"] == "cancelled before it started"
+    assert results[1]["attempts"] == 0
+    # Every child cancelled in advance: the group ends at once, still settled.
+    submit(r, {"id": "e", "type": "group", "delay_ms": 1000, "jobs": [{"type": "sleep", "ms": 1}]})
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the second delayed group")
+    cancel(r, "e:0")
+    rec = wait_result(r, "e", timeout=15)
+    assert [c["status"] for c in rec["result"]["results"]] == ["cancelled"], rec
+    assert daemon.proc.poll() is None
