@@ -10,9 +10,10 @@
  * subscriber reconnected, after the PUBLISH never heard it, and a job still
  * waiting then ran. So a cancel heard is also written to NS:cancels, a sorted
  * set (member: the id; score: when the cancel expires, ms since the epoch),
- * which every daemon reads again whenever its stream or subscriber
- * connection comes up. `jobctl cancel` writes there too, so a cancel reaches
- * jobs that wait while no daemon runs at all.
+ * which every daemon reads again whenever its stream connection comes up
+ * and whenever its subscriptions are confirmed (so a cancel written before
+ * the SUBSCRIBE is read, and one after it heard). `jobctl cancel` writes
+ * there too, so a cancel reaches jobs that wait while no daemon runs at all.
  *
  * Both hold at most CANCEL_MEMORY_MAX ids; past that within the hour the
  * oldest go (a tenth at a time in memory, logged): a flood of made-up ids
@@ -42,12 +43,21 @@ bool cancels_has(const struct cancels *c, const char *id);
 void cancels_heard(struct cancels *c, const char *id);
 
 /* Read NS:cancels on connection ROLE. Each id not remembered yet is
- * remembered and handed to runner_apply_cancel(). Sent on the stream
- * connection before its XGROUP CREATEs, the reply comes before any job that
- * connection reads. */
-void cancels_load(struct cancels *c, enum redis_role role);
+ * remembered and handed to runner_apply_cancel(); then DONE(ARG), if given.
+ * Sent on the stream connection before its XGROUP CREATEs (from DONE), the
+ * reply comes before any job that connection reads. A reply of an error
+ * about Redis itself (LOADING) is asked again every second; a lost reply on
+ * the command connection is asked again by cancels_cmd_ready(). A newer
+ * read on the same connection makes an older one stale (its DONE never
+ * runs). */
+typedef void cancels_loaded_fn(void *arg);
+void cancels_load(struct cancels *c, enum redis_role role, cancels_loaded_fn *done, void *arg);
 
-/* How many ids are remembered (for the metrics). */
-size_t cancels_count(const struct cancels *c);
+/* The command connection came up: write the cancels heard while it was down,
+ * and read NS:cancels if a read on it is owed. */
+void cancels_cmd_ready(struct cancels *c);
+
+/* How many ids are remembered, expired ones forgotten first (the metrics). */
+size_t cancels_count(struct cancels *c);
 
 #endif

@@ -58,6 +58,7 @@ static void cmd_up(void *arg)
     result_redis_ready(d);
     runner_redis_ready(d->runner);
     intake_cmd_ready(d->intake);
+    cancels_cmd_ready(d->cancels);
 }
 
 /* ---- shutdown ------------------------------------------------------------ */

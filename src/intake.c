@@ -145,15 +145,6 @@ static void note_pause(struct intake *in, bool paused)
 
 static void read_streams(struct intake *in);
 
-/* An error about the key itself: a key of another type, or one the ACL user
- * may not touch ("... access one of the keys ..."). NOPERM for a command
- * ("... run the 'xgroup|create' command": a user whose groups an admin
- * makes) is not about the stream. */
-static bool key_error(const char *err)
-{
-    return !strncmp(err, "WRONGTYPE", 9) || (!strncmp(err, "NOPERM", 6) && strstr(err, " key"));
-}
-
 static const char *field_value(const redisReply *fields, const char *name, size_t *len)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
@@ -251,7 +242,7 @@ static void read_reply(struct redis *r, redisReply *reply, void *priv)
             /* Someone deleted the stream or the group: make them again. */
             in->groups_ready = false;
             create_groups(in, false);
-        } else if (key_error(reply->str)) {
+        } else if (redis_key_error(reply->str)) {
             /* One stream spoils the read of all (a key replaced by one of
              * another type): before reading again, each is asked on its
              * own, and one that answers with such an error is left out. */
@@ -370,7 +361,7 @@ static void set_readable(struct stream *st, bool ok, const char *what, const cha
 static void note_group(struct stream *st, const redisReply *reply)
 {
     bool ok = reply->type != REDIS_REPLY_ERROR || !strncmp(reply->str, "BUSYGROUP", 9);
-    if (!ok && !key_error(reply->str)) {
+    if (!ok && !redis_key_error(reply->str)) {
         log_warn("XGROUP CREATE %s: %s", stream_name(st), reply->str);
         ok = true;
     }
@@ -441,6 +432,11 @@ static void client_id_reply(struct redis *r, redisReply *reply, void *priv)
         log_debug("CLIENT ID: %s; a drain waits for the blocked read instead", reply->str);
 }
 
+static void stream_cancels_read(void *arg)
+{
+    create_groups(arg, false);
+}
+
 static void stream_up(void *arg)
 {
     struct intake *in = arg;
@@ -449,10 +445,9 @@ static void stream_up(void *arg)
     in->stream_client_id = 0;
     const char *argv[] = {"CLIENT", "ID"};
     redis_send(in->d->redis, REDIS_STREAM, client_id_reply, in, 0, 2, argv, NULL);
-    /* Before the groups, so before the first read: a job waiting in the
-     * stream whose cancel this daemon never heard ends cancelled. */
-    cancels_load(in->d->cancels, REDIS_STREAM);
-    create_groups(in, false);
+    /* The groups, so the first read, once NS:cancels is read: a job waiting
+     * in the stream whose cancel this daemon never heard ends cancelled. */
+    cancels_load(in->d->cancels, REDIS_STREAM, stream_cancels_read, in);
 }
 
 static void stream_down(void *arg)
@@ -499,7 +494,7 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct parked *p = priv;
     p->in->parks_unanswered--;
-    if (reply && reply->type == REDIS_REPLY_ERROR && key_error(reply->str) &&
+    if (reply && reply->type == REDIS_REPLY_ERROR && redis_key_error(reply->str) &&
         !event_base_got_exit(p->in->d->base)) {
         /* That stream's key refuses jobs (WRONGTYPE, NOPERM on the key): it
          * is left out from now on, and the job is parked on the next
@@ -602,7 +597,12 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
             return;
     const char *kind = reply->element[0]->str;
     if (!strcmp(kind, "subscribe") || !strcmp(kind, "psubscribe")) {
-        in->subs_confirmed++;
+        /* Every subscription confirmed: cancels published while NS:control
+         * was not heard were kept in NS:cancels by another daemon, or by
+         * jobctl. Read after the SUBSCRIBE, not at connect: a cancel written
+         * in between would be in neither. */
+        if (++in->subs_confirmed == in->subs_expected)
+            cancels_load(in->d->cancels, REDIS_CMD, NULL, NULL);
         maybe_announce(in);
         return;
     }
@@ -663,10 +663,6 @@ static void sub_up(void *arg)
     in->subs_expected = in->subs_confirmed = 0;
     in->ping_sent_at = 0;
     in->subscribed_at = mono_ms();
-    /* Cancels published while NS:control was not heard: another daemon, or
-     * jobctl, kept them in NS:cancels. */
-    if (redis_ready(in->d->redis, REDIS_CMD))
-        cancels_load(in->d->cancels, REDIS_CMD);
     for (int i = 0; i < in->d->cfg.nchannels; i++)
         subscribe(in, ac, in->d->cfg.channels[i]);
     subscribe(in, ac, in->control_channel);
@@ -845,7 +841,7 @@ bool intake_stream_readable(const struct intake *in, int s)
 
 void intake_write_refused(struct intake *in, const char *stream, const char *err)
 {
-    if (!in || !key_error(err))
+    if (!in || !redis_key_error(err))
         return;
     for (int s = 0; s < in->d->cfg.nstreams; s++)
         if (in->streams[s].readable && !strcmp(in->d->cfg.streams[s], stream))

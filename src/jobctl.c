@@ -420,7 +420,21 @@ static int cancel(const char *id)
     bool kept = envelope_valid_id(id, strlen(id));
     if (kept) {
         long long until = (long long)(now_ms() + CANCEL_MEMORY_MS);
-        freeReplyObject(cmd("ZADD %s:cancels %lld %s", ctl.ns, until, id));
+        redisReply *z = redisCommand(ctl.c, "ZADD %s:cancels %lld %s", ctl.ns, until, id);
+        if (!z) {
+            fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
+            free(text);
+            json_decref(msg);
+            return EXIT_REDIS;
+        }
+        /* Refused (a key of another type, an ACL): still published, so the
+         * daemons running now cancel it; said, since later ones will not. */
+        if (z->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "jobctl: warning: keeping the cancel in %s:cancels failed: %s; "
+                    "daemons started later will not know it\n", ctl.ns, z->str);
+            kept = false;
+        }
+        freeReplyObject(z);
     } else {
         fprintf(stderr, "jobctl: warning: that id cannot name a job (1-128 of "
                 "[A-Za-z0-9._:-]); daemons will ignore this cancel\n");

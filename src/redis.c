@@ -454,3 +454,8 @@ uint64_t redis_reconnects(const struct redis *r)
 {
     return r->reconnects;
 }
+
+bool redis_key_error(const char *err)
+{
+    return !strncmp(err, "WRONGTYPE", 9) || (!strncmp(err, "NOPERM", 6) && strstr(err, " key"));
+}

@@ -65,6 +65,13 @@ redisAsyncContext *redis_context(struct redis *r, enum redis_role role);
  * own heartbeat). */
 void redis_reset(struct redis *r, enum redis_role role, const char *why);
 
+/* Is ERR (an error reply) about the key the command named: a key of another
+ * type, or one the ACL user may not touch ("... access one of the keys
+ * ...")? Not an error about Redis itself (LOADING, BUSY, READONLY, OOM),
+ * which passes, nor NOPERM for the command ("... run the 'xgroup|create'
+ * command": a user whose groups an admin makes). */
+bool redis_key_error(const char *err);
+
 /* Commands sent on the connection and not yet answered. */
 int redis_outstanding(const struct redis *r, enum redis_role role);
 uint64_t redis_reconnects(const struct redis *r);

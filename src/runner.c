@@ -799,8 +799,11 @@ void runner_capacity_changed(struct runner *r)
 static struct job *find_child(struct runner *r, const char *id, int depth)
 {
     const char *colon = strrchr(id, ':');
+    /* The index as the record writes it: digits, no leading zero ("g:01"
+     * may be a job of its own, and is not child 1 of "g"). */
     if (!colon || colon == id || depth > GROUP_MAX_DEPTH || !colon[1] ||
-        strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 4)
+        strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 4 ||
+        (colon[1] == '0' && colon[2]))
         return NULL;
     char parent_id[sizeof(((struct job *)NULL)->id)];
     snprintf(parent_id, sizeof(parent_id), "%.*s", (int)(colon - id), id);
