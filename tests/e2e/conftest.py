@@ -260,6 +260,11 @@ def publish(r, envelope, channel=f"{NS}:jobs"):
     return r.publish(channel, text)
 
 
+def cancel(r, job_id):
+    """PROTOCOL §5's cancel, published on NS:control."""
+    return r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": job_id}))
+
+
 def result(r, job_id):
     text = r.get(f"{NS}:result:{job_id}")
     return json.loads(text) if text else None

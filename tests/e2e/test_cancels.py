@@ -1,36 +1,18 @@
-"""NS:cancels (src/cancels.c and its callers): cases found in review.
-
-Each test states what the README / cancels.h promise; a failure shows the
-code does not keep that promise."""
-import json
-import os
-import subprocess
+"""NS:cancels (src/cancels.c and its callers): the cases a review of the
+first version found, each failing on it."""
 import time
 
-import redis
-
-from conftest import NS, REPO, Jobd, RedisServer, free_port, submit, wait_for, wait_result
+from conftest import (NS, Jobd, RedisServer, cancel, free_port, submit, wait_for,
+                      wait_result)
 from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
-
-JOBCTL = os.path.join(os.path.dirname(os.environ.get("JOBD_BIN", REPO + "/src/jobd")), "jobctl")
-
-
-def ctl(daemon, *args):
-    return subprocess.run([JOBCTL, "-c", str(daemon.conf), *args], capture_output=True,
-                          text=True, timeout=30)
-
-
-def cancel(r, job_id):
-    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": job_id}))
-
+from test_jobctl import ctl
+from test_redis_outage import loaded, slow_loading_redis
 
 def test_jobctl_cancel_still_publishes_when_ns_cancels_is_refused(r, start_jobd):
-    # README: "A cancel heard while Redis refuses the set (an ACL, a key of
-    # another type) is kept in that daemon's memory only". jobctl's ZADD goes
-    # through cmd(), which exits on an error reply: the PUBLISH is never sent,
-    # so the running job is not cancelled at all (a regression: jobctl cancel
-    # used to be a bare PUBLISH).
+    # A set Redis refuses (an ACL, a key of another type) must not stop the
+    # cancel itself: jobctl exited on the ZADD's error without publishing,
+    # so the running job was not cancelled at all. It now warns and publishes.
     r.set(f"{NS}:cancels", "not a sorted set")
     daemon = start_jobd()
     submit(r, {"id": "long", "type": "sleep", "ms": 8000})
@@ -43,15 +25,11 @@ def test_jobctl_cancel_still_publishes_when_ns_cancels_is_refused(r, start_jobd)
 
 def test_cancels_are_read_even_when_redis_was_loading(tmp_path):
     # A daemon started (or reconnected) while Redis loads its dataset gets
-    # LOADING for ZREVRANGEBYSCORE NS:cancels; loaded_reply() logs it and
-    # never asks again, while XGROUP CREATE / XREADGROUP are retried. The
-    # job waiting in the stream whose cancel is in NS:cancels then runs.
-    server = RedisServer(tmp_path, appendonly=True)
+    # LOADING for ZREVRANGEBYSCORE NS:cancels. It was never asked again, and
+    # the job waiting in the stream whose cancel is in NS:cancels ran; now it
+    # is asked every second, and nothing is read from the stream before.
+    server = slow_loading_redis(tmp_path)
     r = server.client
-    pad = r.pipeline(transaction=False)
-    for i in range(10000):
-        pad.set(f"pad:{i}", "x")
-    pad.execute()
     r.zadd(f"{NS}:cancels", {"doomed": time.time() * 1000 + 3_600_000})
     submit(r, {"id": "doomed", "type": "sleep", "ms": 1})
     server.kill()
@@ -70,19 +48,12 @@ def test_cancels_are_read_even_when_redis_was_loading(tmp_path):
         server.kill()
 
 
-def loaded(r):
-    try:
-        return r.ping()
-    except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
-        return False
-
-
 def test_eviction_keeps_the_newest_loaded_cancels(r, start_jobd):
     # cancels.h: "past that within the hour the oldest go". NS:cancels is
-    # read latest-expiring first (ZREVRANGEBYSCORE) and inserted in that
-    # order, and forget_old() drops in insertion order: the NEWEST tenth of
-    # the loaded cancels goes, while the set's own trim (ZREMRANGEBYRANK)
-    # drops the oldest.
+    # read latest-expiring first and memory evicts in insertion order: read
+    # in that order, the newest tenth of the loaded cancels went, while the
+    # set's own trim (ZREMRANGEBYRANK) drops the oldest. Now taken oldest
+    # first.
     now = time.time() * 1000
     pipe = r.pipeline(transaction=False)
     for i in range(0, 100000, 5000):
@@ -104,7 +75,7 @@ def test_eviction_keeps_the_newest_loaded_cancels(r, start_jobd):
 
 def test_the_gauge_does_not_count_expired_cancels(r, start_jobd):
     # jobd_cancels_remembered: "Job ids cancelled within the last hour". An
-    # expired id stays in memory (forget_old() runs only at 100,000) and is
+    # expired id stayed in memory (it was forgotten only at 100,000) and was
     # counted for ever.
     r.zadd(f"{NS}:cancels", {"soon": time.time() * 1000 + 1500})
     port = free_port()
@@ -117,7 +88,7 @@ def test_the_gauge_does_not_count_expired_cancels(r, start_jobd):
 
 def test_a_child_index_with_a_leading_zero_is_not_that_child(r, start_jobd):
     # Children are named "%s:%d": "g:01" names no child (it may be a
-    # top-level job of its own), but find_child() takes atoi("01") == 1.
+    # top-level job of its own); atoi("01") took it for child 1.
     daemon = start_jobd()
     submit(r, {"id": "g", "type": "group", "jobs": [
         {"type": "sleep", "ms": 1500}, {"type": "sleep", "ms": 1500}]})
@@ -140,10 +111,10 @@ class SubscribeDelayer(ForwardingProxy):
 
 
 def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
-    # sub_up() sends ZREVRANGEBYSCORE on the command connection and the
-    # SUBSCRIBEs on the subscriber connection at once; nothing orders the two
-    # in Redis. A cancel kept and published (jobctl: ZADD, then PUBLISH)
-    # after the read and before the SUBSCRIBE is in neither: never learned.
+    # The subscriber side read NS:cancels at connect, while its SUBSCRIBEs
+    # went out; nothing orders the two in Redis. A cancel kept and published
+    # (jobctl: ZADD, then PUBLISH) after the read and before the SUBSCRIBE was
+    # in neither: never learned. Now read once the SUBSCRIBEs are confirmed.
     server = RedisServer(tmp_path)
     r = server.client
     proxy = SubscribeDelayer(server.port)
@@ -158,7 +129,7 @@ def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
                  what="the subscriber back")
         time.sleep(0.5)     # its NS:cancels read has been answered
         r.zadd(f"{NS}:cancels", {"w": time.time() * 1000 + 3_600_000})
-        heard = r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "w"}))
+        heard = cancel(r, "w")
         assert heard == 0   # the window: subscriber up, not yet subscribed
         rec = wait_result(r, "w", timeout=15)
         assert rec["status"] == "cancelled", rec

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import NS, Ledger, free_port, result, submit, wait_for, wait_result
+from conftest import NS, Ledger, cancel, free_port, result, submit, wait_for, wait_result
 from http_server import HttpServer
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
@@ -499,10 +499,6 @@ def test_a_record_over_max_record_bytes_is_stored_as_too_large(r, web, start_job
     dead = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:dead")]
     assert dead == ["big"], dead
     assert "stored as too_large" in daemon.log_text()
-
-
-def cancel(r, job_id):
-    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": job_id}))
 
 
 def test_a_cancel_by_a_child_id_stops_only_that_child(r, start_jobd):
