@@ -14,8 +14,10 @@
 #include "timer.h"
 
 /* A read of NS:cancels that Redis answered with an error about itself
- * (LOADING after a restart, BUSY) is sent again this often. */
-#define LOAD_RETRY_MS 1000
+ * (LOADING after a restart, BUSY) is sent again this often: the stream
+ * connection reads no job meanwhile, and a backlog read at once is a burst
+ * (bench/soak saw the HTTP connection cache grow after such bursts). */
+#define LOAD_RETRY_MS 200
 
 /* One read of NS:cancels, on one connection. */
 struct load {

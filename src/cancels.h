@@ -46,7 +46,7 @@ void cancels_heard(struct cancels *c, const char *id);
  * remembered and handed to runner_apply_cancel(); then DONE(ARG), if given.
  * Sent on the stream connection before its XGROUP CREATEs (from DONE), the
  * reply comes before any job that connection reads. A reply of an error
- * about Redis itself (LOADING) is asked again every second; a lost reply on
+ * about Redis itself (LOADING) is asked again every 200 ms; a lost reply on
  * the command connection is asked again by cancels_cmd_ready(). A newer
  * read on the same connection makes an older one stale (its DONE never
  * runs). */
