@@ -246,7 +246,8 @@ int daemon_run(struct daemon *d)
     d->scheduler = scheduler_create(d);
     d->heartbeat = heartbeat_create(d);
     d->reclaim = reclaim_create(d);
-    if (!d->redis || !d->cancels || !d->runner || !d->intake || !d->scheduler || !d->heartbeat || !d->reclaim)
+    if (!d->redis || !d->cancels || !d->runner || !d->intake || !d->scheduler ||
+        !d->heartbeat || !d->reclaim)
         die("out of memory at start-up");
     struct redis_hooks cmd = {cmd_up, NULL, d};
     redis_set_hooks(d->redis, REDIS_CMD, &cmd);

@@ -503,7 +503,7 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
         char refused[sizeof(p->stream)];
         snprintf(refused, sizeof(refused), "%s", p->stream);
         log_info("parking a pub/sub job on %s failed: %s; trying the next stream", refused,
-                  reply->str);
+                 reply->str);
         intake_write_refused(p->in, refused, reply->str);
         snprintf(p->stream, sizeof(p->stream), "%s", intake_home_stream(p->in, NULL));
         if (strcmp(p->stream, refused) != 0 && send_park(p->in, p))
