@@ -14,6 +14,8 @@
  * and whenever its subscriptions are confirmed (so a cancel written before
  * the SUBSCRIBE is read, and one after it heard). `jobctl cancel` writes
  * there too, so a cancel reaches jobs that wait while no daemon runs at all.
+ * A job waiting in NS:scheduled longer than the hour is made due at once by
+ * the scheduler's sweep (scheduler.h), so that it ends cancelled in time.
  *
  * Both hold at most CANCEL_MEMORY_MAX ids; past that within the hour the
  * oldest go (a tenth at a time in memory, logged): a flood of made-up ids

@@ -95,6 +95,8 @@ struct job {
     int64_t result_ttl;         /* seconds */
     int64_t due_ms;             /* run no earlier than this (ms since epoch), 0: now */
     bool delay_waited;          /* put back by the scheduler once due_ms passed */
+    int64_t early_due;          /* put back before its time by a cancel sweep:
+                                 * that time (scheduler.h), else 0 */
 
     /* Bookkeeping. */
     int attempts;               /* attempts started, this one included */

@@ -15,6 +15,7 @@
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
+#include "scheduler.h"
 #include "threadpool.h"
 
 #define MAX_TYPES 16
@@ -205,6 +206,9 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
           d->cfg.max_group_children);
     counter(out, "jobd_retries_total", "Attempts that failed transiently and were scheduled again.",
             (double)c.retried);
+    counter(out, "jobd_cancels_made_due_total",
+            "Cancelled jobs in NS:scheduled made due early, so that they end cancelled.",
+            (double)scheduler_pulled(d->scheduler));
     counter(out, "jobd_dead_letters_total", "Jobs written to the dead-letter stream.",
             (double)dead_letters);
     counter(out, "jobd_requeued_total", "Jobs put back on their stream at shutdown.",

@@ -40,6 +40,7 @@
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
+#include "scheduler.h"
 #include "exec_group.h"
 #include "timer.h"
 
@@ -713,6 +714,8 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         return;
     }
     job->delay_waited = msg->has_due;
+    if (msg->has_due && msg->due_ms > now_ms() + SCHEDULER_EARLY_MS)
+        job->early_due = msg->due_ms;
     if (msg->redelivered) {
         check_finished(r, job);
         return;
@@ -737,6 +740,17 @@ static void proceed(struct runner *r, struct job *job)
         job->status = JOB_CANCELLED;
         job_error_set(&job->error, ERR_CANCELLED, "cancelled before it started");
         finish(r, job, WRITE_RESULT);
+        return;
+    }
+    if (job->early_due) {
+        /* Made due early for a cancel this daemon does not remember: it
+         * waits again for its time, also while draining (put back on its
+         * stream, it would lose that time). */
+        log_job(LOG_INFO, job, "back from %s:scheduled before its time, and not cancelled here; "
+                "scheduled again", d->cfg.ns);
+        job->write_due = job->early_due;
+        job->early_due = 0;
+        finish(r, job, WRITE_SCHEDULE);
         return;
     }
     if (d->draining) {
@@ -817,6 +831,8 @@ static struct job *find_child(struct runner *r, const char *id, int depth)
 
 void runner_apply_cancel(struct runner *r, const char *id)
 {
+    /* Its job may wait in NS:scheduled past the cancel's hour. */
+    scheduler_sweep_cancelled(r->d->scheduler);
     int found = 0;
     for (struct job *job = r->buckets[bucket_of(id)]; job; job = job->hnext) {
         if (strcmp(job->id, id) != 0)
