@@ -448,7 +448,7 @@ static int cancel(const char *id)
         json_decref(out);
     } else {
         print_line("cancel %s sent to %lld daemon(s)%s", id, r->integer,
-               kept ? ", and kept for an hour for daemons not running now" : "");
+                   kept ? ", and kept for an hour for daemons not running now" : "");
     }
     freeReplyObject(r);
     free(text);

@@ -422,6 +422,7 @@ struct job *runner_child_new(struct job *parent, int index, const json_t *envelo
 }
 
 static void child_finished(struct job *child);
+static void child_end_cancelled(struct job *child, const char *message);
 
 void runner_child_start(struct job *child)
 {
@@ -432,9 +433,7 @@ void runner_child_start(struct job *child)
     if (cancels_has(child->d->cancels, child->id)) {
         /* Cancelled by its id while its group waited (delayed, or between
          * the group's attempts): as a job that arrives cancelled. */
-        child->status = JOB_CANCELLED;
-        job_error_set(&child->error, ERR_CANCELLED, "cancelled before it started");
-        child_finished(child);
+        child_end_cancelled(child, "cancelled before it started");
         return;
     }
     child_begin_attempt(child->d->runner, child);
@@ -456,6 +455,14 @@ static void child_finished(struct job *child)
     group_child_done(child);
 }
 
+/* A child that is not running ends here, cancelled. */
+static void child_end_cancelled(struct job *child, const char *message)
+{
+    child->status = JOB_CANCELLED;
+    job_error_set(&child->error, ERR_CANCELLED, "%s", message);
+    child_finished(child);
+}
+
 void runner_child_stop(struct job *child)
 {
     if (child->state == JOB_RUNNING) {
@@ -467,18 +474,14 @@ void runner_child_stop(struct job *child)
     } else if (child->state == JOB_WAITING_RETRY) {
         /* Between attempts: nothing runs, so it ends here, cancelled. */
         evtimer_del(child->timer);
-        child->status = JOB_CANCELLED;
-        job_error_set(&child->error, ERR_CANCELLED, "cancelled by request");
-        child_finished(child);
+        child_end_cancelled(child, "cancelled by request");
     } else if (child->state == JOB_QUEUED) {
         /* Waiting for a child slot: it ends here, unstarted, with the
          * outcome a running child stopped by its group gets. */
         child_unwait(child->d->runner, child);
-        child->status = JOB_CANCELLED;
-        job_error_set(&child->error, ERR_CANCELLED, "%s",
-                      child->attempts ? "cancelled by request" : "cancelled before it started");
         log_job(LOG_DEBUG, child, "stopped while waiting for a group child slot");
-        child_finished(child);
+        child_end_cancelled(child, child->attempts ? "cancelled by request"
+                                                   : "cancelled before it started");
     }
 }
 
