@@ -25,6 +25,14 @@
  * samples. With
  * -o FILE, also one line per job: its send time (us from the first send) and
  * latency (us), -1 when its record never came: for looking at the tail.
+ * The records' own times (ms, CLOCK_REALTIME) split each latency in four
+ * stages: "xadd" (sent -> queued_at, the entry id's time: the producer's
+ * write and Redis taking it), "wait" (queued_at -> started_at: in the
+ * stream, read by jobd, parsed), "run" (started_at -> finished_at) and
+ * "deliver" (finished_at -> the record here: jobd's outcome batch, the
+ * transaction, the PUBLISH). The JSON has each stage's mean over all jobs
+ * ("stages_ms") and over the slowest 1% ("tail_stages_ms", the jobs at or
+ * above the p99): where a slow round's time went.
  * With -U SOCKET both connections use Redis's unix socket instead of TCP.
  * With -S (send only) there is no subscriber and nothing is waited for: the
  * jobs are only added, at the same pace, so that what the sending alone costs
@@ -67,6 +75,8 @@ static bool send_only;              /* -S */
 static int64_t *sent_us;            /* per job: when its batch was written */
 static int64_t *recv_us;            /* per job: when its record arrived, 0 = not yet */
 static int64_t *ms_lat;             /* per job: finished_at - queued_at from the record */
+static int64_t (*stamps)[3];        /* per job: queued_at, started_at, finished_at (ms) */
+static int64_t real_minus_mono_us;  /* CLOCK_REALTIME - CLOCK_MONOTONIC, at start */
 static atomic_long received;
 static long failed, duplicates, foreign;
 static atomic_bool subscribed, stop;
@@ -75,6 +85,13 @@ static int64_t now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t real_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
@@ -127,6 +144,9 @@ static void take_record(const char *rec, int64_t t)
     }
     int64_t q = json_int_after(rec, "\"queued_at\":"), f = json_int_after(rec, "\"finished_at\":");
     ms_lat[i] = q > 0 && f > 0 ? f - q : -1;
+    stamps[i][0] = q;
+    stamps[i][1] = json_int_after(rec, "\"started_at\":");
+    stamps[i][2] = f;
     atomic_fetch_add(&received, 1);
 }
 
@@ -211,6 +231,27 @@ static double cpu_seconds(void)
            (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* Mean of each stage (ms), over the jobs whose latency is at least MIN_US,
+ * as a JSON object; jobs whose record lacks a time are left out. */
+static void print_stages(const char *name, int64_t min_us)
+{
+    double sum[4] = {0};
+    long count = 0;
+    for (long k = 0; k < n; k++) {
+        int64_t q = stamps[k][0], st = stamps[k][1], f = stamps[k][2];
+        if (!recv_us[k] || recv_us[k] - sent_us[k] < min_us || q <= 0 || st <= 0 || f <= 0)
+            continue;
+        sum[0] += (double)(q * 1000 - (sent_us[k] + real_minus_mono_us));
+        sum[1] += (double)((st - q) * 1000);
+        sum[2] += (double)((f - st) * 1000);
+        sum[3] += (double)(recv_us[k] + real_minus_mono_us - f * 1000);
+        count++;
+    }
+    double d = count ? (double)count * 1000 : 1;
+    printf(", \"%s\": {\"n\": %ld, \"xadd\": %.2f, \"wait\": %.2f, \"run\": %.2f, "
+           "\"deliver\": %.2f}", name, count, sum[0] / d, sum[1] / d, sum[2] / d, sum[3] / d);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: producer -p PORT -n N -j TEMPLATE [-x PREFIX] [-r RATE] [-b BATCH]\n"
@@ -244,7 +285,9 @@ int main(int argc, char **argv)
     sent_us = calloc((size_t)n, sizeof(*sent_us));
     recv_us = calloc((size_t)n, sizeof(*recv_us));
     ms_lat = calloc((size_t)n, sizeof(*ms_lat));
-    if (!sent_us || !recv_us || !ms_lat)
+    stamps = calloc((size_t)n, sizeof(*stamps));
+    real_minus_mono_us = real_us() - now_us();
+    if (!sent_us || !recv_us || !ms_lat || !stamps)
         die("calloc", NULL);
 
     pthread_t sub;
@@ -353,12 +396,15 @@ int main(int argc, char **argv)
            "\"target_rate\": %.0f, \"send_s\": %.4f, \"send_rate\": %.0f, \"elapsed_s\": %.4f, "
            "\"rate\": %.1f, \"cpu_s\": %.3f, \"lat_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, "
            "\"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}, "
-           "\"record_lat_ms\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"max\": %.0f}}\n",
+           "\"record_lat_ms\": {\"p50\": %.0f, \"p99\": %.0f, \"p999\": %.0f, \"max\": %.0f}",
            n, t0, got, failed + (n - got), duplicates, rate, send_s, send_s > 0 ? n / send_s : 0,
            elapsed, elapsed > 0 ? got / elapsed : 0, cpu_s, m ? sum / m / 1000 : -1,
            pct(lat, m, 50, 1000), pct(lat, m, 90, 1000), pct(lat, m, 99, 1000),
            pct(lat, m, 99.9, 1000), pct(lat, m, 100, 1000), pct(lat_ms, mm, 50, 1),
            pct(lat_ms, mm, 99, 1), pct(lat_ms, mm, 99.9, 1), pct(lat_ms, mm, 100, 1));
+    print_stages("stages_ms", 0);
+    print_stages("tail_stages_ms", (int64_t)pct(lat, m, 99, 1));
+    printf("}\n");
     if (foreign)
         fprintf(stderr, "producer: %ld records of other jobs ignored\n", foreign);
     if (got < n)
