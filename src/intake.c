@@ -190,6 +190,8 @@ int intake_parse_entry(const redisReply *entry, const char *stream, struct job_m
         msg->due_ms = strtoll(v, NULL, 10);
         msg->has_due = msg->due_ms > 0;
     }
+    if ((v = field_value(fields, "early_due", NULL)))
+        msg->early_due_ms = strtoll(v, NULL, 10);
     return 0;
 }
 

@@ -663,8 +663,10 @@ static int write_schedule(struct daemon *d, struct job *job)
         snprintf(job->write_nonce, sizeof(job->write_nonce), "%s-%" PRIu64, d->worker_id,
                  ++nonce);
     const char *stream = requeue_stream(d, job);
-    json_t *m = json_pack("{s:s, s:s%, s:s, s:s, s:s, s:s, s:s}", "stream", stream, "job",
-                          job->raw, job->raw_len, "id", job->id, "attempts", attempts,
+    /* The id first: the cancel sweep (scheduler.c) finds it without
+     * reading past it into the job. */
+    json_t *m = json_pack("{s:s, s:s, s:s%, s:s, s:s, s:s, s:s}", "id", job->id, "stream",
+                          stream, "job", job->raw, job->raw_len, "attempts", attempts,
                           "queued_at", queued, "due", due, "nonce", job->write_nonce);
     char *member = m ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);

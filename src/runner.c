@@ -206,7 +206,8 @@ static void write_done(struct job *job, bool stored)
             r->failed++;
         break;
     case WRITE_SCHEDULE:
-        r->retried += job->attempts > 0;    /* a retry, not a first delay */
+        /* A retry, not a first delay, nor a wait taken up again. */
+        r->retried += job->attempts > 0 && !job->early_due;
         break;
     case WRITE_REQUEUE: r->requeued++; break;
     case WRITE_ACK: break;
@@ -717,8 +718,8 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         return;
     }
     job->delay_waited = msg->has_due;
-    if (msg->has_due && msg->due_ms > now_ms() + SCHEDULER_EARLY_MS)
-        job->early_due = msg->due_ms;
+    if (msg->early_due_ms > now_ms())
+        job->early_due = msg->early_due_ms;
     if (msg->redelivered) {
         check_finished(r, job);
         return;
@@ -747,12 +748,12 @@ static void proceed(struct runner *r, struct job *job)
     }
     if (job->early_due) {
         /* Made due early for a cancel this daemon does not remember: it
-         * waits again for its time, also while draining (put back on its
-         * stream, it would lose that time). */
+         * waits again for its time, also while draining, since put back on
+         * its stream it would lose that time (it does if NS:scheduled
+         * refuses it then: write_done()). Not counted as a retry. */
         log_job(LOG_INFO, job, "back from %s:scheduled before its time, and not cancelled here; "
                 "scheduled again", d->cfg.ns);
         job->write_due = job->early_due;
-        job->early_due = 0;
         finish(r, job, WRITE_SCHEDULE);
         return;
     }

@@ -31,6 +31,7 @@ struct job_message {
     int64_t queued_at;          /* first time the job was queued */
     int64_t due_ms;             /* the delay was already waited for */
     bool has_due;
+    int64_t early_due_ms;       /* made due early by a cancel sweep: its time */
     /* Set when the message could not even be read as one (a stream entry
      * without a "job" field): the job is rejected with this reason. */
     const char *problem;

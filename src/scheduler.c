@@ -14,12 +14,20 @@
 
 #define TICK_MS 100
 #define MOVE_BATCH "500"
-/* The sweep for cancelled jobs: members looked at per call (each call holds
- * Redis for one page, not for the whole set), the pause after the first
- * cancel heard (a burst of cancels makes one pass), and the wait before
- * trying again when the command connection is down. */
-#define SWEEP_PAGE "200"
+/* The sweep for cancelled jobs (scheduler.h). A page asks ZSCAN for
+ * sweep_count members, a number fitted after each page so that the members
+ * it copies into Lua come to about SWEEP_PAGE_BYTES (a member carries its
+ * whole job, up to limits.max_job_bytes): Redis serves no one while a
+ * script runs. A pass starts SWEEP_DELAY_MS after the first cancel heard (a
+ * burst of cancels makes one pass) and no sooner than SWEEP_INTERVAL_MS
+ * after the one before (every pass reads the whole set, and a cancel's
+ * memory lasts an hour); a pass stopped by Redis (LOADING, BUSY, a lost
+ * connection) starts again SWEEP_RETRY_MS later. */
+#define SWEEP_PAGE_BYTES (1024 * 1024)
+#define SWEEP_COUNT_FIRST 16
+#define SWEEP_COUNT_MAX 1000
 #define SWEEP_DELAY_MS 100
+#define SWEEP_INTERVAL_MS 10000
 #define SWEEP_RETRY_MS 1000
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:dead; ARGV[1] now (ms), ARGV[2] batch.
@@ -35,9 +43,14 @@ static const char mover_script[] =
     "  local ok, w = pcall(cjson.decode, m)\n"
     "  if ok and type(w) == 'table' and type(w.stream) == 'string' and type(w.job) == 'string' "
     "then\n"
-    "    local r = redis.pcall('XADD', w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
+    "    local entry = {w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
     "      'attempts', tostring(w.attempts or '0'), 'queued_at', tostring(w.queued_at or '0'),\n"
-    "      'due', tostring(w.due or '0'))\n"
+    "      'due', tostring(w.due or '0')}\n"
+    "    if w.early_due then\n"
+    "      entry[#entry + 1] = 'early_due'\n"
+    "      entry[#entry + 1] = tostring(w.early_due)\n"
+    "    end\n"
+    "    local r = redis.pcall('XADD', unpack(entry))\n"
     "    if type(r) == 'table' and r.err then\n"
     "      redis.call('XADD', KEYS[2], '*', 'job', w.job, 'error', cjson.encode({code = "
     "'internal', message = 'stream ' .. w.stream .. ' refused the job: ' .. r.err}))\n"
@@ -50,29 +63,38 @@ static const char mover_script[] =
     "return #due\n";
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:cancels; ARGV[1] the ZSCAN cursor,
- * ARGV[2] now (ms), ARGV[3] page size, ARGV[4] SCHEDULER_PULL_AHEAD_MS.
- * One page of the set: each member due later than the pull-ahead whose id
- * is cancelled and not expired is made due now. The id is found with a
- * pattern, not cjson: a member may carry a job of megabytes, and `,"` or
- * `{"` never occurs inside a JSON string (a quote in one is escaped), so a
- * match is the member's own "id" field. A score set with XX adds nothing,
- * so the scan's cursor stays valid. */
+ * ARGV[2] now (ms), ARGV[3] the page's COUNT. Each member not yet due whose
+ * id is cancelled (in NS:cancels, not expired) is made due now, with
+ * "early_due" (its time) added for the mover to pass on. Returns {cursor,
+ * members made due, bytes looked at}.
+ * The id: result.c writes it first; a member written before that has it
+ * after the job, found with a plain search (no pattern tried at each of a
+ * megabyte's positions): `","id":"` occurs nowhere else, since inside a
+ * JSON string every quote is escaped. A member added during the scan is
+ * due now, so it is not looked at again. */
 static const char sweep_script[] =
     "local page = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[3])\n"
     "local now = tonumber(ARGV[2])\n"
-    "local later = now + tonumber(ARGV[4])\n"
-    "local m, pulled = page[2], 0\n"
+    "local m, pulled, bytes = page[2], 0, 0\n"
     "for i = 1, #m, 2 do\n"
-    "  if tonumber(m[i + 1]) > later then\n"
-    "    local id = string.match(m[i], '[{,]\"id\":\"([^\"]*)\"')\n"
+    "  local member, due = m[i], tonumber(m[i + 1])\n"
+    "  bytes = bytes + #member\n"
+    "  if due > now and string.sub(member, -1) == '}' then\n"
+    "    local id = string.match(member, '^{\"id\":\"([%w%.:_%-]+)\"')\n"
+    "    if not id then\n"
+    "      local at = string.find(member, '\",\"id\":\"', 1, true)\n"
+    "      id = at and string.match(member, '^([%w%.:_%-]+)\"', at + 8)\n"
+    "    end\n"
     "    local expires = id and redis.call('ZSCORE', KEYS[2], id)\n"
     "    if expires and tonumber(expires) > now then\n"
-    "      redis.call('ZADD', KEYS[1], 'XX', now, m[i])\n"
+    "      redis.call('ZREM', KEYS[1], member)\n"
+    "      redis.call('ZADD', KEYS[1], now, string.sub(member, 1, -2) ..\n"
+    "        string.format(',\"early_due\":\"%d\"}', due))\n"
     "      pulled = pulled + 1\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "return {page[1], pulled}\n";
+    "return {page[1], pulled, bytes}\n";
 
 struct scheduler {
     struct daemon *d;
@@ -83,10 +105,12 @@ struct scheduler {
     /* The sweep for cancelled jobs (scheduler.h). */
     struct event *sweep_timer;
     bool sweep_wanted;          /* a cancel came since the running pass began */
-    bool sweeping;              /* a page is asked for */
+    bool sweeping;              /* a pass is under way: a page is asked for */
     bool sweep_failing;         /* the last page was refused */
-    char cursor[32];
-    uint64_t pass_pulled;       /* jobs pulled forward by the running pass */
+    char cursor[32];            /* of the pass under way */
+    long sweep_count;           /* COUNT for the next page */
+    int64_t pass_started;       /* mono_ms() */
+    uint64_t pass_pulled;       /* jobs made due by the pass under way */
     uint64_t pulled;
 };
 
@@ -130,69 +154,106 @@ static void tick(evutil_socket_t fd, short what, void *arg)
 
 static void sweep_page(struct scheduler *s);
 
+/* The pass under way stopped short (Redis busy, restarted or gone): a new
+ * one later, from the start, since a cursor does not survive a restart. */
+static void log_pass(struct scheduler *s);
+
+static void sweep_later(struct scheduler *s)
+{
+    log_pass(s);
+    s->sweeping = false;
+    s->sweep_wanted = true;
+    timer_add_ms(s->sweep_timer, SWEEP_RETRY_MS);
+}
+
+static void log_pass(struct scheduler *s)
+{
+    if (s->pass_pulled)
+        log_info("%" PRIu64 " cancelled job(s) in %s:scheduled made due now, to end cancelled",
+                 s->pass_pulled, s->d->cfg.ns);
+    s->pass_pulled = 0;
+}
+
+static void sweep_end(struct scheduler *s)
+{
+    s->sweeping = false;
+    log_pass(s);
+    if (s->sweep_wanted) {
+        int64_t since = mono_ms() - s->pass_started;
+        timer_add_ms(s->sweep_timer, since < SWEEP_INTERVAL_MS ? SWEEP_INTERVAL_MS - since
+                                                                : SWEEP_DELAY_MS);
+    }
+}
+
 static void sweep_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct scheduler *s = priv;
-    s->sweeping = false;
     if (!reply) {
-        /* The connection went: the pass starts again once it is back. */
-        s->sweep_wanted = true;
-        timer_add_ms(s->sweep_timer, SWEEP_RETRY_MS);
+        sweep_later(s);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_INTEGER) {
-        /* An ACL without EVAL, or a key of another type: asked again at
-         * the next cancel, logged at error level once until it works. */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* Logged at error level once until a page works again. About a key
+         * (NS:cancels of another type, an ACL): the pass ends, and the next
+         * cancel tries again. About Redis (LOADING, BUSY): again later. */
         log_msg(s->sweep_failing ? LOG_DEBUG : LOG_ERROR,
                 "looking for cancelled jobs in %s:scheduled failed: %s", s->d->cfg.ns,
-                reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+                reply->str);
         s->sweep_failing = true;
+        if (redis_key_error(reply->str))
+            sweep_end(s);
+        else
+            sweep_later(s);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER) {
+        log_error("looking for cancelled jobs in %s:scheduled: unexpected reply", s->d->cfg.ns);
+        sweep_end(s);
         return;
     }
     if (s->sweep_failing) {
         s->sweep_failing = false;
         log_notice("looking for cancelled jobs in %s:scheduled works again", s->d->cfg.ns);
     }
-    s->pass_pulled += (uint64_t)reply->element[1]->integer;
-    snprintf(s->cursor, sizeof(s->cursor), "%s", reply->element[0]->str);
-    if (strcmp(s->cursor, "0") != 0) {
-        sweep_page(s);
-        return;
+    long long pulled = reply->element[1]->integer, bytes = reply->element[2]->integer;
+    s->pass_pulled += (uint64_t)pulled;
+    s->pulled += (uint64_t)pulled;
+    /* Fit the next page to SWEEP_PAGE_BYTES by this one's members. */
+    if (bytes > 0) {
+        double fitted = (double)s->sweep_count * SWEEP_PAGE_BYTES / (double)bytes;
+        s->sweep_count = fitted < 1 ? 1 : fitted > SWEEP_COUNT_MAX ? SWEEP_COUNT_MAX
+                                                                   : (long)fitted;
     }
-    if (s->pass_pulled)
-        log_info("%" PRIu64 " cancelled job(s) in %s:scheduled made due now, to end cancelled",
-                 s->pass_pulled, s->d->cfg.ns);
-    s->pulled += s->pass_pulled;
-    if (s->sweep_wanted)
-        timer_add_ms(s->sweep_timer, SWEEP_DELAY_MS);
+    snprintf(s->cursor, sizeof(s->cursor), "%s", reply->element[0]->str);
+    if (strcmp(s->cursor, "0") != 0)
+        sweep_page(s);
+    else
+        sweep_end(s);
 }
 
 static void sweep_page(struct scheduler *s)
 {
-    char sched[128], cancels[128], now[24], ahead[24];
+    char sched[128], cancels[128], now[24], count[24];
     snprintf(sched, sizeof(sched), "%s:scheduled", s->d->cfg.ns);
     snprintf(cancels, sizeof(cancels), "%s:cancels", s->d->cfg.ns);
     snprintf(now, sizeof(now), "%" PRId64, now_ms());
-    snprintf(ahead, sizeof(ahead), "%d", SCHEDULER_PULL_AHEAD_MS);
-    const char *argv[] = {"EVAL", sweep_script, "2", sched, cancels, s->cursor, now, SWEEP_PAGE,
-                          ahead};
-    if (redis_send(s->d->redis, REDIS_CMD, sweep_reply, s, 0, 9, argv, NULL) == 0) {
-        s->sweeping = true;
-        return;
-    }
-    s->sweep_wanted = true;
-    timer_add_ms(s->sweep_timer, SWEEP_RETRY_MS);
+    snprintf(count, sizeof(count), "%ld", s->sweep_count);
+    const char *argv[] = {"EVAL", sweep_script, "2", sched, cancels, s->cursor, now, count};
+    if (redis_send(s->d->redis, REDIS_CMD, sweep_reply, s, 0, 8, argv, NULL) != 0)
+        sweep_later(s);     /* the command connection is down */
 }
 
-static void sweep_start(evutil_socket_t fd, short what, void *arg)
+static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct scheduler *s = arg;
-    if (s->sweeping)
-        return;     /* sweep_reply() starts the next pass */
+    s->sweeping = true;
     s->sweep_wanted = false;
+    s->pass_started = mono_ms();
     s->pass_pulled = 0;
+    s->sweep_count = SWEEP_COUNT_FIRST;
     snprintf(s->cursor, sizeof(s->cursor), "0");
     sweep_page(s);
 }
@@ -213,7 +274,7 @@ struct scheduler *scheduler_create(struct daemon *d)
         return NULL;
     s->d = d;
     s->timer = timer_new_periodic(d->base, TICK_MS, tick, s);
-    s->sweep_timer = evtimer_new(d->base, sweep_start, s);
+    s->sweep_timer = evtimer_new(d->base, sweep_timer_cb, s);
     if (!s->timer || !s->sweep_timer) {
         scheduler_free(s);
         return NULL;

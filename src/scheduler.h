@@ -6,26 +6,18 @@
  *
  * A cancel is remembered for an hour (cancels.h), and a job can wait in
  * NS:scheduled far longer (run_at, delay_ms, a retry's wait); checked only
- * when it came due, it would run. So after cancels are heard or read, one
- * pass over the set, a page a call, makes every member due later than
- * SCHEDULER_PULL_AHEAD_MS whose id is in NS:cancels due now: the mover puts
- * it on its stream within a tick, and the daemon that reads it ends it
- * cancelled while the cancel is remembered. Members due sooner keep their
- * time; the cancel outlives them.
- *
- * Such a job carries its old due time. A daemon that reads one whose cancel
- * it does not know (the memory was flooded past its limit meanwhile)
- * schedules it again for that time instead of running it early: a due time
- * more than SCHEDULER_EARLY_MS ahead marks it, which leaves daemons' clocks
- * that much room to differ.
+ * when it came due, it would run. So after cancels are heard or read, a
+ * pass over the set (ZSCAN in a Lua script, a page a call) makes every
+ * member whose id is in NS:cancels due now, with its own time kept in the
+ * member as "early_due". The mover puts it on its stream within a tick with
+ * that field, and the daemon that reads it ends it cancelled; one that no
+ * longer knows the cancel (the memory was flooded past its limit meanwhile)
+ * schedules it again for that time instead of running it early.
  */
 #ifndef JOBD_SCHEDULER_H
 #define JOBD_SCHEDULER_H
 
 #include <stdint.h>
-
-#define SCHEDULER_PULL_AHEAD_MS (5 * 60 * 1000)
-#define SCHEDULER_EARLY_MS (SCHEDULER_PULL_AHEAD_MS / 2)
 
 struct daemon;
 struct scheduler;
