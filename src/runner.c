@@ -208,6 +208,10 @@ static void write_done(struct job *job, bool stored)
     case WRITE_SCHEDULE:
         /* A retry, not a first delay, nor a wait taken up again. */
         r->retried += job->attempts > 0 && !job->early_due;
+        /* Cancelled while this write was on its way or refused: the pass
+         * that cancel started may have missed the member. */
+        if (cancels_has(r->d->cancels, job->id))
+            scheduler_sweep_cancelled(r->d->scheduler);
         break;
     case WRITE_REQUEUE: r->requeued++; break;
     case WRITE_ACK: break;

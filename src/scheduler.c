@@ -66,20 +66,28 @@ static const char mover_script[] =
  * ARGV[2] now (ms), ARGV[3] the page's COUNT. Each member not yet due whose
  * id is cancelled (in NS:cancels, not expired) is made due now, with
  * "early_due" (its time) added for the mover to pass on. Returns {cursor,
- * members made due, bytes looked at}.
- * The id: result.c writes it first; a member written before that has it
- * after the job, found with a plain search (no pattern tried at each of a
- * megabyte's positions): `","id":"` occurs nowhere else, since inside a
- * JSON string every quote is escaped. A member added during the scan is
- * due now, so it is not looked at again. */
+ * members made due, bytes looked at, the largest member's bytes}.
+ * - The id: result.c writes it first; a member written before that has it
+ *   after the job, found with a plain search (no pattern tried at each of a
+ *   megabyte's positions): `","id":"` occurs nowhere else, since inside a
+ *   JSON string every quote is escaped.
+ * - A member that has "early_due" already keeps it: another daemon made it
+ *   due, and its clock may be behind, so the member looks not due yet here;
+ *   a second "early_due" would carry that daemon's now, not the job's time.
+ * - A time past 2^53 ms (the year 2255, +inf from a producer) is left: %d
+ *   would turn it into a negative, and such a job does not come due anyway.
+ * - A member added during the scan is due now, so it is not looked at
+ *   again. */
 static const char sweep_script[] =
     "local page = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[3])\n"
     "local now = tonumber(ARGV[2])\n"
-    "local m, pulled, bytes = page[2], 0, 0\n"
+    "local m, pulled, bytes, largest = page[2], 0, 0, 0\n"
     "for i = 1, #m, 2 do\n"
     "  local member, due = m[i], tonumber(m[i + 1])\n"
     "  bytes = bytes + #member\n"
-    "  if due > now and string.sub(member, -1) == '}' then\n"
+    "  if #member > largest then largest = #member end\n"
+    "  if due > now and due < 9e15 and string.sub(member, -1) == '}' and\n"
+    "     not string.find(string.sub(member, -48), ',\"early_due\":\"', 1, true) then\n"
     "    local id = string.match(member, '^{\"id\":\"([%w%.:_%-]+)\"')\n"
     "    if not id then\n"
     "      local at = string.find(member, '\",\"id\":\"', 1, true)\n"
@@ -94,7 +102,7 @@ static const char sweep_script[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "return {page[1], pulled, bytes}\n";
+    "return {page[1], pulled, bytes, largest}\n";
 
 struct scheduler {
     struct daemon *d;
@@ -109,6 +117,7 @@ struct scheduler {
     bool sweep_failing;         /* the last page was refused */
     char cursor[32];            /* of the pass under way */
     long sweep_count;           /* COUNT for the next page */
+    long long largest;          /* the largest member the pass has seen */
     int64_t pass_started;       /* mono_ms() */
     uint64_t pass_pulled;       /* jobs made due by the pass under way */
     uint64_t pulled;
@@ -174,15 +183,33 @@ static void log_pass(struct scheduler *s)
     s->pass_pulled = 0;
 }
 
+/* When the next pass may start: SWEEP_DELAY_MS from now, and no sooner
+ * than SWEEP_INTERVAL_MS after the last one began. */
+static int64_t next_pass_in(const struct scheduler *s)
+{
+    int64_t since = mono_ms() - s->pass_started;
+    return s->pass_started && since + SWEEP_DELAY_MS < SWEEP_INTERVAL_MS
+               ? SWEEP_INTERVAL_MS - since
+               : SWEEP_DELAY_MS;
+}
+
 static void sweep_end(struct scheduler *s)
 {
     s->sweeping = false;
     log_pass(s);
-    if (s->sweep_wanted) {
-        int64_t since = mono_ms() - s->pass_started;
-        timer_add_ms(s->sweep_timer, since < SWEEP_INTERVAL_MS ? SWEEP_INTERVAL_MS - since
-                                                                : SWEEP_DELAY_MS);
-    }
+    if (s->sweep_wanted)
+        timer_add_ms(s->sweep_timer, next_pass_in(s));
+}
+
+static long next_count(long count, long long bytes, long long largest)
+{
+    double fitted = bytes > 0 ? (double)count * SWEEP_PAGE_BYTES / (double)bytes
+                              : (double)count * 2;
+    if (fitted > (double)count * 2)
+        fitted = (double)count * 2;
+    if (largest > 0 && fitted > (double)SWEEP_PAGE_BYTES / (double)largest)
+        fitted = (double)SWEEP_PAGE_BYTES / (double)largest;
+    return fitted < 1 ? 1 : fitted > SWEEP_COUNT_MAX ? SWEEP_COUNT_MAX : (long)fitted;
 }
 
 static void sweep_reply(struct redis *r, redisReply *reply, void *priv)
@@ -206,10 +233,11 @@ static void sweep_reply(struct redis *r, redisReply *reply, void *priv)
             sweep_later(s);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_INTEGER ||
-        reply->element[2]->type != REDIS_REPLY_INTEGER) {
+        reply->element[2]->type != REDIS_REPLY_INTEGER ||
+        reply->element[3]->type != REDIS_REPLY_INTEGER) {
         log_error("looking for cancelled jobs in %s:scheduled: unexpected reply", s->d->cfg.ns);
         sweep_end(s);
         return;
@@ -221,12 +249,9 @@ static void sweep_reply(struct redis *r, redisReply *reply, void *priv)
     long long pulled = reply->element[1]->integer, bytes = reply->element[2]->integer;
     s->pass_pulled += (uint64_t)pulled;
     s->pulled += (uint64_t)pulled;
-    /* Fit the next page to SWEEP_PAGE_BYTES by this one's members. */
-    if (bytes > 0) {
-        double fitted = (double)s->sweep_count * SWEEP_PAGE_BYTES / (double)bytes;
-        s->sweep_count = fitted < 1 ? 1 : fitted > SWEEP_COUNT_MAX ? SWEEP_COUNT_MAX
-                                                                   : (long)fitted;
-    }
+    if (reply->element[3]->integer > s->largest)
+        s->largest = reply->element[3]->integer;
+    s->sweep_count = next_count(s->sweep_count, bytes, s->largest);
     snprintf(s->cursor, sizeof(s->cursor), "%s", reply->element[0]->str);
     if (strcmp(s->cursor, "0") != 0)
         sweep_page(s);
@@ -254,6 +279,7 @@ static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
     s->pass_started = mono_ms();
     s->pass_pulled = 0;
     s->sweep_count = SWEEP_COUNT_FIRST;
+    s->largest = 0;
     snprintf(s->cursor, sizeof(s->cursor), "0");
     sweep_page(s);
 }
@@ -264,7 +290,7 @@ void scheduler_sweep_cancelled(struct scheduler *s)
         return;
     s->sweep_wanted = true;
     if (!s->sweeping && !evtimer_pending(s->sweep_timer, NULL))
-        timer_add_ms(s->sweep_timer, SWEEP_DELAY_MS);
+        timer_add_ms(s->sweep_timer, next_pass_in(s));
 }
 
 struct scheduler *scheduler_create(struct daemon *d)
