@@ -163,24 +163,22 @@ static void tick(evutil_socket_t fd, short what, void *arg)
 
 static void sweep_page(struct scheduler *s);
 
-/* The pass under way stopped short (Redis busy, restarted or gone): a new
- * one later, from the start, since a cursor does not survive a restart. */
-static void log_pass(struct scheduler *s);
-
-static void sweep_later(struct scheduler *s)
-{
-    log_pass(s);
-    s->sweeping = false;
-    s->sweep_wanted = true;
-    timer_add_ms(s->sweep_timer, SWEEP_RETRY_MS);
-}
-
 static void log_pass(struct scheduler *s)
 {
     if (s->pass_pulled)
         log_info("%" PRIu64 " cancelled job(s) in %s:scheduled made due now, to end cancelled",
                  s->pass_pulled, s->d->cfg.ns);
     s->pass_pulled = 0;
+}
+
+/* The pass under way stopped short (Redis busy, restarted or gone): a new
+ * one later, from the start, since a cursor does not survive a restart. */
+static void sweep_later(struct scheduler *s)
+{
+    log_pass(s);
+    s->sweeping = false;
+    s->sweep_wanted = true;
+    timer_add_ms(s->sweep_timer, SWEEP_RETRY_MS);
 }
 
 /* When the next pass may start: SWEEP_DELAY_MS from now, and no sooner
@@ -201,6 +199,10 @@ static void sweep_end(struct scheduler *s)
         timer_add_ms(s->sweep_timer, next_pass_in(s));
 }
 
+/* COUNT for the next page: what fits SWEEP_PAGE_BYTES at the last page's
+ * mean member size, at most twice the last COUNT (a page of small members
+ * says little about the next), and no more of the largest member seen in
+ * the pass than fit. */
 static long next_count(long count, long long bytes, long long largest)
 {
     double fitted = bytes > 0 ? (double)count * SWEEP_PAGE_BYTES / (double)bytes
@@ -271,6 +273,7 @@ static void sweep_page(struct scheduler *s)
         sweep_later(s);     /* the command connection is down */
 }
 
+/* The sweep's timer: a new pass, from the start of the set. */
 static void sweep_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct scheduler *s = arg;
