@@ -312,11 +312,11 @@ def test_a_member_swept_twice_keeps_its_own_time(r, start_jobd, clock_shim):
 
 
 def test_passes_run_at_most_every_10_s(r, start_jobd):
-    # README: "A pass starts 100 ms after the first cancel heard and at most
-    # every 10 s", so each daemon reads the whole set at most every 10 s.
-    # The 10 s are only kept for cancels heard while a pass runs: one heard
-    # after a pass ended starts another 100 ms later, so a cancel every
-    # 400 ms makes a full scan of NS:scheduled every 400 ms.
+    # README: a pass starts "no sooner than 10 s after the one before", so
+    # each daemon reads the whole set at most every 10 s. The 10 s were only
+    # kept for cancels heard while a pass ran: one heard after a pass ended
+    # started another 100 ms later, so a cancel every 400 ms made a full
+    # scan of NS:scheduled every 400 ms.
     due = now_ms() + HOURS_2
     pipe = r.pipeline(transaction=False)
     for i in range(3000):
