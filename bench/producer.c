@@ -81,18 +81,16 @@ static atomic_long received;
 static long failed, duplicates, foreign;
 static atomic_bool subscribed, stop;
 
-static int64_t now_us(void)
+static int64_t clock_us(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int64_t real_us(void)
+static int64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return clock_us(CLOCK_MONOTONIC);
 }
 
 static void die(const char *what, const redisContext *c)
@@ -286,7 +284,7 @@ int main(int argc, char **argv)
     recv_us = calloc((size_t)n, sizeof(*recv_us));
     ms_lat = calloc((size_t)n, sizeof(*ms_lat));
     stamps = calloc((size_t)n, sizeof(*stamps));
-    real_minus_mono_us = real_us() - now_us();
+    real_minus_mono_us = clock_us(CLOCK_REALTIME) - now_us();
     if (!sent_us || !recv_us || !ms_lat || !stamps)
         die("calloc", NULL);
 
