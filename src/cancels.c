@@ -1,5 +1,6 @@
-/* cancels.c - the ids cancelled within the last hour (see cancels.h). */
+/* cancels.c - the ids cancelled within jobs.cancel_ttl (see cancels.h). */
 #include <event2/event.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,11 +106,11 @@ static void forget_old(struct cancels *c)
     forget_expired(c);
     if (json_object_size(c->until) < CANCEL_MEMORY_MAX)
         return;
-    /* Still full within the hour (a flood of cancels, maybe for made-up
+    /* Still full within the TTL (a flood of cancels, maybe for made-up
      * ids): the oldest tenth goes. Forgetting all of them let a flood undo
      * every real cancel. */
-    log_warn("control: %d cancels heard within %d s; forgetting the oldest %d",
-             CANCEL_MEMORY_MAX, CANCEL_MEMORY_MS / 1000, CANCEL_MEMORY_MAX / 10);
+    log_warn("control: %d cancels heard within jobs.cancel_ttl (%" PRId64 " s); forgetting "
+             "the oldest %d", CANCEL_MEMORY_MAX, c->d->cfg.cancel_ttl, CANCEL_MEMORY_MAX / 10);
     size_t drop = CANCEL_MEMORY_MAX / 10;
     const char *key;
     json_t *value;
@@ -204,7 +205,7 @@ static int store(struct cancels *c, json_t *ids, const char *flag)
 
 void cancels_heard(struct cancels *c, const char *id)
 {
-    int64_t until = now_ms() + CANCEL_MEMORY_MS;
+    int64_t until = now_ms() + c->d->cfg.cancel_ttl * 1000;
     remember(c, id, until);
     /* Every daemon that hears the cancel writes it (the same member, so it
      * is kept once). One heard while the command connection is down is
@@ -286,10 +287,11 @@ static void take(struct cancels *c, const redisReply *reply)
 {
     /* [id, score, id, score, ...], the latest-expiring first. Anyone who can
      * write Redis can write here: an id that could not name a job is
-     * skipped, and no cancel is kept longer than an hour from now (in
-     * memory, and in the set: one kept for ever would come back with every
-     * start). Taken oldest first, so that the memory's order is the set's. */
-    int64_t now = now_ms(), latest = now + CANCEL_MEMORY_MS;
+     * skipped, and no cancel is kept longer than jobs.cancel_ttl from now
+     * (in memory, and in the set: one kept for ever would come back with
+     * every start). Taken oldest first, so that the memory's order is the
+     * set's. */
+    int64_t ttl = c->d->cfg.cancel_ttl, now = now_ms(), latest = now + ttl * 1000;
     int learned = 0, skipped = 0;
     json_t *clamped = json_object();
     for (size_t i = reply->elements & ~(size_t)1; i >= 2; i -= 2) {
@@ -321,8 +323,9 @@ static void take(struct cancels *c, const redisReply *reply)
         log_warn("control: %d member(s) of %s:cancels are not job ids; skipped", skipped,
                  c->d->cfg.ns);
     if (clamped && json_object_size(clamped)) {
-        log_warn("control: %zu member(s) of %s:cancels expire more than an hour from now; "
-                 "kept for an hour", json_object_size(clamped), c->d->cfg.ns);
+        log_warn("control: %zu member(s) of %s:cancels expire more than jobs.cancel_ttl "
+                 "(%" PRId64 " s) from now; kept for that long", json_object_size(clamped),
+                 c->d->cfg.ns, ttl);
         store(c, clamped, "XX");
     }
     json_decref(clamped);

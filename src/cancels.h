@@ -1,10 +1,12 @@
-/* cancels.h - the ids cancelled within the last hour, kept in memory and in
- * Redis.
+/* cancels.h - the ids cancelled within the last jobs.cancel_ttl seconds (an
+ * hour by default), kept in memory and in Redis.
  *
  * PROTOCOL §5: a waiting job never starts once cancelled. A job can wait
  * where no daemon holds it (its stream's backlog, NS:scheduled), so a cancel
  * has to outlive its PUBLISH: the daemon remembers every id it hears for
- * CANCEL_MEMORY_MS, and each job it takes is looked up here first.
+ * jobs.cancel_ttl, and each job it takes is looked up here first. A job can
+ * wait in a stream's backlog longer than that (an outage, a slow consumer):
+ * the operator who expects such waits raises the setting.
  *
  * Memory alone forgot a cancel with the daemon: one started, or whose
  * subscriber reconnected, after the PUBLISH never heard it, and a job still
@@ -14,10 +16,10 @@
  * and whenever its subscriptions are confirmed (so a cancel written before
  * the SUBSCRIBE is read, and one after it heard). `jobctl cancel` writes
  * there too, so a cancel reaches jobs that wait while no daemon runs at all.
- * A job waiting in NS:scheduled longer than the hour is made due at once by
+ * A job waiting in NS:scheduled longer than that is made due at once by
  * the scheduler's sweep (scheduler.h), so that it ends cancelled in time.
  *
- * Both hold at most CANCEL_MEMORY_MAX ids; past that within the hour the
+ * Both hold at most CANCEL_MEMORY_MAX ids; past that within the TTL the
  * oldest go (a tenth at a time in memory, logged): a flood of made-up ids
  * must not hold memory without bound, and must not undo every real cancel. */
 #ifndef JOBD_CANCELS_H
@@ -28,7 +30,6 @@
 
 #include "redis.h"
 
-#define CANCEL_MEMORY_MS (3600 * 1000)
 #define CANCEL_MEMORY_MAX 100000
 
 struct daemon;
@@ -37,7 +38,7 @@ struct cancels;
 struct cancels *cancels_create(struct daemon *d);
 void cancels_free(struct cancels *c);
 
-/* Is ID cancelled (a cancel for it heard or read within the hour)? */
+/* Is ID cancelled (a cancel for it heard or read, not yet expired)? */
 bool cancels_has(const struct cancels *c, const char *id);
 
 /* A cancel for ID was heard on NS:control: remember it, and write it to

@@ -11,6 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+
+/* jobs.cancel_ttl when unset (jobctl without -c uses it too): an hour. */
+#define CANCEL_TTL_DEFAULT 3600
 struct retry_policy {
     int attempts;           /* total attempts, >= 1 */
     int64_t delay_ms;       /* wait before attempt 2 */
@@ -55,6 +58,7 @@ struct config {
     /* jobs */
     int64_t timeout_ms;
     int64_t result_ttl;     /* seconds */
+    int64_t cancel_ttl;     /* seconds a cancel is kept (extension; cancels.h) */
     struct retry_policy retry;
 
     /* threads */

@@ -35,7 +35,7 @@ struct daemon {
     struct redis *redis;
     struct intake *intake;
     struct runner *runner;
-    struct cancels *cancels;    /* ids cancelled within the hour */
+    struct cancels *cancels;    /* ids cancelled within jobs.cancel_ttl */
     struct scheduler *scheduler;
     struct heartbeat *heartbeat;
     struct reclaim *reclaim;

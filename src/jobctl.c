@@ -42,7 +42,8 @@ static struct {
     char username[257];
     int db;
     char channel[513];          /* the first intake channel that is not a pattern */
-} ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL, "", "", 0, ""};
+    int64_t cancel_ttl;         /* jobs.cancel_ttl, seconds */
+} ctl = {"127.0.0.1", 6379, "jobd", "", "", false, NULL, "", "", 0, "", CANCEL_TTL_DEFAULT};
 
 /* How many bytes at TEXT[I] a terminal would act on: 1 for a C0 control or
  * DEL, 2 for a C1 control in UTF-8 (C2 80..C2 9F: U+009B is a CSI to some
@@ -419,7 +420,7 @@ static int cancel(const char *id)
      * while no daemon runs at all is cancelled too. */
     bool kept = envelope_valid_id(id, strlen(id));
     if (kept) {
-        long long until = (long long)(now_ms() + CANCEL_MEMORY_MS);
+        long long until = (long long)(now_ms() + ctl.cancel_ttl * 1000);
         redisReply *z = redisCommand(ctl.c, "ZADD %s:cancels %lld %s", ctl.ns, until, id);
         if (!z) {
             fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
@@ -447,8 +448,11 @@ static int cancel(const char *id)
         free(o);
         json_decref(out);
     } else {
-        print_line("cancel %s sent to %lld daemon(s)%s", id, r->integer,
-                   kept ? ", and kept for an hour for daemons not running now" : "");
+        if (kept)
+            print_line("cancel %s sent to %lld daemon(s), and kept for %lld s for daemons not "
+                       "running now", id, r->integer, (long long)ctl.cancel_ttl);
+        else
+            print_line("cancel %s sent to %lld daemon(s)", id, r->integer);
     }
     freeReplyObject(r);
     free(text);
@@ -654,6 +658,7 @@ int main(int argc, char **argv)
             snprintf(ctl.username, sizeof(ctl.username), "%s", cfg.redis_username);
             snprintf(ctl.path, sizeof(ctl.path), "%s", cfg.redis_path);
             ctl.db = cfg.redis_db;
+            ctl.cancel_ttl = cfg.cancel_ttl;
             for (int i = 0; i < cfg.nchannels && !ctl.channel[0]; i++)
                 if (!config_is_pattern(cfg.channels[i]))
                     snprintf(ctl.channel, sizeof(ctl.channel), "%s", cfg.channels[i]);

@@ -219,8 +219,9 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads and "
           "put-backs because their key refused jobd (a key of another type, say); see the log.",
           intake_unreadable_streams(d->intake));
-    gauge(out, "jobd_cancels_remembered", "Job ids cancelled within the last hour (heard on "
-          "NS:control or read from NS:cancels): a job with one of them ends cancelled unstarted.",
+    gauge(out, "jobd_cancels_remembered", "Job ids cancelled within jobs.cancel_ttl (heard "
+          "on NS:control or read from NS:cancels): a job with one of them ends cancelled "
+          "unstarted.",
           (double)cancels_count(d->cancels));
     gauge(out, "jobd_threadpool_threads", "Worker threads.", threadpool_size(d->pool));
     gauge(out, "jobd_threadpool_busy", "Worker threads running a task.",

@@ -839,7 +839,7 @@ static struct job *find_child(struct runner *r, const char *id, int depth)
 
 void runner_apply_cancel(struct runner *r, const char *id)
 {
-    /* Its job may wait in NS:scheduled past the cancel's hour. */
+    /* Its job may wait in NS:scheduled past the cancel's TTL. */
     scheduler_sweep_cancelled(r->d->scheduler);
     int found = 0;
     for (struct job *job = r->buckets[bucket_of(id)]; job; job = job->hnext) {

@@ -21,7 +21,7 @@
  * script runs. A pass starts SWEEP_DELAY_MS after the first cancel heard (a
  * burst of cancels makes one pass) and no sooner than SWEEP_INTERVAL_MS
  * after the one before (every pass reads the whole set, and a cancel's
- * memory lasts an hour); a pass stopped by Redis (LOADING, BUSY, a lost
+ * memory lasts jobs.cancel_ttl); a pass stopped by Redis (LOADING, BUSY, a lost
  * connection) starts again SWEEP_RETRY_MS later. */
 #define SWEEP_PAGE_BYTES (1024 * 1024)
 #define SWEEP_COUNT_FIRST 16

@@ -4,7 +4,7 @@
  * NS:scheduled, never only in memory. Every tick one Lua script moves the due
  * ones atomically, so any number of daemons can run the mover at once.
  *
- * A cancel is remembered for an hour (cancels.h), and a job can wait in
+ * A cancel is remembered for jobs.cancel_ttl (cancels.h), and a job can wait in
  * NS:scheduled far longer (run_at, delay_ms, a retry's wait); checked only
  * when it came due, it would run. So after cancels are heard or read, a
  * pass over the set (ZSCAN in a Lua script, a page a call) makes every

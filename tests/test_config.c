@@ -61,6 +61,7 @@ static void test_defaults(void **state)
     assert_true(cfg.max_held_bytes == 256LL << 20);
     assert_int_equal(cfg.timeout_ms, 30000);
     assert_int_equal(cfg.result_ttl, 3600);
+    assert_int_equal(cfg.cancel_ttl, CANCEL_TTL_DEFAULT);
     assert_int_equal(cfg.retry.attempts, 3);
     assert_int_equal(cfg.retry.delay_ms, 1000);
     assert_true(cfg.retry.backoff == 2.0);

@@ -1,9 +1,11 @@
 """NS:cancels (src/cancels.c and its callers): the cases a review of the
 first version found, each failing on it."""
+import signal
 import time
 
 from conftest import (NS, Jobd, RedisServer, cancel, free_port, submit, wait_for,
                       wait_result)
+from test_cancel_sweep import clock_shim  # noqa: F401 (a fixture)
 from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
 from test_jobctl import ctl
@@ -74,7 +76,7 @@ def test_eviction_keeps_the_newest_loaded_cancels(r, start_jobd):
 
 
 def test_the_gauge_does_not_count_expired_cancels(r, start_jobd):
-    # jobd_cancels_remembered: "Job ids cancelled within the last hour". An
+    # jobd_cancels_remembered: "Job ids cancelled within jobs.cancel_ttl". An
     # expired id stayed in memory (it was forgotten only at 100,000) and was
     # counted for ever.
     r.zadd(f"{NS}:cancels", {"soon": time.time() * 1000 + 1500})
@@ -137,3 +139,74 @@ def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
         daemon.stop()
         proxy.close()
         server.kill()
+
+
+# ---- jobs.cancel_ttl: how long a cancel is kept ------------------------------
+
+def cancel_expires_in_ms(r, job_id):
+    return r.zscore(f"{NS}:cancels", job_id) - time.time() * 1000
+
+
+def test_cancel_ttl_sets_how_long_a_cancel_is_kept(r, start_jobd):
+    # A cancel was kept for an hour, fixed. With jobs.cancel_ttl = 2 it is
+    # kept two seconds, in memory and in NS:cancels: a job that arrives
+    # within them ends cancelled, one that arrives after them runs.
+    daemon = start_jobd(jobs__cancel_ttl=2)
+    for job_id in ("soon", "late"):
+        cancel(r, job_id)
+    wait_for(lambda: r.zscore(f"{NS}:cancels", "late"), what="the cancels kept")
+    assert 1000 < cancel_expires_in_ms(r, "late") <= 2000
+    heard = time.monotonic()
+    submit(r, {"id": "soon", "type": "sleep", "ms": 1})
+    assert wait_result(r, "soon")["status"] == "cancelled"
+    time.sleep(max(0.0, heard + 2.3 - time.monotonic()))
+    submit(r, {"id": "late", "type": "sleep", "ms": 1})
+    assert wait_result(r, "late")["status"] == "succeeded"
+    assert "expire" not in daemon.log_text()
+
+
+def test_sighup_changes_cancel_ttl_for_the_cancels_after_it(r, start_jobd):
+    daemon = start_jobd(jobs__cancel_ttl=60)
+    cancel(r, "before")
+    wait_for(lambda: r.zscore(f"{NS}:cancels", "before"), what="the first cancel kept")
+    daemon.settings["jobs"]["cancel_ttl"] = 600
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    cancel(r, "after")
+    wait_for(lambda: r.zscore(f"{NS}:cancels", "after"), what="the second cancel kept")
+    assert 50_000 < cancel_expires_in_ms(r, "before") <= 60_000
+    assert 590_000 < cancel_expires_in_ms(r, "after") <= 600_000
+
+
+def test_a_member_past_cancel_ttl_is_cut_to_it(r, start_jobd):
+    # A producer's member of NS:cancels that expires later than the
+    # daemon's cancel_ttl is kept only that long (here 60 s, not an hour).
+    r.zadd(f"{NS}:cancels", {"far": time.time() * 1000 + 3_600_000})
+    daemon = start_jobd(jobs__cancel_ttl=60)
+    wait_for(lambda: cancel_expires_in_ms(r, "far") <= 60_000, what="the member rewritten")
+    assert ("1 member(s) of jobd:cancels expire more than jobs.cancel_ttl (60 s) from now"
+            in daemon.log_text())
+
+
+def test_a_day_long_cancel_ttl_reaches_a_job_read_two_hours_later(r, start_jobd, clock_shim):
+    # A job can wait in a stream's backlog longer than an hour (no daemon
+    # ran, or all were busy), and with the default TTL its cancel expired
+    # first and the job ran. With jobs.cancel_ttl = 86400, jobctl keeps the
+    # cancel a day, and a daemon that reads the job two hours later (its
+    # clock set two hours ahead) still ends it cancelled. The same daemon
+    # with the default TTL runs it: the setting is what made the difference.
+    conf = start_jobd(jobs__cancel_ttl=86400)     # for jobctl -c, and the group
+    assert conf.stop() == 0
+    submit(r, {"id": "backlog", "type": "sleep", "ms": 1})
+    submit(r, {"id": "forgot", "type": "sleep", "ms": 1})
+    out = ctl(conf, "cancel", "backlog")
+    assert out.returncode == 0 and "kept for 86400 s" in out.stdout, (out.stdout, out.stderr)
+    assert 86_390_000 < cancel_expires_in_ms(r, "backlog") <= 86_400_000
+    r.zadd(f"{NS}:cancels", {"forgot": time.time() * 1000 + 3_600_000})  # the default's hour
+    two_hours_on = {"LD_PRELOAD": clock_shim, "CLOCK_SHIM_OFFSET_MS": str(2 * 3_600_000)}
+    daemon = start_jobd(name="later", jobs__cancel_ttl=86400, env=two_hours_on)
+    rec = wait_result(r, "backlog")
+    assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"], rec
+    assert wait_result(r, "forgot")["status"] == "succeeded"
+    assert "1 cancel(s) read from jobd:cancels" in daemon.log_text()

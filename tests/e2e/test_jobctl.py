@@ -244,7 +244,7 @@ def test_a_cancel_sent_while_no_daemon_runs_reaches_the_waiting_job(r, start_job
     submit(r, {"id": "queued", "type": "sleep", "ms": 1})
     out = ctl(daemon, "cancel", "queued")
     assert out.returncode == 0, out.stderr
-    assert "sent to 0 daemon(s), and kept for an hour" in out.stdout
+    assert "sent to 0 daemon(s), and kept for 3600 s" in out.stdout
     daemon.start()
     rec = wait_result(r, "queued")
     assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"], rec

@@ -188,7 +188,8 @@ def test_members_of_ns_cancels_are_checked(r, start_jobd):
     assert wait_result(r, "ever")["status"] == "cancelled"
     # Rewritten to an hour in the set too: not learned afresh at every start.
     assert r.zscore(f"{NS}:cancels", "ever") <= time.time() * 1000 + 3_600_000
-    assert "1 member(s) of jobd:cancels expire more than an hour from now" in daemon.log_text()
+    assert ("1 member(s) of jobd:cancels expire more than jobs.cancel_ttl (3600 s) from now"
+            in daemon.log_text())
     assert "2 member(s) of jobd:cancels are not job ids; skipped" in daemon.log_text()
     metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
     assert metrics["jobd_cancels_remembered"] == 2
