@@ -162,6 +162,8 @@ struct pending {
     struct job *job;
     result_done_fn *done;
     int first_cmd, ncmds;       /* its commands' places in the EXEC reply */
+    char *kept_key;             /* a put-back's stream or NS:scheduled (else NULL) */
+    bool key_wrong;             /* checked after a lost reply: KEPT_KEY is of another type */
 };
 
 struct txn {
@@ -186,6 +188,44 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
     /* Counted only when sent: the EXEC reply has an element for each. */
     if (redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens) == 0)
         queued_in_txn++;
+}
+
+/* Where JOB goes back (put back, or due again after a retry's wait): its own
+ * stream while it can be read, else the first that can (intake.c). */
+static const char *requeue_stream(struct daemon *d, const struct job *job)
+{
+    return intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
+}
+
+/* A stream that refuses a put-back gets no more of them. */
+static void note_put_back_refused(struct daemon *d, const struct job *job, const char *err)
+{
+    if (job->write_kind == WRITE_REQUEUE)
+        intake_write_refused(d->intake, requeue_stream(d, job), err);
+}
+
+/* The key a put-back or a retry's schedule goes to, for the check after a
+ * lost reply (refused_by_key_type()); NULL for other writes. */
+static char *kept_write_key(struct daemon *d, const struct job *job)
+{
+    char key[128];
+    if (job->write_kind == WRITE_REQUEUE)
+        return strdup(requeue_stream(d, job));
+    if (job->write_kind != WRITE_SCHEDULE)
+        return NULL;
+    result_key(d, key, sizeof(key), "scheduled");
+    return strdup(key);
+}
+
+static const char *write_kind_name(enum job_write kind)
+{
+    switch (kind) {
+    case WRITE_RESULT: return "storing its result record or dead letter";
+    case WRITE_SCHEDULE: return "scheduling it (NS:scheduled)";
+    case WRITE_REQUEUE: return "putting it back on a stream";
+    case WRITE_ACK: break;
+    }
+    return "acknowledging its entry";
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -243,6 +283,13 @@ static void marker_spent(uint64_t seq)
 
 static void publish_replies(struct daemon *d, const struct txn *t);
 
+static void txn_free(struct txn *t)
+{
+    for (int i = 0; i < t->n; i++)
+        free(t->items[i].kept_key);
+    free(t);
+}
+
 /* T's fate is known: its marker may go, reply_to gets the records it
  * stored, and each job hears whether its outcome was stored (REFUSED: per
  * job, one whose own command Redis refused as the transaction ran; NULL:
@@ -255,7 +302,30 @@ static void conclude(struct txn *t, bool stored, const bool *refused)
         publish_replies(t->d, t);
     for (int i = 0; i < t->n; i++)
         t->items[i].done(t->items[i].job, stored && !(refused && refused[i]));
-    free(t);
+    txn_free(t);
+}
+
+/* A transaction whose lost reply held a refusal (a put-back or a retry's
+ * schedule into a key of another type: WRONGTYPE) was judged stored by its
+ * marker, and that job dropped while its entry had been acknowledged beside
+ * it. So the check also asks each such write's key for its type: one of
+ * another type now was refused then, or has lost the write since (the key
+ * was replaced); either way the job is kept and written again, as when the
+ * refusal is seen on a live connection. NULL: none. */
+static bool *refused_by_key_type(struct txn *t)
+{
+    bool *refused = NULL;
+    for (int i = 0; i < t->n; i++) {
+        struct pending *p = &t->items[i];
+        if (!p->key_wrong || !(refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
+            continue;
+        refused[i] = true;
+        log_job(LOG_ERROR, p->job, "%s failed in a transaction whose reply was lost: %s is a "
+                "key of another type; kept here and written again",
+                write_kind_name(p->job->write_kind), p->kept_key);
+        note_put_back_refused(t->d, p->job, "WRONGTYPE (found after a lost reply)");
+    }
+    return refused;
 }
 
 static void settle(struct txn *t, bool ran)
@@ -266,7 +336,9 @@ static void settle(struct txn *t, bool ran)
         lost.stored++;
     else
         lost.not_stored++;
-    conclude(t, ran, NULL);
+    bool *refused = ran ? refused_by_key_type(t) : NULL;
+    conclude(t, ran, refused);
+    free(refused);
 }
 
 #define RECHECK_MS 1000
@@ -333,12 +405,31 @@ void result_lost_counts(int *outcomes, uint64_t *stored, uint64_t *not_stored)
     *not_stored = lost.not_stored;
 }
 
+/* The type of a kept write's key: "none" (a set emptied by the mover, a
+ * stream deleted) or the type written to is fine; any other, refused. */
+static void key_type_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct pending *p = priv;
+    if (!reply || reply->type != REDIS_REPLY_STATUS)
+        return;     /* lost, or Redis cannot say yet: the EXISTS after it says so too */
+    const char *want = p->job->write_kind == WRITE_SCHEDULE ? "zset" : "stream";
+    p->key_wrong = strcmp(reply->str, "none") && strcmp(reply->str, want);
+}
+
 void result_redis_ready(struct daemon *d)
 {
     for (struct list_link *l = unsettled.head; l; l = l->next) {
         struct txn *t = list_entry(l, struct txn, link);
         if (t->checking)
             continue;
+        /* Sent before the EXISTS, on the same connection: answered first. */
+        for (int i = 0; i < t->n; i++) {
+            struct pending *p = &t->items[i];
+            p->key_wrong = false;
+            const char *type[] = {"TYPE", p->kept_key};
+            if (p->kept_key && redis_send(d->redis, REDIS_CMD, key_type_reply, p, 0, 2, type, NULL))
+                return;
+        }
         char key[512];
         marker_key(d, key, sizeof(key), t->marker);
         const char *argv[] = {"EXISTS", key};
@@ -405,24 +496,6 @@ static void publish_replies(struct daemon *d, const struct txn *t)
     }
 }
 
-/* Where JOB goes back (put back, or due again after a retry's wait): its own
- * stream while it can be read, else the first that can (intake.c). */
-static const char *requeue_stream(struct daemon *d, const struct job *job)
-{
-    return intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
-}
-
-static const char *write_kind_name(enum job_write kind)
-{
-    switch (kind) {
-    case WRITE_RESULT: return "storing its result record or dead letter";
-    case WRITE_SCHEDULE: return "scheduling it (NS:scheduled)";
-    case WRITE_REQUEUE: return "putting it back on a stream";
-    case WRITE_ACK: break;
-    }
-    return "acknowledging its entry";
-}
-
 /* A command that fails as the transaction runs does not roll it back
  * (WRONGTYPE: a stream, NS:scheduled or NS:dead replaced by a key of another
  * type). Each failure is said with the job it belongs to. A job put back on
@@ -454,9 +527,7 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
                     kept ? "; kept here and written again" : "");
             if (kept && (refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
                 refused[i] = true;
-            /* A stream that refuses a put-back gets no more of them. */
-            if (p->job->write_kind == WRITE_REQUEUE)
-                intake_write_refused(t->d->intake, requeue_stream(t->d, p->job), e->str);
+            note_put_back_refused(t->d, p->job, e->str);
         }
     }
     /* The rest, queued after the jobs' own: markers, stats, acknowledgements. */
@@ -473,7 +544,7 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
     if (!reply && !t->marker) {
         /* No job in it (each outcome's writing failed, out of memory), so
          * no marker: nothing to ask Redis about, and nothing to answer for. */
-        free(t);
+        txn_free(t);
         return;
     }
     if (!reply) {
@@ -738,6 +809,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             }
             t->items[i].ncmds = queued_in_txn - t->items[i].first_cmd;
             if (rc == 0) {
+                t->items[i].kept_key = kept_write_key(d, job);
                 struct pending written = t->items[i];
                 t->items[i] = t->items[kept];
                 t->items[kept++] = written;
@@ -751,7 +823,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         const char *exec[] = {"EXEC"};
         if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
             hand_back(t->items, t->n);
-            free(t);
+            txn_free(t);
         }
     }
 }
@@ -791,7 +863,7 @@ void result_shutdown(void)
     while (unsettled.head) {
         struct txn *t = list_entry(unsettled.head, struct txn, link);
         list_remove(&unsettled, &t->link);
-        free(t);
+        txn_free(t);
     }
     free(spent_markers.seqs);
     memset(&spent_markers, 0, sizeof(spent_markers));

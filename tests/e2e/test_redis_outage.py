@@ -232,6 +232,35 @@ def test_a_requeue_whose_reply_was_lost_is_not_doubled(r, redis_server, start_jo
     assert live_copies(r, "back") == 1
 
 
+def test_a_refused_retry_in_a_transaction_whose_reply_was_lost_is_kept(r, redis_server,
+                                                                       start_jobd):
+    # The retry's ZADD into a NS:scheduled of another type failed as its
+    # transaction ran, and the job's entry was acknowledged beside it; the
+    # reply saying so was lost with the connection. The check found the
+    # transaction's marker, judged it stored, and the job was gone: no
+    # result, no entry, nothing in NS:scheduled. The check now asks the
+    # key's type too, and the job is kept and written again until it can be.
+    r.set(f"{NS}:scheduled", "not a sorted set")
+    proxy = ExecReplyDropper(redis_server.port, trigger=b'"nonce"')
+    try:
+        daemon = start_jobd(redis__port=proxy.port)
+        submit(r, {"id": "kept", "type": "sleep", "ms": 5000, "timeout_ms": 50,
+                   "retry": {"attempts": 2, "delay_ms": 100, "jitter": False}})
+        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
+        wait_for(lambda: "1 outcome(s) sent before the connection went were stored then"
+                 in daemon.log_text(), what="the check")
+        assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0    # acknowledged
+        time.sleep(1.5)     # written again at least once more, refused: still kept
+        assert r.get(f"{NS}:result:kept") is None
+        r.delete(f"{NS}:scheduled")
+        rec = wait_result(r, "kept", timeout=15)
+        assert (rec["status"], rec["attempts"]) == ("timed_out", 2), rec
+        assert ("scheduling it (NS:scheduled) failed in a transaction whose reply was lost: "
+                "jobd:scheduled is a key of another type" in daemon.log_text())
+    finally:
+        proxy.close()
+
+
 def stream_id(text):
     ms, seq = text.split("-")
     return int(ms), int(seq)
