@@ -11,9 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-
 /* jobs.cancel_ttl when unset (jobctl without -c uses it too): an hour. */
 #define CANCEL_TTL_DEFAULT 3600
+
 struct retry_policy {
     int attempts;           /* total attempts, >= 1 */
     int64_t delay_ms;       /* wait before attempt 2 */
