@@ -157,9 +157,11 @@ static void stored_reply(struct redis *r, redisReply *reply, void *priv)
     }
 }
 
-/* ZADD KEY SCORE ID [SCORE ID ...] for every entry of IDS (id -> until) on
- * the command connection, then the trims. FLAG: "XX" to only rewrite
- * members that are there, or NULL. Returns 0, or -1 when not sent. */
+/* ZADD KEY FLAG SCORE ID [SCORE ID ...] for every entry of IDS (id -> until)
+ * on the command connection, then the trims. FLAG: "XX" to only rewrite
+ * members that are there; "GT" to add, or only lengthen a member that is
+ * there (daemons with a longer jobs.cancel_ttl hear the same cancel, and the
+ * longest wins whichever writes last). Returns 0, or -1 when not sent. */
 static int store(struct cancels *c, json_t *ids, const char *flag)
 {
     size_t n = json_object_size(ids);
@@ -177,8 +179,7 @@ static int store(struct cancels *c, json_t *ids, const char *flag)
     int argc = 0;
     argv[argc++] = "ZADD";
     argv[argc++] = key;
-    if (flag)
-        argv[argc++] = flag;
+    argv[argc++] = flag;
     const char *id;
     json_t *until;
     size_t i = 0;
@@ -211,7 +212,7 @@ void cancels_heard(struct cancels *c, const char *id)
      * is kept once). One heard while the command connection is down is
      * written once it is back (cancels_cmd_ready()). */
     json_t *one = json_pack("{s:I}", id, (json_int_t)until);
-    if (!one || store(c, one, NULL)) {
+    if (!one || store(c, one, "GT")) {
         if (json_object_size(c->unstored) < CANCEL_MEMORY_MAX)
             json_object_set_new(c->unstored, id, json_integer(until));
         log_debug("control: cancel for %s kept in memory until Redis is back", id);
@@ -287,11 +288,13 @@ static void take(struct cancels *c, const redisReply *reply)
 {
     /* [id, score, id, score, ...], the latest-expiring first. Anyone who can
      * write Redis can write here: an id that could not name a job is
-     * skipped, and no cancel is kept longer than jobs.cancel_ttl from now
-     * (in memory, and in the set: one kept for ever would come back with
-     * every start). Taken oldest first, so that the memory's order is the
-     * set's. */
-    int64_t ttl = c->d->cfg.cancel_ttl, now = now_ms(), latest = now + ttl * 1000;
+     * skipped, and no cancel is kept longer than jobs.cancel_ttl may be (a
+     * year) from now (in memory, and in the set: one kept for ever would
+     * come back with every start). Not this daemon's own cancel_ttl: a
+     * longer one is another daemon's, and cutting it to ours would undo
+     * that daemon's setting for all of them. Taken oldest first, so that
+     * the memory's order is the set's. */
+    int64_t now = now_ms(), latest = now + (int64_t)CANCEL_TTL_MAX * 1000;
     int learned = 0, skipped = 0;
     json_t *clamped = json_object();
     for (size_t i = reply->elements & ~(size_t)1; i >= 2; i -= 2) {
@@ -323,9 +326,9 @@ static void take(struct cancels *c, const redisReply *reply)
         log_warn("control: %d member(s) of %s:cancels are not job ids; skipped", skipped,
                  c->d->cfg.ns);
     if (clamped && json_object_size(clamped)) {
-        log_warn("control: %zu member(s) of %s:cancels expire more than jobs.cancel_ttl "
-                 "(%" PRId64 " s) from now; kept for that long", json_object_size(clamped),
-                 c->d->cfg.ns, ttl);
+        log_warn("control: %zu member(s) of %s:cancels expire more than a year from now (the "
+                 "most jobs.cancel_ttl allows); kept for a year", json_object_size(clamped),
+                 c->d->cfg.ns);
         store(c, clamped, "XX");
     }
     json_decref(clamped);
@@ -371,7 +374,7 @@ void cancels_load(struct cancels *c, enum redis_role role, cancels_loaded_fn *do
 
 void cancels_cmd_ready(struct cancels *c)
 {
-    if (json_object_size(c->unstored) && store(c, c->unstored, NULL) == 0)
+    if (json_object_size(c->unstored) && store(c, c->unstored, "GT") == 0)
         json_object_clear(c->unstored);
     if (c->cmd_load_due)
         cancels_load(c, REDIS_CMD, NULL, NULL);

@@ -71,7 +71,7 @@ static const struct cf_setting settings[] = {
     INT64("limits.max_record_bytes", max_record_bytes, 128LL << 20, 1LL << 10, 512LL << 20, true),
     INT64("jobs.timeout_ms", timeout_ms, 30000, 1, 86400000, true),
     INT64("jobs.result_ttl", result_ttl, 3600, 1, 31536000, true),
-    INT64("jobs.cancel_ttl", cancel_ttl, CANCEL_TTL_DEFAULT, 1, 31536000, true),
+    INT64("jobs.cancel_ttl", cancel_ttl, CANCEL_TTL_DEFAULT, 1, CANCEL_TTL_MAX, true),
     INT("jobs.retry.attempts", retry.attempts, 3, 1, 100, true),
     INT64("jobs.retry.delay_ms", retry.delay_ms, 1000, 0, 86400000, true),
     DBL("jobs.retry.backoff", retry.backoff, 2.0, 1.0, 100.0, true),

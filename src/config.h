@@ -11,8 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* jobs.cancel_ttl when unset (jobctl without -c uses it too): an hour. */
+/* jobs.cancel_ttl when unset (jobctl without -c uses it too): an hour; and
+ * the most it may be, a year (also the longest any cancel is kept). */
 #define CANCEL_TTL_DEFAULT 3600
+#define CANCEL_TTL_MAX 31536000
 
 struct retry_policy {
     int attempts;           /* total attempts, >= 1 */

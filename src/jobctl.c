@@ -421,7 +421,8 @@ static int cancel(const char *id)
     bool kept = envelope_valid_id(id, strlen(id));
     if (kept) {
         long long until = (long long)(now_ms() + ctl.cancel_ttl * 1000);
-        redisReply *z = redisCommand(ctl.c, "ZADD %s:cancels %lld %s", ctl.ns, until, id);
+        /* GT: a cancel kept longer already (a daemon's longer cancel_ttl) stays so. */
+        redisReply *z = redisCommand(ctl.c, "ZADD %s:cancels GT %lld %s", ctl.ns, until, id);
         if (!z) {
             fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
             free(text);

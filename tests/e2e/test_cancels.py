@@ -143,6 +143,10 @@ def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
 
 # ---- jobs.cancel_ttl: how long a cancel is kept ------------------------------
 
+def zadd_calls(r):
+    return r.info("commandstats").get("cmdstat_zadd", {}).get("calls", 0)
+
+
 def cancel_expires_in_ms(r, job_id):
     return r.zscore(f"{NS}:cancels", job_id) - time.time() * 1000
 
@@ -179,14 +183,22 @@ def test_sighup_changes_cancel_ttl_for_the_cancels_after_it(r, start_jobd):
     assert 590_000 < cancel_expires_in_ms(r, "after") <= 600_000
 
 
-def test_a_member_past_cancel_ttl_is_cut_to_it(r, start_jobd):
-    # A producer's member of NS:cancels that expires later than the
-    # daemon's cancel_ttl is kept only that long (here 60 s, not an hour).
-    r.zadd(f"{NS}:cancels", {"far": time.time() * 1000 + 3_600_000})
-    daemon = start_jobd(jobs__cancel_ttl=60)
-    wait_for(lambda: cancel_expires_in_ms(r, "far") <= 60_000, what="the member rewritten")
-    assert ("1 member(s) of jobd:cancels expire more than jobs.cancel_ttl (60 s) from now"
-            in daemon.log_text())
+def test_a_longer_cancel_of_another_daemon_is_kept_as_long(r, start_jobd):
+    # Daemons with different cancel_ttl share NS:cancels. One with 60 s
+    # must not cut another's hour-long cancel to its own 60 s, neither when
+    # it reads the set nor when it hears the same cancel and writes it last.
+    short = start_jobd(jobs__cancel_ttl=60)
+    r.zadd(f"{NS}:cancels", {"far": time.time() * 1000 + 3_600_000})   # the other daemon's
+    zadds = zadd_calls(r)
+    cancel(r, "far")                    # heard by the short one, which writes it too
+    wait_for(lambda: zadd_calls(r) > zadds, what="the short daemon's ZADD")
+    assert 3_500_000 < cancel_expires_in_ms(r, "far") <= 3_600_000
+    assert short.stop() == 0
+    again = start_jobd(name="again", jobs__cancel_ttl=60)   # reads the set at start
+    submit(r, {"id": "far", "type": "sleep", "ms": 1})
+    assert wait_result(r, "far")["status"] == "cancelled"
+    assert 3_500_000 < cancel_expires_in_ms(r, "far") <= 3_600_000
+    assert "expire more than" not in again.log_text()
 
 
 def test_a_day_long_cancel_ttl_reaches_a_job_read_two_hours_later(r, start_jobd, clock_shim):
