@@ -206,8 +206,9 @@ def test_a_day_long_cancel_ttl_reaches_a_job_read_two_hours_later(r, start_jobd,
     # ran, or all were busy), and with the default TTL its cancel expired
     # first and the job ran. With jobs.cancel_ttl = 86400, jobctl keeps the
     # cancel a day, and a daemon that reads the job two hours later (its
-    # clock set two hours ahead) still ends it cancelled. The same daemon
-    # with the default TTL runs it: the setting is what made the difference.
+    # clock set two hours ahead) still ends it cancelled. Beside it, a job
+    # whose cancel was kept the default's hour runs: the TTL made the
+    # difference.
     conf = start_jobd(jobs__cancel_ttl=86400)     # for jobctl -c, and the group
     assert conf.stop() == 0
     submit(r, {"id": "backlog", "type": "sleep", "ms": 1})
