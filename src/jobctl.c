@@ -449,11 +449,11 @@ static int cancel(const char *id)
         free(o);
         json_decref(out);
     } else {
+        char kept_for[80] = "";
         if (kept)
-            print_line("cancel %s sent to %lld daemon(s), and kept for %lld s for daemons not "
-                       "running now", id, r->integer, (long long)ctl.cancel_ttl);
-        else
-            print_line("cancel %s sent to %lld daemon(s)", id, r->integer);
+            snprintf(kept_for, sizeof(kept_for), ", and kept for %lld s for daemons not running now",
+                     (long long)ctl.cancel_ttl);
+        print_line("cancel %s sent to %lld daemon(s)%s", id, r->integer, kept_for);
     }
     freeReplyObject(r);
     free(text);

@@ -162,8 +162,8 @@ struct pending {
     struct job *job;
     result_done_fn *done;
     int first_cmd, ncmds;       /* its commands' places in the EXEC reply */
-    char *kept_key;             /* a put-back's stream or NS:scheduled (else NULL) */
-    bool key_wrong;             /* checked after a lost reply: KEPT_KEY is of another type */
+    char *put_back_stream;      /* a put-back's stream, as written (else NULL) */
+    bool key_wrong;             /* checked after a lost reply: its key is of another type */
 };
 
 struct txn {
@@ -204,17 +204,18 @@ static void note_put_back_refused(struct daemon *d, const struct job *job, const
         intake_write_refused(d->intake, requeue_stream(d, job), err);
 }
 
-/* The key a put-back or a retry's schedule goes to, for the check after a
- * lost reply (refused_by_key_type()); NULL for other writes. */
-static char *kept_write_key(struct daemon *d, const struct job *job)
+/* The key a put-back or a retry's schedule went to, for the check after a
+ * lost reply (refused_by_key_type()); NULL for other writes. A retry's is
+ * always NS:scheduled, written into SCHED; a put-back's stream is kept as it
+ * was written, since the stream chosen can change before the check (one
+ * whose refusal another transaction reported is no longer chosen). */
+static const char *kept_key(const struct daemon *d, const struct pending *p, char sched[128])
 {
-    char key[128];
-    if (job->write_kind == WRITE_REQUEUE)
-        return strdup(requeue_stream(d, job));
-    if (job->write_kind != WRITE_SCHEDULE)
-        return NULL;
-    result_key(d, key, sizeof(key), "scheduled");
-    return strdup(key);
+    if (p->job->write_kind == WRITE_SCHEDULE) {
+        result_key(d, sched, 128, "scheduled");
+        return sched;
+    }
+    return p->job->write_kind == WRITE_REQUEUE ? p->put_back_stream : NULL;
 }
 
 static const char *write_kind_name(enum job_write kind)
@@ -286,7 +287,7 @@ static void publish_replies(struct daemon *d, const struct txn *t);
 static void txn_free(struct txn *t)
 {
     for (int i = 0; i < t->n; i++)
-        free(t->items[i].kept_key);
+        free(t->items[i].put_back_stream);
     free(t);
 }
 
@@ -320,9 +321,10 @@ static bool *refused_by_key_type(struct txn *t)
         if (!p->key_wrong || !(refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
             continue;
         refused[i] = true;
+        char sched[128];
         log_job(LOG_ERROR, p->job, "%s failed in a transaction whose reply was lost: %s is a "
                 "key of another type; kept here and written again",
-                write_kind_name(p->job->write_kind), p->kept_key);
+                write_kind_name(p->job->write_kind), kept_key(t->d, p, sched));
         note_put_back_refused(t->d, p->job, "WRONGTYPE (found after a lost reply)");
     }
     return refused;
@@ -425,9 +427,10 @@ void result_redis_ready(struct daemon *d)
         /* Sent before the EXISTS, on the same connection: answered first. */
         for (int i = 0; i < t->n; i++) {
             struct pending *p = &t->items[i];
+            char sched[128];
+            const char *type[] = {"TYPE", kept_key(d, p, sched)};
             p->key_wrong = false;
-            const char *type[] = {"TYPE", p->kept_key};
-            if (p->kept_key && redis_send(d->redis, REDIS_CMD, key_type_reply, p, 0, 2, type, NULL))
+            if (type[1] && redis_send(d->redis, REDIS_CMD, key_type_reply, p, 0, 2, type, NULL))
                 return;
         }
         char key[512];
@@ -809,7 +812,8 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             }
             t->items[i].ncmds = queued_in_txn - t->items[i].first_cmd;
             if (rc == 0) {
-                t->items[i].kept_key = kept_write_key(d, job);
+                if (job->write_kind == WRITE_REQUEUE)
+                    t->items[i].put_back_stream = strdup(requeue_stream(d, job));
                 struct pending written = t->items[i];
                 t->items[i] = t->items[kept];
                 t->items[kept++] = written;
