@@ -33,9 +33,16 @@
  * this long: one that the server accepts and then closes at once (maxclients,
  * protected mode, an ACL refusing SUBSCRIBE) must back off, not spin. */
 #define HEALTHY_AFTER_MS 5000
+/* Redis before 6.2 has no XPENDING ... IDLE (the reclaim of a dead worker's
+ * jobs) nor ZADD GT (the shared cancels). jobd would seem to run on it and
+ * lose those silently, so such a server is refused like a wrong password:
+ * the jobs wait in Redis, and the log says why. */
+#define REDIS_MIN_MAJOR 6
+#define REDIS_MIN_MINOR 2
 
-/* HANDSHAKE: connected, AUTH and SELECT sent; no module may use it before
- * their replies, or its first commands would run unauthenticated or in db 0. */
+/* HANDSHAKE: connected, AUTH, SELECT and HELLO sent; no module may use it
+ * before their replies, or its first commands would run unauthenticated, in
+ * db 0, or on a server too old for them. */
 enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_HANDSHAKE, CONN_READY };
 
 struct conn {
@@ -48,7 +55,8 @@ struct conn {
     int64_t connect_started, ready_since;
     int outstanding;
     struct list calls;          /* struct call awaiting replies, oldest first */
-    int handshake_left;         /* AUTH / SELECT replies still to come */
+    int handshake_left;         /* AUTH / SELECT / HELLO replies still to come */
+    char server_version[32];    /* from HELLO, "" when the server did not say */
     struct event *retry_timer;  /* reconnect after backoff */
     struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
     struct redis_hooks hooks;
@@ -60,6 +68,7 @@ struct redis {
     struct event *check_timer;
     uint64_t reconnects;
     bool stopping;
+    bool version_unknown_said;  /* "could not learn the version", said once */
     struct jbuf resp;           /* redis_send_unanswered()'s buffer, reused */
 };
 
@@ -145,7 +154,10 @@ static void became_ready(struct conn *c)
 {
     c->state = CONN_READY;
     c->ready_since = mono_ms();
-    log_info("redis %s connection ready", role_names[c->role]);
+    if (*c->server_version)
+        log_info("redis %s connection ready (server %s)", role_names[c->role], c->server_version);
+    else
+        log_info("redis %s connection ready", role_names[c->role]);
     if (c->hooks.ready)
         c->hooks.ready(c->hooks.arg);
 }
@@ -166,14 +178,78 @@ static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
         became_ready(c);
 }
 
+/* The server's version, from HELLO's reply (a flat list of names and values
+ * in RESP2): "" when it is not there. */
+static void hello_version(const redisReply *reply, char *out, size_t size)
+{
+    *out = 0;
+    if (reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const redisReply *name = reply->element[i], *value = reply->element[i + 1];
+        if (name->type == REDIS_REPLY_STRING && !strcmp(name->str, "version") &&
+            value->type == REDIS_REPLY_STRING) {
+            snprintf(out, size, "%s", value->str);
+            return;
+        }
+    }
+}
+
+static bool version_too_old(const char *version)
+{
+    int major, minor;
+    if (sscanf(version, "%d.%d", &major, &minor) != 2)
+        return false;       /* not a number we know how to read: let it run */
+    return major < REDIS_MIN_MAJOR || (major == REDIS_MIN_MAJOR && minor < REDIS_MIN_MINOR);
+}
+
+static void refuse_server(struct conn *c, const char *why)
+{
+    log_error("redis %s connection: %s; jobd needs Redis %d.%d or later (XPENDING ... IDLE, "
+              "ZADD GT); no job is read until it is", role_names[c->role], why, REDIS_MIN_MAJOR,
+              REDIS_MIN_MINOR);
+    c->failures = 10;       /* retry slowly, as after a wrong password */
+    drop_context(c, "server too old");
+}
+
+/* HELLO 2 (RESP2, what hiredis 0.14.1 reads) tells the server's version. A
+ * server that does not know HELLO is older than 6.0. One that refuses it
+ * otherwise (an ACL without HELLO) is let run, with a warning said once. */
+static void hello_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct conn *c = priv;
+    if (!reply || !c->ac || c->state != CONN_HANDSHAKE)
+        return;     /* the connection went meanwhile */
+    char why[96];
+    if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "ERR unknown command", 19)) {
+        refuse_server(c, "the server does not know HELLO, so it is older than Redis 6.0");
+        return;
+    }
+    hello_version(reply, c->server_version, sizeof(c->server_version));
+    if (version_too_old(c->server_version)) {
+        snprintf(why, sizeof(why), "the server is Redis %s", c->server_version);
+        refuse_server(c, why);
+        return;
+    }
+    if (!*c->server_version && !r->version_unknown_said) {
+        r->version_unknown_said = true;
+        log_warn("redis %s connection: could not learn the server's version (%s); jobd needs "
+                 "Redis %d.%d or later", role_names[c->role],
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "HELLO did not say",
+                 REDIS_MIN_MAJOR, REDIS_MIN_MINOR);
+    }
+    if (--c->handshake_left == 0)
+        became_ready(c);
+}
+
 static struct call *call_new(struct conn *c, redis_reply_fn *fn, void *priv, int64_t timeout_ms);
 static int call_sent(struct conn *c, struct call *call, int rc);
 static void call_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* A handshake command: sent while redis_ready() is still false. */
-static void handshake_send(struct conn *c, int argc, const char **argv)
+static void handshake_send(struct conn *c, redis_reply_fn *fn, int argc, const char **argv)
 {
-    struct call *call = call_new(c, handshake_reply, c, 0);
+    struct call *call = call_new(c, fn, c, 0);
     if (call && call_sent(c, call, redisAsyncCommandArgv(c->ac, call_reply, call, argc, argv,
                                                          NULL)) == 0)
         c->handshake_left++;
@@ -192,10 +268,10 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
     if (cfg->redis_password && *cfg->redis_password) {
         if (cfg->redis_username && *cfg->redis_username) {
             const char *argv[] = {"AUTH", cfg->redis_username, cfg->redis_password};
-            handshake_send(c, 3, argv);
+            handshake_send(c, handshake_reply, 3, argv);
         } else {
             const char *argv[] = {"AUTH", cfg->redis_password};
-            handshake_send(c, 2, argv);
+            handshake_send(c, handshake_reply, 2, argv);
         }
     }
     /* SELECT is meaningless for pub/sub, and the subscriber sends nothing but
@@ -204,7 +280,12 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
         char db[16];
         snprintf(db, sizeof(db), "%d", cfg->redis_db);
         const char *argv[] = {"SELECT", db};
-        handshake_send(c, 2, argv);
+        handshake_send(c, handshake_reply, 2, argv);
+    }
+    if (c->ac) {
+        const char *argv[] = {"HELLO", "2"};
+        *c->server_version = 0;
+        handshake_send(c, hello_reply, 2, argv);
     }
     if (c->ac && c->state == CONN_HANDSHAKE && c->handshake_left == 0)
         became_ready(c);
