@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import time
 
 from conftest import NS, REPO, submit, wait_for, wait_result
 
@@ -248,6 +249,22 @@ def test_a_cancel_sent_while_no_daemon_runs_reaches_the_waiting_job(r, start_job
     daemon.start()
     rec = wait_result(r, "queued")
     assert rec["status"] == "cancelled" and "before it started" in rec["error"]["message"], rec
+
+
+def test_a_cancel_kept_longer_is_not_shortened_by_jobctl(r, start_jobd):
+    # Another daemon (or a jobctl with a longer jobs.cancel_ttl) kept this
+    # cancel for a day: jobctl's hour must not cut it (ZADD GT); a cancel
+    # kept shorter is lengthened to the hour.
+    daemon = start_jobd()
+    assert daemon.stop() == 0
+    now_ms = int(time.time() * 1000)
+    day, minute = now_ms + 86400 * 1000, now_ms + 60 * 1000
+    r.zadd(f"{NS}:cancels", {"kept-a-day": day, "kept-a-minute": minute})
+    for job_id in ("kept-a-day", "kept-a-minute"):
+        out = ctl(daemon, "cancel", job_id)
+        assert out.returncode == 0 and "kept for 3600 s" in out.stdout, (out.stdout, out.stderr)
+    assert r.zscore(f"{NS}:cancels", "kept-a-day") == day
+    assert abs(r.zscore(f"{NS}:cancels", "kept-a-minute") - (now_ms + 3600 * 1000)) < 60 * 1000
 
 
 def test_cancel_with_an_id_that_is_not_utf8_or_needs_escaping(r, start_jobd):
