@@ -109,8 +109,9 @@ static void forget_old(struct cancels *c)
     /* Still full within the TTL (a flood of cancels, maybe for made-up
      * ids): the oldest tenth goes. Forgetting all of them let a flood undo
      * every real cancel. */
-    log_warn("control: %d cancels heard within jobs.cancel_ttl (%" PRId64 " s); forgetting "
-             "the oldest %d", CANCEL_MEMORY_MAX, c->d->cfg.cancel_ttl, CANCEL_MEMORY_MAX / 10);
+    log_warn("control: %d cancels remembered and none expired (jobs.cancel_ttl %" PRId64 " s, "
+             "or longer where another daemon or jobctl kept one longer); forgetting the oldest %d",
+             CANCEL_MEMORY_MAX, c->d->cfg.cancel_ttl, CANCEL_MEMORY_MAX / 10);
     size_t drop = CANCEL_MEMORY_MAX / 10;
     const char *key;
     json_t *value;
