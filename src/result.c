@@ -703,20 +703,26 @@ static int write_result(struct daemon *d, struct job *job)
 }
 
 /* Fields of a stream entry jobd writes when it puts a job back; intake reads
- * them so the id, attempt count and queue time survive the trip. */
+ * them so the id, attempt count and queue time survive the trip. A retry or
+ * delay that NS:scheduled refused while draining (write_done()) is put back
+ * with its time as "early_due": the daemon that reads it schedules it again
+ * for then, as it does a job a cancel sweep made due early, instead of
+ * running it at once. */
 static int write_requeue(struct daemon *d, struct job *job)
 {
-    char attempts[16], queued[24];
+    char attempts[16], queued[24], due[24];
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
     snprintf(queued, sizeof(queued), "%" PRId64, job->queued_at);
+    snprintf(due, sizeof(due), "%" PRId64, job->write_due);
     const char *stream = requeue_stream(d, job);
     const char *argv[] = {"XADD", stream, "*", "job", job->raw, "id", job->id,
-                          "attempts", attempts, "queued_at", queued};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++)
+                          "attempts", attempts, "queued_at", queued, "early_due", due};
+    int argc = job->write_due > now_ms() ? 13 : 11;
+    size_t lens[13];
+    for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     lens[4] = job->raw_len;
-    queue_command(d, 11, argv, lens);
+    queue_command(d, argc, argv, lens);
     return 0;
 }
 

@@ -751,12 +751,13 @@ static void proceed(struct runner *r, struct job *job)
         return;
     }
     if (job->early_due) {
-        /* Made due early for a cancel this daemon does not remember: it
-         * waits again for its time, also while draining, since put back on
-         * its stream it would lose that time (it does if NS:scheduled
-         * refuses it then: write_done()). Not counted as a retry. */
-        log_job(LOG_INFO, job, "back from %s:scheduled before its time, and not cancelled here; "
-                "scheduled again", d->cfg.ns);
+        /* Made due early for a cancel this daemon does not remember, or put
+         * back by a drain that could not schedule it: it waits again for
+         * its time, also while draining (should NS:scheduled refuse it then,
+         * it goes back on its stream with that time: write_requeue()). Not
+         * counted as a retry. */
+        log_job(LOG_INFO, job, "read before its time (in %" PRId64 " ms), and not cancelled "
+                "here; scheduled again", job->early_due - now_ms());
         job->write_due = job->early_due;
         finish(r, job, WRITE_SCHEDULE);
         return;

@@ -266,11 +266,14 @@ def test_a_retry_redis_refuses_to_schedule_is_kept_and_written_again(r, start_jo
 def test_a_retry_redis_refuses_to_schedule_goes_back_on_its_stream_at_shutdown(r, start_jobd):
     # The refused retry's entry was acknowledged with it, so at shutdown it
     # lived only in the daemon: it was lost when the drain gave up. Draining,
-    # an outcome that cannot be scheduled goes back on its stream instead.
+    # an outcome that cannot be scheduled goes back on its stream instead,
+    # with its time: the daemon that reads it waits for that time (it used
+    # to run the retry at once, without its backoff).
     r.set(f"{NS}:scheduled", "not a sorted set")
     daemon = start_jobd(shutdown__drain_ms=500)
     submit(r, {"id": "back", "type": "sleep", "ms": 5000, "timeout_ms": 50,
-               "retry": {"attempts": 3, "delay_ms": 100, "jitter": False}})
+               "retry": {"attempts": 2, "delay_ms": 4000, "max_delay_ms": 4000,
+                         "jitter": False}})
     wait_for(lambda: "job back: scheduling it (NS:scheduled) failed" in daemon.log_text(),
              what="the refused retry")
     daemon.signal(signal.SIGTERM)
@@ -278,6 +281,15 @@ def test_a_retry_redis_refuses_to_schedule_goes_back_on_its_stream_at_shutdown(r
     put_back = [f for _, f in r.xrange(f"{NS}:queue") if f.get("id") == "back"]
     assert len(put_back) == 1 and put_back[0]["attempts"] == "1", put_back
     assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+    due = int(put_back[0]["early_due"])
+    assert due > time.time() * 1000 + 1000, put_back
+    r.delete(f"{NS}:scheduled")
+    second = start_jobd(name="second")
+    wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the retry scheduled again")
+    assert "scheduled again" in second.log_text()
+    rec = wait_result(r, "back", timeout=15)
+    assert (rec["status"], rec["attempts"]) == ("timed_out", 2), rec
+    assert rec["started_at"] >= due, (rec, due)
 
 
 def test_a_hash_timing_out_while_queued_behind_others_ends_at_its_timeout(r, start_jobd):

@@ -173,7 +173,9 @@ def test_a_park_unanswered_during_the_drain_is_put_back_not_lost(r, redis_server
 
 class LateNewConnections(ForwardingProxy):
     """A TCP proxy in front of Redis; once .late is set, what Redis sends on
-    connections accepted from then on reaches jobd DELAY seconds late."""
+    connections accepted from then on reaches jobd DELAY seconds late, from
+    the first confirmation of a (P)SUBSCRIBE on (the handshake's replies come
+    at once: a subscriber sends its SUBSCRIBEs only after them)."""
 
     def __init__(self, redis_port, delay=3.0):
         self.delay, self.late = delay, False
@@ -183,8 +185,8 @@ class LateNewConnections(ForwardingProxy):
         return {"delay": self.delay if self.late else 0}
 
     def forward(self, data, src, dst, state, upstream):
-        if not upstream and state["delay"]:
-            time.sleep(state["delay"])      # the first chunk late, the rest behind it
+        if not upstream and state["delay"] and b"subscribe" in data:
+            time.sleep(state["delay"])      # this chunk late, the rest behind it
             state["delay"] = 0
         dst.sendall(data)
         return True
