@@ -51,6 +51,7 @@ struct http_request {
      * (job->spec, freed by the runner only after http_free), so the job-level
      * body a batch falls back to is shared, never copied per request. */
     const char *url, *method, *body;
+    char *shown_url;            /* url without its password, for messages; NULL: url */
     size_t body_len;
     struct curl_slist *headers;         /* sent: own_headers or the job's list */
     struct curl_slist *own_headers;     /* the item's own "headers" (owned), else NULL */
@@ -62,7 +63,10 @@ struct http_request {
     size_t len, cap;
     EVP_MD_CTX *sha;
     int64_t bytes;
-    bool too_large, over_budget, refused_address, running;
+    bool too_large, over_budget, running;
+    /* Addresses the policy refused, and sockets opened, in the current hop:
+     * "forbidden" only when every address was refused (request_outcome()). */
+    int refused_addresses, opened_sockets;
     int64_t retry_after_ms;
     json_t *outcome;            /* result object, or {"error": {...}} in a batch */
     struct job_error err;
@@ -112,6 +116,12 @@ struct sock_watch {
     short kind;                 /* EV_READ/EV_WRITE as registered */
     bool live;                  /* registered with the loop */
     bool wanted;                /* libcurl watches it */
+    /* Opened through open_socket(), so closed through close_socket(). The
+     * threaded resolver's own socket pair is not: libcurl says REMOVE and
+     * then close()s it directly, so its registration must go at REMOVE, or
+     * the next fd given that number (an admin client, the next lookup's
+     * pair) would inherit a registration epoll no longer has. */
+    bool ours;
 };
 
 /* Finished easy handles kept for reuse (curl_easy_reset): creating one per
@@ -149,13 +159,8 @@ static bool ipv4_private(uint32_t a)    /* host byte order */
            (a >> 28) >= 0xe;                        /* multicast, reserved, broadcast */
 }
 
-bool http_address_is_private(const struct sockaddr *sa)
+static bool ipv6_private(const unsigned char *b)
 {
-    if (sa->sa_family == AF_INET)
-        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
-    if (sa->sa_family != AF_INET6)
-        return true;
-    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
     static const unsigned char zero[12] = {0};
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -174,16 +179,69 @@ bool http_address_is_private(const struct sockaddr *sa)
            b[0] == 0xff;                            /* multicast */
 }
 
+bool http_address_is_private(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+    if (sa->sa_family == AF_INET6)
+        return ipv6_private(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
+    return true;
+}
+
+/* The same for an address as text; one that cannot be read counts as private. */
+static bool text_address_is_private(const char *ip)
+{
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (inet_pton(AF_INET, ip, &v4) == 1)
+        return ipv4_private(ntohl(v4.s_addr));
+    if (inet_pton(AF_INET6, ip, &v6) == 1)
+        return ipv6_private(v6.s6_addr);
+    return true;
+}
+
 static int close_socket(void *clientp, curl_socket_t s);
+
+static struct sock_watch *watch_of(curl_socket_t s, bool create);
+
+#define SHOWN_URL(rq) ((rq)->shown_url ? (rq)->shown_url : (rq)->url)
 
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     struct http_request *rq = clientp;
     if (!http.d->cfg.http_allow_private && http_address_is_private(&addr->addr)) {
-        rq->refused_address = true;
+        rq->refused_addresses++;
         return CURL_SOCKET_BAD;
     }
-    return socket(addr->family, addr->socktype, addr->protocol);
+    curl_socket_t s = socket(addr->family, addr->socktype, addr->protocol);
+    struct sock_watch *w = watch_of(s, true);
+    if (s != CURL_SOCKET_BAD && !w) {
+        close(s);       /* out of memory: it could not be watched */
+        return CURL_SOCKET_BAD;
+    }
+    if (w) {
+        w->ours = true;
+        rq->opened_sockets++;
+    }
+    return s;
+}
+
+/* CURLOPT_PREREQFUNCTION: before each request, on a new connection or one
+ * reused from the cache. A cached connection was judged when it was opened,
+ * perhaps under an http.allow_private that a reload has turned off since:
+ * judged again here. Also where a hop's counts start over, so that a refusal
+ * on an earlier hop of a redirect does not make a later failure "forbidden". */
+static int before_request(void *clientp, char *primary_ip, char *local_ip, int primary_port,
+                          int local_port)
+{
+    struct http_request *rq = clientp;
+    rq->opened_sockets = rq->refused_addresses = 0;
+    if (http.d->cfg.http_allow_private)
+        return CURL_PREREQFUNC_OK;
+    if (!text_address_is_private(primary_ip))
+        return CURL_PREREQFUNC_OK;
+    rq->refused_addresses = 1;
+    return CURL_PREREQFUNC_ABORT;
 }
 
 /* ---- parsing ----------------------------------------------------------------- */
@@ -203,7 +261,24 @@ static bool is_token(const char *s)
     return true;
 }
 
-static int check_url(const char *where, const char *url, struct job_error *err)
+/* The URL as messages show it, its password replaced by "***": they go to
+ * the result record, the log and dead letters. NULL when it has none. */
+static char *shown_url(CURLU *u)
+{
+    char *password = NULL, *text = NULL, *shown = NULL;
+    if (curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_PASSWORD, "***", 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_URL, &text, 0) == CURLUE_OK)
+        shown = strdup(text);
+    else if (password)
+        shown = strdup("(a URL with a password)");  /* never the URL itself */
+    curl_free(password);
+    curl_free(text);
+    return shown;
+}
+
+/* Checks URL; *SHOWN: shown_url(), or NULL. */
+static int check_url(const char *where, const char *url, char **shown, struct job_error *err)
 {
     if (strlen(url) > MAX_URL) {
         job_error_set(err, ERR_INVALID_JOB, "%s: longer than %d bytes", where, MAX_URL);
@@ -219,6 +294,8 @@ static int check_url(const char *where, const char *url, struct job_error *err)
         job_error_set(err, ERR_INVALID_JOB, "%s: only http and https URLs are allowed", where);
     else
         rc = 0;
+    if (rc == 0)
+        *shown = shown_url(u);
     curl_free(scheme);
     curl_url_cleanup(u);
     return rc;
@@ -229,6 +306,21 @@ static json_t *field_of(const json_t *req, const json_t *defaults, const char *n
 {
     json_t *v = req ? json_object_get(req, name) : NULL;
     return v ? v : json_object_get(defaults, name);
+}
+
+/* Headers that decide where a message ends or what becomes of the
+ * connection. Connections are shared by every job: a Content-Length of 0
+ * before a body would make the body a second request on the kept-alive
+ * connection, whose answer the next job to reuse it would read as its own. */
+static bool framing_header(const char *name)
+{
+    static const char *const framing[] = {"Content-Length", "Transfer-Encoding", "Connection",
+                                          "Keep-Alive", "Upgrade", "TE", "Trailer",
+                                          "Proxy-Connection", NULL};
+    for (const char *const *f = framing; *f; f++)
+        if (!strcasecmp(name, *f))
+            return true;
+    return false;
 }
 
 /* "headers" {name: value} as the curl_slist OUT (NULL for {}). */
@@ -248,6 +340,13 @@ static int parse_headers(const json_t *v, const char *where, struct curl_slist *
             job_error_set(err, ERR_INVALID_JOB,
                           "%s: \"%.64s\" must be a token with a string value "
                           "without CR, LF or NUL",
+                          where, name);
+            return -1;
+        }
+        if (framing_header(name)) {
+            job_error_set(err, ERR_INVALID_JOB,
+                          "%s: \"%.64s\" is not allowed: it frames the message or manages the "
+                          "connection, which libcurl does",
                           where, name);
             return -1;
         }
@@ -280,7 +379,7 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
         return -1;
     }
     snprintf(label, sizeof(label), "%s.url", where);
-    if (check_url(label, json_string_value(url), err))
+    if (check_url(label, json_string_value(url), &rq->shown_url, err))
         return -1;
     rq->url = json_string_value(url);
 
@@ -376,7 +475,8 @@ static void request_reset(struct http_request *rq)
     }
     free(rq->errbuf);
     rq->errbuf = NULL;
-    rq->running = rq->failed = rq->too_large = rq->over_budget = rq->refused_address = false;
+    rq->running = rq->failed = rq->too_large = rq->over_budget = false;
+    rq->refused_addresses = rq->opened_sockets = 0;
     free(rq->buf);
     rq->buf = NULL;
     rq->len = rq->cap = 0;
@@ -401,6 +501,7 @@ static void http_free(struct job *job)
         struct http_request *rq = &hj->reqs[i];
         request_reset(rq);
         curl_slist_free_all(rq->own_headers);
+        free(rq->shown_url);
     }
     curl_slist_free_all(hj->headers);
     free(hj->reqs);
@@ -622,6 +723,8 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, rq);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, before_request);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, rq);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     if (cfg->http_ca_file && *cfg->http_ca_file)
@@ -692,28 +795,30 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     rq->failed = true;
     if (rq->too_large) {
         job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
-                      rq->url, (long long)rq->max_bytes);
+                      SHOWN_URL(rq), (long long)rq->max_bytes);
     } else if (rq->over_budget) {
         job_error_set(&rq->err, ERR_TOO_LARGE,
                       "%s: the batch's text and json responses would hold more than "
                       "http.max_batch_bytes (%lld)",
-                      rq->url, (long long)rq->hj->kept_max);
-    } else if (rq->refused_address && code == CURLE_COULDNT_CONNECT) {
-        /* open_socket() refused an address and libcurl found no other to
-         * connect to. Had it gone on to an allowed one, the transfer stands
-         * on its own: a refused first address is no reason to fail it. */
+                      SHOWN_URL(rq), (long long)rq->hj->kept_max);
+    } else if (rq->refused_addresses && !rq->opened_sockets &&
+               (code == CURLE_COULDNT_CONNECT || code == CURLE_ABORTED_BY_CALLBACK)) {
+        /* Every address of this hop was refused: by open_socket(), or by
+         * before_request() for a cached connection. Had libcurl gone on to
+         * an allowed address, the transfer stands on its own, and a failure
+         * to connect there is an ordinary (retried) one. */
         job_error_set(&rq->err, ERR_FORBIDDEN,
                       "%s: the address is loopback, private or link-local "
                       "(http.allow_private is false)",
-                      rq->url);
+                      SHOWN_URL(rq));
     } else if (code == CURLE_OPERATION_TIMEDOUT) {
-        job_error_set(&rq->err, ERR_TIMEOUT, "%s: %s", rq->url,
+        job_error_set(&rq->err, ERR_TIMEOUT, "%s: %s", SHOWN_URL(rq),
                       rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(code));
     } else if (code != CURLE_OK) {
-        job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: %s", rq->url,
+        job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: %s", SHOWN_URL(rq),
                       rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(code));
     } else if (status >= 400 && rq->raise_for_status) {
-        job_error_set(&rq->err, ERR_HTTP_STATUS, "%s: HTTP status %ld", rq->url, status);
+        job_error_set(&rq->err, ERR_HTTP_STATUS, "%s: HTTP status %ld", SHOWN_URL(rq), status);
         rq->err.http_status = (int)status;
         rq->err.retry_after_ms = rq->retry_after_ms;
     } else {
@@ -734,14 +839,14 @@ static void request_outcome(struct http_request *rq, CURLcode code)
                 job_error_set(&rq->err, ERR_TOO_LARGE,
                               "%s: the batch's text and json responses would hold more than "
                               "http.max_batch_bytes (%lld) once parsed",
-                              rq->url, (long long)rq->hj->kept_max);
+                              SHOWN_URL(rq), (long long)rq->hj->kept_max);
             } else if (doc) {
                 rq->hj->kept += extra;
                 json_object_set_new(res, "json", doc);
             } else {
                 json_decref(res);
                 res = NULL;
-                job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: response is not JSON: %s", rq->url,
+                job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: response is not JSON: %s", SHOWN_URL(rq),
                               jerr.text);
             }
         } else if (rq->mode == RESP_SHA256) {
@@ -894,7 +999,7 @@ static bool start_one(struct http_job *hj)
     struct http_request *rq = &hj->reqs[hj->next++];
     if (request_setup(hj, rq) || curl_multi_add_handle(http.multi, rq->easy) != CURLM_OK) {
         rq->failed = true;
-        job_error_set(&rq->err, ERR_INTERNAL, "%s: cannot start the transfer", rq->url);
+        job_error_set(&rq->err, ERR_INTERNAL, "%s: cannot start the transfer", SHOWN_URL(rq));
         hj->finished++;
         if (hj->finished == hj->n) {
             job_report(hj);
@@ -990,7 +1095,9 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 {
     struct sock_watch *w = watch_of(s, what != CURL_POLL_REMOVE);
     if (what == CURL_POLL_REMOVE) {
-        if (w && w->wanted) {
+        if (w && !w->ours) {
+            unregister(w);      /* libcurl closes it next, not through us */
+        } else if (w && w->wanted) {
             w->wanted = false;  /* left registered: see struct sock_watch */
             http.sockets--;
         }
@@ -1018,8 +1125,10 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 static int close_socket(void *clientp, curl_socket_t s)
 {
     struct sock_watch *w = watch_of(s, false);
-    if (w)
+    if (w) {
         unregister(w);
+        w->ours = false;
+    }
     return close(s);
 }
 

@@ -5,8 +5,10 @@
  *
  * getaddrinfo("private-then-public.test") answers 10.255.255.1, then
  * 203.0.113.1 (TEST-NET-3: public to the policy, routed nowhere); connect()
- * to 203.0.113.1 goes to 127.0.0.1 instead, same port. Everything else passes
- * through. Built by the test with `cc -shared -fPIC`. */
+ * to 203.0.113.1 goes to 127.0.0.1 instead, same port, and getpeername() on
+ * such a socket says 203.0.113.1, as it would had the address been reached
+ * (jobd judges a connection again by its peer before each request).
+ * Everything else passes through. Built by the test with `cc -shared -fPIC`. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -22,12 +24,18 @@
 static int (*real_getaddrinfo)(const char *, const char *, const struct addrinfo *,
                                struct addrinfo **);
 static int (*real_connect)(int, const struct sockaddr *, socklen_t);
+static int (*real_getpeername)(int, struct sockaddr *, socklen_t *);
+
+/* Sockets whose connect() was sent to loopback in place of PUBLIC. */
+#define MAX_FD 4096
+static volatile char redirected[MAX_FD];
 
 /* Looked up once, before any thread (libcurl resolves on its own threads). */
 __attribute__((constructor)) static void init(void)
 {
     real_getaddrinfo = dlsym(RTLD_NEXT, "getaddrinfo");
     real_connect = dlsym(RTLD_NEXT, "connect");
+    real_getpeername = dlsym(RTLD_NEXT, "getpeername");
 }
 
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
@@ -64,7 +72,20 @@ int connect(int fd, const struct sockaddr *sa, socklen_t len)
         ((const struct sockaddr_in *)sa)->sin_addr.s_addr == public.s_addr) {
         struct sockaddr_in to = *(const struct sockaddr_in *)sa;
         to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (fd >= 0 && fd < MAX_FD)
+            redirected[fd] = 1;
         return real_connect(fd, (const struct sockaddr *)&to, sizeof(to));
     }
+    if (fd >= 0 && fd < MAX_FD)
+        redirected[fd] = 0;
     return real_connect(fd, sa, len);
+}
+
+int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
+{
+    int rc = real_getpeername(fd, sa, len);
+    if (rc == 0 && fd >= 0 && fd < MAX_FD && redirected[fd] && sa->sa_family == AF_INET &&
+        *len >= sizeof(struct sockaddr_in))
+        inet_pton(AF_INET, PUBLIC, &((struct sockaddr_in *)sa)->sin_addr);
+    return rc;
 }

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -208,6 +209,22 @@ def test_crlf_in_headers_is_invalid(r, web, jobd_http):
     assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_job"
     rec = run(r, "badname", url=web.url("/echo"), headers={"X A": "1"})
     assert rec["error"]["code"] == "invalid_job"
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection",
+                                  "Keep-Alive", "Upgrade", "TE", "Trailer", "Proxy-Connection"])
+def test_headers_that_frame_the_message_are_invalid(r, web, jobd_http, name):
+    # Connections are shared by every job: "Content-Length: 0" before a body
+    # made the body a second request on the kept-alive connection, and the
+    # next job to reuse it read that request's answer as its own.
+    smuggled = f"GET /delay/300 HTTP/1.1\r\nHost: 127.0.0.1:{web.port}\r\n\r\n"
+    rec = run(r, "smuggler", url=web.url("/bytes/1"), method="POST", headers={name: "0"},
+              body=smuggled)
+    assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_job", rec
+    assert name in rec["error"]["message"], rec
+    assert web.state.requests == 0
+    rec = run(r, "victim", url=web.url("/json"))
+    assert rec["result"]["body"] == '{"a": [1, 2, {"b": null}], "ok": true}', rec
 
 
 def test_redirects(r, web, jobd_http):
@@ -445,6 +462,57 @@ def test_refused_first_address_then_a_transfer_that_went_out(r, web, resolve_shi
     rec = run(r, "only-private", url=f"http://10.255.255.1:{web.port}/bytes/3")
     assert rec["error"]["code"] == "forbidden", rec
     assert web.state.requests == 1
+
+
+def test_a_refused_address_then_a_refused_connection_is_retried(r, resolve_shim, start_jobd):
+    # The private address is refused by the policy, the public one by the
+    # host (nothing listens): an ordinary failure to connect, retried. It was
+    # reported "forbidden", and never retried, because one address had been
+    # refused by the policy.
+    start_jobd()
+    rec = run(r, "down", url=f"http://{resolve_shim}:{free_port()}/",
+              retry={"attempts": 2, "delay_ms": 10, "jitter": False})
+    assert rec["error"]["code"] == "http_error" and rec["attempts"] == 2, rec
+
+
+def test_turning_allow_private_off_applies_to_cached_connections(r, web, start_jobd):
+    # The policy was checked only when a connection was opened: one to
+    # 127.0.0.1 kept in libcurl's cache went on serving new jobs after a
+    # reload had turned http.allow_private off.
+    daemon = start_jobd(http__allow_private=True)
+    assert run(r, "before", url=web.url("/bytes/1"))["status"] == "succeeded"
+    daemon.settings["http"]["allow_private"] = False
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    rec = run(r, "after", url=web.url("/bytes/1"))
+    assert rec["status"] == "failed" and rec["error"]["code"] == "forbidden", rec
+    assert web.state.requests == 1
+
+
+def test_a_failed_lookup_leaves_no_registration_behind(r, web, start_jobd):
+    # The threaded resolver's socket pair is closed by libcurl itself after
+    # it says REMOVE; its registration stayed with the loop, and the next fd
+    # given that number (here the admin server's client) was never heard:
+    # /healthz hung until its 5 s deadline.
+    admin = free_port()
+    start_jobd(http__allow_private=True, admin__listen=f"127.0.0.1:{admin}")
+    assert get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
+    for i in range(3):
+        rec = run(r, f"nx{i}", url="http://nosuch.invalid/", retry={"attempts": 1})
+        assert rec["error"]["code"] == "http_error", rec
+        started = time.monotonic()
+        assert get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
+        assert time.monotonic() - started < 1
+    assert run(r, "after", url=web.url("/bytes/1"))["status"] == "succeeded"
+
+
+def test_a_password_in_the_url_is_not_in_the_error_or_the_log(r, jobd_http):
+    rec = run(r, "secret", url=f"http://user:s3cret@127.0.0.1:{free_port()}/",
+              retry={"attempts": 1})
+    assert rec["error"]["code"] == "http_error", rec
+    assert "user:***@127.0.0.1" in rec["error"]["message"], rec
+    assert "s3cret" not in json.dumps(rec) and "s3cret" not in jobd_http.log_text()
 
 
 @pytest.mark.parametrize("value", [
