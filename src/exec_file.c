@@ -189,6 +189,35 @@ static int open_regular(struct file_state *st, struct stat *sb)
     return -1;
 }
 
+/* Has the runner stopped this job (timeout, cancel, shutdown)? Workers look
+ * between chunks of I/O, so a stop waits for one chunk at most
+ * (doc/threads.md), not for a whole file on a slow filesystem. */
+static bool stopped(const struct file_state *st)
+{
+    return atomic_load(&st->job->cancel_flag) != 0;
+}
+
+/* Read FD into BUF (CAP bytes) one CHUNK at a time, until end of file or CAP.
+ * *LEN: the bytes read. 0, or -1 with errno set, or 1 when the job was
+ * stopped first: one read() of a whole 1 GiB file does not look at the
+ * cancel flag for seconds. */
+static int read_chunks(struct file_state *st, int fd, char *buf, size_t cap, size_t *len)
+{
+    *len = 0;
+    while (*len < cap) {
+        if (stopped(st))
+            return 1;
+        size_t want = cap - *len < CHUNK ? cap - *len : CHUNK;
+        ssize_t n = read(fd, buf + *len, want);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        *len += (size_t)n;
+    }
+    return 0;
+}
+
 static void do_read(struct file_state *st)
 {
     struct stat sb;
@@ -201,15 +230,18 @@ static void do_read(struct file_state *st)
         close(fd);
         return;
     }
+    /* One byte more than the size: reading it means the file grew. */
     size_t cap = (size_t)sb.st_size + 1, len = 0;
     char *buf = malloc(cap);
-    ssize_t n = 0;
-    while (buf && len < cap && (n = read(fd, buf + len, cap - len)) > 0)
-        len += (size_t)n;
+    int rc = buf ? read_chunks(st, fd, buf, cap, &len) : 0;
     if (!buf) {
         job_error_set(&st->err, ERR_INTERNAL, "out of memory");
-    } else if (n < 0) {
+    } else if (rc < 0) {
         fail_errno(st, errno, "read");
+    } else if (rc > 0 || stopped(st)) {
+        /* Stopped: no result, and no encoding of what was read (a text
+         * check or base64 of up to files.max_bytes); file_done() says
+         * cancelled and the runner gives its own reason. */
     } else if (len > (size_t)sb.st_size) {
         job_error_set(&st->err, ERR_IO_ERROR, "%s: file grew while being read", st->path);
     } else {
@@ -237,7 +269,7 @@ static void do_sha256(struct file_state *st)
     ssize_t n = 0;
     if (buf && ctx && EVP_DigestInit_ex2(ctx, EVP_sha256(), NULL)) {
         while ((n = read(fd, buf, CHUNK)) > 0) {
-            if (atomic_load(&st->job->cancel_flag))
+            if (stopped(st))
                 break;
             EVP_DigestUpdate(ctx, buf, (size_t)n);
             total += n;
@@ -304,8 +336,9 @@ static void file_start(struct job *job)
         job_fail(job, ERR_UNAVAILABLE, "thread pool queue is full");
 }
 
-/* The runner sets job->cancel_flag; a sha256 in progress stops at the next
- * chunk, and a task still queued leaves the queue at once (as hash_cancel). */
+/* The runner sets job->cancel_flag; a read or sha256 in progress stops at
+ * the next chunk, and a task still queued leaves the queue at once (as
+ * hash_cancel). */
 static void file_cancel(struct job *job)
 {
     struct file_state *st = job->exec_state;

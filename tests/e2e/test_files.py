@@ -1,10 +1,12 @@
 """PROTOCOL §3 file jobs: confined to files.root by construction."""
 import hashlib
 import os
+import subprocess
+import time
 
 import pytest
 
-from conftest import submit, wait_result
+from conftest import SANITIZERS, cancel, submit, wait_for, wait_result
 
 
 @pytest.fixture
@@ -63,3 +65,46 @@ def test_file_jobs_off_without_root(r, start_jobd):
     start_jobd()
     rec = run(r, "off", path="x")
     assert rec["status"] == "failed" and rec["error"]["code"] == "unavailable"
+
+
+def slow_read_env(tmp_path, delay_ms):
+    """Environment for a jobd with tests/e2e/slow_read_shim.c preloaded: a
+    file whose name holds "slow" is read one 64 KiB chunk per read(), each
+    after DELAY_MS, like a file on a slow network filesystem."""
+    if SANITIZERS:
+        pytest.skip("ASan insists on being first in LD_PRELOAD")
+    so = tmp_path / "slow_read_shim.so"
+    src = os.path.join(os.path.dirname(__file__), "slow_read_shim.c")
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", str(so),
+                        src, "-ldl"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot build {src}: {e}")
+    return {"LD_PRELOAD": str(so), "SLOW_READ_MS": str(delay_ms)}
+
+
+def test_a_read_stops_within_a_chunk_of_its_timeout_or_cancel(r, start_jobd, root, tmp_path):
+    # 2 MiB at 64 KiB per 100 ms takes 3.2 s to read. The read looks at the
+    # cancel flag between chunks (doc/threads.md): a timeout, or a cancel,
+    # ends the job about one chunk later, not once the whole file is read
+    # and encoded (a read of 1 GiB used to outlive a 20 ms timeout by 18 s).
+    (root / "slow.bin").write_bytes(b"x" * (2 << 20))
+    daemon = start_jobd(files__root=str(root), threads__size=1,
+                        env=slow_read_env(tmp_path, 100))
+    t0 = time.monotonic()
+    rec = run(r, "short", path="slow.bin", timeout_ms=200)
+    assert rec["status"] == "timed_out", rec
+    # The next job waits for the one pool thread: it runs only once the
+    # read above has really stopped.
+    rec = run(r, "next", path="hello.txt")
+    assert rec["status"] == "succeeded", rec
+    assert time.monotonic() - t0 < 1.5, daemon.log_text()
+
+    t0 = time.monotonic()
+    submit(r, {"id": "stopped", "type": "file", "path": "slow.bin"})
+    wait_for(lambda: "job stopped: attempt 1" in daemon.log_text(), what="the read to start")
+    time.sleep(0.2)
+    cancel(r, "stopped")
+    assert wait_result(r, "stopped")["status"] == "cancelled"
+    assert run(r, "after", path="hello.txt")["status"] == "succeeded"
+    assert time.monotonic() - t0 < 1.5, daemon.log_text()
