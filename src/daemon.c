@@ -87,16 +87,51 @@ static void exit_check_cb(evutil_socket_t fd, short what, void *arg)
     daemon_check_drained(arg);
 }
 
+/* Redis did not take every outcome in time: say what is left and leave. */
+static void give_up(struct daemon *d)
+{
+    struct runner_counts c;
+    runner_counts(d->runner, &c);
+    log_error("shutdown: giving up: %d job outcome(s) or put-back(s) could not be written to "
+              "Redis (each job was named when it was first refused), %d job(s) had not ended "
+              "(still stopping, or waiting for Redis to say whether they already ran), and "
+              "%d parked pub/sub job(s) were not confirmed; a job whose stream entry is still "
+              "pending will be redelivered, the others (pub/sub jobs, and jobs whose entry was "
+              "acknowledged with a refused retry) are lost", c.storing, c.inflight - c.storing,
+              intake_parks_unanswered(d->intake));
+    d->exit_code = 1;
+    event_base_loopexit(d->base, NULL);
+}
+
+/* GIVE_UP_MS after the drain's end. A job still stopping on the thread pool
+ * (blocked in I/O between two cancel checks: a read on a slow filesystem)
+ * waits for no Redis, and its put-back can only be written from the loop:
+ * leaving now would lose it (threadpool_destroy() would run its done() after
+ * the loop, queueing the put-back on a connection freed unflushed). So the
+ * loop waits for the pool, then gives what came back as long as the others
+ * had to reach Redis. A task that never returns keeps the daemon up, as it
+ * kept threadpool_destroy() joining it before; systemd's stop timeout ends
+ * that. */
 static void give_up_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    log_error("shutdown: %d job outcome(s) could not be written to Redis (each job was named "
-              "when it was first refused), and %d parked pub/sub job(s) were not confirmed; "
-              "a job whose stream entry is still pending will be redelivered, the others "
-              "(pub/sub jobs, and jobs whose entry was acknowledged with a refused retry) "
-              "are lost", runner_inflight(d->runner), intake_parks_unanswered(d->intake));
-    d->exit_code = 1;
-    event_base_loopexit(d->base, NULL);
+    int unfinished = threadpool_unfinished(d->pool);
+    if (unfinished) {
+        if (!d->waited_for_pool)
+            log_warn("shutdown: %d thread pool task(s) still stopping %d ms after the drain "
+                     "(each stops at its next cancel check: blocked in slow I/O?); waiting "
+                     "for them, so that their jobs go back on their stream", unfinished,
+                     GIVE_UP_MS);
+        d->waited_for_pool = true;
+        timer_add_ms(d->give_up_timer, EXIT_CHECK_MS);
+        return;
+    }
+    if (d->waited_for_pool) {
+        d->waited_for_pool = false;
+        timer_add_ms(d->give_up_timer, GIVE_UP_MS);
+        return;
+    }
+    give_up(d);
 }
 
 static void drain_done_cb(evutil_socket_t fd, short what, void *arg)
@@ -270,7 +305,9 @@ int daemon_run(struct daemon *d)
     redis_start(d->redis);
     event_base_dispatch(d->base);
 
-    /* Pool first: its last done() callbacks still need the runner and Redis.
+    /* Pool first: the loop only ends once no task is left in it (give_up_cb()
+     * waits for them), so this joins idle workers; a done() run here would
+     * still find the runner, but its writes would never reach Redis.
      * Then Redis, while every module is alive: freeing the contexts runs the
      * callbacks of commands still pending (the scheduler's EVAL, a reclaim
      * scan, an admin XINFO) with no reply, and they free their own state. */

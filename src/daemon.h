@@ -48,6 +48,7 @@ struct daemon {
     struct event *exit_check;     /* while draining: is everything written? */
     struct event *give_up_timer;  /* Redis never came back to take the outcomes */
     bool stopped_jobs;            /* runner_stop_all() done */
+    bool waited_for_pool;         /* the give-up waited for pool tasks to stop */
     bool said_goodbye;            /* worker key deletion sent */
     bool ready_notified;
     int exit_code;

@@ -233,6 +233,20 @@ int threadpool_busy(struct threadpool *pool)
     return n;
 }
 
+int threadpool_unfinished(struct threadpool *pool)
+{
+    /* In this order: a worker queues its task as done before it stops
+     * counting it busy, and only this (loop) thread runs done() or
+     * threadpool_cancel(), so a task is never missed between the two. */
+    pthread_mutex_lock(&pool->lock);
+    int n = pool->todo.length + pool->busy;
+    pthread_mutex_unlock(&pool->lock);
+    pthread_mutex_lock(&pool->done_lock);
+    n += pool->done.length;
+    pthread_mutex_unlock(&pool->done_lock);
+    return n;
+}
+
 static void join_and_free(struct threadpool *pool);
 
 /* Stop the workers and free POOL; with ONLY_IF_IDLE, -1 and nothing done

@@ -40,6 +40,10 @@ int threadpool_cancel(struct threadpool *pool, struct pool_task *task);
 int threadpool_size(const struct threadpool *pool);
 int threadpool_queued(struct threadpool *pool);   /* waiting, not started */
 int threadpool_busy(struct threadpool *pool);     /* running now */
+/* Tasks whose done() has not run yet: waiting, running, or finished and not
+ * yet handed to the loop. 0 means no job still has work in the pool. Call
+ * from the loop thread. */
+int threadpool_unfinished(struct threadpool *pool);
 /* Stops the workers after the task each is running, joins them, runs done()
  * of every finished or never-started task (skipped = true for the latter),
  * and frees the pool. Call from the loop thread. */

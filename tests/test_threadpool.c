@@ -166,6 +166,33 @@ static void test_a_queued_task_cancelled_ends_without_waiting_its_turn(void **st
     event_base_free(base);
 }
 
+/* A task counts as unfinished until its done() ran on the loop, not only
+ * while a worker has it: the drain's give-up waits on that (daemon.c). */
+static void test_unfinished_lasts_until_done_ran(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct threadpool *pool = threadpool_create(base, 1, 10);
+    int done_count = 0;
+    atomic_store(&gate, 0);
+    struct counted c[2];
+    memset(c, 0, sizeof(c));
+    for (int i = 0; i < 2; i++) {
+        c[i] = (struct counted){.task = {.work = gated_work, .done = done},
+                                .done_count = &done_count, .base = base, .stop_after = 2};
+        assert_int_equal(threadpool_submit(pool, &c[i].task), 0);
+    }
+    assert_int_equal(threadpool_unfinished(pool), 2);   /* running or waiting */
+    atomic_store(&gate, 1);
+    while (threadpool_busy(pool) || threadpool_queued(pool))
+        usleep(1000);
+    assert_int_equal(threadpool_unfinished(pool), 2);   /* worked, done() not run */
+    event_base_dispatch(base);
+    assert_int_equal(done_count, 2);
+    assert_int_equal(threadpool_unfinished(pool), 0);
+    threadpool_destroy(pool);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_cancelled_before_start_is_skipped),
         cmocka_unit_test(test_bounded_queue_and_destroy_runs_every_done),
         cmocka_unit_test(test_a_queued_task_cancelled_ends_without_waiting_its_turn),
+        cmocka_unit_test(test_unfinished_lasts_until_done_ran),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

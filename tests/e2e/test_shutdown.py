@@ -4,8 +4,9 @@ import signal
 import threading
 import time
 
-from conftest import NS, Ledger, publish, result, submit, wait_for, wait_results
+from conftest import NS, Ledger, publish, result, submit, wait_for, wait_result, wait_results
 from redis_proxy import ForwardingProxy
+from test_files import slow_read_env
 from test_redis_outage import copies_of, draining_with_a_long_job, live_copies, log_times
 
 
@@ -209,3 +210,31 @@ def test_a_job_published_to_an_unconfirmed_subscription_at_the_drains_end_is_not
         assert result(r, "wire") is not None or copies_of(r, "wire") == 1, daemon.log_text()
     finally:
         proxy.close()
+
+
+def test_a_job_stopping_on_the_pool_past_the_give_up_still_goes_back(r, start_jobd, tmp_path):
+    # A pub/sub file read on a filesystem so slow that one read() takes
+    # 11.5 s: the job sees the drain's stop only at its next cancel check,
+    # after the drain gave up on Redis (10 s after drain_ms). The loop used
+    # to end then, blaming Redis; the put-back, queued when the pool task
+    # came back after the loop, went down with the connection unsent: the
+    # job lost, exit 1. Now the loop waits for the pool, writes the put-back
+    # and exits 0.
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "slow.txt").write_text("slow\n")
+    daemon = start_jobd(files__root=str(root), shutdown__drain_ms=200,
+                        env=slow_read_env(tmp_path, 11500))
+    assert publish(r, {"id": "slowread", "type": "file", "path": "slow.txt"}) == 1
+    wait_for(lambda: "job slowread: attempt 1" in daemon.log_text(), what="the read to start")
+    time.sleep(0.3)     # in read()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0, daemon.log_text()
+    log = daemon.log_text()
+    assert "could not be written to Redis" not in log, log
+    assert "1 thread pool task(s) still stopping" in log, log
+    assert [f["id"] for _, f in r.xrange(f"{NS}:queue")] == ["slowread"]
+    start_jobd(name="second", files__root=str(root))
+    rec = wait_result(r, "slowread")
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+    assert rec["result"]["content"] == "slow\n"
