@@ -11,7 +11,14 @@
  * that is not a group only when a child slot is free (runner.c), so starting
  * a child may leave it waiting, and stopping a waiting child ends it at once,
  * cancelled and unstarted. Either way its outcome comes back here.
+ *
+ * Children's outcomes stay in memory until their group reports, and the
+ * top-level group's record holds them all, so the top-level group keeps a
+ * running size of the records its tree's children have kept: once past
+ * limits.max_record_bytes, that record could never be stored, and the whole
+ * tree ends at once as too_large instead of running (and keeping) the rest.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +37,19 @@ struct group_state {
     int first_failure;          /* index, -1 when none */
     bool stopping;              /* children are being stopped */
     bool reported;              /* this attempt's outcome was given */
+    /* The top-level group only: what its tree's children's records add up
+     * to (each child's kept_bytes), and whether that passed
+     * limits.max_record_bytes in this attempt. */
+    int64_t tree_bytes;
+    bool too_large;
 };
+
+static struct group_state *tree_state(struct job *job)
+{
+    while (job->parent)
+        job = job->parent;
+    return job->exec_state;
+}
 
 static int depth_of(const struct job *job)
 {
@@ -144,6 +163,16 @@ static json_t *child_records(const struct job *job, const struct group_state *st
 static void report(struct job *job)
 {
     struct group_state *st = job->exec_state;
+    struct group_state *top = tree_state(job);
+    if (top->too_large) {
+        /* No records built: they are what would not fit. A nested group
+         * ends so too; the runner then says cancelled (stopped by its
+         * parent). */
+        job_fail(job, ERR_TOO_LARGE, "the children's records add up to %" PRId64 " bytes or "
+                 "more, over limits.max_record_bytes (%" PRId64 "): the group was stopped",
+                 top->tree_bytes, job->d->cfg.max_record_bytes);
+        return;
+    }
     int succeeded;
     json_t *results = child_records(job, st, &succeeded);
     if (st->all && st->first_failure >= 0) {
@@ -173,11 +202,71 @@ static void report(struct job *job)
                                "failed", st->nchildren - succeeded));
 }
 
+/* CHILD's kept outcome, and its children's for a nested group: the tree
+ * ended too_large, nothing will be built from them. */
+static void drop_outcome(struct job *child)
+{
+    json_decref(child->result);
+    child->result = NULL;
+    json_decref(child->error_results);
+    child->error_results = NULL;
+    struct group_state *st = child->exec == &group_executor ? child->exec_state : NULL;
+    for (int i = 0; st && i < st->nchildren; i++)
+        drop_outcome(st->children[i]);
+}
+
+/* GROUP starts an attempt: what its children (nested ones too) kept before
+ * no longer counts in TOP's total. */
+static void forget_outcomes(struct group_state *top, struct job *group)
+{
+    struct group_state *st = group->exec_state;
+    for (int i = 0; i < st->nchildren; i++) {
+        struct job *c = st->children[i];
+        top->tree_bytes -= c->kept_bytes;
+        c->kept_bytes = 0;
+        if (c->exec == &group_executor && c->exec_state)
+            forget_outcomes(top, c);
+    }
+}
+
+/* Count CHILD's record, now final, in its tree's total (a nested group's
+ * record is its children's, counted already, and a few fields). Past
+ * limits.max_record_bytes, end the tree: stop every child still running or
+ * waiting, and free what the finished ones kept. */
+static void keep_outcome(struct job *child)
+{
+    struct job *root = child;
+    while (root->parent)
+        root = root->parent;
+    struct group_state *top = root->exec_state;
+    if (top->too_large) {
+        drop_outcome(child);
+        return;
+    }
+    if (child->exec == &group_executor)
+        return;
+    child->kept_bytes = (int64_t)result_record_size(child->d, child);
+    top->tree_bytes += child->kept_bytes;
+    int64_t max = child->d->cfg.max_record_bytes;
+    if (top->tree_bytes <= max)
+        return;
+    top->too_large = true;
+    log_job(LOG_WARN, root, "its children's records add up to %" PRId64 " bytes, over "
+            "limits.max_record_bytes (%" PRId64 "): stopping the group, too_large",
+            top->tree_bytes, max);
+    for (int i = 0; i < top->nchildren; i++)
+        drop_outcome(top->children[i]);
+    if (!top->stopping)
+        stop_children(root, top);
+}
+
 void group_child_done(struct job *child)
 {
     struct job *job = child->parent;
     struct group_state *st = job->exec_state;
     st->running--;
+    /* May stop the whole tree, this group included. */
+    keep_outcome(child);
     if (child->status != JOB_SUCCEEDED && st->all && st->first_failure < 0 && !st->stopping) {
         st->first_failure = child->child_index;
         stop_children(job, st);
@@ -196,6 +285,9 @@ static void group_start(struct job *job)
     st->first_failure = -1;
     st->stopping = false;
     st->reported = false;
+    forget_outcomes(tree_state(job), job);
+    if (!job->parent)
+        st->too_large = false;
     /* Held, children that take a slot only join the wait (oldest first) and
      * start on the release. A nested group starts at once and may finish
      * synchronously (and even end this group in "all" mode); later children

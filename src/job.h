@@ -118,6 +118,9 @@ struct job {
     /* A group that did not succeed: its children's records, in input order,
      * added to the record's error as "results" (owned). */
     json_t *error_results;
+    /* A group child's final outcome: the bytes its record adds to its
+     * top-level group's, counted there (exec_group.c); 0 until then. */
+    int64_t kept_bytes;
 
     /* What must still be written to Redis for this job (enum job_write in
      * result.h) and, for a retry or delay, when it is due. */

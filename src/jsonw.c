@@ -9,6 +9,8 @@ static bool reserve(struct jbuf *b, size_t more)
 {
     if (b->failed)
         return false;
+    if (b->measure)
+        return true;    /* nothing is written: no buffer to grow */
     if (b->len + more + 1 <= b->cap)
         return true;
     size_t cap = b->cap ? b->cap : 256;
@@ -33,7 +35,8 @@ void jbuf_raw(struct jbuf *b, const char *s, size_t n)
 {
     if (!reserve(b, n))
         return;
-    memcpy(b->p + b->len, s, n);
+    if (!b->measure)
+        memcpy(b->p + b->len, s, n);
     b->len += n;
 }
 
@@ -56,6 +59,10 @@ void jbuf_string(struct jbuf *b, const char *s, size_t n)
     }
     if (out_len < n || !reserve(b, out_len)) {
         b->failed = true;
+        return;
+    }
+    if (b->measure) {
+        b->len += out_len;
         return;
     }
     char *out = b->p + b->len;

@@ -19,6 +19,7 @@ struct jbuf {
     char *p;
     size_t len, cap;
     bool failed;                /* out of memory, or a value jansson cannot dump */
+    bool measure;               /* set by the caller: only count len, write nothing */
 };
 
 /* Bytes as they are. */
@@ -31,7 +32,8 @@ void jbuf_int(struct jbuf *b, int64_t v);
 void jbuf_value(struct jbuf *b, const json_t *v);
 
 /* The text, NUL-terminated, now the caller's to free(); NULL if anything
- * failed (the buffer is freed then). Leaves B empty for reuse. */
+ * failed (the buffer is freed then). Leaves B empty for reuse. Not for a
+ * buffer that measures: its len is the size the text would have. */
 char *jbuf_take(struct jbuf *b, size_t *len);
 
 /* json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) through this writer. */

@@ -95,49 +95,61 @@ bool result_goes_to_dead(const struct job *job)
 
 /* The record as PROTOCOL §4 spells it, written straight as text: building a
  * jansson object per outcome only to dump it was a fifth of jobd's CPU on
- * sql jobs. */
-static char *record_text(const struct daemon *d, const struct job *job, size_t *len)
+ * sql jobs. Into B, which may only measure it (result_record_size()). */
+static void write_record(struct jbuf *b, const struct daemon *d, const struct job *job)
 {
-    struct jbuf b = {0};
     const char *type = reported_type(job), *status = job_status_name(job->status);
-    jbuf_lit(&b, "{\"id\":");
+    jbuf_lit(b, "{\"id\":");
     if (job->id[0])
-        jbuf_string(&b, job->id, strlen(job->id));
+        jbuf_string(b, job->id, strlen(job->id));
     else
-        jbuf_lit(&b, "null");
-    jbuf_lit(&b, ",\"type\":");
-    jbuf_string(&b, type, strlen(type));
-    jbuf_lit(&b, ",\"status\":");
-    jbuf_string(&b, status, strlen(status));
-    jbuf_lit(&b, ",\"attempts\":");
-    jbuf_int(&b, job->attempts);
-    jbuf_lit(&b, ",\"worker\":");
-    jbuf_string(&b, d->worker_id, strlen(d->worker_id));
-    jbuf_lit(&b, ",\"queued_at\":");
-    jbuf_int(&b, job->queued_at);
-    jbuf_lit(&b, ",\"started_at\":");
-    jbuf_int(&b, job->started_at);
-    jbuf_lit(&b, ",\"finished_at\":");
-    jbuf_int(&b, job->finished_at);
+        jbuf_lit(b, "null");
+    jbuf_lit(b, ",\"type\":");
+    jbuf_string(b, type, strlen(type));
+    jbuf_lit(b, ",\"status\":");
+    jbuf_string(b, status, strlen(status));
+    jbuf_lit(b, ",\"attempts\":");
+    jbuf_int(b, job->attempts);
+    jbuf_lit(b, ",\"worker\":");
+    jbuf_string(b, d->worker_id, strlen(d->worker_id));
+    jbuf_lit(b, ",\"queued_at\":");
+    jbuf_int(b, job->queued_at);
+    jbuf_lit(b, ",\"started_at\":");
+    jbuf_int(b, job->started_at);
+    jbuf_lit(b, ",\"finished_at\":");
+    jbuf_int(b, job->finished_at);
     if (job->status == JOB_SUCCEEDED) {
-        jbuf_lit(&b, ",\"result\":");
+        jbuf_lit(b, ",\"result\":");
         if (job->result)
-            jbuf_value(&b, job->result);
+            jbuf_value(b, job->result);
         else
-            jbuf_lit(&b, "{}");
+            jbuf_lit(b, "{}");
     } else {
         json_t *err = result_error_json(&job->error);
         if (err && job->error_results)
             json_object_set(err, "results", job->error_results);
-        jbuf_lit(&b, ",\"error\":");
+        jbuf_lit(b, ",\"error\":");
         if (err)
-            jbuf_value(&b, err);
+            jbuf_value(b, err);
         else
-            b.failed = true;
+            b->failed = true;
         json_decref(err);
     }
-    jbuf_lit(&b, "}");
+    jbuf_lit(b, "}");
+}
+
+static char *record_text(const struct daemon *d, const struct job *job, size_t *len)
+{
+    struct jbuf b = {0};
+    write_record(&b, d, job);
     return jbuf_take(&b, len);
+}
+
+size_t result_record_size(const struct daemon *d, const struct job *job)
+{
+    struct jbuf b = {.measure = true};
+    write_record(&b, d, job);
+    return b.failed ? 0 : b.len;
 }
 
 json_t *result_record(const struct daemon *d, const struct job *job)

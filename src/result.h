@@ -48,6 +48,9 @@ bool result_goes_to_dead(const struct job *job);
 
 /* The result record of PROTOCOL §4. */
 json_t *result_record(const struct daemon *d, const struct job *job);
+/* The bytes of JOB's record, without writing it (0 when it cannot be
+ * written): a group counts what its children's records will take. */
+size_t result_record_size(const struct daemon *d, const struct job *job);
 
 /* The error object {"code", "message", ...}. */
 json_t *result_error_json(const struct job_error *err);

@@ -1,7 +1,8 @@
 /* test_jsonw.c - the JSON writer against jansson: the same text as
  * json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) for every kind of value,
  * every escape and the awkward numbers; and the length it reports is the
- * length of the text (RESP sends that many bytes). */
+ * length of the text (RESP sends that many bytes), measured without writing
+ * it too (a group counts its children's records so). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,11 @@ static void same_as_jansson(json_t *v)
     assert_non_null(got);
     assert_string_equal(got, want);
     assert_int_equal(len, strlen(want));
+    struct jbuf measured = {.measure = true};
+    jbuf_value(&measured, v);
+    assert_false(measured.failed);
+    assert_int_equal(measured.len, strlen(want));
+    assert_null(measured.p);    /* nothing written, nothing allocated */
     free(want);
     free(got);
     json_decref(v);

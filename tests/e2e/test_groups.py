@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import NS, Ledger, cancel, free_port, result, submit, wait_for, wait_result
+from conftest import (NS, SANITIZERS, Ledger, cancel, free_port, result, submit, wait_for,
+                      wait_result)
 from http_server import HttpServer
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
@@ -498,6 +499,12 @@ def test_a_record_over_max_record_bytes_is_stored_as_too_large(r, web, start_job
     assert wait_result(r, "after")["status"] == "succeeded"
     dead = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:dead")]
     assert dead == ["big"], dead
+    # The group ends once its children's records pass the limit; a record
+    # that is not a group's is checked as it is written.
+    assert "stopping the group, too_large" in daemon.log_text()
+    submit(r, {"id": "one", "type": "http", "url": web.url("/bytes/150000")})
+    rec = wait_result(r, "one")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec
     assert "stored as too_large" in daemon.log_text()
 
 
@@ -551,3 +558,60 @@ def test_a_child_cancelled_before_its_group_starts_never_starts(r, start_jobd):
     rec = wait_result(r, "e", timeout=15)
     assert [c["status"] for c in rec["result"]["results"]] == ["cancelled"], rec
     assert daemon.proc.poll() is None
+
+
+def peak_rss_kib(pid):
+    """The process's peak resident set so far (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def test_children_past_max_record_bytes_end_the_group_at_once(r, start_jobd, tmp_path):
+    # Children keep their results until their group reports; the group's
+    # record, which holds them all, was checked against
+    # limits.max_record_bytes only once built, after every child ended. The
+    # group now keeps a running size of its tree's kept results and, once
+    # past the limit (the record could never be stored), ends too_large at
+    # once, stopping the children still running: here a sleep it would
+    # otherwise wait for (until its 30 s timeout).
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.txt").write_text("x" * 40000)
+    start_jobd(files__root=str(root), limits__max_record_bytes=100000)
+    t0 = time.monotonic()
+    submit(r, {"id": "g", "type": "group", "jobs": [{"type": "sleep", "ms": 60000}] +
+               [{"type": "group", "jobs": [{"type": "file", "path": "big.txt"}] * 2}] * 2})
+    rec = wait_result(r, "g", timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec
+    assert "limits.max_record_bytes (100000)" in rec["error"]["message"], rec
+    assert "results" not in rec["error"] and "result" not in rec
+    dead = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:dead")]
+    assert dead == ["g"], dead
+    # Below the limit, the same children succeed.
+    submit(r, {"id": "fits", "type": "group",
+               "jobs": [{"type": "file", "path": "big.txt"}] * 2})
+    assert wait_result(r, "fits")["status"] == "succeeded"
+
+
+def test_a_group_of_big_file_reads_keeps_its_memory_bounded(r, start_jobd, tmp_path):
+    # 40 children reading 1 MiB each: every result was kept (40 MiB), then
+    # copied per child record and once more into the group's record before
+    # that was refused as too large (a 100-child group of 16 MiB reads grew
+    # jobd by ~4.8 GiB). Now the group stops once its kept results pass
+    # limits.max_record_bytes (2 MiB here): the children still waiting for
+    # the pool never run, and memory grows by a few MiB.
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "mib.txt").write_text("x" * (1 << 20))
+    daemon = start_jobd(files__root=str(root), limits__max_record_bytes=2 << 20,
+                        threads__size=2)
+    before = peak_rss_kib(daemon.proc.pid)
+    submit(r, {"id": "reads", "type": "group",
+               "jobs": [{"type": "file", "path": "mib.txt"}] * 40})
+    rec = wait_result(r, "reads")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec
+    grown = peak_rss_kib(daemon.proc.pid) - before
+    print(f"peak RSS grew by {grown} KiB")
+    if not SANITIZERS:      # ASan's quarantine keeps freed memory resident
+        assert grown < 24 << 10, grown
