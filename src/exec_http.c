@@ -708,6 +708,11 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    /* A transfer removed while its name is being looked up (a timeout, a
+     * cancel) would otherwise join the resolver's thread, stalling the whole
+     * loop until getaddrinfo() returns: seconds, for a name server that
+     * answers late. With this the thread is left to finish on its own. */
+    curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, rq->follow_redirects ? 1L : 0L);

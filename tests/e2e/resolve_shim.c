@@ -8,7 +8,7 @@
  * to 203.0.113.1 goes to 127.0.0.1 instead, same port, and getpeername() on
  * such a socket says 203.0.113.1, as it would had the address been reached
  * (jobd judges a connection again by its peer before each request).
- * Everything else passes through. Built by the test with `cc -shared -fPIC`. */
+ * getaddrinfo("slow-dns.test") fails after 3 s. Everything else passes through. Built by the test with `cc -shared -fPIC`. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -16,8 +16,10 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define HOST "private-then-public.test"
+#define SLOW_HOST "slow-dns.test"
 #define PRIVATE "10.255.255.1"
 #define PUBLIC "203.0.113.1"
 
@@ -41,6 +43,10 @@ __attribute__((constructor)) static void init(void)
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                 struct addrinfo **res)
 {
+    if (node && !strcmp(node, SLOW_HOST)) {
+        sleep(3);       /* a name server that answers late */
+        return EAI_AGAIN;
+    }
     if (!node || strcmp(node, HOST))
         return real_getaddrinfo(node, service, hints, res);
     struct addrinfo h;

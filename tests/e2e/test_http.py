@@ -475,6 +475,20 @@ def test_a_refused_address_then_a_refused_connection_is_retried(r, resolve_shim,
     assert rec["error"]["code"] == "http_error" and rec["attempts"] == 2, rec
 
 
+def test_a_job_stopped_during_a_slow_lookup_does_not_stall_the_loop(r, resolve_shim, start_jobd):
+    admin = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{admin}")
+    submit(r, {"id": "slow-dns", "type": "http", "url": "http://slow-dns.test/",
+               "timeout_ms": 300, "retry": {"attempts": 1}})
+    rec = wait_result(r, "slow-dns", timeout=10)
+    assert rec["status"] == "timed_out", rec
+    # The lookup is still going on its thread; the loop answers meanwhile.
+    started = time.monotonic()
+    assert get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
+    assert rec["finished_at"] - rec["started_at"] < 1000, rec
+    assert time.monotonic() - started < 0.5
+
+
 def test_turning_allow_private_off_applies_to_cached_connections(r, web, start_jobd):
     # The policy was checked only when a connection was opened: one to
     # 127.0.0.1 kept in libcurl's cache went on serving new jobs after a
