@@ -435,6 +435,12 @@ void runner_child_start(struct job *child)
     child->started_at = child->finished_at = 0;
     child->status = JOB_SUCCEEDED;
     memset(&child->error, 0, sizeof(child->error));
+    /* What an earlier attempt of its group kept: a child that now ends
+     * without running (cancelled, stopped while waiting) has none. */
+    json_decref(child->result);
+    child->result = NULL;
+    json_decref(child->error_results);
+    child->error_results = NULL;
     if (cancels_has(child->d->cancels, child->id)) {
         /* Cancelled by its id while its group waited (delayed, or between
          * the group's attempts): as a job that arrives cancelled. */

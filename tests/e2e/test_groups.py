@@ -560,6 +560,27 @@ def test_a_child_cancelled_before_its_group_starts_never_starts(r, start_jobd):
     assert daemon.proc.poll() is None
 
 
+def test_a_nested_group_retried_forgets_what_its_children_did_before(r, start_jobd):
+    # n retries in place (a child's retry runs in this daemon). Its child m
+    # failed in the first attempt, keeping its children's records; cancelled
+    # by its id before the second, m ends unstarted and its record must not
+    # carry the first attempt's results (they were kept on the child).
+    daemon = start_jobd()
+    submit(r, {"id": "g", "type": "group", "mode": "all", "jobs": [
+        {"type": "group", "mode": "all",
+         "retry": {"attempts": 2, "delay_ms": 1500, "jitter": False},
+         "jobs": [{"type": "group", "mode": "all",
+                   "jobs": [{"type": "sleep", "ms": 500, "timeout_ms": 10}]}]}]})
+    wait_for(lambda: "retry in" in daemon.log_text(), what="n's first attempt failed")
+    cancel(r, "g:0:0")
+    rec = wait_result(r, "g", timeout=15)
+    n = rec["error"]["results"][0]
+    assert n["attempts"] == 2, n
+    m = n["error"]["results"][0]
+    assert m["status"] == "cancelled" and m["error"]["message"] == "cancelled before it started", m
+    assert "results" not in m["error"], m
+
+
 def peak_rss_kib(pid):
     """The process's peak resident set so far (VmHWM), in KiB."""
     with open(f"/proc/{pid}/status") as f:
