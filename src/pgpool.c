@@ -301,12 +301,10 @@ static void conn_open(struct pgpool *pool)
     connect_step(c, PGRES_POLLING_WRITING);
 }
 
-/* The connection died under its queries: each is unavailable (transient). */
-static void conn_lost(struct pg_conn *c, const char *why)
+/* Close C under its queries: each ends unavailable (transient: retried)
+ * with MSG, but KEEP (NULL: none), whose own error is already set. */
+static void conn_close_failing(struct pg_conn *c, const char *msg, struct sql_query *keep)
 {
-    char msg[256];
-    first_line(msg, sizeof(msg), why);
-    log_warn("postgres: connection lost: %s", msg);
     struct pgpool *pool = c->pool;
     struct sql_query *q = c->head;
     c->head = c->tail = NULL;
@@ -317,10 +315,21 @@ static void conn_lost(struct pg_conn *c, const char *why)
     conn_close(c);
     while (q) {
         struct sql_query *next = q->next;
-        job_error_set(&q->err, ERR_UNAVAILABLE, "connection to PostgreSQL lost: %s", msg);
+        if (q != keep)
+            job_error_set(&q->err, ERR_UNAVAILABLE, "%s", msg);
         query_complete(pool, q);
         q = next;
     }
+}
+
+/* The connection died under its queries: each is unavailable (transient). */
+static void conn_lost(struct pg_conn *c, const char *why)
+{
+    char msg[256], err[300];
+    first_line(msg, sizeof(msg), why);
+    log_warn("postgres: connection lost: %s", msg);
+    snprintf(err, sizeof(err), "connection to PostgreSQL lost: %s", msg);
+    conn_close_failing(c, err, NULL);
 }
 
 static void conn_broken(struct pg_conn *c)
@@ -706,8 +715,39 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
         send_cancel(c, c->head);
 }
 
-/* Read every answer libpq has complete on C. */
-static void read_results(struct pg_conn *c, struct answered *out)
+/* Whether this pool reads results of STATUS. COPY is not among them: after
+ * PGRES_COPY_OUT or _IN, PQgetResult returns the same status again until
+ * the copy is ended with PQgetCopyData or PQputCopyEnd, never NULL, and a
+ * loop waiting for NULL spun at 100% CPU with the daemon frozen. */
+static bool status_known(ExecStatusType status)
+{
+    switch (status) {
+    case PGRES_EMPTY_QUERY: case PGRES_COMMAND_OK: case PGRES_TUPLES_OK:
+    case PGRES_SINGLE_TUPLE: case PGRES_PIPELINE_SYNC: case PGRES_PIPELINE_ABORTED:
+    case PGRES_BAD_RESPONSE: case PGRES_NONFATAL_ERROR: case PGRES_FATAL_ERROR:
+        return true;
+    default:                /* COPY_OUT, COPY_IN, COPY_BOTH, any newer one */
+        return false;
+    }
+}
+
+/* Q's statement answered with STATUS, which this pool does not read on:
+ * its job fails, not to be retried (it would do the same again). */
+static void refuse_status(struct sql_query *q, ExecStatusType status)
+{
+    if (status == PGRES_COPY_OUT || status == PGRES_COPY_IN || status == PGRES_COPY_BOTH)
+        job_error_set(&q->err, ERR_INVALID_JOB,
+                      "sql: COPY is not supported (%s): jobd does not stream COPY data; "
+                      "use SELECT, or INSERT with parameters", PQresStatus(status));
+    else
+        job_error_set(&q->err, ERR_INTERNAL, "sql: unexpected result status %s from PostgreSQL",
+                      PQresStatus(status));
+}
+
+/* Read every answer libpq has complete on C. Returns -1 when C cannot go
+ * on (a COPY started): its head query's error is set, and the caller closes
+ * C with conn_close_failing(). */
+static int read_results(struct pg_conn *c, struct answered *out)
 {
     while (c->head) {
         struct sql_query *q = c->head;
@@ -729,6 +769,11 @@ static void read_results(struct pg_conn *c, struct answered *out)
             q->step++;          /* the end of one step's results */
             continue;
         }
+        if (!status_known(PQresultStatus(res))) {
+            refuse_status(q, PQresultStatus(res));
+            PQclear(res);
+            return -1;
+        }
         if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
             PQclear(res);
             if (++q->step >= q->nsteps)
@@ -738,6 +783,7 @@ static void read_results(struct pg_conn *c, struct answered *out)
         take_result(c, q, step, res);
         PQclear(res);
     }
+    return 0;
 }
 
 /* ---- sending --------------------------------------------------------------- */
@@ -804,12 +850,16 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     /* Idle and readable too: the server closed it, or sent a notice. */
     if ((what & EV_READ) && !PQconsumeInput(c->pg)) {
         conn_broken(c);
-    } else {
-        read_results(c, &done);
-        if (rearm(c))
-            conn_broken(c);
-        else if (c->retire && !c->inflight)
-            conn_close(c);
+    } else if (read_results(c, &done)) {
+        /* The server now waits for COPY data or sends it: the connection
+         * cannot carry the queries behind, which did nothing wrong. */
+        log_info("postgres: closing a connection: %s", c->head->err.message);
+        conn_close_failing(c, "connection closed by jobd: the query before it on the "
+                           "connection got a result jobd does not read (COPY)", c->head);
+    } else if (rearm(c)) {
+        conn_broken(c);
+    } else if (c->retire && !c->inflight) {
+        conn_close(c);
     }
     answered_complete(pool, &done);
     dispatch(pool);

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from conftest import (NS, SANITIZERS, free_port, result, stats, submit, wait_for, wait_result,
-                      wait_results)
+from conftest import (NS, SANITIZERS, cpu_seconds, free_port, result, stats, submit, wait_for,
+                      wait_result, wait_results)
 from delay_proxy import DelayProxy
 from pg_server import PgServer
 from test_admin import scrape
@@ -135,6 +135,41 @@ def test_sql_error_carries_sqlstate_and_is_not_retried(r, pg, start_jobd, depth)
     rec = run(r, "div", query="fail", retry={"attempts": 3})
     assert rec["status"] == "failed" and rec["attempts"] == 1
     assert rec["error"]["code"] == "sql_error" and rec["error"]["sqlstate"] == "22012"
+
+
+@pytest.mark.parametrize("copy", ["COPY (SELECT 1) TO STDOUT", "COPY items(name) FROM STDIN"],
+                         ids=["to_stdout", "from_stdin"])
+def test_copy_fails_its_job_and_the_daemon_goes_on(r, pg, start_jobd, copy):
+    # PQgetResult answers PGRES_COPY_OUT/IN again and again, never NULL: the
+    # loop read it forever at 100% CPU and every job stopped. COPY now fails
+    # its own job at once (not retried: it would do the same again), the
+    # query sent behind it on the connection is retried elsewhere, and other
+    # jobs go on.
+    daemon = start_jobd(**config_for(pg, 8, postgres__allow_raw_sql=True, postgres__max_size=1,
+                                     postgres__queries=dict(QUERIES, copy=copy)))
+    wait_for(lambda: jobd_connections(pg) == 1, what="the pool's connection")
+    for job_id, spec in [("raw", {"sql": copy}), ("named", {"query": "copy"})]:
+        t0 = time.monotonic()
+        pipe = r.pipeline(transaction=False)     # one round: "behind" goes behind it
+        for job in [dict(spec, id=job_id + "-copy", type="sql", retry={"attempts": 3}),
+                    {"id": job_id + "-behind", "type": "sql", "query": "add", "params": [1, 2],
+                     "retry": {"attempts": 3, "delay_ms": 100}}]:
+            pipe.xadd(f"{NS}:queue", {"job": json.dumps(job)})
+        pipe.execute()
+        rec = wait_result(r, job_id + "-copy", timeout=10)
+        assert rec["status"] == "failed" and rec["attempts"] == 1, rec
+        assert rec["error"]["code"] == "invalid_job", rec
+        assert "COPY is not supported" in rec["error"]["message"], rec
+        rec = wait_result(r, job_id + "-behind", timeout=10)
+        assert rec["status"] == "succeeded" and rec["result"]["rows"] == [{"sum": 3}], rec
+        assert time.monotonic() - t0 < 5
+    # The loop is free: it does not spin, and hash and sql jobs run.
+    c0 = cpu_seconds(daemon.proc.pid)
+    time.sleep(1)
+    assert cpu_seconds(daemon.proc.pid) - c0 < 0.5
+    submit(r, {"id": "h", "type": "hash", "data": "x"})
+    assert wait_result(r, "h", timeout=5)["status"] == "succeeded"
+    assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
 
 
 def backends_running_sleep(pg):
