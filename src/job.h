@@ -47,7 +47,8 @@ struct job_error {
     const char *code;           /* one of ERR_*, NULL when there is none */
     char message[512];
     int http_status;            /* http_status: the status; 0 otherwise */
-    char sqlstate[6];           /* sql_error: the SQLSTATE; "" otherwise */
+    char sqlstate[6];           /* the server's SQLSTATE (sql_error, and invalid_job for
+                                 * params the server refused); "" otherwise */
     int64_t retry_after_ms;     /* a server's Retry-After, 0 when none */
 };
 

@@ -499,6 +499,23 @@ static void take_row(struct sql_query *q, const PGresult *res, int r)
     }
 }
 
+/* Whether RES is the server refusing the job's parameters ("bind message
+ * supplies 1 parameters, but prepared statement requires 2"). That is
+ * SQLSTATE 08P01, protocol_violation, whose class 08 is otherwise retried as
+ * a broken connection; but here the server raised it as a plain ERROR at the
+ * Bind of the execute step and the connection goes on. The producer's
+ * mistake, as a wrong field is: the same params fail every time. (The
+ * statement's own parameter count is not known before: its Prepare goes in
+ * the same packet as the first Execute.) */
+static bool params_refused(const struct pg_conn *c, enum step step, const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    return step == STEP_EXECUTE && state && !strcmp(state, "08P01") && severity &&
+           !strcmp(severity, "ERROR") && PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) &&
+           PQstatus(c->pg) == CONNECTION_OK;
+}
+
 static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, PGresult *res)
 {
     ExecStatusType status = PQresultStatus(res);
@@ -546,7 +563,10 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
         if (!q->err.code) {
             const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-            job_error_set(&q->err, ERR_SQL_ERROR, "%s", msg ? msg : PQresultErrorMessage(res));
+            if (params_refused(c, step, res))
+                job_error_set(&q->err, ERR_INVALID_JOB, "sql.params: %s", msg);
+            else
+                job_error_set(&q->err, ERR_SQL_ERROR, "%s", msg ? msg : PQresultErrorMessage(res));
             snprintf(q->err.sqlstate, sizeof(q->err.sqlstate), "%s", state ? state : "");
         }
         break;

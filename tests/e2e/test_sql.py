@@ -172,6 +172,26 @@ def test_copy_fails_its_job_and_the_daemon_goes_on(r, pg, start_jobd, copy):
     assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
 
 
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_a_wrong_number_of_params_fails_at_once_and_keeps_the_connection(r, pg, start_jobd,
+                                                                         depth):
+    # PostgreSQL refuses the Bind with SQLSTATE 08P01 (protocol_violation),
+    # whose class 08 is retried as a broken connection: the same params were
+    # sent again and again. They are the producer's mistake (invalid_job,
+    # the sqlstate kept), and the connection is fine and reused.
+    start_jobd(**config_for(pg, depth, postgres__allow_raw_sql=True, postgres__max_size=1))
+    pid = run(r, "pid", query="pid")["result"]["rows"][0]["pid"]
+    retry = {"attempts": 3, "delay_ms": 100}
+    for job_id, spec in [("fewer", {"query": "add", "params": [1]}),
+                         ("more", {"query": "add", "params": [1, 2, 3]}),
+                         ("raw", {"sql": "SELECT $1::int + $2::int AS sum", "params": [1]})]:
+        rec = run(r, job_id, retry=retry, **spec)
+        assert rec["status"] == "failed" and rec["attempts"] == 1, rec
+        assert rec["error"]["code"] == "invalid_job" and rec["error"]["sqlstate"] == "08P01", rec
+        assert rec["error"]["message"].startswith("sql.params: bind message supplies"), rec
+    assert run(r, "again", query="pid")["result"]["rows"][0]["pid"] == pid
+
+
 def backends_running_sleep(pg):
     return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobd' "
                        "AND query LIKE '%pg_sleep%' AND state = 'active'"))
