@@ -155,6 +155,7 @@ static void sql_start(struct job *job)
     st->q.timeout_ms = job->timeout_ms + 500;
     st->q.done = query_done;
     st->q.arg = st;
+    st->q.job_id = job->id;
     pgpool_submit(job->d->pgpool, &st->q);
 }
 

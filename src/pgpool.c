@@ -44,6 +44,8 @@
 #define UNKNOWN_RUN_US 1000000     /* a query's run time until measured */
 #define PROBE_EVERY_US 1000000     /* at most one packing probe a second per query */
 #define CANCEL_THREADS 2           /* threads of their own for PQcancel (see send_cancel) */
+#define NOTICE_MAX_LEN 300         /* bytes of a server notice's text that are logged */
+#define NOTICES_PER_SECOND 10      /* server notices logged a second, the pool over */
 
 enum conn_state { C_CONNECTING, C_READY };
 enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
@@ -108,6 +110,8 @@ struct pgpool {
     int failures;
     uint64_t queries, errors, reconnects, probes;
     uint64_t conn_serials;
+    int64_t notice_second;      /* mono ms / 1000 of the notices counted below */
+    int notices, notices_dropped;
 };
 
 static void dispatch(struct pgpool *pool);
@@ -275,6 +279,60 @@ static void connect_step(struct pg_conn *c, PostgresPollingStatusType st)
     }
 }
 
+/* A new second for the notice count: the count of those the last one left
+ * out is logged (from the pool's tick too, so a burst's count is not held
+ * until the next notice). */
+static void notice_second(struct pgpool *pool)
+{
+    int64_t second = mono_ms() / 1000;
+    if (second == pool->notice_second)
+        return;
+    if (pool->notices_dropped)
+        log_info("postgres: %d server notice(s) not logged (more than %d a second)",
+                 pool->notices_dropped, NOTICES_PER_SECOND);
+    pool->notice_second = second;
+    pool->notices = pool->notices_dropped = 0;
+}
+
+/* Whether one more server notice may be logged: NOTICES_PER_SECOND at
+ * most, since one query can RAISE a notice per row. */
+static bool notice_allowed(struct pgpool *pool)
+{
+    notice_second(pool);
+    if (pool->notices >= NOTICES_PER_SECOND) {
+        pool->notices_dropped++;
+        return false;
+    }
+    pool->notices++;
+    return true;
+}
+
+/* A server notice (RAISE NOTICE, "relation ... already exists, skipping").
+ * libpq's default printed it raw on stderr: no timestamp or level, deaf to
+ * log.level, and a newline in it (job data, in a RAISE) started a forged
+ * log line. Here it goes through the logger, which makes control
+ * characters harmless, cut to NOTICE_MAX_LEN, at debug (a WARNING at
+ * info), naming the job whose query runs on the connection. */
+static void on_notice(void *arg, const PGresult *res)
+{
+    struct pg_conn *c = arg;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    int level = severity && !strcmp(severity, "WARNING") ? LOG_INFO : LOG_DEBUG;
+    if (level < log_get_level() || !notice_allowed(c->pool))
+        return;
+    if (!msg)
+        msg = "";
+    int len = (int)strnlen(msg, NOTICE_MAX_LEN);
+    while (len > 0 && msg[len] && ((unsigned char)msg[len] & 0xC0) == 0x80)
+        len--;      /* cut before a UTF-8 character, not inside it */
+    const char *job = c->head && c->head->job_id ? c->head->job_id : NULL;
+    log_msg(level, "%s%s%spostgres %s (%s): %.*s%s", job ? "job " : "", job ? job : "",
+            job ? ": " : "", severity ? severity : "notice", state ? state : "?", len, msg,
+            msg[len] ? "..." : "");
+}
+
 static void conn_open(struct pgpool *pool)
 {
     const char *keys[] = {"dbname", "application_name", "client_encoding", NULL};
@@ -287,6 +345,8 @@ static void conn_open(struct pgpool *pool)
     c->statement_timeout = -1;
     c->prepared = json_object();
     c->pg = PQconnectStartParams(keys, vals, 1);
+    if (c->pg)      /* before any message: the server may warn at the start-up */
+        PQsetNoticeReceiver(c->pg, on_notice, c);
     c->state = C_CONNECTING;
     c->started = mono_ms();
     c->next = pool->conns;
@@ -1024,6 +1084,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     }
     if (pool->nconns < pool->d->cfg.pg_min_size && now >= pool->next_connect)
         conn_open(pool);
+    notice_second(pool);
     dispatch(pool);
 }
 

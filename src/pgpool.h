@@ -40,6 +40,7 @@ struct sql_query {
     int64_t timeout_ms;         /* statement_timeout guard */
     void (*done)(struct sql_query *q);  /* exactly once, on the loop */
     void *arg;
+    const char *job_id;         /* names the job in log lines (server notices) */
 
     /* Filled by the pool before done(). */
     json_t *rows;               /* array of objects; NULL on error */

@@ -1,6 +1,7 @@
 """PROTOCOL §3 sql jobs against a real PostgreSQL the test starts itself."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -190,6 +191,40 @@ def test_a_wrong_number_of_params_fails_at_once_and_keeps_the_connection(r, pg, 
         assert rec["error"]["code"] == "invalid_job" and rec["error"]["sqlstate"] == "08P01", rec
         assert rec["error"]["message"].startswith("sql.params: bind message supplies"), rec
     assert run(r, "again", query="pid")["result"]["rows"][0]["pid"] == pid
+
+
+def test_server_notices_go_through_the_log(r, pg, start_jobd):
+    # libpq's default printed server notices raw on stderr: no timestamp or
+    # level, deaf to log.level, and a newline in a RAISE (job data here)
+    # wrote a forged line. They are log lines now: the job named, debug
+    # (a WARNING at info), cut at 300 bytes, at most 10 a second.
+    pg.psql("CREATE FUNCTION shout(t text, n int, warn bool) RETURNS int LANGUAGE plpgsql AS "
+            "$$BEGIN FOR i IN 1..n LOOP IF warn THEN RAISE WARNING '%', t; "
+            "ELSE RAISE NOTICE '%', t; END IF; END LOOP; RETURN n; END$$")
+    daemon = start_jobd(**config_for(pg, postgres__queries=dict(
+        QUERIES, shout="SELECT shout($1, $2, $3) AS n")))
+    forged = "\n2030-01-01T00:00:00.000Z ERROR FORGED LINE\n" + "x" * 1000
+    assert run(r, "one", query="shout", params=[forged, 1, False])["status"] == "succeeded"
+    wait_for(lambda: "FORGED" in daemon.log_text(), what="the notice in the log")
+    [line] = [line for line in daemon.log_text().splitlines() if "FORGED" in line]
+    assert re.fullmatch(r"\S+Z DEBUG job one: postgres NOTICE \(00000\):  2030-01-01T00:00:00"
+                        r"\.000Z ERROR FORGED LINE x+\.\.\.", line), line
+    assert len(line) < 400
+    # A burst: ten logged, the rest counted.
+    assert run(r, "many", query="shout", params=["loud", 1000, False])["status"] == "succeeded"
+    wait_for(lambda: "server notice(s) not logged" in daemon.log_text(), what="the count")
+    assert daemon.log_text().count("job many: postgres NOTICE (00000): loud") <= 20
+    # At log.level info a NOTICE is not logged, a WARNING is.
+    daemon.settings["log"]["level"] = "info"
+    daemon.write_config()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in daemon.log_text(), what="the reload")
+    time.sleep(1.1)     # a new second for the notice count
+    assert run(r, "quiet", query="shout", params=["hush", 1, False])["status"] == "succeeded"
+    assert run(r, "warn", query="shout", params=["beware", 1, True])["status"] == "succeeded"
+    wait_for(lambda: "job warn: postgres WARNING (01000): beware" in daemon.log_text(),
+             what="the warning at info")
+    assert "hush" not in daemon.log_text()
 
 
 def backends_running_sleep(pg):
