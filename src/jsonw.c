@@ -45,10 +45,8 @@ static const char *const short_escape[32] = {
     ['\b'] = "\\b", ['\t'] = "\\t", ['\n'] = "\\n", ['\f'] = "\\f", ['\r'] = "\\r",
 };
 
-void jbuf_string(struct jbuf *b, const char *s, size_t n)
+size_t jsonw_string_len(const char *s, size_t n)
 {
-    /* The exact size first: reserving the worst case (6 bytes per byte)
-     * would ask for 600 MB to write a 100 MB body. */
     size_t out_len = n + 2;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -57,6 +55,14 @@ void jbuf_string(struct jbuf *b, const char *s, size_t n)
         else if (c < 0x20)
             out_len += short_escape[c] ? 1 : 5;
     }
+    return out_len;
+}
+
+void jbuf_string(struct jbuf *b, const char *s, size_t n)
+{
+    /* The exact size first: reserving the worst case (6 bytes per byte)
+     * would ask for 600 MB to write a 100 MB body. */
+    size_t out_len = jsonw_string_len(s, n);
     if (out_len < n || !reserve(b, out_len)) {
         b->failed = true;
         return;

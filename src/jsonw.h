@@ -27,6 +27,8 @@ void jbuf_raw(struct jbuf *b, const char *s, size_t n);
 #define jbuf_lit(b, s) jbuf_raw((b), (s), sizeof(s) - 1)
 /* A quoted, escaped JSON string of N bytes (UTF-8 expected, not checked). */
 void jbuf_string(struct jbuf *b, const char *s, size_t n);
+/* How many bytes jbuf_string() writes for those N bytes, quotes included. */
+size_t jsonw_string_len(const char *s, size_t n);
 void jbuf_int(struct jbuf *b, int64_t v);
 /* Any jansson value, compact, keys in the object's own order. */
 void jbuf_value(struct jbuf *b, const json_t *v);

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "jsonw.h"
 #include "log.h"
 #include "pgpool.h"
 #include "threadpool.h"
@@ -528,15 +529,37 @@ static json_t *value_of(const PGresult *res, int row, int col, Oid type)
     return text ? text : json_string("");
 }
 
+/* What V adds to the record as JSON text: a string quoted and escaped;
+ * integers and embedded JSON about the length of the text they came from
+ * (the latter rewritten compact); a double at most %.17g's 24. */
+static size_t value_bytes(const json_t *v, int text_len)
+{
+    switch (json_typeof(v)) {
+    case JSON_STRING: return jsonw_string_len(json_string_value(v), json_string_length(v));
+    case JSON_NULL:
+    case JSON_TRUE: return 4;
+    case JSON_FALSE: return 5;
+    case JSON_REAL: return 24;
+    default: return (size_t)text_len;
+    }
+}
+
 static void take_row(struct sql_query *q, const PGresult *res, int r)
 {
     int ncols = PQnfields(res);
     if (!q->fields) {
         q->fields = json_array();
         q->types = calloc((size_t)ncols + 1, sizeof(Oid));
+        /* Every row repeats the column names: counted once here, per row
+         * below ("{", "}", a "," after the row; "name": and a "," each). The
+         * old count, values + 8 a field, let a wide result of long names
+         * and short values take ~50 times SQL_MAX_BYTES. */
+        q->row_bytes = 3;
         for (int i = 0; i < ncols; i++) {
-            json_array_append_new(q->fields, json_string(PQfname(res, i)));
+            const char *name = PQfname(res, i);
+            json_array_append_new(q->fields, json_string(name));
             q->types[i] = PQftype(res, i);
+            q->row_bytes += jsonw_string_len(name, strlen(name)) + 2;
         }
         if (!q->rows)
             q->rows = json_array();
@@ -544,10 +567,11 @@ static void take_row(struct sql_query *q, const PGresult *res, int r)
     if (q->too_large)
         return;
     json_t *row = json_object();
+    q->bytes += q->row_bytes;
     for (int i = 0; i < ncols; i++) {
-        q->bytes += (size_t)PQgetlength(res, r, i) + 8;
-        json_object_set_new(row, json_string_value(json_array_get(q->fields, (size_t)i)),
-                            value_of(res, r, i, q->types[i]));
+        json_t *v = value_of(res, r, i, q->types[i]);
+        q->bytes += value_bytes(v, PQgetlength(res, r, i));
+        json_object_set_new(row, json_string_value(json_array_get(q->fields, (size_t)i)), v);
     }
     json_array_append_new(q->rows, row);
     if (json_array_size(q->rows) > SQL_MAX_ROWS || q->bytes > SQL_MAX_BYTES) {

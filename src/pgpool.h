@@ -27,7 +27,8 @@ struct daemon;
 struct pgpool;
 
 /* Rows and bytes one result may hold; more is too_large, and the query is
- * cancelled on the server rather than read to the end. */
+ * cancelled on the server rather than read to the end. Bytes are those of
+ * the rows as JSON text: keys repeated in every row, quotes, escapes. */
 #define SQL_MAX_ROWS 100000
 #define SQL_MAX_BYTES (16 * 1024 * 1024)
 
@@ -60,7 +61,8 @@ struct sql_query {
     int64_t sent_us;            /* mono_us() when it was sent */
     int64_t expected_us;        /* its run time as estimated when it was sent */
     bool sent_behind;           /* sent while others ran on its connection */
-    size_t bytes;
+    size_t bytes;               /* the rows so far as JSON text (SQL_MAX_BYTES) */
+    size_t row_bytes;           /* a row's JSON text without its values */
     json_t *fields;             /* column names */
     Oid *types;
 };

@@ -661,6 +661,33 @@ def test_a_cancel_delivered_late_does_not_fail_the_next_query(r, pg, start_jobd)
             "again" in daemon.log_text()
 
 
+def test_the_size_cap_counts_the_result_as_json(r, pg, start_jobd):
+    # 16 MiB counted values plus 8 bytes a field: column names repeated in
+    # every row and the JSON around them were left out, so 1390 rows of 1500
+    # NULL columns with 56-byte names passed as 16.7 MB, made a 134 MB
+    # record and took 800 MB on the way. The cap is now on the JSON text:
+    # 64 bytes a field here, so 170 rows fit (just under 16 MiB), 1390 do not
+    # and are stopped after about 175.
+    cols = ", ".join(f"NULL::int AS c{i:04d}_" + "x" * 50 for i in range(1500))
+    daemon = start_jobd(**config_for(pg, postgres__allow_raw_sql=True))
+    rec = run(r, "fits", sql=f"SELECT {cols} FROM generate_series(1, 170)", timeout_ms=60000)
+    assert rec["status"] == "succeeded" and rec["result"]["row_count"] == 170
+    rows = len(json.dumps(rec["result"]["rows"], separators=(",", ":")))
+    assert 16_000_000 < rows <= 16 * 1024 * 1024, rows
+    base = rss_kb(daemon.proc.pid)
+    submit(r, {"id": "wide", "type": "sql", "sql": f"SELECT {cols} FROM generate_series(1, 1390)",
+               "timeout_ms": 60000})
+    peak = 0
+    deadline = time.monotonic() + 60
+    while not result(r, "wide") and time.monotonic() < deadline:
+        peak = max(peak, rss_kb(daemon.proc.pid))
+        time.sleep(0.01)
+    rec = wait_result(r, "wide")
+    assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec["status"]
+    if not SANITIZERS:
+        assert peak - base < 120000, (base, peak)
+
+
 def sleeping_backend(pg):
     return int(pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'jobd' "
                        "AND query LIKE '%pg_sleep%' AND state = 'active'"))
