@@ -162,7 +162,9 @@ static void sql_start(struct job *job)
 static void sql_cancel(struct job *job)
 {
     struct sql_state *st = job->exec_state;
-    pgpool_cancel(job->d->pgpool, &st->q);
+    /* A timeout with attempts left is retried (a timeout is transient). */
+    bool again = job->stop == STOP_TIMEOUT && job->attempts < job->retry.attempts;
+    pgpool_cancel(job->d->pgpool, &st->q, again);
 }
 
 const struct executor sql_executor = {

@@ -45,6 +45,7 @@
 #define UNKNOWN_RUN_US 1000000     /* a query's run time until measured */
 #define PROBE_EVERY_US 1000000     /* at most one packing probe a second per query */
 #define CANCEL_THREADS 2           /* threads of their own for PQcancel (see send_cancel) */
+#define STAND_IN_KEEP_MS (10 * 60 * 1000)  /* an answer kept for a retry (see stand_in()) */
 #define NOTICE_MAX_LEN 300         /* bytes of a server notice's text that are logged */
 #define NOTICES_PER_SECOND 10      /* server notices logged a second, the pool over */
 
@@ -103,6 +104,8 @@ struct pgpool {
     int nconns;
     struct sql_query *wait_head, *wait_tail;
     int nwaiting;
+    struct sql_query *parked_head, *parked_tail; /* waiting for their stand-ins */
+    struct stand_in *stand_ins; /* those kept for a retry (see stand_in()) */
     struct event *tick;
     struct event *kick;         /* dispatch() once the current loop pass ends */
     struct threadpool *cancels; /* PQcancel's threads, not the jobs' */
@@ -162,6 +165,25 @@ static void append(struct sql_query **head, struct sql_query **tail, struct sql_
     *tail = q;
 }
 
+/* Q out of the FIFO HEAD..TAIL; false when it was not there. */
+static bool take_out(struct sql_query **head, struct sql_query **tail, struct sql_query *q)
+{
+    struct sql_query *prev = NULL;
+    for (struct sql_query *t = *head; t; prev = t, t = t->next) {
+        if (t != q)
+            continue;
+        if (prev)
+            prev->next = q->next;
+        else
+            *head = q->next;
+        if (*tail == q)
+            *tail = prev;
+        q->next = NULL;
+        return true;
+    }
+    return false;
+}
+
 static void free_scratch(struct sql_query *q)
 {
     json_decref(q->fields);
@@ -184,12 +206,14 @@ static void reset_answer(struct sql_query *q)
     q->conn = NULL;
 }
 
+static void stand_in_done(struct sql_query *s);
+
 /* Hand Q back to its owner: rows only on success, the scratch state freed. */
 static void query_complete(struct pgpool *pool, struct sql_query *q)
 {
     q->conn = NULL;
     if (q->err.code) {
-        pool->errors++;
+        pool->errors += q->done != stand_in_done;   /* its query's error was counted */
         json_decref(q->rows);
         q->rows = NULL;
     } else if (!q->rows) {
@@ -493,6 +517,235 @@ static void statement_name(const struct sql_query *q, char *buf, size_t len)
     for (const char *p = q->sql; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
     snprintf(buf, len, "q_%.40s_%08x", q->name, h);
+}
+
+/* ---- stand-ins ------------------------------------------------------------ */
+
+/* A query sent behind another on its connection cannot be taken back: the
+ * server runs its statement when its turn comes. Timed out or cancelled
+ * before then, its attempt still ends at once (it used to wait for the
+ * query ahead, past its own timeout), and a stand-in takes its place in the
+ * pipeline: it reads what the statement does, and cancels it when its turn
+ * comes (a quick one may end before the cancel arrives).
+ *
+ * A timed-out job is retried, and its retry comes back through
+ * NS:scheduled as a new job with the same id: the stand-in is found by that
+ * id. The retry waits for it (parked) instead of being sent, and if the
+ * statement ran to its end after all, takes its answer rather than running
+ * it a second time (a timed-out INSERT inserted two rows); if it failed or
+ * was cancelled (rolled back: its own transaction), the retry sends it. An
+ * answer is kept STAND_IN_KEEP_MS for a retry that comes to this daemon. */
+
+struct stand_in {
+    struct sql_query q;         /* in Q's place on its connection until answered */
+    struct pgpool *pool;
+    char job_id[129];
+    char **params;              /* with q.name, q.sql: the retry runs the same */
+    bool keep;                  /* a retry may come for its answer */
+    int64_t answered_at;        /* mono ms; 0 while its answer is not in */
+    struct stand_in *next;      /* pool->stand_ins, those kept */
+};
+
+static void stand_in_free(struct stand_in *s)
+{
+    json_decref(s->q.rows);
+    free_scratch(&s->q);
+    free((char *)s->q.name);
+    free((char *)s->q.sql);
+    for (int i = 0; s->params && i < s->q.nparams; i++)
+        free(s->params[i]);
+    free(s->params);
+    free(s);
+}
+
+static char *strdup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* A stand-in for Q's statement: its job id, name, text and params copied
+ * (Q's memory goes with its job). NULL when out of memory. */
+static struct stand_in *stand_in_new(struct pgpool *pool, const struct sql_query *q)
+{
+    struct stand_in *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->pool = pool;
+    snprintf(s->job_id, sizeof(s->job_id), "%s", q->job_id ? q->job_id : "");
+    s->q.job_id = s->job_id;
+    s->q.name = strdup_or_null(q->name);
+    s->q.sql = strdup_or_null(q->sql);
+    s->q.nparams = q->nparams;
+    s->params = calloc((size_t)q->nparams + 1, sizeof(char *));
+    bool ok = s->params && (s->q.name || !q->name) && (s->q.sql || !q->sql);
+    for (int i = 0; ok && i < q->nparams; i++)
+        ok = (s->params[i] = strdup_or_null(q->params[i])) || !q->params[i];
+    if (!ok) {
+        stand_in_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static bool same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* The stand-in kept for Q's job, if it ran the very statement Q would:
+ * a producer may reuse an id for another query. */
+static struct stand_in *stand_in_find(const struct pgpool *pool, const struct sql_query *q)
+{
+    if (!q->job_id)
+        return NULL;
+    for (struct stand_in *s = pool->stand_ins; s; s = s->next) {
+        if (strcmp(s->job_id, q->job_id))
+            continue;
+        bool same = same_text(s->q.name, q->name) && same_text(s->q.sql, q->sql) &&
+                    s->q.nparams == q->nparams;
+        for (int i = 0; same && i < q->nparams; i++)
+            same = same_text(s->params[i], q->params[i]);
+        return same ? s : NULL;
+    }
+    return NULL;
+}
+
+static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
+{
+    for (struct stand_in **p = &pool->stand_ins; *p; p = &(*p)->next)
+        if (*p == drop) {
+            *p = drop->next;
+            break;
+        }
+    stand_in_free(drop);
+}
+
+/* S kept for its job's retry: one per job id, so an older one goes (of a
+ * job whose id a producer reused; a retry never runs while one waits). */
+static void stand_in_keep(struct pgpool *pool, struct stand_in *s)
+{
+    struct stand_in *old = pool->stand_ins;
+    while (old && strcmp(old->job_id, s->job_id))
+        old = old->next;
+    if (old)
+        stand_in_drop(pool, old);
+    s->keep = true;
+    s->next = pool->stand_ins;
+    pool->stand_ins = s;
+}
+
+/* A query at the head of its connection, cancelled for a timeout with a
+ * retry to come, ran to its end before the cancel reached it: the runner
+ * still calls the attempt timed out, and its retry would run the statement
+ * again. Its answer is kept for that retry, as a stand-in's is. */
+static void keep_answer(struct pgpool *pool, struct sql_query *q)
+{
+    struct stand_in *s = stand_in_new(pool, q);
+    if (!s)
+        return;
+    s->answered_at = mono_ms();
+    s->q.rows = q->rows;
+    q->rows = NULL;
+    memcpy(s->q.command, q->command, sizeof(q->command));
+    s->q.row_count = q->row_count;
+    stand_in_keep(pool, s);
+}
+
+/* done() of a stand-in: its answer is in (see unpark()). */
+static void stand_in_done(struct sql_query *q)
+{
+    struct stand_in *s = q->arg;
+    if (!s->keep) {
+        stand_in_free(s);       /* nobody will ask for it */
+        return;
+    }
+    s->answered_at = mono_ms();
+    event_active(s->pool->kick, EV_TIMEOUT, 0);     /* a retry may be parked: unpark() */
+}
+
+/* Put a stand-in in Q's place on its connection (Q is not at the head);
+ * Q is then on no connection. KEEP: its job may run Q again. False when out
+ * of memory: Q stays. */
+static bool stand_in(struct pgpool *pool, struct sql_query *q, bool keep)
+{
+    struct pg_conn *c = q->conn;
+    struct stand_in *s = stand_in_new(pool, q);
+    if (!s)
+        return false;
+    const char *name = s->q.name, *sql = s->q.sql;     /* the copies */
+    s->q = *q;                  /* its steps, run time estimate, place (next) */
+    s->q.name = name;           /* statement_name(), measure(), stand_in_find() */
+    s->q.sql = sql;
+    s->q.params = (const char *const *)s->params;
+    s->q.job_id = s->job_id;
+    s->q.done = stand_in_done;
+    s->q.arg = s;
+    s->q.cancelled = true;      /* stopped when its turn comes */
+    s->q.again = false;         /* kept, if at all, as itself (below) */
+    if (keep && q->job_id)
+        stand_in_keep(pool, s);
+    for (struct sql_query **p = &c->head; *p; p = &(*p)->next)
+        if (*p == q) {
+            *p = &s->q;
+            break;
+        }
+    if (c->tail == q)
+        c->tail = &s->q;
+    q->conn = NULL;
+    q->next = NULL;
+    return true;
+}
+
+/* Q, parked, takes the answer of its stand-in S, or goes to be sent. */
+static void take_stand_in(struct pgpool *pool, struct sql_query *q, struct stand_in *s)
+{
+    q->parked = false;
+    if (!s || s->q.err.code) {
+        if (s)
+            stand_in_drop(pool, s);
+        append(&pool->wait_head, &pool->wait_tail, q);
+        pool->nwaiting++;
+        return;
+    }
+    log_info("job %s: the query its attempt before gave up on ran to its end: its answer "
+             "is this attempt's, not run again", s->job_id);
+    q->rows = s->q.rows;
+    s->q.rows = NULL;
+    memcpy(q->command, s->q.command, sizeof(q->command));
+    q->row_count = s->q.row_count;
+    stand_in_drop(pool, s);
+    query_complete(pool, q);
+}
+
+/* Parked queries whose stand-ins have answered (or gone) go on. One at a
+ * time from the start: done() of one may submit or cancel others. */
+static void unpark(struct pgpool *pool)
+{
+    struct sql_query *q = pool->parked_head;
+    while (q) {
+        struct stand_in *s = stand_in_find(pool, q);
+        if (s && !s->answered_at) {
+            q = q->next;
+            continue;
+        }
+        take_out(&pool->parked_head, &pool->parked_tail, q);
+        take_stand_in(pool, q, s);
+        q = pool->parked_head;
+    }
+}
+
+/* Answers kept longer than STAND_IN_KEEP_MS: no retry came for them here. */
+static void stand_ins_expire(struct pgpool *pool, int64_t now)
+{
+    for (struct stand_in **p = &pool->stand_ins; *p;) {
+        struct stand_in *s = *p;
+        if (s->answered_at && now - s->answered_at > STAND_IN_KEEP_MS) {
+            *p = s->next;
+            stand_in_free(s);
+        } else {
+            p = &s->next;
+        }
+    }
 }
 
 /* ---- results --------------------------------------------------------------- */
@@ -812,6 +1065,8 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
                           SQL_MAX_ROWS, SQL_MAX_BYTES);
         if (q->cancelled && !q->err.code && !q->executed)
             job_error_set(&q->err, ERR_CANCELLED, "query cancelled");
+        if (q->cancelled && q->again && !q->err.code && q->job_id)
+            keep_answer(pool, q);
         append(&out->head, &out->tail, q);
     }
     /* The next query now runs: a cancel asked while it waited goes now. */
@@ -1030,6 +1285,7 @@ static void cork(struct pg_conn *c, int on)
 static void dispatch(struct pgpool *pool)
 {
     struct pg_conn *c;
+    unpark(pool);
     while (pool->wait_head && (c = pick_conn(pool, pool->wait_head))) {
         struct sql_query *q = pool->wait_head;
         q->sent_behind = c->inflight > 0;
@@ -1109,6 +1365,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     if (pool->nconns < pool->d->cfg.pg_min_size && now >= pool->next_connect)
         conn_open(pool);
     notice_second(pool);
+    stand_ins_expire(pool, now);
     dispatch(pool);
 }
 
@@ -1142,6 +1399,16 @@ void pgpool_free(struct pgpool *pool)
         abandoned_cancels = pool->cancels;
         log_warn("postgres: a cancel request is still waiting for the server; not waiting");
     }
+    /* Stand-ins: those on connections not kept, then those kept (some of
+     * them still on connections: the walk must not meet them freed). */
+    for (struct pg_conn *c = pool->conns; c; c = c->next)
+        for (struct sql_query *q = c->head, *next; q; q = next) {
+            next = q->next;
+            if (q->done == stand_in_done && !((struct stand_in *)q->arg)->keep)
+                stand_in_free(q->arg);
+        }
+    while (pool->stand_ins)
+        stand_in_drop(pool, pool->stand_ins);
     while (pool->conns)
         conn_close(pool->conns);
     event_free(pool->tick);
@@ -1159,40 +1426,48 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
 {
     q->rows = NULL;             /* the caller's to free: exec_sql has */
     reset_answer(q);
-    q->cancelled = q->requeued = false;
-    append(&pool->wait_head, &pool->wait_tail, q);
-    pool->nwaiting++;
+    q->cancelled = q->requeued = q->again = false;
+    if (stand_in_find(pool, q)) {
+        /* Its last attempt's statement may still run: see stand_in(). */
+        q->parked = true;
+        append(&pool->parked_head, &pool->parked_tail, q);
+    } else {
+        append(&pool->wait_head, &pool->wait_tail, q);
+        pool->nwaiting++;
+    }
     /* Queries submitted in one loop pass (a batch of jobs read together) go
      * out in one round, so each connection's share leaves in one packet. */
     event_active(pool->kick, EV_TIMEOUT, 0);     /* no-op when already active */
 }
 
-void pgpool_cancel(struct pgpool *pool, struct sql_query *q)
+void pgpool_cancel(struct pgpool *pool, struct sql_query *q, bool again)
 {
     q->cancelled = true;
+    q->again = again;
     if (q->conn) {
-        /* Sent: stopped on the server when it is the query running there;
-         * one still queued behind another is stopped when its turn comes. */
-        if (q->conn->head == q)
+        /* Sent: stopped on the server when it is the query running there
+         * (done() follows its answer); one queued behind another ends now,
+         * a stand-in in its place (or, out of memory, when its turn comes). */
+        if (q->conn->head == q) {
             send_cancel(q->conn, q);
+        } else if (stand_in(pool, q, again)) {
+            job_error_set(&q->err, ERR_CANCELLED,
+                          "query cancelled while queued behind another on its connection");
+            query_complete(pool, q);
+        }
         return;
     }
-    /* Still waiting for a connection: leave the queue. */
-    struct sql_query *prev = NULL;
-    for (struct sql_query *t = pool->wait_head; t; prev = t, t = t->next) {
-        if (t != q)
-            continue;
-        if (prev)
-            prev->next = q->next;
-        else
-            pool->wait_head = q->next;
-        if (pool->wait_tail == q)
-            pool->wait_tail = prev;
+    /* Not sent: it leaves the wait queue, or stops waiting for its stand-in
+     * (which stays, for a later attempt). */
+    if (take_out(&pool->parked_head, &pool->parked_tail, q)) {
+        q->parked = false;
+    } else if (take_out(&pool->wait_head, &pool->wait_tail, q)) {
         pool->nwaiting--;
-        job_error_set(&q->err, ERR_CANCELLED, "query cancelled before it started");
-        query_complete(pool, q);
+    } else {
         return;
     }
+    job_error_set(&q->err, ERR_CANCELLED, "query cancelled before it started");
+    query_complete(pool, q);
 }
 
 void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out)

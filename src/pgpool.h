@@ -41,7 +41,7 @@ struct sql_query {
     int64_t timeout_ms;         /* statement_timeout guard */
     void (*done)(struct sql_query *q);  /* exactly once, on the loop */
     void *arg;
-    const char *job_id;         /* names the job in log lines (server notices) */
+    const char *job_id;         /* names the job in log lines, finds its stand-in */
 
     /* Filled by the pool before done(). */
     json_t *rows;               /* array of objects; NULL on error */
@@ -51,12 +51,14 @@ struct sql_query {
 
     /* Private to the pool. */
     struct pg_conn *conn;
-    struct sql_query *next;     /* in the wait queue, or in conn's pipeline */
+    struct sql_query *next;     /* in the wait queue, in conn's pipeline, or parked */
+    bool parked;                /* waiting for what its last attempt left (stand-in) */
     unsigned char steps[5];     /* what was sent for it, in order (enum step) */
     int nsteps, step;           /* step: whose results are being read */
     bool row_mode;              /* single-row mode asked for the execute step */
     bool executed;              /* the execute step completed */
     bool cancelled, too_large, requeued;
+    bool again;                 /* cancelled for a timeout, with a retry to come */
     uint64_t cancels_seen;      /* conn->cancels_delivered when it was sent */
     int64_t sent_us;            /* mono_us() when it was sent */
     int64_t expected_us;        /* its run time as estimated when it was sent */
@@ -81,8 +83,11 @@ void pgpool_free(struct pgpool *pool);
 /* Queue Q; it is sent when the current loop pass ends, and done() follows
  * (never before this returns). */
 void pgpool_submit(struct pgpool *pool, struct sql_query *q);
-/* Stop Q: dropped from the queue, or cancelled on the server. done() follows. */
-void pgpool_cancel(struct pgpool *pool, struct sql_query *q);
+/* Stop Q: dropped from the queue, or cancelled on the server. done() follows,
+ * at once for a query queued behind another on its connection (a stand-in
+ * takes its place there). AGAIN: its job may be retried, so the stand-in
+ * keeps what the statement does for the retry (see pgpool.c). */
+void pgpool_cancel(struct pgpool *pool, struct sql_query *q, bool again);
 
 void pgpool_counts(const struct pgpool *pool, struct pgpool_counts *out);
 

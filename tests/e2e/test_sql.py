@@ -415,6 +415,48 @@ def test_pipeline_cancel_and_timeout_stop_only_their_query(r, pg, start_jobd):
     wait_for(lambda: backends_running_sleep(pg) == 0, timeout=3, what="the backend to stop")
 
 
+def test_a_query_queued_behind_a_slow_one_ends_at_its_own_timeout(r, pg, start_jobd):
+    # Sent down the pipeline behind a 3 s query, it used to wait for that
+    # one, its own 500 ms timeout ignored; and a cancel was only noted.
+    start_jobd(**config_for(pg, 4, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "slow", "type": "sql", "query": "sleep", "params": [3]})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+    submit(r, {"id": "behind", "type": "sql", "query": "add", "params": [1, 2],
+               "timeout_ms": 500, "retry": {"attempts": 1}})
+    submit(r, {"id": "cancelled", "type": "sql", "query": "add", "params": [1, 2]})
+    time.sleep(0.2)
+    r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": "cancelled"}))
+    rec = wait_result(r, "behind", timeout=10)
+    assert rec["status"] == "timed_out" and rec["finished_at"] - rec["started_at"] < 1500, rec
+    rec = wait_result(r, "cancelled", timeout=10)
+    assert rec["status"] == "cancelled", rec
+    assert not r.exists(f"{NS}:result:slow")
+    assert wait_result(r, "slow")["status"] == "succeeded"
+    assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
+
+
+@pytest.mark.parametrize("slow_s,timeout_ms,delay_ms", [(3, 2000, 100), (1, 400, 1000)],
+                         ids=["retry_waits", "answer_kept"])
+def test_a_timed_out_insert_queued_behind_a_slow_one_runs_once(r, pg, start_jobd, slow_s,
+                                                               timeout_ms, delay_ms):
+    # A statement sent down a pipeline cannot be taken back: the server runs
+    # it after the slow one, and the retry ran it again (two rows). The
+    # retry now waits for what became of the first (retry_waits: it comes
+    # while the slow one still runs) or finds it kept (answer_kept: it comes
+    # after), and takes its answer when it ran to its end, else runs it: one
+    # row either way, and the job succeeds.
+    start_jobd(**config_for(pg, 4, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "slow", "type": "sql", "query": "sleep", "params": [slow_s]})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+    submit(r, {"id": "ins", "type": "sql", "query": "insert", "params": ["once"],
+               "timeout_ms": timeout_ms, "retry": {"attempts": 2, "delay_ms": delay_ms,
+                                                   "max_delay_ms": delay_ms, "jitter": False}})
+    rec = wait_result(r, "ins", timeout=15)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 2, rec
+    assert wait_result(r, "slow")["status"] == "succeeded"
+    assert pg.psql("SELECT count(*) FROM items WHERE name = 'once'") == "1"
+
+
 def submit_round(r, ids, query="pid", params=None):
     """The jobs of IDS added in one round trip, as a producer's batch."""
     pipe = r.pipeline(transaction=False)
@@ -686,6 +728,28 @@ def test_the_size_cap_counts_the_result_as_json(r, pg, start_jobd):
     assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec["status"]
     if not SANITIZERS:
         assert peak - base < 120000, (base, peak)
+
+
+def test_a_timed_out_insert_that_ran_to_its_end_anyway_is_not_run_again(r, pg, start_jobd):
+    # The cancel for a timed-out INSERT comes late (on a connection of its
+    # own, held back 2 s by the proxy), so the INSERT ends first and
+    # commits. The attempt is still timed_out; its retry used to insert a
+    # second row. It takes the answer of the first now.
+    with DelayProxy(pg.port, delay=0) as proxy:
+        daemon = start_jobd(**config_for(pg, postgres__conninfo=via(proxy), postgres__min_size=1,
+                                         postgres__max_size=1, postgres__queries=dict(
+                                             QUERIES, slow_insert="INSERT INTO items(name) "
+                                             "SELECT $1 FROM pg_sleep(0.9) RETURNING id")))
+        wait_for(lambda: jobd_connections(pg) == 1, what="the connection")
+        proxy.connect_delay = 2.0
+        submit(r, {"id": "ins", "type": "sql", "query": "slow_insert", "params": ["once"],
+                   "timeout_ms": 700, "retry": {"attempts": 2, "delay_ms": 100}})
+        rec = wait_result(r, "ins", timeout=15)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 2, rec
+        assert rec["result"]["command"] == "INSERT 0 1", rec
+        assert pg.psql("SELECT count(*) FROM items WHERE name = 'once'") == "1"
+        assert "job ins: the query its attempt before gave up on ran to its end" in \
+            daemon.log_text()
 
 
 def sleeping_backend(pg):
