@@ -46,6 +46,12 @@
 #define PROBE_EVERY_US 1000000     /* at most one packing probe a second per query */
 #define CANCEL_THREADS 2           /* threads of their own for PQcancel (see send_cancel) */
 #define STAND_IN_KEEP_MS (10 * 60 * 1000)  /* an answer kept for a retry (see stand_in()) */
+/* Bounds on what is kept for retries, so that a storm of timeouts (a slow
+ * database, a hostile producer) cannot grow memory, or the walk each sql
+ * job's submit makes over them, without end. Past them a retry runs its
+ * statement again: at least once, as without stand-ins. */
+#define STAND_INS_MAX 1000
+#define STAND_IN_BYTES_MAX (64u << 20)
 #define NOTICE_MAX_LEN 300         /* bytes of a server notice's text that are logged */
 #define NOTICES_PER_SECOND 10      /* server notices logged a second, the pool over */
 
@@ -106,6 +112,8 @@ struct pgpool {
     int nwaiting;
     struct sql_query *parked_head, *parked_tail; /* waiting for their stand-ins */
     struct stand_in *stand_ins; /* those kept for a retry (see stand_in()) */
+    int nstand_ins;             /* in stand_ins; at most STAND_INS_MAX */
+    size_t stand_in_bytes;      /* their answers' rows; at most STAND_IN_BYTES_MAX */
     struct event *tick;
     struct event *kick;         /* dispatch() once the current loop pass ends */
     struct threadpool *cancels; /* PQcancel's threads, not the jobs' */
@@ -543,6 +551,7 @@ struct stand_in {
     char **params;              /* with q.name, q.sql: the retry runs the same */
     bool keep;                  /* a retry may come for its answer */
     int64_t answered_at;        /* mono ms; 0 while its answer is not in */
+    size_t kept_bytes;          /* its answer's rows, counted in pool->stand_in_bytes */
     struct stand_in *next;      /* pool->stand_ins, those kept */
 };
 
@@ -610,6 +619,8 @@ static struct stand_in *stand_in_find(const struct pgpool *pool, const struct sq
     return NULL;
 }
 
+/* DROP no longer kept for a retry: freed, or, while its statement is still
+ * on a connection, freed by stand_in_done() when its answer comes. */
 static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
 {
     for (struct stand_in **p = &pool->stand_ins; *p; p = &(*p)->next)
@@ -617,21 +628,48 @@ static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
             *p = drop->next;
             break;
         }
-    stand_in_free(drop);
+    pool->nstand_ins--;
+    pool->stand_in_bytes -= drop->kept_bytes;
+    drop->keep = false;
+    if (drop->answered_at)
+        stand_in_free(drop);
 }
 
-/* S kept for its job's retry: one per job id, so an older one goes (of a
- * job whose id a producer reused; a retry never runs while one waits). */
-static void stand_in_keep(struct pgpool *pool, struct stand_in *s)
+/* S kept for its job's retry, if the bounds allow: one per job id, so an
+ * older one goes (of a job whose id a producer reused for another query; a
+ * retry never runs while one waits). */
+static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
 {
     struct stand_in *old = pool->stand_ins;
     while (old && strcmp(old->job_id, s->job_id))
         old = old->next;
     if (old)
         stand_in_drop(pool, old);
+    if (pool->nstand_ins >= STAND_INS_MAX)
+        return false;
     s->keep = true;
     s->next = pool->stand_ins;
     pool->stand_ins = s;
+    pool->nstand_ins++;
+    return true;
+}
+
+/* S's answer is in: counted against STAND_IN_BYTES_MAX, or, past it, not
+ * kept, so that its retry runs the statement again. */
+static void stand_in_answered(struct pgpool *pool, struct stand_in *s)
+{
+    s->answered_at = mono_ms();
+    if (s->q.err.code || pool->stand_in_bytes + s->q.bytes <= STAND_IN_BYTES_MAX) {
+        s->kept_bytes = s->q.err.code ? 0 : s->q.bytes;
+        pool->stand_in_bytes += s->kept_bytes;
+        return;
+    }
+    log_info("job %s: the answer of a query its attempt gave up on is not kept (%zu bytes "
+             "kept for retries already); its retry runs the query again", s->job_id,
+             pool->stand_in_bytes);
+    json_decref(s->q.rows);
+    s->q.rows = NULL;
+    job_error_set(&s->q.err, ERR_UNAVAILABLE, "answer not kept");
 }
 
 /* A query at the head of its connection, cancelled for a timeout with a
@@ -643,12 +681,16 @@ static void keep_answer(struct pgpool *pool, struct sql_query *q)
     struct stand_in *s = stand_in_new(pool, q);
     if (!s)
         return;
-    s->answered_at = mono_ms();
+    if (!stand_in_keep(pool, s)) {
+        stand_in_free(s);
+        return;
+    }
     s->q.rows = q->rows;
     q->rows = NULL;
     memcpy(s->q.command, q->command, sizeof(q->command));
     s->q.row_count = q->row_count;
-    stand_in_keep(pool, s);
+    s->q.bytes = q->bytes;
+    stand_in_answered(pool, s);
 }
 
 /* done() of a stand-in: its answer is in (see unpark()). */
@@ -659,7 +701,7 @@ static void stand_in_done(struct sql_query *q)
         stand_in_free(s);       /* nobody will ask for it */
         return;
     }
-    s->answered_at = mono_ms();
+    stand_in_answered(s->pool, s);
     event_active(s->pool->kick, EV_TIMEOUT, 0);     /* a retry may be parked: unpark() */
 }
 
@@ -683,7 +725,7 @@ static bool stand_in(struct pgpool *pool, struct sql_query *q, bool keep)
     s->q.cancelled = true;      /* stopped when its turn comes */
     s->q.again = false;         /* kept, if at all, as itself (below) */
     if (keep && q->job_id)
-        stand_in_keep(pool, s);
+        stand_in_keep(pool, s);    /* not kept past the bounds: freed when answered */
     for (struct sql_query **p = &c->head; *p; p = &(*p)->next)
         if (*p == q) {
             *p = &s->q;
@@ -741,6 +783,8 @@ static void stand_ins_expire(struct pgpool *pool, int64_t now)
         struct stand_in *s = *p;
         if (s->answered_at && now - s->answered_at > STAND_IN_KEEP_MS) {
             *p = s->next;
+            pool->nstand_ins--;
+            pool->stand_in_bytes -= s->kept_bytes;
             stand_in_free(s);
         } else {
             p = &s->next;
@@ -1407,8 +1451,11 @@ void pgpool_free(struct pgpool *pool)
             if (q->done == stand_in_done && !((struct stand_in *)q->arg)->keep)
                 stand_in_free(q->arg);
         }
-    while (pool->stand_ins)
-        stand_in_drop(pool, pool->stand_ins);
+    while (pool->stand_ins) {
+        struct stand_in *s = pool->stand_ins;
+        pool->stand_ins = s->next;
+        stand_in_free(s);       /* answered or not: no connection will answer now */
+    }
     while (pool->conns)
         conn_close(pool->conns);
     event_free(pool->tick);

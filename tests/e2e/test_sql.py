@@ -435,6 +435,28 @@ def test_a_query_queued_behind_a_slow_one_ends_at_its_own_timeout(r, pg, start_j
     assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
 
 
+def test_an_id_reused_while_its_stand_in_waits_its_turn(r, pg, start_jobd):
+    # Two jobs with one id, different queries, both timed out while queued
+    # behind a slow one: the second's stand-in replaces the first's as the
+    # one kept for the id. The first's was freed while still in the
+    # pipeline, and its answer then written into freed memory (ASan: a
+    # use after free). It now goes when its answer comes.
+    daemon = start_jobd(**config_for(pg, 4, postgres__min_size=1, postgres__max_size=1))
+    submit(r, {"id": "slow", "type": "sql", "query": "sleep", "params": [2]})
+    wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+    retry = {"attempts": 2, "delay_ms": 5000, "max_delay_ms": 5000, "jitter": False}
+    submit(r, {"id": "reused", "type": "sql", "query": "insert", "params": ["first"],
+               "timeout_ms": 200, "retry": retry})
+    wait_for(lambda: "job reused: attempt 1 failed" in daemon.log_text(), what="the first")
+    submit(r, {"id": "reused", "type": "sql", "query": "add", "params": [1, 2],
+               "timeout_ms": 200, "retry": retry})
+    wait_for(lambda: daemon.log_text().count("job reused: attempt 1 failed") == 2,
+             what="the second")
+    assert wait_result(r, "slow")["status"] == "succeeded"
+    assert run(r, "after", query="add", params=[2, 2])["result"]["rows"] == [{"sum": 4}]
+    assert daemon.proc.poll() is None
+
+
 @pytest.mark.parametrize("slow_s,timeout_ms,delay_ms", [(3, 2000, 100), (1, 400, 1000)],
                          ids=["retry_waits", "answer_kept"])
 def test_a_timed_out_insert_queued_behind_a_slow_one_runs_once(r, pg, start_jobd, slow_s,
