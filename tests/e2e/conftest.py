@@ -25,6 +25,21 @@ SANITIZERS = os.environ.get("JOBD_SANITIZERS") == "1"
 SANITIZER_LOGS = os.environ.get("JOBD_SANITIZER_LOGS")
 
 
+def build_preload_shim(tmp_path, src):
+    """SRC (a .c file) built as an LD_PRELOAD library in TMP_PATH; its path.
+    The test is skipped under sanitizers (ASan insists on being first in
+    LD_PRELOAD) or when it cannot be built."""
+    if SANITIZERS:
+        pytest.skip("ASan insists on being first in LD_PRELOAD")
+    so = tmp_path / (os.path.splitext(os.path.basename(str(src)))[0] + ".so")
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", str(so),
+                        str(src), "-ldl"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot build {src}: {e}")
+    return str(so)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,14 +3,13 @@ remembered (an hour): the sweep in src/scheduler.c makes them due now, so
 that they end cancelled (PROTOCOL §5: "a waiting job never starts"). The
 reviews of its first two versions found the cases from the busy-Redis test on."""
 import json
-import os
-import subprocess
 import time
 
 import pytest
 import redis
 
-from conftest import NS, SANITIZERS, cancel, free_port, submit, wait_for, wait_result
+from conftest import (NS, build_preload_shim, cancel, free_port, submit, wait_for,
+                      wait_result)
 from test_admin import get, parse_metrics
 from test_jobctl import ctl
 
@@ -269,17 +268,9 @@ def wait_quiet_zscan(r, quiet=1.0, timeout=30):
 
 @pytest.fixture
 def clock_shim(tmp_path):
-    if SANITIZERS:
-        pytest.skip("ASan insists on being first in LD_PRELOAD")
     src = tmp_path / "clock_shim.c"
-    so = tmp_path / "clock_shim.so"
     src.write_text(CLOCK_SHIM)
-    try:
-        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", str(so),
-                        str(src), "-ldl"], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"cannot build the clock shim: {e}")
-    return str(so)
+    return build_preload_shim(tmp_path, src)
 
 
 def test_a_member_swept_twice_keeps_its_own_time(r, start_jobd, clock_shim):

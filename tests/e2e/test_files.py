@@ -1,12 +1,11 @@
 """PROTOCOL §3 file jobs: confined to files.root by construction."""
 import hashlib
 import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import SANITIZERS, cancel, submit, wait_for, wait_result
+from conftest import build_preload_shim, cancel, submit, wait_for, wait_result
 
 
 @pytest.fixture
@@ -71,16 +70,9 @@ def slow_read_env(tmp_path, delay_ms):
     """Environment for a jobd with tests/e2e/slow_read_shim.c preloaded: a
     file whose name holds "slow" is read one 64 KiB chunk per read(), each
     after DELAY_MS, like a file on a slow network filesystem."""
-    if SANITIZERS:
-        pytest.skip("ASan insists on being first in LD_PRELOAD")
-    so = tmp_path / "slow_read_shim.so"
-    src = os.path.join(os.path.dirname(__file__), "slow_read_shim.c")
-    try:
-        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", str(so),
-                        src, "-ldl"], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"cannot build {src}: {e}")
-    return {"LD_PRELOAD": str(so), "SLOW_READ_MS": str(delay_ms)}
+    so = build_preload_shim(tmp_path, os.path.join(os.path.dirname(__file__),
+                                                   "slow_read_shim.c"))
+    return {"LD_PRELOAD": so, "SLOW_READ_MS": str(delay_ms)}
 
 
 def test_a_read_stops_within_a_chunk_of_its_timeout_or_cancel(r, start_jobd, root, tmp_path):

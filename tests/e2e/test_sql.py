@@ -741,11 +741,7 @@ def test_the_size_cap_counts_the_result_as_json(r, pg, start_jobd):
     base = rss_kb(daemon.proc.pid)
     submit(r, {"id": "wide", "type": "sql", "sql": f"SELECT {cols} FROM generate_series(1, 1390)",
                "timeout_ms": 60000})
-    peak = 0
-    deadline = time.monotonic() + 60
-    while not result(r, "wide") and time.monotonic() < deadline:
-        peak = max(peak, rss_kb(daemon.proc.pid))
-        time.sleep(0.01)
+    peak = peak_rss_kb_until_result(r, daemon, "wide")
     rec = wait_result(r, "wide")
     assert rec["status"] == "failed" and rec["error"]["code"] == "too_large", rec["status"]
     if not SANITIZERS:
@@ -787,6 +783,17 @@ def rss_kb(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
+
+
+def peak_rss_kb_until_result(r, daemon, job_id, timeout=60):
+    """The daemon's largest RSS seen, sampled every 10 ms, until JOB_ID has
+    its result (or TIMEOUT s)."""
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while not result(r, job_id) and time.monotonic() < deadline:
+        peak = max(peak, rss_kb(daemon.proc.pid))
+        time.sleep(0.01)
+    return peak
 
 
 def test_a_query_on_a_server_that_stops_answering_still_ends_at_its_timeout(r, pg, start_jobd):
@@ -848,11 +855,7 @@ def test_an_oversized_result_is_stopped_while_it_streams(r, pg, start_jobd):
     daemon = start_jobd(**config_for(pg))
     submit(r, {"id": "huge", "type": "sql", "query": "big", "params": [2000000],
                "timeout_ms": 60000})
-    peak = 0
-    deadline = time.monotonic() + 60
-    while not result(r, "huge") and time.monotonic() < deadline:
-        peak = max(peak, rss_kb(daemon.proc.pid))
-        time.sleep(0.02)
+    peak = peak_rss_kb_until_result(r, daemon, "huge")
     rec = wait_result(r, "huge")
     assert rec["error"]["code"] == "too_large", rec
     assert peak < 120000, peak
