@@ -59,7 +59,6 @@ enum job_state {
     JOB_NEW = 0,        /* parsed, not started */
     JOB_QUEUED,         /* taken beyond limits.max_inflight, or a group child beyond
                          * limits.max_group_children: waits unstarted for a slot */
-    JOB_CHECKING,       /* redelivered: asking Redis whether it already finished */
     JOB_WAITING_RETRY,  /* a group child between attempts (on a timer, holding no slot) */
     JOB_RUNNING,        /* an executor has it */
     JOB_STOPPING,       /* cancel asked of the executor, waiting for it to finish */

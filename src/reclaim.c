@@ -89,7 +89,6 @@ static void take_claimed(struct stream_call *c, const redisReply *entry)
     struct job_message msg;
     if (intake_parse_entry(entry, c->stream, &msg))
         return;
-    msg.redelivered = true;
     msg.poison_deliveries = c->deliveries;
     log_info("reclaimed %s %s from a consumer that went quiet%s", c->stream, msg.entry_id,
              c->deliveries ? " (poison)" : "");

@@ -236,9 +236,8 @@ static const char *write_kind_name(enum job_write kind)
     case WRITE_RESULT: return "storing its result record or dead letter";
     case WRITE_SCHEDULE: return "scheduling it (NS:scheduled)";
     case WRITE_REQUEUE: return "putting it back on a stream";
-    case WRITE_ACK: break;
     }
-    return "acknowledging its entry";
+    return "writing its outcome";
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -826,7 +825,6 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             case WRITE_RESULT: rc = write_result(d, job); break;
             case WRITE_SCHEDULE: rc = write_schedule(d, job); break;
             case WRITE_REQUEUE: rc = write_requeue(d, job); break;
-            case WRITE_ACK: break;
             }
             t->items[i].ncmds = queued_in_txn - t->items[i].first_cmd;
             if (rc == 0) {

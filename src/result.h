@@ -20,7 +20,6 @@ enum job_write {
                          * reply_to is published once the transaction ran */
     WRITE_SCHEDULE,     /* retry or delay: ZADD NS:scheduled, XACK */
     WRITE_REQUEUE,      /* shutdown: XADD back on the stream, XACK */
-    WRITE_ACK,          /* already finished elsewhere: XACK only */
 };
 
 typedef void result_done_fn(struct job *job, bool stored);

@@ -214,7 +214,6 @@ static void write_done(struct job *job, bool stored)
             scheduler_sweep_cancelled(r->d->scheduler);
         break;
     case WRITE_REQUEUE: r->requeued++; break;
-    case WRITE_ACK: break;
     }
     job_release(r, job);
 }
@@ -620,32 +619,6 @@ static int64_t entry_time(const char *entry_id)
 
 static void proceed(struct runner *r, struct job *job);
 
-static void finished_reply(struct redis *redis, redisReply *reply, void *priv)
-{
-    struct job *job = priv;
-    struct runner *r = job->d->runner;
-    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
-        log_job(LOG_INFO, job, "redelivered but already finished; acknowledged, not run again");
-        finish(r, job, WRITE_ACK);
-        return;
-    }
-    /* Not finished, or Redis could not say: at least once means run it. */
-    job->state = JOB_NEW;
-    proceed(r, job);
-}
-
-static void check_finished(struct runner *r, struct job *job)
-{
-    char key[RESULT_KEY_SIZE];
-    result_record_key(r->d, job->id, key);
-    const char *argv[] = {"EXISTS", key};
-    job->state = JOB_CHECKING;
-    if (redis_send(r->d->redis, REDIS_CMD, finished_reply, job, 0, 2, argv, NULL)) {
-        job->state = JOB_NEW;
-        proceed(r, job);
-    }
-}
-
 void runner_accept(struct runner *r, const struct job_message *msg)
 {
     struct daemon *d = r->d;
@@ -730,10 +703,11 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     job->delay_waited = msg->has_due;
     if (msg->early_due_ms > now_ms())
         job->early_due = msg->early_due_ms;
-    if (msg->redelivered) {
-        check_finished(r, job);
-        return;
-    }
+    /* A reclaimed entry runs again, whatever NS:result holds under its id:
+     * a job's record and its entry's XACK go in one transaction, so a
+     * pending entry has no record of its own, and one found under its id is
+     * another job's (an id a producer reused, or the same entry id on another
+     * stream). Skipping it as "already finished" lost the job. */
     proceed(r, job);
 }
 

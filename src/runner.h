@@ -35,9 +35,6 @@ struct job_message {
     /* Set when the message could not even be read as one (a stream entry
      * without a "job" field): the job is rejected with this reason. */
     const char *problem;
-    /* Reclaimed from another consumer: skip it if its id already has a final
-     * result (redelivery after a crash must not run finished work again). */
-    bool redelivered;
     /* Delivered too many times without an outcome: fail it without running. */
     int poison_deliveries;
 };

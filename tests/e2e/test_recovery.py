@@ -2,6 +2,8 @@
 import json
 import time
 
+import pytest
+
 from conftest import NS, Jobd, Ledger, RedisServer, submit, wait_for, wait_results
 
 
@@ -18,20 +20,39 @@ def test_kill9_then_restart_runs_every_job(r, start_jobd):
     wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="all acked")
 
 
-def test_redelivered_finished_job_is_not_run_again(r, start_jobd):
-    """A daemon that died after storing a result but before XACK: the entry
-    is redelivered; the survivor sees the result and only acknowledges."""
-    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
-    entry = submit(r, {"id": "done-once", "type": "sleep", "ms": 1})
-    r.xreadgroup("jobd", "dead-consumer", {f"{NS}:queue": ">"}, count=1)
-    stored = {"id": "done-once", "status": "succeeded", "worker": "old"}
-    r.set(f"{NS}:result:done-once", json.dumps(stored))
-    daemon = start_jobd(intake__visibility_timeout_ms=1000)
-    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, timeout=10,
-             what="the entry to be acknowledged")
-    assert json.loads(r.get(f"{NS}:result:done-once")) == stored
-    assert "already finished" in daemon.log_text()
-    assert entry
+@pytest.mark.parametrize("case", ["reused_id", "same_entry_id_on_another_stream"])
+def test_a_reclaimed_job_runs_even_when_its_id_has_a_record(r, start_jobd, case):
+    """A record under a reclaimed job's id is never its own (a record and its
+    entry's XACK go in one transaction): it is another job's. The reclaimed
+    job was acknowledged as "already finished" and never ran: a producer
+    reusing an id, or two streams' jobs with the same entry id (the default
+    id), lost it."""
+    streams = [f"{NS}:queue", f"{NS}:urgent"]
+    for s in streams:
+        r.xgroup_create(s, "jobd", id="0", mkstream=True)
+    if case == "reused_id":
+        job_id, entry = "nightly", "*"
+        r.set(f"{NS}:result:{job_id}", json.dumps({"id": job_id, "status": "succeeded"}))
+    else:
+        job_id = entry = "7-0"      # no id of its own: its entry id is its id
+        r.xadd(f"{NS}:queue", {"job": json.dumps({"type": "sleep", "ms": 1})}, id=entry)
+    envelope = {"type": "hash", "data": "abc"}
+    if case == "reused_id":
+        envelope["id"] = job_id
+    r.xadd(f"{NS}:urgent", {"job": json.dumps(envelope)}, id=entry)
+    r.xreadgroup("jobd", "dead-consumer", {f"{NS}:urgent": ">"}, count=1)
+    if case != "reused_id":
+        # The other stream's job runs first and writes its record.
+        r.xreadgroup("jobd", "other-consumer", {f"{NS}:queue": ">"}, count=1)
+        r.xack(f"{NS}:queue", "jobd", entry)
+        r.set(f"{NS}:result:{job_id}", json.dumps({"id": job_id, "type": "sleep",
+                                                    "status": "succeeded"}))
+    daemon = start_jobd(intake__streams=streams, intake__visibility_timeout_ms=1000)
+    wait_for(lambda: json.loads(r.get(f"{NS}:result:{job_id}")).get("type") == "hash",
+             timeout=15, what="the reclaimed job's own record")
+    assert json.loads(r.get(f"{NS}:result:{job_id}"))["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:urgent", "jobd")["pending"] == 0, what="acknowledged")
+    assert "already finished" not in daemon.log_text()
 
 
 def test_redelivered_delayed_job_still_waits_for_its_time(r, start_jobd):
