@@ -96,3 +96,28 @@ void die(const char *fmt, ...)
     va_end(ap);
     exit(1);
 }
+
+void log_limit_flush(struct log_limit *l)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long second = (long long)ts.tv_sec;
+    if (second == l->second)
+        return;
+    if (l->dropped)
+        log_info("%s: %d not logged (more than %d a second)", l->what, l->dropped,
+                 l->per_second);
+    l->second = second;
+    l->logged = l->dropped = 0;
+}
+
+bool log_limit_allow(struct log_limit *l)
+{
+    log_limit_flush(l);
+    if (l->logged >= l->per_second) {
+        l->dropped++;
+        return false;
+    }
+    l->logged++;
+    return true;
+}

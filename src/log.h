@@ -7,6 +7,8 @@
 #ifndef JOBD_LOG_H
 #define JOBD_LOG_H
 
+#include <stdbool.h>
+
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_NOTICE, LOG_WARN, LOG_ERROR };
 
 void log_set_level(int level);
@@ -24,6 +26,21 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* A message about one job: prefixed with "job <id>: ". */
 #define log_job(level, job, fmt, ...) log_msg(level, "job %s: " fmt, (job)->id, ##__VA_ARGS__)
+
+/* At most PER_SECOND messages of one kind a second: a flood (a server
+ * raising a notice per row, anyone publishing junk on NS:control) must not
+ * fill the disk. How many were left out is said (at info) once their second
+ * is over: at the next log_limit_allow() or log_limit_flush(), whichever
+ * comes first. Loop thread only. */
+struct log_limit {
+    const char *what;           /* "postgres: server notice(s)", for that line */
+    int per_second;
+    long long second;           /* of the counts below, on the monotonic clock */
+    int logged, dropped;
+};
+#define LOG_LIMIT(what, per_second) {(what), (per_second), 0, 0, 0}
+bool log_limit_allow(struct log_limit *l);
+void log_limit_flush(struct log_limit *l);
 
 /* Print to stderr and exit(1). Only at start-up. */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -122,8 +122,7 @@ struct pgpool {
     int failures;
     uint64_t queries, errors, reconnects, probes;
     uint64_t conn_serials;
-    int64_t notice_second;      /* mono ms / 1000 of the notices counted below */
-    int notices, notices_dropped;
+    struct log_limit notices;   /* server notices logged, NOTICES_PER_SECOND at most */
 };
 
 static void dispatch(struct pgpool *pool);
@@ -312,34 +311,6 @@ static void connect_step(struct pg_conn *c, PostgresPollingStatusType st)
     }
 }
 
-/* A new second for the notice count: the count of those the last one left
- * out is logged (from the pool's tick too, so a burst's count is not held
- * until the next notice). */
-static void notice_second(struct pgpool *pool)
-{
-    int64_t second = mono_ms() / 1000;
-    if (second == pool->notice_second)
-        return;
-    if (pool->notices_dropped)
-        log_info("postgres: %d server notice(s) not logged (more than %d a second)",
-                 pool->notices_dropped, NOTICES_PER_SECOND);
-    pool->notice_second = second;
-    pool->notices = pool->notices_dropped = 0;
-}
-
-/* Whether one more server notice may be logged: NOTICES_PER_SECOND at
- * most, since one query can RAISE a notice per row. */
-static bool notice_allowed(struct pgpool *pool)
-{
-    notice_second(pool);
-    if (pool->notices >= NOTICES_PER_SECOND) {
-        pool->notices_dropped++;
-        return false;
-    }
-    pool->notices++;
-    return true;
-}
-
 /* A server notice (RAISE NOTICE, "relation ... already exists, skipping").
  * libpq's default printed it raw on stderr: no timestamp or level, deaf to
  * log.level, and a newline in it (job data, in a RAISE) started a forged
@@ -353,7 +324,8 @@ static void on_notice(void *arg, const PGresult *res)
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     int level = severity && !strcmp(severity, "WARNING") ? LOG_INFO : LOG_DEBUG;
-    if (level < log_get_level() || !notice_allowed(c->pool))
+    /* NOTICES_PER_SECOND at most: one query can RAISE a notice per row. */
+    if (level < log_get_level() || !log_limit_allow(&c->pool->notices))
         return;
     if (!msg)
         msg = "";
@@ -1408,7 +1380,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     }
     if (pool->nconns < pool->d->cfg.pg_min_size && now >= pool->next_connect)
         conn_open(pool);
-    notice_second(pool);
+    log_limit_flush(&pool->notices);   /* a burst's count, said without waiting for more */
     stand_ins_expire(pool, now);
     dispatch(pool);
 }
@@ -1421,6 +1393,7 @@ struct pgpool *pgpool_create(struct daemon *d)
     if (!pool)
         return NULL;
     pool->d = d;
+    pool->notices = (struct log_limit)LOG_LIMIT("postgres: server notice(s)", NOTICES_PER_SECOND);
     pool->tick = timer_new_periodic(d->base, TICK_MS, tick, pool);
     pool->kick = event_new(d->base, -1, 0, kick, pool);
     pool->cancels = threadpool_create(d->base, CANCEL_THREADS, INT_MAX);

@@ -857,15 +857,21 @@ void runner_control(struct runner *r, const char *payload, size_t len)
     json_error_t jerr;
     json_t *msg = json_loadb(payload, len, 0, &jerr);
     const char *cmd = NULL, *id = NULL;
+    /* Anyone who can publish may flood NS:control: at most 10 such
+     * warnings a second reach the log. */
+    static struct log_limit ignored = LOG_LIMIT("control: ignored message(s)", 10);
     if (!msg || json_unpack(msg, "{s:s, s?s}", "cmd", &cmd, "id", &id) != 0) {
-        log_warn("control: unreadable message ignored (%s)", msg ? "needs \"cmd\"" : jerr.text);
+        if (log_limit_allow(&ignored))
+            log_warn("control: unreadable message ignored (%s)",
+                     msg ? "needs \"cmd\"" : jerr.text);
     } else if (!strcmp(cmd, "cancel")) {
         if (id && envelope_valid_id(id, strlen(id)))
             runner_cancel_id(r, id);
-        else
+        else if (log_limit_allow(&ignored))
             log_warn("control: cancel needs a valid \"id\"");
     } else {
-        log_warn("control: unknown command \"%.32s\" ignored", cmd);
+        if (log_limit_allow(&ignored))
+            log_warn("control: unknown command \"%.32s\" ignored", cmd);
     }
     json_decref(msg);
 }

@@ -1,6 +1,7 @@
 """PROTOCOL §3 sleep and hash, timeouts, retries and cancel."""
 import hashlib
 import json
+import re
 import signal
 import time
 
@@ -216,6 +217,26 @@ def test_cancel_of_unknown_id_and_bad_control_messages_are_harmless(r, start_job
     submit(r, {"id": "after", "type": "sleep", "ms": 1})
     assert wait_result(r, "after")["status"] == "succeeded"
     assert daemon.proc.poll() is None
+
+
+def test_a_flood_of_junk_control_messages_does_not_flood_the_log(r, start_jobd):
+    # Anyone who can publish can publish junk on NS:control: each was a warning
+    # line, so a flood filled the disk. At most 10 a second are logged, and
+    # how many were left out is said.
+    daemon = start_jobd()
+    pipe = r.pipeline(transaction=False)
+    for i in range(2000):
+        pipe.publish(f"{NS}:control", "garbage" if i % 2 else '{"cmd":"explode"}')
+    pipe.execute()
+    submit(r, {"id": "after", "type": "sleep", "ms": 1100})
+    assert wait_result(r, "after")["status"] == "succeeded"
+    publish_one = r.publish(f"{NS}:control", "garbage")     # a second later: the count is said
+    assert publish_one == 1
+    wait_for(lambda: re.search(r"control: ignored message\(s\): \d+ not logged",
+                               daemon.log_text()), what="the count")
+    log = daemon.log_text()
+    assert log.count("control: unreadable message ignored") + \
+        log.count("control: unknown command") <= 40, log[-2000:]
 
 
 def test_longest_namespace_and_id_keep_the_whole_result_key(r, start_jobd):

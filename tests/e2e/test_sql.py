@@ -212,7 +212,8 @@ def test_server_notices_go_through_the_log(r, pg, start_jobd):
     assert len(line) < 400
     # A burst: ten logged, the rest counted.
     assert run(r, "many", query="shout", params=["loud", 1000, False])["status"] == "succeeded"
-    wait_for(lambda: "server notice(s) not logged" in daemon.log_text(), what="the count")
+    wait_for(lambda: re.search(r"postgres: server notice\(s\): \d+ not logged", daemon.log_text()),
+             what="the count")
     assert daemon.log_text().count("job many: postgres NOTICE (00000): loud") <= 20
     # At log.level info a NOTICE is not logged, a WARNING is.
     daemon.settings["log"]["level"] = "info"
