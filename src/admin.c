@@ -164,21 +164,46 @@ static void healthz(struct conn *c, bool head, struct evbuffer *body)
     }
 }
 
+/* Copy the run of LINE up to the first of STOP into OUT (SIZE bytes); the
+ * rest of LINE after it, or NULL when the run is empty or does not fit. */
+static const char *take_until(const char *line, const char *stop, char *out, size_t size)
+{
+    size_t n = strcspn(line, stop);
+    if (!n || n >= size)
+        return NULL;
+    memcpy(out, line, n);
+    out[n] = '\0';
+    return line + n;
+}
+
+/* "METHOD path[?query] HTTP/1.x": METHOD and the path, the query ignored
+ * whatever its length (sscanf's "%255s" refused a long one, and its "%d"
+ * overflowed on "HTTP/1.99999999999"). */
+static bool parse_request_line(const char *line, char *method, size_t method_size, char *path,
+                               size_t path_size)
+{
+    const char *p = take_until(line, " ", method, method_size);
+    if (!p || *p++ != ' ' || !(p = take_until(p, "? ", path, path_size)))
+        return false;
+    p += strcspn(p, " ");       /* the query */
+    if (strncmp(p, " HTTP/1.", 8))
+        return false;
+    p += 8;
+    size_t digits = strspn(p, "0123456789");
+    return digits > 0 && p[digits] == '\0';
+}
+
 /* LINE is the request line, "METHOD target HTTP/1.x"; headers are ignored. */
 static void serve(struct conn *c, const char *line)
 {
     char method[8], target[256];
-    int major, minor;
     struct evbuffer *body = evbuffer_new();
     if (!body) {
         conn_free(c);
         return;
     }
-    bool ok = sscanf(line, "%7s %255s HTTP/%d.%d", method, target, &major, &minor) == 4 &&
-              major == 1;
+    bool ok = parse_request_line(line, method, sizeof(method), target, sizeof(target));
     bool head = ok && !strcmp(method, "HEAD");
-    if (ok)
-        target[strcspn(target, "?")] = '\0';
     if (!ok)
         error_reply(c, false, 400, "Bad Request", body);
     else if (!head && strcmp(method, "GET"))
@@ -212,7 +237,9 @@ static void conn_read(struct bufferevent *bev, void *arg)
         }
         return;
     }
-    char line[512];
+    /* The request line whole, however long its query: a cut one lost its
+     * " HTTP/1.1" and was refused. A head past HEAD_MAX never gets here. */
+    char line[HEAD_MAX + 1];
     size_t n = strcspn(p, "\r\n");      /* the head holds a newline: n < len */
     snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
     serve(c, line);

@@ -10,6 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import cpu_seconds, free_port, stats, submit, wait_for, wait_result
 
 METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? '
@@ -283,6 +285,24 @@ def test_request_with_a_body_gets_its_405_whole(r, start_jobd):
     assert head.startswith(b"HTTP/1.1 405 "), head
     assert b"Allow: GET, HEAD" in head
     assert len(text) == int(re.search(rb"Content-Length: (\d+)", head).group(1))
+
+
+@pytest.mark.parametrize("line, status", [
+    (b"GET /metrics?" + b"a" * 3000 + b" HTTP/1.1", 200),    # a query of any length
+    (b"GET /healthz?x=1 HTTP/1.0", 200),
+    (b"GET /healthz HTTP/1.99999999999999999999", 200),     # sscanf's %d overflowed here
+    (b"GET /healthz HTTP/2.0", 400),
+    (b"GET /healthz HTTP/1.", 400),
+    (b"GET /" + b"p" * 300 + b" HTTP/1.1", 400),            # a path longer than any of ours
+    (b"GET  /healthz HTTP/1.1", 400),
+    (b"GETTINGLONG /healthz HTTP/1.1", 400),
+    (b"GET /healthz", 400),
+])
+def test_request_lines(r, start_jobd, line, status):
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    head = raw(port, line + b"\r\n\r\n").partition(b"\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
 
 
 def test_sighup_lowering_the_connection_cap(r, start_jobd):
