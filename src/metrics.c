@@ -77,6 +77,11 @@ void metrics_job_finished(const struct job *job)
     t->sum += s;
 }
 
+void metrics_dead_letters(uint64_t n)
+{
+    dead_letters += n;
+}
+
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
 {
     int i;

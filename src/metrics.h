@@ -17,6 +17,9 @@ struct job;
  * from its last start, and count its dead letter. */
 void metrics_job_finished(const struct job *job);
 
+/* N dead letters written outside a job's outcome (the NS:scheduled mover's). */
+void metrics_dead_letters(uint64_t n);
+
 /* Stream lag and pending counts, refreshed from XINFO GROUPS. */
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);
 

@@ -8,6 +8,7 @@
 #include "daemon.h"
 #include "job.h"
 #include "log.h"
+#include "metrics.h"
 #include "redis.h"
 #include "scheduler.h"
 #include "timer.h"
@@ -30,19 +31,36 @@
 #define SWEEP_INTERVAL_MS 10000
 #define SWEEP_RETRY_MS 1000
 
-/* KEYS[1] NS:scheduled, KEYS[2] NS:dead; ARGV[1] now (ms), ARGV[2] batch.
- * Members are JSON written by result.c with every value a string. A member
- * that cannot be read, or whose stream refuses it (a key of another type),
- * goes to NS:dead instead of blocking the set: a script error does not undo
- * the ZREM before it, so the XADD must not fail the script. */
+/* KEYS[1] NS:scheduled, KEYS[2] NS:dead, KEYS[3..] intake.streams; ARGV[1]
+ * now (ms), ARGV[2] batch. Members are JSON written by result.c with every
+ * value a string. A member goes only to a configured stream: anyone who may
+ * write NS:scheduled would otherwise have jobd XADD to any key (another
+ * application's stream, past an ACL meant for the namespace), and a stream
+ * no daemon reads would swallow the job. The streams are KEYS so that ACL
+ * key checks and Cluster see them. A member that cannot be read, names
+ * another stream, or whose stream refuses it (a key of another type) goes to
+ * NS:dead instead of blocking the set: a script error does not undo the
+ * ZREM before it, so the XADD must not fail the script. Returns {members
+ * taken, of them dead-lettered}, for jobd_dead_letters_total. */
 static const char mover_script[] =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, "
     "tonumber(ARGV[2]))\n"
+    "local ours, dead = {}, 0\n"
+    "for i = 3, #KEYS do ours[KEYS[i]] = true end\n"
+    "local function bury(job, code, message)\n"
+    "  redis.call('XADD', KEYS[2], '*', 'job', job, 'error',\n"
+    "    cjson.encode({code = code, message = message}))\n"
+    "  dead = dead + 1\n"
+    "end\n"
     "for _, m in ipairs(due) do\n"
     "  redis.call('ZREM', KEYS[1], m)\n"
     "  local ok, w = pcall(cjson.decode, m)\n"
-    "  if ok and type(w) == 'table' and type(w.stream) == 'string' and type(w.job) == 'string' "
-    "then\n"
+    "  if not (ok and type(w) == 'table' and type(w.stream) == 'string' and "
+    "type(w.job) == 'string') then\n"
+    "    bury(m, 'internal', 'unreadable NS:scheduled entry')\n"
+    "  elseif not ours[w.stream] then\n"
+    "    bury(w.job, 'forbidden', 'stream ' .. w.stream .. ' is not one of intake.streams')\n"
+    "  else\n"
     "    local entry = {w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
     "      'attempts', tostring(w.attempts or '0'), 'queued_at', tostring(w.queued_at or '0'),\n"
     "      'due', tostring(w.due or '0')}\n"
@@ -52,15 +70,11 @@ static const char mover_script[] =
     "    end\n"
     "    local r = redis.pcall('XADD', unpack(entry))\n"
     "    if type(r) == 'table' and r.err then\n"
-    "      redis.call('XADD', KEYS[2], '*', 'job', w.job, 'error', cjson.encode({code = "
-    "'internal', message = 'stream ' .. w.stream .. ' refused the job: ' .. r.err}))\n"
+    "      bury(w.job, 'internal', 'stream ' .. w.stream .. ' refused the job: ' .. r.err)\n"
     "    end\n"
-    "  else\n"
-    "    redis.call('XADD', KEYS[2], '*', 'job', m, 'error',\n"
-    "      '{\"code\":\"internal\",\"message\":\"unreadable NS:scheduled entry\"}')\n"
     "  end\n"
     "end\n"
-    "return #due\n";
+    "return {#due, dead}\n";
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:cancels; ARGV[1] the ZSCAN cursor,
  * ARGV[2] now (ms), ARGV[3] the page's COUNT. Each member not yet due whose
@@ -141,10 +155,45 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
         s->failing = false;
         log_notice("moving due jobs from %s:scheduled works again", s->d->cfg.ns);
     }
-    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
-        s->moved += (uint64_t)reply->integer;
-        log_debug("moved %lld due job(s) back to their streams", reply->integer);
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_INTEGER) {
+        log_error("moving due jobs from %s:scheduled: unexpected reply", s->d->cfg.ns);
+        return;
     }
+    long long taken = reply->element[0]->integer, dead = reply->element[1]->integer;
+    if (taken > dead) {
+        s->moved += (uint64_t)(taken - dead);
+        log_debug("moved %lld due job(s) back to their streams", taken - dead);
+    }
+    if (dead > 0) {
+        metrics_dead_letters((uint64_t)dead);
+        log_warn("%lld member(s) of %s:scheduled dead-lettered instead of moved (see %s:dead)",
+                 dead, s->d->cfg.ns, s->d->cfg.ns);
+    }
+}
+
+/* The mover's arguments: EVAL, the script, NKEYS, NS:scheduled, NS:dead,
+ * every configured stream, then NOW and the batch. The caller frees the
+ * array (not the strings). */
+static const char **mover_argv(const struct config *cfg, const char *nkeys, const char *sched,
+                               const char *dead, const char *now, int *argc)
+{
+    const char **argv = calloc((size_t)cfg->nstreams + 7, sizeof(*argv));
+    if (!argv)
+        return NULL;
+    int i = 0;
+    argv[i++] = "EVAL";
+    argv[i++] = mover_script;
+    argv[i++] = nkeys;
+    argv[i++] = sched;
+    argv[i++] = dead;
+    for (int k = 0; k < cfg->nstreams; k++)
+        argv[i++] = cfg->streams[k];
+    argv[i++] = now;
+    argv[i++] = MOVE_BATCH;
+    *argc = i;
+    return argv;
 }
 
 static void tick(evutil_socket_t fd, short what, void *arg)
@@ -152,13 +201,18 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     struct scheduler *s = arg;
     if (s->busy || !redis_ready(s->d->redis, REDIS_CMD))
         return;
-    char sched[128], dead[128], now[24];
+    char sched[128], dead[128], now[24], nkeys[16];
     snprintf(sched, sizeof(sched), "%s:scheduled", s->d->cfg.ns);
     snprintf(dead, sizeof(dead), "%s:dead", s->d->cfg.ns);
     snprintf(now, sizeof(now), "%" PRId64, now_ms());
-    const char *argv[] = {"EVAL", mover_script, "2", sched, dead, now, MOVE_BATCH};
-    if (redis_send(s->d->redis, REDIS_CMD, moved_reply, s, 0, 7, argv, NULL) == 0)
+    snprintf(nkeys, sizeof(nkeys), "%d", s->d->cfg.nstreams + 2);
+    int argc;
+    const char **argv = mover_argv(&s->d->cfg, nkeys, sched, dead, now, &argc);
+    if (!argv)
+        return;     /* out of memory: the next tick tries again */
+    if (redis_send(s->d->redis, REDIS_CMD, moved_reply, s, 0, argc, argv, NULL) == 0)
         s->busy = true;
+    free(argv);
 }
 
 static void sweep_page(struct scheduler *s);

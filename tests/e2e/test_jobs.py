@@ -250,16 +250,17 @@ def test_longest_namespace_and_id_keep_the_whole_result_key(r, start_jobd):
 
 
 def test_a_scheduled_entry_its_stream_refuses_goes_to_dead(r, start_jobd):
-    # A member naming a key of another type as its stream: the mover's XADD
-    # fails after the member left the set. It must land in NS:dead, and the
-    # due job next to it must still run.
+    # A member naming a key of another type as its stream (a configured one:
+    # the mover takes no other): the mover's XADD fails after the member
+    # left the set. It must land in NS:dead, and the due job next to it
+    # must still run.
     r.hset(f"{NS}:not-a-stream", "x", "1")
     bad = json.dumps({"stream": f"{NS}:not-a-stream", "job": '{"id":"lost?","type":"sleep","ms":1}',
                       "id": "lost?", "attempts": "0", "queued_at": "0", "due": "0", "nonce": "a"})
     good = json.dumps({"stream": f"{NS}:queue", "job": '{"id":"fine","type":"sleep","ms":1}',
                        "id": "fine", "attempts": "0", "queued_at": "0", "due": "0", "nonce": "b"})
     r.zadd(f"{NS}:scheduled", {bad: 1, good: 2})
-    start_jobd()
+    start_jobd(intake__streams=[f"{NS}:queue", f"{NS}:not-a-stream"])
     assert wait_result(r, "fine")["status"] == "succeeded"
     entries = wait_for(lambda: dead_entries(r), what="the refused entry in NS:dead")
     assert '"id":"lost?"' in entries[0]["job"] and "refused" in entries[0]["error"], entries
