@@ -53,27 +53,45 @@ static void refresh_one(const struct job *job, void *arg)
 
 /* ---- claiming abandoned entries -------------------------------------------- */
 
-/* The context of an XPENDING or XCLAIM reply. */
+/* The context of an XPENDING, XCLAIM or XRANGE reply. */
 struct stream_call {
     struct reclaim *rc;
     char *stream;
     int deliveries;             /* XCLAIM of poison entries: how often they were delivered */
+    char **ids;                 /* XCLAIM, XRANGE: the entry ids asked for */
+    int nids;
 };
 
 static void stream_call_free(struct stream_call *call)
 {
+    for (int i = 0; i < call->nids; i++)
+        free(call->ids[i]);
+    free(call->ids);
     free(call->stream);
     free(call);
 }
 
-/* Send a command about STREAM; FN gets a stream_call and frees it. Counted in
- * rc->busy until the reply, so ticks do not pile up behind a slow Redis. */
-static void send_stream_call(struct reclaim *rc, const char *stream, int deliveries,
-                             redis_reply_fn *fn, int argc, const char **argv)
+/* Copies of IDS into CALL; -1 when out of memory. */
+static int keep_ids(struct stream_call *call, const char **ids, int n)
+{
+    if (n == 0 || !(call->ids = calloc((size_t)n, sizeof(*call->ids))))
+        return n == 0 ? 0 : -1;
+    for (; call->nids < n; call->nids++)
+        if (!(call->ids[call->nids] = strdup(ids[call->nids])))
+            return -1;
+    return 0;
+}
+
+/* Send a command about STREAM and the entries IDS (none for XPENDING); FN
+ * gets a stream_call and frees it. Counted in rc->busy until the reply, so
+ * ticks do not pile up behind a slow Redis. */
+static void send_stream_call(struct reclaim *rc, const char *stream, const char **ids, int nids,
+                             int deliveries, redis_reply_fn *fn, int argc, const char **argv)
 {
     struct stream_call *call = calloc(1, sizeof(*call));
-    if (!call || !(call->stream = strdup(stream))) {
-        free(call);
+    if (!call || !(call->stream = strdup(stream)) || keep_ids(call, ids, nids)) {
+        if (call)
+            stream_call_free(call);
         return;
     }
     call->rc = rc;
@@ -95,14 +113,70 @@ static void take_claimed(struct stream_call *c, const redisReply *entry)
     runner_accept(c->rc->d->runner, &msg);
 }
 
+/* ---- entries deleted while pending ----------------------------------------- */
+
+/* The XRANGE of an entry XCLAIM did not return. Empty: it was deleted
+ * (XDEL, XTRIM) while pending. Its job text is gone, but it must not vanish
+ * without a record: the runner rejects it with the reason, which writes the
+ * dead letter and acknowledges the entry (on Redis 6.2 XCLAIM made it ours;
+ * Redis 7 dropped it from the group already). Not empty: another daemon
+ * claimed it first, and runs it. */
+static void deleted_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct stream_call *c = priv;
+    c->rc->busy--;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 0 &&
+        !c->rc->d->draining) {
+        char problem[768];      /* a stream name is up to 512 bytes */
+        snprintf(problem, sizeof(problem),
+                 "stream entry %s %s was deleted while pending; its job text is gone",
+                 c->stream, c->ids[0]);
+        log_warn("%s %s was deleted while pending (XDEL or XTRIM) before it was reclaimed; "
+                 "dead-lettered", c->stream, c->ids[0]);
+        struct job_message msg = {.source = SOURCE_STREAM, .stream = c->stream,
+                                  .entry_id = c->ids[0], .raw = "", .problem = problem};
+        runner_accept(c->rc->d->runner, &msg);
+    }
+    stream_call_free(c);
+}
+
+static void check_deleted(struct reclaim *rc, const char *stream, const char *id)
+{
+    const char *argv[] = {"XRANGE", stream, id, id};
+    send_stream_call(rc, stream, &id, 1, 0, deleted_reply, 4, argv);
+}
+
+static bool claimed(const redisReply *reply, const char *id)
+{
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+            e->element[0]->type == REDIS_REPLY_STRING && !strcmp(e->element[0]->str, id))
+            return true;
+    }
+    return false;
+}
+
+/* Ids XPENDING listed that XCLAIM did not return: claimed by another daemon
+ * (its claim reset the idle time), or deleted while pending. Redis 7 leaves
+ * a deleted one out without a word (6.2 answers nil, without its id), and
+ * XAUTOCLAIM's list of deleted ids is 7.0+ only: ask the stream. */
+static void check_unclaimed(struct stream_call *c, const redisReply *reply)
+{
+    for (int i = 0; i < c->nids; i++)
+        if (!claimed(reply, c->ids[i]))
+            check_deleted(c->rc, c->stream, c->ids[i]);
+}
+
 static void claim_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct stream_call *c = priv;
     c->rc->busy--;
-    if (reply && reply->type == REDIS_REPLY_ARRAY && !c->rc->d->draining)
+    if (reply && reply->type == REDIS_REPLY_ARRAY && !c->rc->d->draining) {
         for (size_t i = 0; i < reply->elements; i++)
             take_claimed(c, reply->element[i]);
-    else if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements)
+        check_unclaimed(c, reply);
+    } else if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements)
         log_info("shutdown: %zu claimed entr(ies) left pending for another daemon",
                  reply->elements);
     stream_call_free(c);
@@ -125,7 +199,7 @@ static void send_claim(struct reclaim *rc, const char *stream, const char **ids,
     argv[4] = idle;
     for (int i = 0; i < n; i++)
         argv[5 + i] = ids[i];
-    send_stream_call(rc, stream, deliveries, claim_reply, n + 5, argv);
+    send_stream_call(rc, stream, ids, n, deliveries, claim_reply, n + 5, argv);
     free(argv);
 }
 
@@ -185,7 +259,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
         if (!intake_stream_readable(d->intake, s))
             continue;   /* said by intake; XPENDING would fail on it every tick */
         const char *argv[] = {"XPENDING", d->cfg.streams[s], GROUP, "IDLE", idle, "-", "+", count};
-        send_stream_call(rc, d->cfg.streams[s], 0, pending_reply, 8, argv);
+        send_stream_call(rc, d->cfg.streams[s], NULL, 0, 0, pending_reply, 8, argv);
     }
 }
 

@@ -3,7 +3,8 @@
  * An entry read by a daemon that died stays pending in the group. Once idle
  * longer than intake.visibility_timeout_ms it is claimed (XPENDING + XCLAIM,
  * which also tells how often it was delivered) and run again; one delivered
- * too often is a poison job and goes to NS:dead instead. A daemon keeps the
+ * too often is a poison job and goes to NS:dead instead, and so does a
+ * record of one deleted while pending (its text is gone). A daemon keeps the
  * entries of its own long jobs fresh (XCLAIM to itself) so they are not
  * stolen while they run.
  */

@@ -119,3 +119,27 @@ def test_an_outage_longer_than_the_visibility_timeout_hands_no_live_job_to_anoth
             if d.proc and d.proc.poll() is None:
                 d.stop()
         server.kill()
+
+
+def test_an_entry_deleted_while_pending_is_dead_lettered(r, start_jobd):
+    """A dead consumer's entry deleted (XDEL, XTRIM) before it was reclaimed:
+    Redis 7's XCLAIM leaves it out of its reply without a word, and it
+    vanished with no record. It is now dead-lettered, logged, and no longer
+    pending; the entry next to it is reclaimed and run as before."""
+    queue = f"{NS}:queue"
+    r.xgroup_create(queue, "jobd", id="0", mkstream=True)
+    gone = submit(r, {"id": "gone", "type": "sleep", "ms": 1})
+    submit(r, {"id": "kept", "type": "sleep", "ms": 1})
+    r.xreadgroup("jobd", "dead-consumer", {queue: ">"}, count=2)
+    r.xdel(queue, gone)
+    daemon = start_jobd(intake__visibility_timeout_ms=1000)
+    assert wait_results(r, ["kept"], timeout=15)["kept"]["status"] == "succeeded"
+    letters = wait_for(lambda: [f for _, f in r.xrange(f"{NS}:dead")
+                                if "deleted while pending" in f["error"]],
+                       timeout=15, what="the deleted entry's dead letter")
+    assert len(letters) == 1, letters
+    message = json.loads(letters[0]["error"])["message"]
+    assert gone in message and queue in message, message
+    wait_for(lambda: r.xpending(queue, "jobd")["pending"] == 0, what="nothing left pending")
+    log = daemon.log_text()
+    assert f"WARN {queue} {gone} was deleted while pending" in log, log
