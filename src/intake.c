@@ -145,12 +145,15 @@ static void note_pause(struct intake *in, bool paused)
 
 static void read_streams(struct intake *in);
 
+/* The value of field NAME. Field names are binary: compared by length and
+ * bytes, since as C strings "job\0x" would count as "job". */
 static const char *field_value(const redisReply *fields, const char *name, size_t *len)
 {
+    size_t name_len = strlen(name);
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
         const redisReply *k = fields->element[i], *v = fields->element[i + 1];
         if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            !strcmp(k->str, name)) {
+            k->len == name_len && !memcmp(k->str, name, name_len)) {
             if (len)
                 *len = v->len;
             return v->str;

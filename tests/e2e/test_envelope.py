@@ -65,6 +65,18 @@ def test_invalid_id_is_rejected_without_a_result_key(r, start_jobd, bad_id):
     assert r.keys(f"{NS}:result:*") == []
 
 
+def test_a_type_with_a_nul_byte_does_not_run(r, start_jobd):
+    # Compared as a C string, "sleep\u0000junk" would run as sleep. It never
+    # gets that far: jansson refuses \u0000 without JSON_ALLOW_NUL (which
+    # envelope.c does not pass), so the message is not JSON, and rejected.
+    start_jobd()
+    submit(r, {"id": "nul-type", "type": "sleep\u0000junk", "ms": 1})
+    dead = wait_for(lambda: dead_entries(r), what="a dead letter")
+    error = json.loads(dead[0]["error"])
+    assert error["code"] == "invalid_job" and "\\u0000 is not allowed" in error["message"], error
+    assert result(r, "nul-type") is None
+
+
 def test_not_json_and_not_object_go_to_dead(r, start_jobd):
     start_jobd()
     events = r.pubsub()

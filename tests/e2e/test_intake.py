@@ -417,3 +417,15 @@ def test_a_redis_that_refuses_writes_is_not_probed_stream_by_stream(r, start_job
         r.execute_command("REPLICAOF", "NO", "ONE")
     submit(r, {"id": "after", "type": "sleep", "ms": 1}, stream=streams[2])
     assert wait_result(r, "after")["status"] == "succeeded"
+
+
+def test_a_field_name_with_a_nul_byte_is_not_the_job_field(r, start_jobd):
+    # Field names were compared as C strings: "job\0x" counted as "job", and
+    # its envelope ran. Such an entry has no "job" field: rejected.
+    start_jobd()
+    r.xadd(f"{NS}:queue", {b"job\x00x": json.dumps({"id": "nul-field", "type": "sleep", "ms": 1}),
+                           "id": "nul-field"})
+    rec = wait_result(r, "nul-field")
+    assert rec["status"] == "rejected", rec
+    assert rec["error"]["message"] == 'stream entry has no "job" field', rec
+    assert [json.loads(f["error"])["code"] for _, f in r.xrange(f"{NS}:dead")] == ["invalid_job"]
