@@ -250,6 +250,64 @@ static bool valid_id(const char *id)
            strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-") == n;
 }
 
+/* How far a daemon's clock may be behind Redis's for --wait still to know
+ * the record of a job it submitted (see is_this_run()). */
+#define CLOCK_SKEW_MS 1000
+
+/* A job submit --wait waits for. An earlier run under the same id may have
+ * left its record there (for up to its result_ttl): that one is not this
+ * submission's outcome. */
+struct waited {
+    char *id;
+    long long since_ms;         /* the submission, by Redis's clock */
+    char *before;               /* the record under the id then; NULL: none */
+    size_t before_len;
+};
+
+/* Redis's clock in ms: jobctl's own may be anything relative to the
+ * daemons'. */
+static long long redis_ms(void)
+{
+    redisReply *r = cmd("TIME");
+    long long ms = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        ms = atoll(r->element[0]->str) * 1000 + atoll(r->element[1]->str) / 1000;
+    freeReplyObject(r);
+    return ms;
+}
+
+/* Whether the record TEXT under W's id is of this submission: not the one
+ * that was there before it, and queued no earlier than it. queued_at, not
+ * finished_at: an earlier run of the id still going when this one was
+ * submitted finishes after it but was queued before, and a retried job keeps
+ * its first queued_at. jobd takes queued_at from the entry id (Redis's clock,
+ * like since_ms) for a stream job, but from its own clock for a published
+ * one, and when the entry id is ahead of that clock: CLOCK_SKEW_MS allows
+ * for a daemon's clock behind Redis's. A record without queued_at (not
+ * jobd's) that is new counts as this run's: better printed than waited past. */
+static bool is_this_run(const struct waited *w, const char *text, size_t len)
+{
+    if (w->before && w->before_len == len && !memcmp(w->before, text, len))
+        return false;
+    json_t *rec = json_loadb(text, len, 0, NULL);
+    json_t *queued = json_object_get(rec, "queued_at");
+    bool ours = !json_is_integer(queued) ||
+                json_integer_value(queued) >= w->since_ms - CLOCK_SKEW_MS;
+    json_decref(rec);
+    return ours;
+}
+
+/* The record under ID now, noted before submitting (see struct waited). */
+static void note_record_before(struct waited *w, const char *id)
+{
+    redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
+    if (r->type == REDIS_REPLY_STRING && (w->before = malloc(r->len ? r->len : 1))) {
+        memcpy(w->before, r->str, r->len);
+        w->before_len = r->len;
+    }
+    freeReplyObject(r);
+}
+
 /* Every line: an envelope. Returns the ids to wait for (stream entry ids for
  * envelopes without one). */
 static int submit(int argc, char **argv)
@@ -303,7 +361,15 @@ static int submit(int argc, char **argv)
     }
     size_t total = json_array_size(envelopes), i;
     bool bar = isatty(STDERR_FILENO) && total > 1;
-    json_t *ids = json_array(), *text;
+    json_t *text;
+    /* Every envelope, at most, is waited for. */
+    struct waited *waits = wait ? calloc(total ? total : 1, sizeof(*waits)) : NULL;
+    size_t nwaits = 0;
+    if (wait && !waits) {
+        fprintf(stderr, "jobctl: out of memory\n");
+        json_decref(envelopes);
+        return EXIT_USAGE;
+    }
     char channel[sizeof(ctl.channel)];
     if (ctl.channel[0])
         snprintf(channel, sizeof(channel), "%s", ctl.channel);
@@ -326,6 +392,12 @@ static int submit(int argc, char **argv)
                      (long long)mono_ms(), i);
             id = own;
         }
+        struct waited *w = wait ? &waits[nwaits] : NULL;
+        if (w && id)
+            note_record_before(w, id);
+        /* A published job is queued when a daemon receives it: after now. */
+        if (w && publish)
+            w->since_ms = redis_ms();
         redisReply *r = publish ? cmd("PUBLISH %s %s", channel, env)
                         : own[0] ? cmd("XADD %s * job %s id %s", ctl.stream, env, own)
                                  : cmd("XADD %s * job %s", ctl.stream, env);
@@ -333,8 +405,15 @@ static int submit(int argc, char **argv)
         if (wait && !wait_id)
             fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
                             "waited for\n");
-        if (wait_id)
-            json_array_append_new(ids, json_string(wait_id));
+        if (w && wait_id && (w->id = strdup(wait_id))) {
+            /* A stream job is queued at its entry id's ms, Redis's clock. */
+            if (!publish)
+                w->since_ms = strtoll(r->str, NULL, 10);
+            nwaits++;
+        } else if (w) {
+            free(w->before);    /* the slot is the next envelope's */
+            w->before = NULL;
+        }
         if (!wait && !bar)
             printf("%s\n", wait_id ? wait_id : "(published, no id)");
         freeReplyObject(r);
@@ -343,37 +422,38 @@ static int submit(int argc, char **argv)
             progress(i + 1, total, started);
     }
     int rc = 0;
-    if (wait) {
-        size_t done = 0;
-        json_t *pending = json_deep_copy(ids);
-        started = mono_ms();
-        while (json_array_size(pending)) {
-            for (size_t k = 0; k < json_array_size(pending);) {
-                const char *id = json_string_value(json_array_get(pending, k));
-                redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
-                if (r->type == REDIS_REPLY_STRING) {
-                    json_t *rec = json_loads(r->str, 0, NULL);
-                    const char *status = json_string_value(json_object_get(rec, "status"));
-                    if (!status || strcmp(status, "succeeded"))
-                        rc = EXIT_JOB;
-                    if (!bar)
-                        print_json(r->str, r->len);
-                    json_decref(rec);
-                    json_array_remove(pending, k);
-                    done++;
-                    if (bar)
-                        progress(done, json_array_size(ids), started);
-                } else {
-                    k++;
-                }
-                freeReplyObject(r);
+    size_t done = 0;
+    started = mono_ms();
+    while (done < nwaits) {
+        for (size_t k = 0; k < nwaits; k++) {
+            struct waited *w = &waits[k];
+            if (!w->id)
+                continue;           /* its record came */
+            redisReply *r = cmd("GET %s:result:%s", ctl.ns, w->id);
+            if (r->type == REDIS_REPLY_STRING && is_this_run(w, r->str, r->len)) {
+                json_t *rec = json_loads(r->str, 0, NULL);
+                const char *status = json_string_value(json_object_get(rec, "status"));
+                if (!status || strcmp(status, "succeeded"))
+                    rc = EXIT_JOB;
+                if (!bar)
+                    print_json(r->str, r->len);
+                json_decref(rec);
+                free(w->id);
+                w->id = NULL;
+                done++;
+                if (bar)
+                    progress(done, nwaits, started);
             }
-            if (json_array_size(pending))
-                usleep(20000);
+            freeReplyObject(r);
         }
-        json_decref(pending);
+        if (done < nwaits)
+            usleep(20000);
     }
-    json_decref(ids);
+    for (size_t k = 0; k < nwaits; k++) {
+        free(waits[k].id);
+        free(waits[k].before);
+    }
+    free(waits);
     json_decref(envelopes);
     return rc;
 }

@@ -352,3 +352,19 @@ def test_text_from_redis_cannot_drive_the_terminal_or_break_json(r, start_jobd):
     assert [e["id"] for e in lines] == ["xy", 'q"' + evil], lines
     assert lines[0]["error"]["code"] == "unknown_type"
     assert lines[1]["error"] == "not json" + evil       # not JSON: given as a string
+
+
+def test_submit_wait_ignores_an_earlier_record_under_the_same_id(r, start_jobd):
+    # --wait took the first record it found under NS:result:<id>: one left by
+    # an earlier run of that id was printed at once as this run's outcome.
+    daemon = start_jobd()
+    out = ctl(daemon, "submit", "--wait", '{"id":"again","type":"sleep","ms":"x"}')
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "rejected", out
+    for how in ([], ["--publish"]):
+        out = ctl(daemon, "submit", *how, "--wait", '{"id":"again","type":"sleep","ms":800}')
+        assert out.returncode == 0, (how, out.stdout, out.stderr)
+        rec = json.loads(out.stdout)
+        assert rec["status"] == "succeeded" and rec["result"] == {"slept_ms": 800}, (how, rec)
+    # The succeeded record is the earlier one now: a rejection after it is seen.
+    out = ctl(daemon, "submit", "--wait", '{"id":"again","type":"sleep","ms":-1}')
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "rejected", out
