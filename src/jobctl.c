@@ -72,20 +72,36 @@ static bool has_controls(const char *text, size_t len)
  * those bytes, and escape sequences printed raw would drive the operator's
  * terminal. Each control character shows as '?' (a C1 one as "??"); the
  * line ends with a newline. */
-static void print_line(const char *fmt, ...)
+static void vprint_line(FILE *out, const char *fmt, va_list ap)
 {
-    va_list ap;
-    va_start(ap, fmt);
     char *text = NULL;
     int n = vasprintf(&text, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     for (size_t i = 0, k; i < (size_t)n; i++)
         for (k = control_at(text, (size_t)n, i); k; k--)
             text[i + k - 1] = '?';
-    printf("%s\n", text);
+    fprintf(out, "%s\n", text);
     free(text);
+}
+
+static void print_line(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprint_line(stdout, fmt, ap);
+    va_end(ap);
+}
+
+/* The same on standard error, after "jobctl: ": a warning that names
+ * something from Redis (a key name is anyone's too). */
+static void warn_line(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("jobctl: ", stderr);
+    vprint_line(stderr, fmt, ap);
+    va_end(ap);
 }
 
 /* How many bytes of valid UTF-8 (as jansson checks it: no overlong forms,
@@ -571,8 +587,18 @@ static int workers(void)
         redisReply *r = cmd("SCAN %llu MATCH %s COUNT 100", cursor, pattern);
         cursor = strtoull(r->element[0]->str, NULL, 10);
         for (size_t i = 0; i < r->element[1]->elements; i++) {
-            redisReply *w = cmd("GET %s", r->element[1]->element[i]->str);
-            if (w->type == REDIS_REPLY_STRING) {
+            const char *key = r->element[1]->element[i]->str;
+            /* Not cmd(): one key that is not a snapshot (a hash someone
+             * wrote: WRONGTYPE) is skipped, said, and the rest listed. */
+            redisReply *w = redisCommand(ctl.c, "GET %s", key);
+            if (!w) {
+                fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
+                freeReplyObject(r);
+                return EXIT_REDIS;
+            }
+            if (w->type == REDIS_REPLY_ERROR) {
+                warn_line("skipped %s: %s", key, w->str);
+            } else if (w->type == REDIS_REPLY_STRING) {
                 if (ctl.json) {
                     print_json(w->str, w->len);
                 } else {

@@ -368,3 +368,15 @@ def test_submit_wait_ignores_an_earlier_record_under_the_same_id(r, start_jobd):
     # The succeeded record is the earlier one now: a rejection after it is seen.
     out = ctl(daemon, "submit", "--wait", '{"id":"again","type":"sleep","ms":-1}')
     assert out.returncode == 1 and json.loads(out.stdout)["status"] == "rejected", out
+
+
+def test_workers_skips_a_worker_key_it_cannot_read(r, start_jobd):
+    # A key under NS:worker: that is not a string (anyone may write one) made
+    # GET fail with WRONGTYPE, and jobctl workers exited 3 listing nothing.
+    daemon = start_jobd()
+    r.hset(f"{NS}:worker:zz", "a", "b")
+    for args in (["workers"], ["--json", "workers"]):
+        out = ctl(daemon, *args)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        assert str(daemon.proc.pid) in out.stdout, (args, out.stdout)
+        assert f"skipped {NS}:worker:zz" in out.stderr and "WRONGTYPE" in out.stderr, out.stderr
