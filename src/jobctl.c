@@ -561,17 +561,25 @@ static int stats(void)
 {
     redisReply *r = cmd("HGETALL %s:stats", ctl.ns);
     json_t *out = json_object();
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        json_object_set_new(out, r->element[i]->str, json_integer(atoll(r->element[i + 1]->str)));
+    /* Field names are anyone's who can write the hash: bytes that are not
+     * UTF-8 become U+FFFD (jansson refuses such a key), and control
+     * characters are escaped in JSON and shown as '?' in text. */
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        json_t *name = lossy_string(r->element[i]->str, r->element[i]->len);
+        if (name)
+            json_object_set_new(out, json_string_value(name),
+                                json_integer(atoll(r->element[i + 1]->str)));
+        json_decref(name);
+    }
     if (ctl.json) {
-        char *s = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS);
+        char *s = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
         printf("%s\n", s);
         free(s);
     } else {
         const char *k;
         json_t *v;
         json_object_foreach(out, k, v)
-            printf("%-28s %lld\n", k, (long long)json_integer_value(v));
+            print_line("%-28s %lld", k, (long long)json_integer_value(v));
     }
     json_decref(out);
     freeReplyObject(r);

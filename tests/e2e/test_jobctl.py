@@ -338,8 +338,10 @@ def test_text_from_redis_cannot_drive_the_terminal_or_break_json(r, start_jobd):
     submit(r, {"id": "xy", "type": "nope"})
     wait_result(r, "xy")
     r.set(f"{NS}:result:raw", b"\x1b]0;raw\x07 not json")
-    for args in (["workers"], ["dead", "list"], ["status", "forged"], ["--json", "workers"],
-                 ["--json", "status", "forged"], ["--json", "status", "raw"]):
+    r.hset(f"{NS}:stats", "sleep" + evil, 7)
+    for args in (["workers"], ["dead", "list"], ["status", "forged"], ["stats"],
+                 ["--json", "workers"], ["--json", "status", "forged"], ["--json", "status", "raw"],
+                 ["--json", "stats"]):
         out = ctl(daemon, *args)
         assert not any(c in out.stdout for c in "\x1b\x07\u009b"), (args, out.stdout)
     assert "w?]0;owned??[2J??31m inflight=0" in ctl(daemon, "workers").stdout
@@ -352,6 +354,8 @@ def test_text_from_redis_cannot_drive_the_terminal_or_break_json(r, start_jobd):
     assert [e["id"] for e in lines] == ["xy", 'q"' + evil], lines
     assert lines[0]["error"]["code"] == "unknown_type"
     assert lines[1]["error"] == "not json" + evil       # not JSON: given as a string
+    assert "sleep?]0;owned??[2J??31m" in ctl(daemon, "stats").stdout
+    assert json.loads(ctl(daemon, "--json", "stats").stdout)["sleep" + evil] == 7
 
 
 def test_submit_wait_ignores_an_earlier_record_under_the_same_id(r, start_jobd):
