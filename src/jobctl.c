@@ -643,12 +643,54 @@ static int workers(void)
     return 0;
 }
 
-static const char *field(const redisReply *fields, const char *name)
+static const redisReply *field_reply(const redisReply *fields, const char *name)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2)
         if (!strcmp(fields->element[i]->str, name))
-            return fields->element[i + 1]->str;
-    return "";
+            return fields->element[i + 1];
+    return NULL;
+}
+
+static const char *field(const redisReply *fields, const char *name)
+{
+    const redisReply *v = field_reply(fields, name);
+    return v ? v->str : "";
+}
+
+/* Queues dead letter ENTRY's job again and deletes the letter, in one step:
+ * no crash or lost connection in between leaves it both queued and dead,
+ * or neither. A script, not MULTI/EXEC: an XADD refused at run time (the
+ * stream key of another type) would not stop the XDEL queued after it,
+ * and the letter would be gone. The letter's "id" field (the id jobd gave
+ * an envelope without one) goes along, so the result comes under that id
+ * again. Prints the new entry id; returns an exit code. */
+static int requeue_dead(const char *entry, const redisReply *job, const redisReply *id)
+{
+    static const char script[] =
+        "local e = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))\n"
+        "redis.call('XDEL', KEYS[2], ARGV[1])\n"
+        "return e\n";
+    char dead_key[sizeof(ctl.ns) + 8];
+    snprintf(dead_key, sizeof(dead_key), "%s:dead", ctl.ns);
+    const char *argv[10] = {"EVAL", script, "2", ctl.stream, dead_key, entry, "job", job->str};
+    size_t lens[10] = {4, strlen(script), 1, strlen(ctl.stream), strlen(dead_key),
+                       strlen(entry), 3, job->len};
+    int argc = 8;
+    if (id && id->len) {
+        argv[argc] = "id", lens[argc++] = 2;
+        argv[argc] = id->str, lens[argc++] = id->len;
+    }
+    redisReply *x = redisCommandArgv(ctl.c, argc, argv, lens);
+    if (!x || x->type != REDIS_REPLY_STRING) {
+        fprintf(stderr, "jobctl: redis: %s; dead letter %s kept\n",
+                !x ? ctl.c->errstr : x->type == REDIS_REPLY_ERROR ? x->str : "unexpected reply",
+                entry);
+        freeReplyObject(x);
+        return EXIT_REDIS;
+    }
+    printf("%s\n", x->str);
+    freeReplyObject(x);
+    return 0;
 }
 
 /* One dead letter as a JSON line. Its fields are anyone's who can write the
@@ -706,13 +748,18 @@ static int dead(int argc, char **argv)
             freeReplyObject(r);
             return EXIT_JOB;
         }
-        const char *job = field(f, "job");
-        redisReply *x = cmd("XADD %s * job %s", ctl.stream, job);
-        freeReplyObject(cmd("XDEL %s:dead %s", ctl.ns, argv[1]));
-        printf("%s\n", x->str);
-        freeReplyObject(x);
+        const redisReply *job = field_reply(f, "job");
+        if (!job || !job->len) {
+            /* Sent again it could only be rejected, and the letter, all
+             * there is of it, would be gone. */
+            fprintf(stderr, "jobctl: dead letter %s has no job to retry (its \"job\" field is "
+                            "missing or empty); not retried\n", argv[1]);
+            freeReplyObject(r);
+            return EXIT_JOB;
+        }
+        int rc = requeue_dead(argv[1], job, field_reply(f, "id"));
         freeReplyObject(r);
-        return 0;
+        return rc;
     }
     if (!strcmp(argv[0], "purge")) {
         redisReply *r = cmd("DEL %s:dead", ctl.ns);

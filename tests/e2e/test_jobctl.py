@@ -384,3 +384,25 @@ def test_workers_skips_a_worker_key_it_cannot_read(r, start_jobd):
         assert out.returncode == 0, (args, out.stdout, out.stderr)
         assert str(daemon.proc.pid) in out.stdout, (args, out.stdout)
         assert f"skipped {NS}:worker:zz" in out.stderr and "WRONGTYPE" in out.stderr, out.stderr
+
+
+def test_dead_retry_refuses_a_letter_without_a_job_and_keeps_its_id(r, start_jobd):
+    # A dead letter without a job field (anyone may write the stream) was
+    # retried as `job ""` and deleted: the job was lost, a rejection came back.
+    daemon = start_jobd()
+    for fields in ({"id": "nojob", "error": "x"}, {"job": "", "id": "empty"}):
+        entry_id = r.xadd(f"{NS}:dead", fields)
+        out = ctl(daemon, "dead", "retry", entry_id)
+        assert out.returncode == 1 and "no job" in out.stderr, (fields, out.stdout, out.stderr)
+        assert r.xrange(f"{NS}:dead", entry_id, entry_id), fields       # kept
+    assert r.xlen(f"{NS}:queue") == 0
+    r.delete(f"{NS}:dead")
+    # An envelope without an id was dead-lettered with the entry's id field:
+    # the retry carries it over, so its result comes under the same id.
+    entry_id = r.xadd(f"{NS}:dead", {"job": '{"type":"sleep","ms":1}', "id": "carried"})
+    out = ctl(daemon, "dead", "retry", entry_id)
+    assert out.returncode == 0, out.stderr
+    new_id = out.stdout.strip()
+    assert r.xrange(f"{NS}:queue", new_id, new_id)[0][1]["id"] == "carried"
+    assert wait_result(r, "carried")["status"] == "succeeded"
+    assert r.xlen(f"{NS}:dead") == 0
