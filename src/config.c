@@ -60,7 +60,7 @@ static const struct cf_setting settings[] = {
     STR("redis.password", redis_password, "", 0, 4096, false, NULL),
     STR("redis.namespace", ns, "jobd", 1, 64, false, check_key_chars),
     LIST("intake.channels", channels, nchannels, 0, 256, false),
-    LIST("intake.streams", streams, nstreams, 1, 256, false),
+    LIST("intake.streams", streams, nstreams, 1, CONFIG_MAX_STREAMS, false),
     INT64("intake.visibility_timeout_ms", visibility_timeout_ms, 60000, 1000, 86400000, false),
     INT("intake.batch", batch, 100, 1, 10000, false),
     INT64("intake.linger_us", linger_us, 0, 0, 100000, true),

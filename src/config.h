@@ -16,6 +16,10 @@
 #define CANCEL_TTL_DEFAULT 3600
 #define CANCEL_TTL_MAX 31536000
 
+/* The most intake.streams may list: tables kept per stream (metrics.c) are
+ * sized by it. */
+#define CONFIG_MAX_STREAMS 256
+
 struct retry_policy {
     int attempts;           /* total attempts, >= 1 */
     int64_t delay_ms;       /* wait before attempt 2 */

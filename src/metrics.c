@@ -19,7 +19,9 @@
 #include "threadpool.h"
 
 #define MAX_TYPES 16
-#define MAX_STREAMS 64
+/* Every stream intake.streams may list: a smaller table silently left the
+ * streams past it without lag or pending series. */
+#define MAX_STREAMS CONFIG_MAX_STREAMS
 
 /* Bucket bounds in seconds, from 1 ms to 5 minutes. */
 static const double bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

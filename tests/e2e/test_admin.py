@@ -377,3 +377,17 @@ def test_a_long_stream_name_stays_one_whole_series(r, start_jobd):
     for family in ("jobd_stream_lag", "jobd_stream_pending"):
         mine = [line for line in lines if line.startswith(family + "{")]
         assert len(mine) == 1 and mine[0].startswith(f'{family}{{stream="{stream}"}} '), mine
+
+
+def test_every_configured_stream_gets_lag_and_pending(r, start_jobd):
+    # intake.streams may list 256 streams; the metrics table held 64, and
+    # streams past the 64th silently had no lag or pending series.
+    port = free_port()
+    streams = [f"q{i}" for i in range(256)]
+    start_jobd(admin__listen=f"127.0.0.1:{port}", intake__streams=streams)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: 'jobd_stream_pending{stream="q255"}' in get(base + "/metrics")[1],
+             timeout=8, what="the last stream's series")
+    samples = parse_metrics(get(base + "/metrics")[1])
+    for family in ("jobd_stream_lag", "jobd_stream_pending"):
+        assert all(f'{family}{{stream="{s}"}}' in samples for s in streams), family
