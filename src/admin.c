@@ -327,7 +327,7 @@ static void lag_reply(struct redis *r, redisReply *reply, void *priv)
             if (grp->type != REDIS_REPLY_ARRAY)
                 continue;
             const char *name = NULL;
-            long long lag = -1, pending = 0;
+            long long lag = -1, pending = 0;   /* -1: unknown (nil, or Redis < 7) */
             for (size_t i = 0; i + 1 < grp->elements; i += 2) {
                 const redisReply *k = grp->element[i], *v = grp->element[i + 1];
                 if (k->type != REDIS_REPLY_STRING)

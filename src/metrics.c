@@ -142,11 +142,15 @@ static void query_seconds(void *arg, const char *name, int64_t alone_us, int64_t
                                 name, sent[i], (double)us[i] / 1e6);
 }
 
-/* A gauge per stream: its lag, or its pending count. */
+/* A gauge per stream: its lag, or its pending count. A lag Redis does not
+ * know (nil from Redis 7 when entries past what the group read were
+ * deleted; no field before 7) has no sample: -1 would read as a value. */
 static void stream_gauge(struct evbuffer *out, const char *name, const char *help, bool lag)
 {
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
     for (int i = 0; i < nstreams; i++) {
+        if (lag && streams[i].lag < 0)
+            continue;
         evbuffer_add_printf(out, "%s{stream=\"", name);
         label(out, streams[i].name);
         evbuffer_add_printf(out, "\"} %lld\n",

@@ -20,7 +20,7 @@ void metrics_job_finished(const struct job *job);
 /* N dead letters written outside a job's outcome (the NS:scheduled mover's). */
 void metrics_dead_letters(uint64_t n);
 
-/* Stream lag and pending counts, refreshed from XINFO GROUPS. */
+/* Stream lag and pending counts, refreshed from XINFO GROUPS; LAG -1: unknown. */
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);
 
 /* Append the Prometheus text exposition (version 0.0.4) of everything. */
