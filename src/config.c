@@ -22,6 +22,9 @@ struct errbuf {
     char *buf;
     size_t len, used;
     int count;
+    /* libconfig names an @include'd file as written: a relative name is
+     * shown joined to the directory it was found in (see include_dir()). */
+    const char *main_file, *include_dir;
 };
 
 typedef int cf_check_fn(const char *value, char *why, size_t whylen);
@@ -130,8 +133,12 @@ static void add_error(struct errbuf *e, const char *file, int line, const char *
     e->count++;
     if (!e->buf || e->used + 1 >= e->len)
         return;
-    int n = line > 0 ? snprintf(e->buf + e->used, e->len - e->used, "%s:%d: ", file, line)
-                     : snprintf(e->buf + e->used, e->len - e->used, "%s: ", file);
+    const char *dir = "", *sep = "";
+    if (e->include_dir && file[0] != '/' && e->main_file && strcmp(file, e->main_file))
+        dir = e->include_dir, sep = "/";
+    int n = line > 0 ? snprintf(e->buf + e->used, e->len - e->used, "%s%s%s:%d: ", dir, sep,
+                                file, line)
+                     : snprintf(e->buf + e->used, e->len - e->used, "%s%s%s: ", dir, sep, file);
     if (n > 0)
         e->used = e->used + (size_t)n < e->len ? e->used + (size_t)n : e->len - 1;
     va_list ap;
@@ -336,6 +343,15 @@ static void free_queries(struct config *cfg)
     cfg->pg_nqueries = 0;
 }
 
+/* The file CS was read from: an @include'd one, or FILE (the main one). A
+ * mistake named with the main file's name sent the operator to the wrong
+ * file. */
+static const char *setting_file(const config_setting_t *cs, const char *file)
+{
+    const char *f = cs ? config_setting_source_file(cs) : NULL;
+    return f ? f : file;
+}
+
 static void load_number(struct config *cfg, const struct cf_setting *s, config_setting_t *cs,
                         const char *file, struct errbuf *e)
 {
@@ -427,7 +443,7 @@ static void load_list(struct config *cfg, const struct cf_setting *s, config_set
         config_setting_t *item = config_setting_get_elem(cs, (unsigned)i);
         const char *v = config_setting_get_string(item);
         if (!v || !*v || strlen(v) > 512) {
-            add_error(e, file, config_setting_source_line(item),
+            add_error(e, setting_file(item, file), config_setting_source_line(item),
                       "%s: item %d must be a non-empty string of at most 512 bytes", s->name,
                       i + 1);
             int count = i;
@@ -459,7 +475,7 @@ static void load_queries(struct config *cfg, const struct cf_setting *s, config_
         config_setting_t *q = config_setting_get_elem(cs, (unsigned)i);
         const char *name = config_setting_name(q);
         if (config_setting_type(q) != CONFIG_TYPE_STRING || !*config_setting_get_string(q)) {
-            add_error(e, file, config_setting_source_line(q),
+            add_error(e, setting_file(q, file), config_setting_source_line(q),
                       "%s.%s: expected a non-empty SQL string, got %s", s->name, name,
                       type_name(config_setting_type(q)));
             continue;
@@ -475,6 +491,7 @@ static void load_setting(struct config *cfg, config_setting_t *cs, const char *p
 {
     const struct cf_setting *s = find_setting(path);
     int line = config_setting_source_line(cs);
+    file = setting_file(cs, file);
     if (!s) {
         if (config_setting_type(cs) == CONFIG_TYPE_GROUP && known_group(path)) {
             int n = config_setting_length(cs);
@@ -507,9 +524,20 @@ static void load_setting(struct config *cfg, config_setting_t *cs, const char *p
     }
 }
 
+/* FILE's directory, as config_set_include_dir() takes it; NULL when FILE
+ * has none (it is in the working directory, where libconfig looks anyway)
+ * or out of memory. */
+static char *include_dir(const char *file)
+{
+    const char *slash = strrchr(file, '/');
+    if (!slash)
+        return NULL;
+    return slash == file ? strdup("/") : strndup(file, (size_t)(slash - file));
+}
+
 int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
 {
-    struct errbuf e = {err, errlen, 0, 0};
+    struct errbuf e = {err, errlen, 0, 0, file, NULL};
     if (err && errlen)
         err[0] = '\0';
     if (config_defaults(cfg)) {
@@ -522,6 +550,12 @@ int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
     free_list(&cfg->streams, &cfg->nstreams);
     config_t lc;
     config_init(&lc);
+    /* A relative @include is found beside the main file, not in the working
+     * directory (systemd runs jobd in /). */
+    char *dir = include_dir(file);
+    if (dir)
+        config_set_include_dir(&lc, dir);
+    e.include_dir = dir;
     if (!config_read_file(&lc, file)) {
         if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
             add_error(&e, file, 0, "cannot read the file");
@@ -530,6 +564,7 @@ int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
                       config_error_line(&lc), "%s", config_error_text(&lc));
         config_destroy(&lc);
         config_free(cfg);
+        free(dir);
         return -1;
     }
     config_setting_t *root = config_root_setting(&lc);
@@ -540,13 +575,14 @@ int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
     }
     if (cfg->pg_min_size > cfg->pg_max_size) {
         config_setting_t *cs = config_lookup(&lc, "postgres.min_size");
-        add_error(&e, file, cs ? config_setting_source_line(cs) : 0,
+        add_error(&e, setting_file(cs, file), cs ? config_setting_source_line(cs) : 0,
                   "postgres.min_size: must not exceed postgres.max_size (%d), got %d",
                   cfg->pg_max_size, cfg->pg_min_size);
     }
     config_destroy(&lc);
     if (e.count == 0 && fill_list_defaults(cfg))
         add_error(&e, file, 0, "out of memory");
+    free(dir);
     if (e.count) {
         config_free(cfg);
         return -1;

@@ -223,6 +223,49 @@ static void test_restart_needed(void **state)
     config_free(&b);
 }
 
+/* A file @include'd by a relative name is found beside the main file, from
+ * whatever directory jobd runs in (systemd: /), and a mistake in it names
+ * the included file, not the main one. */
+static void test_include_is_found_and_named(void **state)
+{
+    char dir[] = "/tmp/jobd-test-include-XXXXXX", main_file[96], inc[96], cwd[4096], err[4096];
+    assert_non_null(mkdtemp(dir));
+    snprintf(main_file, sizeof(main_file), "%s/jobd.conf", dir);
+    snprintf(inc, sizeof(inc), "%s/limits.conf", dir);
+    FILE *f = fopen(main_file, "w");
+    assert_non_null(f);
+    fputs("redis = { port = 6380; };\n@include \"limits.conf\"\n", f);
+    fclose(f);
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir("/"), 0);
+
+    struct config cfg;
+    for (int bad = 0; bad < 2; bad++) {
+        f = fopen(inc, "w");
+        assert_non_null(f);
+        fputs(bad ? "# a comment\nlimits = { max_inflight = 0; };\n"
+                  : "limits = { max_inflight = 7; };\n", f);
+        fclose(f);
+        int rc = config_load(main_file, &cfg, err, sizeof(err));
+        if (!bad) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(cfg.max_inflight, 7);
+            assert_int_equal(cfg.redis_port, 6380);
+            config_free(&cfg);
+            continue;
+        }
+        assert_int_equal(rc, -1);
+        char want[256];
+        snprintf(want, sizeof(want), "%s:2: limits.max_inflight: must be", inc);
+        if (!strstr(err, want))
+            fail_msg("error \"%s\" lacks \"%s\"", err, want);
+    }
+    assert_int_equal(chdir(cwd), 0);
+    unlink(inc);
+    unlink(main_file);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -238,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_host_must_be_numeric),
         cmocka_unit_test(test_other_checks),
         cmocka_unit_test(test_restart_needed),
+        cmocka_unit_test(test_include_is_found_and_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
