@@ -60,6 +60,14 @@ static struct type_metrics *type_slot(const char *type)
     return &types[ntypes++];
 }
 
+/* Both times are the wall clock's (they go into the result record too): a
+ * clock stepped back while the job ran would give a negative duration,
+ * counted in the first bucket and taken off _sum. Such a job counts as 0 s. */
+double metrics_job_seconds(int64_t started_at, int64_t finished_at)
+{
+    return finished_at > started_at ? (double)(finished_at - started_at) / 1000.0 : 0.0;
+}
+
 void metrics_job_finished(const struct job *job)
 {
     dead_letters += result_goes_to_dead(job);
@@ -69,7 +77,7 @@ void metrics_job_finished(const struct job *job)
     t->total[job->status]++;
     if (job->status == JOB_REJECTED)
         return;     /* never ran: no duration */
-    double s = (double)(job->finished_at - job->started_at) / 1000.0;
+    double s = metrics_job_seconds(job->started_at, job->finished_at);
     for (size_t i = 0; i < NBOUNDS; i++)
         if (s <= bounds[i]) {
             t->buckets[i]++;

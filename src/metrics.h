@@ -20,6 +20,10 @@ void metrics_job_finished(const struct job *job);
 /* N dead letters written outside a job's outcome (the NS:scheduled mover's). */
 void metrics_dead_letters(uint64_t n);
 
+/* The duration observed for a job that ran from STARTED_AT to FINISHED_AT
+ * (wall-clock ms, as result records give them), in seconds; never below 0. */
+double metrics_job_seconds(int64_t started_at, int64_t finished_at);
+
 /* Stream lag and pending counts, refreshed from XINFO GROUPS; LAG -1: unknown. */
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);
 
