@@ -233,7 +233,10 @@ static void setup_events(struct daemon *d)
     d->give_up_timer = evtimer_new(d->base, give_up_cb, d);
     uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0)
-        d->watchdog_timer = timer_new_periodic(d->base, (int64_t)(usec / 2000), watchdog_cb, d);
+        /* Twice per period; at least every 1 ms, not a 0 ms timer that spins
+         * (WatchdogSec below 2 ms). */
+        d->watchdog_timer = timer_new_periodic(d->base, usec >= 2000 ? (int64_t)(usec / 2000) : 1,
+                                               watchdog_cb, d);
 }
 
 static void free_events(struct daemon *d)

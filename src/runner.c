@@ -224,8 +224,14 @@ static void write_outcome(struct runner *r, struct job *job)
         job->state = JOB_STORING;
         r->storing++;
     }
-    if (result_write(r->d, job, write_done))
+    if (result_write(r->d, job, write_done)) {
         mark_unstored(r, job);
+        /* Not taken (out of memory, or no connection): written again in a
+         * second, or at once when the connection comes back. Without the
+         * timer, one refused for memory waited for a reconnect. */
+        if (!evtimer_pending(r->rewrite_timer, NULL))
+            timer_add_ms(r->rewrite_timer, REWRITE_AFTER_MS);
+    }
 }
 
 static void rewrite_cb(evutil_socket_t fd, short what, void *arg)
@@ -811,9 +817,15 @@ static struct job *find_child(struct runner *r, const char *id, int depth)
     char parent_id[sizeof(((struct job *)NULL)->id)];
     snprintf(parent_id, sizeof(parent_id), "%.*s", (int)(colon - id), id);
     int index = atoi(colon + 1);
-    for (struct job *job = r->buckets[bucket_of(parent_id)]; job; job = job->hnext)
-        if (job->state == JOB_RUNNING && !strcmp(job->id, parent_id))
-            return group_child(job, index);
+    /* A top-level job with the parent's id that is not a group (ids are the
+     * producers' to choose) must not hide the group child further down. */
+    for (struct job *job = r->buckets[bucket_of(parent_id)]; job; job = job->hnext) {
+        struct job *child = job->state == JOB_RUNNING && !strcmp(job->id, parent_id)
+                                ? group_child(job, index)
+                                : NULL;
+        if (child)
+            return child;
+    }
     struct job *parent = find_child(r, parent_id, depth + 1);
     return parent && parent->state == JOB_RUNNING ? group_child(parent, index) : NULL;
 }
@@ -835,7 +847,9 @@ void runner_apply_cancel(struct runner *r, const char *id)
             proceed(r, job);    /* the cancel is remembered: ends cancelled */
         }
     }
-    struct job *child = found ? NULL : find_child(r, id, 1);
+    /* As well as a top-level job of that id: README says a cancel of "x:1"
+     * reaches child 1 of a group "x" too. */
+    struct job *child = find_child(r, id, 1);
     if (child) {
         /* Only this child: in "settle" mode the others go on, in "all" mode
          * its group fails as for any child that fails. */

@@ -581,6 +581,29 @@ def test_a_nested_group_retried_forgets_what_its_children_did_before(r, start_jo
     assert "results" not in m["error"], m
 
 
+def test_a_cancel_of_x1_reaches_child_1_of_x_beside_a_top_level_x1(r, start_jobd):
+    # README: a cancel of "x:1" reaches a top-level job of that id and child
+    # 1 of a group "x". With a top-level "x:1" running, only that one was
+    # cancelled; and a running top-level "x:1" that is not a group hid the
+    # nested group "x:1" inside "x" from a cancel of "x:1:0".
+    start_jobd()
+    submit(r, {"id": "x", "type": "group", "mode": "settle", "jobs": [
+        {"type": "sleep", "ms": 1500}, {"type": "sleep", "ms": 1500}]})
+    submit(r, {"id": "x:1", "type": "sleep", "ms": 3000})
+    submit(r, {"id": "y", "type": "group", "mode": "settle", "jobs": [
+        {"type": "sleep", "ms": 1500}, {"type": "group", "jobs": [{"type": "sleep", "ms": 1500}]}]})
+    submit(r, {"id": "y:1", "type": "sleep", "ms": 3000})
+    time.sleep(0.5)
+    cancel(r, "x:1")
+    cancel(r, "y:1:0")
+    assert wait_result(r, "x:1", timeout=3)["status"] == "cancelled"
+    rec = wait_result(r, "x", timeout=5)
+    assert [c["status"] for c in rec["result"]["results"]] == ["succeeded", "cancelled"], rec
+    rec = wait_result(r, "y", timeout=5)
+    assert rec["result"]["results"][1]["result"]["results"][0]["status"] == "cancelled", rec
+    assert wait_result(r, "y:1", timeout=5)["status"] == "succeeded"
+
+
 def peak_rss_kib(pid):
     """The process's peak resident set so far (VmHWM), in KiB."""
     with open(f"/proc/{pid}/status") as f:
