@@ -29,23 +29,30 @@
 #define SWEEP_COUNT_MAX 1000
 #define SWEEP_DELAY_MS 100
 #define SWEEP_INTERVAL_MS 10000
+/* A due member naming a stream this daemon does not read waits this long
+ * before it is looked at again (mover_script). */
+#define OTHER_STREAM_AGAIN_MS 5000
+#define OTHER_STREAM_AGAIN_TEXT "5000"
 #define SWEEP_RETRY_MS 1000
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:dead, KEYS[3..] intake.streams; ARGV[1]
- * now (ms), ARGV[2] batch. Members are JSON written by result.c with every
- * value a string. A member goes only to a configured stream: anyone who may
- * write NS:scheduled would otherwise have jobd XADD to any key (another
- * application's stream, past an ACL meant for the namespace), and a stream
- * no daemon reads would swallow the job. The streams are KEYS so that ACL
- * key checks and Cluster see them. A member that cannot be read, names
- * another stream, or whose stream refuses it (a key of another type) goes to
- * NS:dead instead of blocking the set: a script error does not undo the
- * ZREM before it, so the XADD must not fail the script. Returns {members
- * taken, of them dead-lettered}, for jobd_dead_letters_total. */
+ * now (ms), ARGV[2] batch, ARGV[3] how long (ms) a member for another stream
+ * waits before it is looked at again. Members are JSON written by result.c
+ * with every value a string. A member goes only to a stream this daemon
+ * reads: anyone who may write NS:scheduled would otherwise have jobd XADD to
+ * any key (another application's stream, past an ACL meant for the
+ * namespace). The streams are KEYS so that ACL key checks and Cluster see
+ * them. A member naming another stream is put back, due ARGV[3] later, for
+ * a daemon that reads it (during a rollout that adds a stream, older daemons
+ * must not dead-letter its retries). A member that cannot be read, or
+ * whose stream refuses it (a key of another type), goes to NS:dead instead
+ * of blocking the set: a script error does not undo the ZREM before it, so
+ * the XADD must not fail the script. Returns {members taken, of them
+ * dead-lettered, of them put back}. */
 static const char mover_script[] =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, "
     "tonumber(ARGV[2]))\n"
-    "local ours, dead = {}, 0\n"
+    "local ours, dead, deferred = {}, 0, 0\n"
     "for i = 3, #KEYS do ours[KEYS[i]] = true end\n"
     "local function bury(job, code, message)\n"
     "  redis.call('XADD', KEYS[2], '*', 'job', job, 'error',\n"
@@ -59,7 +66,8 @@ static const char mover_script[] =
     "type(w.job) == 'string') then\n"
     "    bury(m, 'internal', 'unreadable NS:scheduled entry')\n"
     "  elseif not ours[w.stream] then\n"
-    "    bury(w.job, 'forbidden', 'stream ' .. w.stream .. ' is not one of intake.streams')\n"
+    "    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m)\n"
+    "    deferred = deferred + 1\n"
     "  else\n"
     "    local entry = {w.stream, '*', 'job', w.job, 'id', tostring(w.id or ''),\n"
     "      'attempts', tostring(w.attempts or '0'), 'queued_at', tostring(w.queued_at or '0'),\n"
@@ -74,7 +82,7 @@ static const char mover_script[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "return {#due, dead}\n";
+    "return {#due, dead, deferred}\n";
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:cancels; ARGV[1] the ZSCAN cursor,
  * ARGV[2] now (ms), ARGV[3] the page's COUNT. Each member not yet due whose
@@ -155,17 +163,25 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
         s->failing = false;
         log_notice("moving due jobs from %s:scheduled works again", s->d->cfg.ns);
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
-        reply->element[1]->type != REDIS_REPLY_INTEGER) {
+        reply->element[1]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER) {
         log_error("moving due jobs from %s:scheduled: unexpected reply", s->d->cfg.ns);
         return;
     }
-    long long taken = reply->element[0]->integer, dead = reply->element[1]->integer;
-    if (taken > dead) {
-        s->moved += (uint64_t)(taken - dead);
-        log_debug("moved %lld due job(s) back to their streams", taken - dead);
+    long long taken = reply->element[0]->integer, dead = reply->element[1]->integer,
+              deferred = reply->element[2]->integer;
+    if (taken > dead + deferred) {
+        s->moved += (uint64_t)(taken - dead - deferred);
+        log_debug("moved %lld due job(s) back to their streams", taken - dead - deferred);
     }
+    /* Once a second at most: such a member comes back every few seconds. */
+    static struct log_limit said = LOG_LIMIT("scheduler: members for other streams", 1);
+    if (deferred > 0 && log_limit_allow(&said))
+        log_warn("%lld due member(s) of %s:scheduled name a stream not in this daemon's "
+                 "intake.streams; left there for a daemon that reads it (looked at again in "
+                 "%d s)", deferred, s->d->cfg.ns, OTHER_STREAM_AGAIN_MS / 1000);
     if (dead > 0) {
         metrics_dead_letters((uint64_t)dead);
         log_warn("%lld member(s) of %s:scheduled dead-lettered instead of moved (see %s:dead)",
@@ -174,12 +190,12 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
 }
 
 /* The mover's arguments: EVAL, the script, NKEYS, NS:scheduled, NS:dead,
- * every configured stream, then NOW and the batch. The caller frees the
- * array (not the strings). */
+ * every configured stream, then NOW, the batch and OTHER_STREAM_AGAIN_MS.
+ * The caller frees the array (not the strings). */
 static const char **mover_argv(const struct config *cfg, const char *nkeys, const char *sched,
                                const char *dead, const char *now, int *argc)
 {
-    const char **argv = calloc((size_t)cfg->nstreams + 7, sizeof(*argv));
+    const char **argv = calloc((size_t)cfg->nstreams + 8, sizeof(*argv));
     if (!argv)
         return NULL;
     int i = 0;
@@ -192,6 +208,7 @@ static const char **mover_argv(const struct config *cfg, const char *nkeys, cons
         argv[i++] = cfg->streams[k];
     argv[i++] = now;
     argv[i++] = MOVE_BATCH;
+    argv[i++] = OTHER_STREAM_AGAIN_TEXT;
     *argc = i;
     return argv;
 }
