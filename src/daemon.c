@@ -233,8 +233,9 @@ static void setup_events(struct daemon *d)
     d->give_up_timer = evtimer_new(d->base, give_up_cb, d);
     uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0)
-        /* Twice per period; at least every 1 ms, not a 0 ms timer that spins
-         * (WatchdogSec below 2 ms). */
+        /* Twice per period; at least every 1 ms (WatchdogSec below 2 ms):
+         * libevent re-arms a persistent timer only when its timeout is set,
+         * so a 0 ms one would ping once and never again. */
         d->watchdog_timer = timer_new_periodic(d->base, usec >= 2000 ? (int64_t)(usec / 2000) : 1,
                                                watchdog_cb, d);
 }

@@ -3,6 +3,7 @@ NOTIFY_SOCKET (and WATCHDOG_USEC) pointing at a datagram socket of the test's
 own, and every message it sends there is checked - READY=1 only once it takes
 jobs, WATCHDOG=1 pings, RELOADING=1 then READY=1 around a reload, STOPPING=1
 on SIGTERM, and nothing that would tell systemd a lie before it is ready."""
+import os
 import signal
 import socket
 import time
@@ -104,3 +105,30 @@ def test_no_ready_until_redis_answers_not_even_after_a_reload(redis_server, star
     daemon.signal(signal.SIGHUP)
     assert daemon.proc.wait(20) == 0
     assert notify.lines() == ["READY=1", "STOPPING=1"], notify.lines()
+
+
+def cpu_seconds(pid):
+    """utime + stime of PID, in seconds (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_watchdog_under_2_ms_pings_every_millisecond(r, start_jobd, notify):
+    # WatchdogSec=1ms: half of it is 0 ms in whole milliseconds. libevent
+    # re-arms a persistent timer only when its timeout is set, so a 0 ms one
+    # fired once and never again: no pings, and systemd would kill jobd. The
+    # period is clamped to 1 ms; and the CPU check keeps it from spinning.
+    daemon = start_jobd(env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000"})
+    wait_for(lambda: "READY=1" in notify.lines(), what="READY=1")
+    notify.read()
+    start, cpu_start = time.monotonic(), cpu_seconds(daemon.proc.pid)
+    while time.monotonic() < start + 1.0:
+        notify.read()           # the socket queues only ~10 datagrams (max_dgram_qlen)
+        time.sleep(0.001)
+    pings = [t for t in notify.times_of("WATCHDOG=1") if t >= start]
+    cpu = cpu_seconds(daemon.proc.pid) - cpu_start
+    assert 100 <= len(pings) <= 1100, len(pings)  # ~1,000 on time; late on a loaded machine
+    assert cpu < 0.5, f"{cpu:.2f} s of CPU in 1 s"
+    submit(r, {"id": "w", "type": "sleep", "ms": 1})
+    assert wait_result(r, "w")["status"] == "succeeded"
