@@ -9,11 +9,9 @@
  * to is checked in the open-socket callback, so DNS tricks and numeric forms
  * of loopback or private addresses do not get through.
  */
-#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +21,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "addr_policy.h"
 #include "daemon.h"
 #include "encode.h"
 #include "exec_http.h"
@@ -145,61 +144,6 @@ static void easy_put(CURL *e)
     }
 }
 
-/* ---- address policy -------------------------------------------------------- */
-
-static bool ipv4_private(uint32_t a)    /* host byte order */
-{
-    return (a >> 24) == 0 || (a >> 24) == 10 || (a >> 24) == 127 ||
-           (a & 0xffc00000u) == 0x64400000u ||      /* 100.64/10 shared */
-           (a & 0xffff0000u) == 0xa9fe0000u ||      /* 169.254/16 link-local, metadata */
-           (a & 0xfff00000u) == 0xac100000u ||      /* 172.16/12 */
-           (a & 0xffff0000u) == 0xc0a80000u ||      /* 192.168/16 */
-           (a & 0xffffff00u) == 0xc0000000u ||      /* 192.0.0/24 */
-           (a & 0xfffe0000u) == 0xc6120000u ||      /* 198.18/15 benchmarking */
-           (a >> 28) >= 0xe;                        /* multicast, reserved, broadcast */
-}
-
-static bool ipv6_private(const unsigned char *b)
-{
-    static const unsigned char zero[12] = {0};
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-    uint32_t v4 = (uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15];
-    /* ::/96 holds ::, ::1 and the deprecated IPv4-compatible form: refuse it
-     * whole. IPv4 in disguise (mapped, NAT64, 6to4) is judged as IPv4. */
-    if (!memcmp(b, zero, 12))
-        return true;
-    if (!memcmp(b, mapped, 12) || !memcmp(b, nat64, 12))
-        return ipv4_private(v4);
-    if (b[0] == 0x20 && b[1] == 0x02)
-        return ipv4_private((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 |
-                            b[5]);
-    return (b[0] & 0xfe) == 0xfc ||                 /* fc00::/7 unique local */
-           (b[0] == 0xfe && (b[1] & 0x80)) ||        /* fe80::/10 link-local, fec0::/10 site-local */
-           b[0] == 0xff;                            /* multicast */
-}
-
-bool http_address_is_private(const struct sockaddr *sa)
-{
-    if (sa->sa_family == AF_INET)
-        return ipv4_private(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
-    if (sa->sa_family == AF_INET6)
-        return ipv6_private(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr);
-    return true;
-}
-
-/* The same for an address as text; one that cannot be read counts as private. */
-static bool text_address_is_private(const char *ip)
-{
-    struct in_addr v4;
-    struct in6_addr v6;
-    if (inet_pton(AF_INET, ip, &v4) == 1)
-        return ipv4_private(ntohl(v4.s_addr));
-    if (inet_pton(AF_INET6, ip, &v6) == 1)
-        return ipv6_private(v6.s6_addr);
-    return true;
-}
-
 static int close_socket(void *clientp, curl_socket_t s);
 
 static struct sock_watch *watch_of(curl_socket_t s, bool create);
@@ -209,7 +153,7 @@ static struct sock_watch *watch_of(curl_socket_t s, bool create);
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     struct http_request *rq = clientp;
-    if (!http.d->cfg.http_allow_private && http_address_is_private(&addr->addr)) {
+    if (!http.d->cfg.http_allow_private && addr_is_private(&addr->addr)) {
         rq->refused_addresses++;
         return CURL_SOCKET_BAD;
     }
@@ -238,7 +182,7 @@ static int before_request(void *clientp, char *primary_ip, char *local_ip, int p
     rq->opened_sockets = rq->refused_addresses = 0;
     if (http.d->cfg.http_allow_private)
         return CURL_PREREQFUNC_OK;
-    if (!text_address_is_private(primary_ip))
+    if (!addr_text_is_private(primary_ip))
         return CURL_PREREQFUNC_OK;
     rq->refused_addresses = 1;
     return CURL_PREREQFUNC_ABORT;

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "exec_http.h"
+#include "addr_policy.h"
 
 static bool is_private(const char *text)
 {
@@ -26,7 +26,7 @@ static bool is_private(const char *text)
         a->sin_family = AF_INET;
         assert_int_equal(inet_pton(AF_INET, text, &a->sin_addr), 1);
     }
-    return http_address_is_private((const struct sockaddr *)&ss);
+    return addr_is_private((const struct sockaddr *)&ss);
 }
 
 static void check_all(const char *const *addrs, bool expected)
@@ -85,7 +85,7 @@ static void test_unknown_family_refused(void **state)
     struct sockaddr sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_family = AF_UNIX;
-    assert_true(http_address_is_private(&sa));
+    assert_true(addr_is_private(&sa));
 }
 
 int main(void)
