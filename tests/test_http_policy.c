@@ -29,12 +29,18 @@ static bool is_private(const char *text)
     return addr_is_private((const struct sockaddr *)&ss);
 }
 
+/* Every address is checked, and every wrong one named, before failing. */
 static void check_all(const char *const *addrs, bool expected)
 {
+    int wrong = 0;
     for (; *addrs; addrs++) {
-        if (is_private(*addrs) != expected)
-            fail_msg("%s: expected %s", *addrs, expected ? "refused" : "allowed");
+        if (is_private(*addrs) != expected) {
+            print_error("%s: expected %s\n", *addrs, expected ? "refused" : "allowed");
+            wrong++;
+        }
     }
+    if (wrong)
+        fail_msg("%d address(es) judged wrong", wrong);
 }
 
 static void test_private_ipv4_refused(void **state)
@@ -80,6 +86,49 @@ static void test_public_ipv6_allowed(void **state)
     check_all(addrs, false);
 }
 
+/* IANA's IPv6 special-purpose blocks that are not globally reachable, each
+ * with an address inside (refused) and its nearest neighbours outside
+ * (allowed: a too-wide rule would catch them). */
+static void test_special_purpose_ipv6(void **state)
+{
+    static const char *const refused[] = {
+        /* NAT64 local-use (RFC 8215): the IPv4 sits where the operator's
+         * prefix length puts it, unknown here, so the whole /48 goes, even
+         * an address whose last 32 bits read as public. */
+        "64:ff9b:1::", "64:ff9b:1::808:808", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+        /* IPv4-translated (SIIT, RFC 6145/7915): judged as the IPv4 it holds */
+        "::ffff:0:7f00:1", "::ffff:0:a00:1", "::ffff:0:a9fe:a9fe", "::ffff:0:0:0",
+        "100::", "100::ffff:ffff:ffff:ffff",            /* discard-only (RFC 6666) */
+        "100:0:0:1::", "100:0:0:1:ffff:ffff:ffff:ffff", /* dummy prefix */
+        /* 2001::/23, IETF protocol assignments: Teredo (RFC 4380) with a
+         * public server and client, benchmarking, deprecated ORCHID, and
+         * what is not assigned yet, up to the block's last address */
+        "2001::", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2001:1::", "2001:1::4", "2001:2::1", "2001:4:113::1", "2001:10::1",
+        "2001:1f:ffff:ffff:ffff:ffff:ffff:ffff", "2001:40::",
+        "2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",     /* documentation */
+        "3fff::", "3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff",         /* documentation (RFC 9637) */
+        "5f00::", "5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff",        /* SRv6 SIDs (RFC 9602) */
+        NULL};
+    static const char *const allowed[] = {
+        "64:ff9b:0:ffff:ffff:ffff:ffff:ffff", "64:ff9b:2::",
+        "::ffff:0:808:808",
+        "ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "100:0:0:2::",
+        "2000:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:200::",
+        /* globally reachable rows inside 2001::/23: PCP, TURN and DNS-SD SRP
+         * anycast, AMT, AS112-v6, ORCHIDv2, drone remote ID (DETs) */
+        "2001:1::1", "2001:1::2", "2001:1::3", "2001:3::", "2001:3:ffff:ffff:ffff:ffff:ffff:ffff",
+        "2001:4:112::", "2001:4:112:ffff:ffff:ffff:ffff:ffff", "2001:20::",
+        "2001:2f:ffff:ffff:ffff:ffff:ffff:ffff", "2001:30::",
+        "2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db9::",
+        "3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "3fff:1000::",
+        "5eff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "5f01::",
+        NULL};
+    check_all(refused, true);
+    check_all(allowed, false);
+}
+
 static void test_unknown_family_refused(void **state)
 {
     struct sockaddr sa;
@@ -95,6 +144,7 @@ int main(void)
         cmocka_unit_test(test_public_ipv4_allowed),
         cmocka_unit_test(test_private_ipv6_refused),
         cmocka_unit_test(test_public_ipv6_allowed),
+        cmocka_unit_test(test_special_purpose_ipv6),
         cmocka_unit_test(test_unknown_family_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
