@@ -66,6 +66,11 @@ struct http_request {
     /* Addresses the policy refused, and sockets opened, in the current hop:
      * "forbidden" only when every address was refused (request_outcome()). */
     int refused_addresses, opened_sockets;
+    /* Redirects followed, for refuse_downgrade(): whether the current hop
+     * is https, and then its URL (owned; NULL out of memory); whether a
+     * downgrade was refused (rq->err says so). */
+    bool hop_https, downgraded;
+    char *hop_url;
     int64_t retry_after_ms;
     json_t *outcome;            /* result object, or {"error": {...}} in a batch */
     struct job_error err;
@@ -170,16 +175,52 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
     return s;
 }
 
+static char *shown_text(const char *url);
+
+/* A redirect from https to http would send the job's headers (API keys,
+ * tokens) and the request in clear text, and let anyone on the path answer
+ * for the https server: the hop is refused before its request goes out.
+ * CURLOPT_REDIR_PROTOCOLS_STR cannot say "https only after https", so each
+ * hop's scheme (CURLINFO_SCHEME, the connection's) is compared with the
+ * last one's. True when refused; rq->err then says so. */
+static bool refuse_downgrade(struct http_request *rq)
+{
+    char *url = NULL, *scheme = NULL;
+    curl_easy_getinfo(rq->easy, CURLINFO_EFFECTIVE_URL, &url);
+    curl_easy_getinfo(rq->easy, CURLINFO_SCHEME, &scheme);
+    bool https = scheme && !strcasecmp(scheme, "https");
+    if (rq->hop_https && !https) {
+        char *from = rq->hop_url ? shown_text(rq->hop_url) : NULL;
+        char *to = url ? shown_text(url) : NULL;
+        /* Both URLs fit in the message, however long the first one is. */
+        job_error_set(&rq->err, ERR_FORBIDDEN,
+                      "%.200s: redirect to %.200s refused: https to http would send the request "
+                      "and its headers in clear text",
+                      from ? from : "(an https URL)", to ? to : "(an http URL)");
+        free(from);
+        free(to);
+        rq->downgraded = true;
+        return true;
+    }
+    free(rq->hop_url);
+    rq->hop_url = https && url ? strdup(url) : NULL;
+    rq->hop_https = https;
+    return false;
+}
+
 /* CURLOPT_PREREQFUNCTION: before each request, on a new connection or one
  * reused from the cache. A cached connection was judged when it was opened,
  * perhaps under an http.allow_private that a reload has turned off since:
  * judged again here. Also where a hop's counts start over, so that a refusal
- * on an earlier hop of a redirect does not make a later failure "forbidden". */
+ * on an earlier hop of a redirect does not make a later failure "forbidden",
+ * and where a redirect from https to http is refused, allow_private or not. */
 static int before_request(void *clientp, char *primary_ip, char *local_ip, int primary_port,
                           int local_port)
 {
     struct http_request *rq = clientp;
     rq->opened_sockets = rq->refused_addresses = 0;
+    if (rq->follow_redirects && refuse_downgrade(rq))
+        return CURL_PREREQFUNC_ABORT;
     if (http.d->cfg.http_allow_private)
         return CURL_PREREQFUNC_OK;
     if (!addr_text_is_private(primary_ip))
@@ -218,6 +259,23 @@ static char *shown_url(CURLU *u)
         shown = strdup("(a URL with a password)");  /* never the URL itself */
     curl_free(password);
     curl_free(text);
+    return shown;
+}
+
+/* URL as messages show it, its password as "***" (malloc'd); NULL when
+ * libcurl cannot read it (or out of memory): a password is never shown. */
+static char *shown_text(const char *url)
+{
+    CURLU *u = curl_url();
+    char *shown = NULL, *password = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK) {
+        if (curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK)
+            shown = shown_url(u);
+        else
+            shown = strdup(url);        /* it has no password */
+    }
+    curl_free(password);
+    curl_url_cleanup(u);
     return shown;
 }
 
@@ -421,6 +479,9 @@ static void request_reset(struct http_request *rq)
     rq->errbuf = NULL;
     rq->running = rq->failed = rq->too_large = rq->over_budget = false;
     rq->refused_addresses = rq->opened_sockets = 0;
+    rq->hop_https = rq->downgraded = false;
+    free(rq->hop_url);
+    rq->hop_url = NULL;
     free(rq->buf);
     rq->buf = NULL;
     rq->len = rq->cap = 0;
@@ -742,7 +803,9 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     long status = 0;
     curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
     rq->failed = true;
-    if (rq->too_large) {
+    if (rq->downgraded) {
+        /* rq->err was set by refuse_downgrade(), naming both URLs. */
+    } else if (rq->too_large) {
         job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
                       SHOWN_URL(rq), (long long)rq->max_bytes);
     } else if (rq->over_budget) {
@@ -863,6 +926,8 @@ static void check_done(void)
         rq->easy = NULL;
         free(rq->errbuf);
         rq->errbuf = NULL;
+        free(rq->hop_url);      /* like errbuf: a batch's finished items keep none */
+        rq->hop_url = NULL;
         struct http_job *hj = rq->hj;
         hj->running--;
         hj->finished++;

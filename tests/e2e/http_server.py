@@ -17,8 +17,15 @@ Paths:
   /concurrent               counts overlapping requests (sleeps 50 ms)
   /hangup                   200 "bye" as if keep-alive, then the server closes
                             the connection 100 ms later (an idle timeout)
+  /goto/<name>              302 to state.targets[name], an absolute URL (to
+                            another server or scheme) set by the test
+
+HttpServer(tls=self_signed_cert(dir)) serves the same over https.
 """
 import json
+import os
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +40,7 @@ class State:
         self.requests = 0
         self.connections = 0
         self.paths = []             # every request's path, in arrival order
+        self.targets = {}           # /goto/<name> -> Location
 
     def bump(self, key):
         with self.lock:
@@ -47,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()     # in this thread: see HttpServer
         super().setup()
         with self.server.state.lock:
             self.server.state.connections += 1
@@ -110,6 +120,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(302, b"", {"Location": f"/redirect/{n - 1}"})
             else:
                 self.send(200, b"done")
+        elif kind == "goto":
+            self.send(302, b"", {"Location": state.targets[parts[1]]})
         elif kind == "echo":
             doc = {"method": self.command, "headers": dict(self.headers.items()),
                    "body": body.decode(errors="replace")}
@@ -154,9 +166,27 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
 
+def self_signed_cert(directory):
+    """A certificate for 127.0.0.1 (and its key), made now: (cert, key) paths.
+    The daemon trusts it through http.ca_file."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
 class HttpServer:
-    def __init__(self):
+    def __init__(self, tls=None):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "https" if tls else "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            # Handshakes happen in the handler's thread (Handler.setup), not
+            # in accept(), so one slow client does not stall the others.
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self.server.daemon_threads = True
         self.server.state = State()
         self.port = self.server.server_address[1]
@@ -168,7 +198,7 @@ class HttpServer:
         return self.server.state
 
     def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def stop(self):
         self.server.shutdown()

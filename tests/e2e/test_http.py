@@ -9,7 +9,7 @@ import pytest
 
 from conftest import (NS, SANITIZERS, build_preload_shim, cpu_seconds, free_port, result, stats,
                       submit, wait_for, wait_result)
-from http_server import HttpServer
+from http_server import HttpServer, self_signed_cert
 from test_admin import get, parse_metrics
 
 
@@ -234,6 +234,51 @@ def test_redirects(r, web, jobd_http):
     rec = run(r, "r2", url=web.url("/redirect/6"), follow_redirects=True)
     assert rec["status"] == "failed" and rec["error"]["code"] == "http_error"
     assert "redirect" in rec["error"]["message"].lower()
+
+
+@pytest.fixture
+def tls_web(tmp_path):
+    server = HttpServer(tls=self_signed_cert(tmp_path))
+    server.cert = os.path.join(tmp_path, "cert.pem")
+    yield server
+    server.stop()
+
+
+def test_https_to_http_redirect_is_refused(r, web, tls_web, start_jobd):
+    # Followed, it sent the job's headers (here an API key) and the request in
+    # clear text. Refused before the hop's request is sent: forbidden, not
+    # retried, both URLs named, their passwords shown as ***.
+    start_jobd(http__allow_private=True, http__ca_file=tls_web.cert, jobs__timeout_ms=10000)
+    web_with_password = web.url("/echo").replace("://", "://u:pw2@")
+    tls_web.state.targets["down"] = web_with_password
+    start = tls_web.url("/goto/down").replace("://", "://user:hunter2@")
+    rec = run(r, "down", url=start, follow_redirects=True, headers={"X-Api-Key": "secret"},
+              retry={"attempts": 3, "delay_ms": 10, "jitter": False})
+    assert rec["status"] == "failed" and rec["error"]["code"] == "forbidden", rec
+    assert rec["attempts"] == 1
+    message = rec["error"]["message"]
+    assert tls_web.url("/goto/down").replace("://", "://user:***@") in message, message
+    assert web.url("/echo").replace("://", "://u:***@") in message, message
+    assert "hunter2" not in message and "pw2" not in message
+    assert web.state.requests == 0 and tls_web.state.paths == ["/goto/down"]
+
+    # The same in a batch: that item fails, the others run.
+    tls_web.state.targets["up"] = tls_web.url("/bytes/2")
+    rec = run(r, "batch", urls=[tls_web.url("/goto/down"), tls_web.url("/goto/up")],
+              follow_redirects=True)
+    assert rec["result"]["succeeded"] == 1, rec
+    assert rec["result"]["results"][0]["error"]["code"] == "forbidden"
+    assert web.state.requests == 0
+
+    # http -> https and https -> https are still followed, headers and all.
+    web.state.targets["up"] = tls_web.url("/echo")
+    rec = run(r, "up", url=web.url("/goto/up"), follow_redirects=True,
+              headers={"X-Api-Key": "k"}, response="json")
+    assert rec["status"] == "succeeded", rec
+    assert rec["result"]["json"]["headers"]["X-Api-Key"] == "k"
+    tls_web.state.targets["same"] = tls_web.url("/redirect/2")
+    rec = run(r, "same", url=tls_web.url("/goto/same"), follow_redirects=True)
+    assert rec["result"] == {"status": 200, "bytes": 4, "body": "done"}, rec
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f.1", "[::1]",
