@@ -47,7 +47,9 @@ void daemon_intake_ready(struct daemon *d)
                    d->worker_id, d->cfg.nchannels, d->cfg.nstreams, d->cfg.max_inflight);
         sd_notify(0, "READY=1");
     } else {
-        log_info("intake resumed");
+        log_info("intake resumed%s", intake_job_channels_paused(d->intake)
+                                         ? " (pub/sub job channels still paused)"
+                                         : "");
     }
 }
 

@@ -52,6 +52,11 @@ struct intake {
     bool unsubscribing, unsubscribed;
     int64_t unsubscribe_sent_at;    /* mono ms */
     int parks_unanswered;       /* park XADDs Redis has not answered yet */
+    /* Pub/sub backpressure when parking fails (see check_job_channels()). */
+    bool park_failing;          /* the last park was refused: its job is held here */
+    bool jobs_paused;           /* job channels left: park_failing at the byte budget */
+    enum { JOBS_ON, JOBS_LEAVING, JOBS_OFF } job_subs; /* on this subscriber connection */
+    int job_unsubs_left;        /* JOBS_LEAVING: UNSUBSCRIBEs not yet confirmed */
     int64_t subscribed_at;      /* mono ms the (P)SUBSCRIBEs went out */
     bool announced;             /* daemon_intake_ready() called for this round */
     char control_channel[128];
@@ -494,6 +499,82 @@ struct parked {
 };
 
 static bool send_park(struct intake *in, struct parked *p);
+static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
+static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
+
+/* Channel I of intake.channels is one a pause leaves and joins: not jobd's
+ * own NS:control (cancels must still be heard) or heartbeat channel, nor a
+ * repeat of an earlier item (hiredis 0.14.1 forgets a channel's callback at
+ * its first UNSUBSCRIBE confirmation, so a second one would never be
+ * counted, and the channels never joined again). */
+static bool job_channel(const struct intake *in, int i)
+{
+    const char *ch = in->d->cfg.channels[i];
+    if (!strcmp(ch, in->control_channel) || !strcmp(ch, in->heartbeat_channel))
+        return false;
+    for (int j = 0; j < i; j++)
+        if (!strcmp(in->d->cfg.channels[j], ch))
+            return false;
+    return true;
+}
+
+/* Bring the subscriber connection's job channels to what in->jobs_paused
+ * asks. They are joined again only once every UNSUBSCRIBE was confirmed:
+ * hiredis 0.14.1 drops a channel's callback at the confirmation, so a
+ * SUBSCRIBE sent before it would lose that channel's messages (the hazard
+ * LIBRARIES.md warns of); and since NS:control and the heartbeat channel stay
+ * subscribed, the connection never leaves subscribe mode, where its asserts
+ * are. Messages Redis sent before confirming reach sub_message() as usual
+ * and are taken. Not during the drain's own unsubscribing, and not without a
+ * connection: sub_up() applies the state to a new one. */
+static void apply_job_channels(struct intake *in)
+{
+    struct daemon *d = in->d;
+    redisAsyncContext *ac = redis_context(d->redis, REDIS_SUB);
+    if (in->unsubscribing || !ac || !redis_ready(d->redis, REDIS_SUB))
+        return;
+    if (in->jobs_paused && in->job_subs == JOBS_ON) {
+        in->job_unsubs_left = 0;
+        for (int i = 0; i < d->cfg.nchannels; i++)
+            if (job_channel(in, i) && unsubscribe(in, ac, d->cfg.channels[i]))
+                in->job_unsubs_left++;
+        in->job_subs = in->job_unsubs_left ? JOBS_LEAVING : JOBS_OFF;
+    } else if (!in->jobs_paused && in->job_subs == JOBS_OFF) {
+        in->subscribed_at = mono_ms();  /* ping_cb() times their confirmations */
+        for (int i = 0; i < d->cfg.nchannels; i++)
+            if (job_channel(in, i))
+                subscribe(in, ac, d->cfg.channels[i]);
+        in->job_subs = JOBS_ON;
+    }
+}
+
+/* A job that should have been parked is held here because Redis refused the
+ * XADD (out of memory, say) or could not be sent it: refusing the message
+ * would lose it, but holding every one grows without bound. So, while
+ * parking fails and the held bytes are at limits.max_held_bytes, jobd leaves
+ * its job channels: a producer's PUBLISH then returns 0 (PROTOCOL §1), and it
+ * knows nobody took the job. They are joined again once the held bytes are
+ * under the budget or a park succeeds. WHY: the refusal, for the log. */
+static void check_job_channels(struct intake *in, const char *why)
+{
+    struct daemon *d = in->d;
+    bool pause = in->park_failing && bytes_spent(d);
+    if (pause != in->jobs_paused) {
+        in->jobs_paused = pause;
+        if (pause)
+            log_warn("pub/sub job channels paused: parking a job on the stream failed (%s) "
+                     "and %" PRId64 " bytes are held, limits.max_held_bytes %" PRId64 "; "
+                     "PUBLISH to them counts no receiver here until the held bytes are "
+                     "under the budget or parking works again",
+                     why ? why : "refused", runner_held_bytes(d->runner), d->cfg.max_held_bytes);
+        else
+            log_info("pub/sub job channels resumed: %s, %" PRId64 " bytes held, "
+                     "limits.max_held_bytes %" PRId64,
+                     in->park_failing ? "under the budget" : "parking works again",
+                     runner_held_bytes(d->runner), d->cfg.max_held_bytes);
+    }
+    apply_job_channels(in);
+}
 
 static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
 {
@@ -533,7 +614,12 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
                 intake_write_refused(p->in, p->stream, reply->str);
             struct job_message msg = {.raw = p->raw, .raw_len = p->len, .source = SOURCE_PUBSUB};
             runner_accept(d->runner, &msg);
+            p->in->park_failing = true;
+            check_job_channels(p->in, reply ? reply->str : "connection lost");
         }
+    } else if (p->in->park_failing) {
+        p->in->park_failing = false;    /* stored: Redis takes parks again */
+        check_job_channels(p->in, NULL);
     }
     free(p);
 }
@@ -580,7 +666,8 @@ static void job_message(struct intake *in, const char *payload, size_t len)
      * message). Nothing held: always taken, however big. */
     full = full || bytes_spent(d);
     note_size(in, len);
-    if ((full || d->draining) && park_on_stream(in, payload, len))
+    bool park = full || d->draining;
+    if (park && park_on_stream(in, payload, len))
         return;
     /* Not parked (the command connection is down): held here. While
      * draining, the runner puts it back on the stream once the connection
@@ -588,6 +675,10 @@ static void job_message(struct intake *in, const char *payload, size_t len)
      * never comes back). */
     struct job_message msg = {.raw = payload, .raw_len = len, .source = SOURCE_PUBSUB};
     runner_accept(d->runner, &msg);
+    if (park) {
+        in->park_failing = true;
+        check_job_channels(in, "the command connection is down");
+    }
 }
 
 static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
@@ -616,6 +707,12 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
          * to us before the UNSUBSCRIBEs has been read. */
         if (reply->element[2]->type == REDIS_REPLY_INTEGER && reply->element[2]->integer == 0)
             in->unsubscribed = true;
+        else if (!in->unsubscribing && in->job_subs == JOBS_LEAVING && --in->job_unsubs_left == 0) {
+            /* A pause's last confirmation: every message Redis sent before it
+             * was taken, and the channels may be joined again. */
+            in->job_subs = JOBS_OFF;
+            check_job_channels(in, NULL);
+        }
         return;
     }
     const redisReply *channel, *payload;
@@ -668,7 +765,11 @@ static void sub_up(void *arg)
     in->subs_expected = in->subs_confirmed = 0;
     in->ping_sent_at = 0;
     in->subscribed_at = mono_ms();
-    for (int i = 0; i < in->d->cfg.nchannels; i++)
+    /* While paused (check_job_channels()), a new connection joins only
+     * NS:control and the heartbeat channel. */
+    in->job_subs = in->jobs_paused ? JOBS_OFF : JOBS_ON;
+    in->job_unsubs_left = 0;
+    for (int i = 0; i < in->d->cfg.nchannels && !in->jobs_paused; i++)
         subscribe(in, ac, in->d->cfg.channels[i]);
     subscribe(in, ac, in->control_channel);
     subscribe(in, ac, in->heartbeat_channel);
@@ -762,8 +863,10 @@ void intake_free(struct intake *in)
 
 void intake_capacity_changed(struct intake *in)
 {
-    if (in)
-        read_streams(in);
+    if (!in)
+        return;
+    read_streams(in);
+    check_job_channels(in, NULL);   /* held bytes went down, or the budget up */
 }
 
 static void unblock_reply(struct redis *r, redisReply *reply, void *priv)
@@ -796,12 +899,12 @@ int intake_idle(const struct intake *in)
     return !in->reading && !in->parks_unanswered;
 }
 
-static void unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
+static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
 {
     /* hiredis 0.14.1 takes no callback for (P)UNSUBSCRIBE: the confirmation
      * goes to the channel's own, sub_message(). */
     const char *argv[] = {config_is_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", channel};
-    redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, NULL);
+    return redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, NULL) == REDIS_OK;
 }
 
 bool intake_unsubscribed(struct intake *in)
@@ -874,6 +977,11 @@ const char *intake_home_stream(const struct intake *in, const char *stream)
 uint64_t intake_overflowed(const struct intake *in)
 {
     return in->overflowed;
+}
+
+bool intake_job_channels_paused(const struct intake *in)
+{
+    return in->jobs_paused;
 }
 
 /* For main.c: the command connection came up (announce may now be due). */

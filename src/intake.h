@@ -3,7 +3,9 @@
  * Pub/sub: SUBSCRIBE / PSUBSCRIBE on the subscriber connection, which also
  * carries NS:control and a private heartbeat channel proving it is alive.
  * A pub/sub job that arrives while the daemon is full or draining is parked
- * on the first stream rather than dropped.
+ * on the first stream rather than dropped; while Redis refuses those parks
+ * and limits.max_held_bytes is reached, the job channels are left, so that
+ * PUBLISH returns 0, and joined again once that clears.
  * Streams: XREADGROUP (group "jobd") on its own connection, asking for no
  * more entries than the free slots below limits.max_inflight, nor than fit
  * (by recent envelope sizes) in what limits.max_held_bytes leaves; reading
@@ -83,5 +85,10 @@ const char *intake_home_stream(const struct intake *in, const char *stream);
 
 /* Counters for the heartbeat. */
 uint64_t intake_overflowed(const struct intake *in);
+
+/* The job channels are left (UNSUBSCRIBEd; NS:control stays) because parking
+ * a pub/sub job failed with limits.max_held_bytes reached: jobd would
+ * otherwise hold every one that arrives. */
+bool intake_job_channels_paused(const struct intake *in);
 
 #endif

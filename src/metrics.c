@@ -235,6 +235,10 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     counter(out, "jobd_pubsub_parked_total",
             "Pub/sub jobs that found jobd full or draining and were parked on the first stream.",
             (double)intake_overflowed(d->intake));
+    gauge(out, "jobd_pubsub_paused", "1 while the job channels are unsubscribed (PUBLISH counts "
+          "no receiver here) because Redis refuses to park pub/sub jobs and "
+          "limits.max_held_bytes is reached; NS:control stays subscribed.",
+          intake_job_channels_paused(d->intake));
     gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads and "
           "put-backs because their key refused jobd (a key of another type, say); see the log.",
           intake_unreadable_streams(d->intake));

@@ -266,3 +266,106 @@ def test_a_group_is_charged_what_its_children_take(r, start_jobd):
     assert held() >= 1000 * 1000, (held(), envelope)
     assert wait_result(r, "g", timeout=30)["status"] == "succeeded"
     wait_for(lambda: held() == 0, what="everything released")
+
+
+def numsub(r, channel):
+    return dict(r.pubsub_numsub(channel))[channel]
+
+
+OOM_BUDGET, OOM_SIZE = 64 * 1024, 8 * 1024
+
+
+def publish_into_oom(r, start_jobd, count=200):
+    """A daemon whose two slots run 1.5 s sleeps, then a Redis out of memory
+    (noeviction: every XADD refused) and COUNT ~8 kB jobs published 5 ms
+    apart. Returns (daemon, admin port, slot ids, ids whose PUBLISH counted
+    a receiver, ids whose PUBLISH said 0, max jobd_held_bytes seen); Redis
+    is left out of memory."""
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=2, limits__max_held_bytes=OOM_BUDGET,
+                        admin__listen=f"127.0.0.1:{port}")
+    slots = ["slot0", "slot1"]
+    for i in slots:
+        assert publish(r, {"id": i, "type": "sleep", "ms": 1500}) == 1
+    wait_for(lambda: metrics(port)["jobd_jobs_running"] == 2, what="both slots taken")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    taken, refused = [], []
+    sampler = Sampler(port)
+    try:
+        for n in range(count):
+            job_id = f"oom{n}"
+            receivers = publish(r, padded({"id": job_id, "type": "sleep", "ms": 1}, OOM_SIZE))
+            (taken if receivers else refused).append(job_id)
+            time.sleep(0.005)
+    finally:
+        sampler.stop()
+    return daemon, port, slots, taken, refused, max(sampler.held)
+
+
+def test_pubsub_jobs_redis_will_not_park_pause_the_job_channels(r, start_jobd):
+    # Redis out of memory (noeviction) refuses the XADD that parks a pub/sub
+    # job that finds jobd full. The job was taken (its PUBLISH counted this
+    # daemon), so jobd holds it; held that way, every message past
+    # limits.max_held_bytes was held too (a reviewer saw 10x the budget).
+    # Past the budget jobd now leaves its job channels, so PUBLISH says 0 and
+    # the producer knows nobody took the job, and joins them again once the
+    # held bytes are back under the budget.
+    try:
+        daemon, port, slots, taken, refused, held = publish_into_oom(r, start_jobd)
+        # Held: what reached the budget, and what was on its way while the
+        # UNSUBSCRIBE was (a few messages), not all 200 (1.6 MB).
+        assert refused, "every PUBLISH counted jobd: nothing told producers it was full"
+        assert held <= OOM_BUDGET + 8 * OOM_SIZE, held
+        assert len(taken) <= OOM_BUDGET // OOM_SIZE + 8, len(taken)
+        # Once off, the channels stay off while the held bytes cannot go down
+        # (their outcomes too wait for Redis to take writes).
+        assert refused == [f"oom{n}" for n in range(len(taken), 200)], (taken, refused)
+        assert metrics(port)["jobd_pubsub_paused"] == 1
+        # NS:control stays: a cancel is still heard.
+        assert numsub(r, f"{NS}:control") == 1 and numsub(r, f"{NS}:jobs") == 0
+        # A new subscriber connection (Redis dropped it) joins the job
+        # channels only once the condition clears.
+        r.client_kill_filter(_type="pubsub")
+        wait_for(lambda: daemon.log_text().count("redis subscriber connection ready") >= 2,
+                 what="the subscriber to reconnect")
+        wait_for(lambda: numsub(r, f"{NS}:control") == 1, what="NS:control subscribed again")
+        time.sleep(0.3)
+        assert numsub(r, f"{NS}:jobs") == 0
+        assert publish(r, {"id": "refused-late", "type": "sleep", "ms": 1}) == 0
+    finally:
+        r.config_set("maxmemory", 0)
+    # Memory freed: every job whose PUBLISH counted jobd runs.
+    recs = wait_results(r, slots + taken, timeout=30)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    assert all(result(r, i) is None for i in refused + ["refused-late"])
+    # ...and the job channels are joined again.
+    wait_for(lambda: metrics(port)["jobd_pubsub_paused"] == 0, what="the job channels back")
+    wait_for(lambda: numsub(r, f"{NS}:jobs") == 1, what="NS:jobs subscribed again")
+    assert publish(r, {"id": "after", "type": "sleep", "ms": 1}) == 1
+    assert wait_result(r, "after")["status"] == "succeeded"
+    log = daemon.log_text()
+    assert log.count("pub/sub job channels paused") == 1, log
+    assert log.count("pub/sub job channels resumed") == 1, log
+
+
+def test_a_drain_while_the_job_channels_are_paused_loses_nothing(r, start_jobd):
+    # SIGTERM while paused: the held jobs go back on the stream once Redis
+    # takes writes (the job channels are joined again as their bytes go,
+    # and left with the others at the drain's end, whose UNSUBSCRIBEs are
+    # confirmed as before), nothing published to a left channel is taken,
+    # and the daemon exits 0.
+    try:
+        daemon, port, slots, taken, refused, _ = publish_into_oom(r, start_jobd, count=40)
+        assert refused and metrics(port)["jobd_pubsub_paused"] == 1
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.5)
+    finally:
+        r.config_set("maxmemory", 0)
+    assert daemon.proc.wait(20) == 0, daemon.log_text()
+    queued = {json.loads(f["job"])["id"] for _, f in r.xrange(f"{NS}:queue")}
+    done = {i for i in slots + taken if result(r, i)}
+    assert set(slots + taken) <= queued | done, (slots + taken, queued, done)
+    assert not (set(refused) & (queued | done))
+    log = daemon.log_text()
+    assert "giving up" not in log and "lost at exit" not in log, log
