@@ -317,10 +317,21 @@ static void accept_again(evutil_socket_t fd, short what, void *arg)
     evconnlistener_enable(a->listener);
 }
 
+/* STREAM's lag and pending could not be read (WHY): its series go, so the
+ * last values do not pass for current ones; said when they go, not on
+ * every poll. */
+static void lag_unknown(const char *stream, const char *why)
+{
+    if (metrics_forget_stream(stream))
+        log_warn("admin: lag and pending of stream %s left out of /metrics until they can be "
+                 "read again: %s", stream, why);
+}
+
 /* XINFO GROUPS: one flat [name, value, ...] array per group. */
 static void lag_reply(struct redis *r, redisReply *reply, void *priv)
 {
     char *stream = priv;
+    bool found = false;
     if (reply && reply->type == REDIS_REPLY_ARRAY) {
         for (size_t g = 0; g < reply->elements; g++) {
             const redisReply *grp = reply->element[g];
@@ -339,10 +350,17 @@ static void lag_reply(struct redis *r, redisReply *reply, void *priv)
                 else if (!strcmp(k->str, "pending") && v->type == REDIS_REPLY_INTEGER)
                     pending = v->integer;
             }
-            if (name && !strcmp(name, "jobd"))
+            if (name && !strcmp(name, "jobd")) {
                 metrics_set_stream(stream, lag, pending);
+                found = true;
+            }
         }
     }
+    if (!found)
+        lag_unknown(stream, !reply                          ? "the Redis connection was lost"
+                            : reply->type == REDIS_REPLY_ERROR ? reply->str
+                            : reply->type == REDIS_REPLY_ARRAY ? "it has no group jobd"
+                                                               : "unexpected reply to XINFO GROUPS");
     free(stream);
 }
 
@@ -350,10 +368,13 @@ static void lag_poll(evutil_socket_t fd, short what, void *arg)
 {
     struct admin *a = arg;
     for (int s = 0; s < a->d->cfg.nstreams; s++) {
-        char *stream = strdup(a->d->cfg.streams[s]);
+        const char *name = a->d->cfg.streams[s];
+        char *stream = strdup(name);
         const char *argv[] = {"XINFO", "GROUPS", stream};
-        if (!stream || redis_send(a->d->redis, REDIS_CMD, lag_reply, stream, 0, 3, argv, NULL))
+        if (!stream || redis_send(a->d->redis, REDIS_CMD, lag_reply, stream, 0, 3, argv, NULL)) {
             free(stream);
+            lag_unknown(name, "the Redis command connection is down");
+        }
     }
 }
 

@@ -46,6 +46,7 @@ static struct {
     char name[513];             /* intake.streams items: up to 512 bytes; a name cut
                                  * short never matched again and took a new row per poll */
     int64_t lag, pending;
+    bool shown;                 /* false: the last XINFO GROUPS failed, no series */
 } streams[MAX_STREAMS];
 static int nstreams;
 
@@ -92,19 +93,35 @@ void metrics_dead_letters(uint64_t n)
     dead_letters += n;
 }
 
+static int stream_slot(const char *stream)
+{
+    for (int i = 0; i < nstreams; i++)
+        if (!strcmp(streams[i].name, stream))
+            return i;
+    return -1;
+}
+
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
 {
-    int i;
-    for (i = 0; i < nstreams; i++)
-        if (!strcmp(streams[i].name, stream))
-            break;
-    if (i == nstreams) {
+    int i = stream_slot(stream);
+    if (i < 0) {
         if (nstreams == MAX_STREAMS)
             return;
-        snprintf(streams[nstreams++].name, sizeof(streams[0].name), "%s", stream);
+        i = nstreams++;
+        snprintf(streams[i].name, sizeof(streams[0].name), "%s", stream);
     }
     streams[i].lag = lag;
     streams[i].pending = pending;
+    streams[i].shown = true;
+}
+
+bool metrics_forget_stream(const char *stream)
+{
+    int i = stream_slot(stream);
+    bool was = i >= 0 && streams[i].shown;
+    if (i >= 0)
+        streams[i].shown = false;
+    return was;
 }
 
 /* Label values are names from the config: escape \ " and newline anyway. */
@@ -152,12 +169,13 @@ static void query_seconds(void *arg, const char *name, int64_t alone_us, int64_t
 
 /* A gauge per stream: its lag, or its pending count. A lag Redis does not
  * know (nil from Redis 7 when entries past what the group read were
- * deleted; no field before 7) has no sample: -1 would read as a value. */
+ * deleted; no field before 7) has no sample: -1 would read as a value. Nor
+ * has a stream whose last read failed: its old values would read as now. */
 static void stream_gauge(struct evbuffer *out, const char *name, const char *help, bool lag)
 {
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
     for (int i = 0; i < nstreams; i++) {
-        if (lag && streams[i].lag < 0)
+        if (!streams[i].shown || (lag && streams[i].lag < 0))
             continue;
         evbuffer_add_printf(out, "%s{stream=\"", name);
         label(out, streams[i].name);

@@ -6,6 +6,7 @@
 #ifndef JOBD_METRICS_H
 #define JOBD_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct daemon;
@@ -26,6 +27,11 @@ double metrics_job_seconds(int64_t started_at, int64_t finished_at);
 
 /* Stream lag and pending counts, refreshed from XINFO GROUPS; LAG -1: unknown. */
 void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);
+
+/* STREAM's lag and pending could not be read (XINFO GROUPS failed, or no
+ * group jobd there): no series for it until metrics_set_stream() again, so
+ * the last values do not pass for current ones. Returns whether it had them. */
+bool metrics_forget_stream(const char *stream);
 
 /* Append the Prometheus text exposition (version 0.0.4) of everything. */
 void metrics_render(const struct daemon *d, struct evbuffer *out);

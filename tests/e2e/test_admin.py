@@ -410,3 +410,35 @@ def test_stream_lag_left_out_when_redis_does_not_know_it(r, start_jobd):
     samples = parse_metrics(get(base + "/metrics")[1])
     assert samples['jobd_stream_pending{stream="jobd:queue"}'] == 1
     assert 'jobd_stream_lag{stream="jobd:queue"}' not in samples, samples
+
+
+def test_stream_gauges_go_when_xinfo_fails_and_come_back(r, start_jobd):
+    # A stream whose XINFO GROUPS failed (its key deleted, another type,
+    # NOPERM, the connection lost) kept its last lag and pending in /metrics
+    # forever, read as current. Now its series go until a read succeeds.
+    port = free_port()
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", limits__max_inflight=1)
+    base = f"http://127.0.0.1:{port}"
+    pending = f'jobd_stream_pending{{stream="{NS}:queue"}}'
+    lag = f'jobd_stream_lag{{stream="{NS}:queue"}}'
+    # The one slot held throughout: the daemon does not read, so it does not
+    # make the stream and its group again on its own.
+    submit(r, {"id": "long", "type": "sleep", "ms": 60000})
+    wait_for(lambda: (parse_metrics(get(base + "/metrics")[1]).get(pending) == 1),
+             timeout=8, what="pending 1 in /metrics")
+
+    def gone():
+        samples = parse_metrics(get(base + "/metrics")[1])
+        return pending not in samples and lag not in samples
+
+    r.delete(f"{NS}:queue")                 # XINFO GROUPS: ERR no such key
+    wait_for(gone, timeout=8, what="the series of the deleted stream to go")
+    r.set(f"{NS}:queue", "not a stream")    # WRONGTYPE
+    time.sleep(5.5)                         # a poll that fails again
+    assert gone()
+    assert daemon.log_text().count(f"lag and pending of stream {NS}:queue left out") == 1
+    # Readable again: the series return.
+    r.delete(f"{NS}:queue")
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    wait_for(lambda: parse_metrics(get(base + "/metrics")[1]).get(pending) == 0,
+             timeout=8, what="the series back")
