@@ -162,6 +162,15 @@ static void became_ready(struct conn *c)
         c->hooks.ready(c->hooks.arg);
 }
 
+/* The server refused this connection for a reason a retry soon will not
+ * cure (a wrong password or db, a server too old): drop it and retry slowly,
+ * at the longest backoff, rather than spin. */
+static void refuse_slowly(struct conn *c, const char *why)
+{
+    c->failures = 10;
+    drop_context(c, why);
+}
+
 static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct conn *c = priv;
@@ -169,9 +178,7 @@ static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
         return;     /* the connection went meanwhile */
     if (reply->type == REDIS_REPLY_ERROR) {
         log_error("redis %s connection: %s", role_names[c->role], reply->str);
-        /* Wrong password or db: retry slowly rather than spin. */
-        c->failures = 10;
-        drop_context(c, "authentication or SELECT refused");
+        refuse_slowly(c, "authentication or SELECT refused");
         return;
     }
     if (--c->handshake_left == 0)
@@ -179,7 +186,8 @@ static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
 }
 
 /* The server's version, from HELLO's reply (a flat list of names and values
- * in RESP2): "" when it is not there. */
+ * in RESP2): "" when it is not there (any reply but an array: an error, a
+ * status, an integer, a nil; or an array without "version"). */
 static void hello_version(const redisReply *reply, char *out, size_t size)
 {
     *out = 0;
@@ -195,11 +203,32 @@ static void hello_version(const redisReply *reply, char *out, size_t size)
     }
 }
 
-static bool version_too_old(const char *version)
+/* A run of 1-9 digits at *P, as a number; P moves past it. -1: none. */
+static int version_number(const char **p)
 {
-    int major, minor;
-    if (sscanf(version, "%d.%d", &major, &minor) != 2)
-        return false;       /* not a number we know how to read: let it run */
+    size_t n = strspn(*p, "0123456789");
+    if (!n || n > 9)
+        return -1;
+    int v = atoi(*p);
+    *p += n;
+    return v;
+}
+
+/* "MAJOR.MINOR" at the start of VERSION, whatever follows (".16", "-rc1").
+ * False for anything else ("abc", "7", "-1.0", "99999999999.0"): such a
+ * version cannot be compared, and counts as unknown. */
+static bool version_read(const char *version, int *major, int *minor)
+{
+    const char *p = version;
+    *major = version_number(&p);
+    if (*major < 0 || *p++ != '.')
+        return false;
+    *minor = version_number(&p);
+    return *minor >= 0;
+}
+
+static bool version_too_old(int major, int minor)
+{
     return major < REDIS_MIN_MAJOR || (major == REDIS_MIN_MAJOR && minor < REDIS_MIN_MINOR);
 }
 
@@ -208,34 +237,44 @@ static void refuse_server(struct conn *c, const char *why)
     log_error("redis %s connection: %s; jobd needs Redis %d.%d or later (XPENDING ... IDLE, "
               "ZADD GT); no job is read until it is", role_names[c->role], why, REDIS_MIN_MAJOR,
               REDIS_MIN_MINOR);
-    c->failures = 10;       /* retry slowly, as after a wrong password */
-    drop_context(c, "server too old");
+    refuse_slowly(c, "server too old");
 }
 
 /* HELLO 2 (RESP2, what hiredis 0.14.1 reads) tells the server's version. A
- * server that does not know HELLO is older than 6.0. One that refuses it
- * otherwise (an ACL without HELLO) is let run, with a warning said once. */
+ * server that does not know HELLO is older than 6.0, and one that says a
+ * version before 6.2 is too old: both are refused. Any other answer leaves
+ * the version unknown, which is no proof of an old server (an ACL without
+ * HELLO, a proxy that answers for the server, a fork with its own version
+ * scheme): the connection is used, with a warning said once per daemon. That
+ * is a refusal (NOPROTO...), a status, an integer, a nil, an array without
+ * "version", or a version that is not MAJOR.MINOR ("abc", "7"). */
 static void hello_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct conn *c = priv;
     if (!reply || !c->ac || c->state != CONN_HANDSHAKE)
         return;     /* the connection went meanwhile */
-    char why[96];
     if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "ERR unknown command", 19)) {
         refuse_server(c, "the server does not know HELLO, so it is older than Redis 6.0");
         return;
     }
     hello_version(reply, c->server_version, sizeof(c->server_version));
-    if (version_too_old(c->server_version)) {
+    int major, minor;
+    bool known = version_read(c->server_version, &major, &minor);
+    if (known && version_too_old(major, minor)) {
+        char why[96];
         snprintf(why, sizeof(why), "the server is Redis %s", c->server_version);
         refuse_server(c, why);
         return;
     }
-    if (!*c->server_version && !r->version_unknown_said) {
+    if (!known && !r->version_unknown_said) {
+        char said[sizeof(c->server_version) + 32];
+        snprintf(said, sizeof(said), "HELLO said version \"%s\"", c->server_version);
         r->version_unknown_said = true;
         log_warn("redis %s connection: could not learn the server's version (%s); jobd needs "
                  "Redis %d.%d or later", role_names[c->role],
-                 reply->type == REDIS_REPLY_ERROR ? reply->str : "HELLO did not say",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str
+                 : *c->server_version             ? said
+                                                  : "HELLO did not say",
                  REDIS_MIN_MAJOR, REDIS_MIN_MINOR);
     }
     if (--c->handshake_left == 0)

@@ -99,3 +99,57 @@ def test_a_server_that_will_not_say_its_version_is_used_with_one_warning(r, redi
         assert "redis command connection ready\n" in log
     finally:
         proxy.close()
+
+
+class HelloAnswer(ForwardingProxy):
+    """Answers HELLO with the raw RESP in ANSWER instead of the server's reply."""
+
+    HELLO_REPLY = re.compile(rb"\*14\r\n\$6\r\nserver\r\n.*?\$7\r\nmodules\r\n\*0\r\n", re.S)
+
+    def __init__(self, redis_port, answer):
+        self.answer = answer
+        super().__init__(redis_port)
+
+    def forward(self, data, src, dst, state, upstream):
+        if not upstream:
+            data = self.HELLO_REPLY.sub(lambda m: self.answer, data)
+        dst.sendall(data)
+        return True
+
+
+@pytest.mark.parametrize("proxy_for, says", [
+    # Not an array: no version in it.
+    (lambda port: HelloAnswer(port, b"+OK\r\n"), "HELLO did not say"),
+    (lambda port: HelloAnswer(port, b":7\r\n"), "HELLO did not say"),
+    (lambda port: HelloAnswer(port, b"$-1\r\n"), "HELLO did not say"),
+    (lambda port: HelloAnswer(port, b"*-1\r\n"), "HELLO did not say"),
+    (lambda port: HelloAnswer(port, b"*0\r\n"), "HELLO did not say"),
+    # An array without "version", or with one that is not a string.
+    (lambda port: HelloAnswer(port, b"*2\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "HELLO did not say"),
+    (lambda port: HelloAnswer(port, b"*2\r\n$7\r\nversion\r\n:7\r\n"), "HELLO did not say"),
+    (lambda port: OldRedis(port, ""), "HELLO did not say"),
+    # A version that is not MAJOR.MINOR cannot be compared: unknown too. ("-1.0"
+    # was refused as older than 6.2, "abc" and "7" were used without a word.)
+    (lambda port: OldRedis(port, "abc"), 'HELLO said version "abc"'),
+    (lambda port: OldRedis(port, "7"), 'HELLO said version "7"'),
+    (lambda port: OldRedis(port, "-1.0"), 'HELLO said version "-1.0"'),
+    (lambda port: OldRedis(port, "99999999999.0"), 'HELLO said version "99999999999.0"'),
+    (lambda port: OldRedis(port, "7.x"), 'HELLO said version "7.x"'),
+], ids=["status", "integer", "nil", "nil-array", "empty-array", "no-version", "integer-version",
+        "empty-version", "abc", "7", "-1.0", "overflow", "7.x"])
+def test_an_odd_answer_to_hello_leaves_the_version_unknown(r, redis_server, start_jobd,
+                                                           proxy_for, says):
+    # The same as a refused HELLO: no proof of an old server, so the daemon
+    # runs, with one warning for all its connections.
+    proxy = proxy_for(redis_server.port)
+    try:
+        daemon = start_jobd(redis__port=proxy.port)
+        submit(r, {"id": "odd-hello", "type": "sleep", "ms": 1})
+        assert wait_result(r, "odd-hello")["status"] == "succeeded"
+        log = daemon.log_text()
+        assert log.count("could not learn the server's version") == 1, log
+        assert f"could not learn the server's version ({says}); jobd needs Redis 6.2 or later" \
+            in log, log
+        assert "server too old" not in log, log
+    finally:
+        proxy.close()
