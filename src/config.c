@@ -43,7 +43,6 @@ struct cf_setting {
 };
 
 static int check_ip(const char *v, char *why, size_t n);
-static int check_key_chars(const char *v, char *why, size_t n);
 static int check_listen(const char *v, char *why, size_t n);
 
 #define OFF(f) offsetof(struct config, f)
@@ -61,7 +60,7 @@ static const struct cf_setting settings[] = {
     INT("redis.db", redis_db, 0, 0, 10000, false),
     STR("redis.username", redis_username, "", 0, 256, false, NULL),
     STR("redis.password", redis_password, "", 0, 4096, false, NULL),
-    STR("redis.namespace", ns, "jobd", 1, 64, false, check_key_chars),
+    STR("redis.namespace", ns, "jobd", 1, CONFIG_NS_MAX, false, config_check_key_chars),
     LIST("intake.channels", channels, nchannels, 0, 256, false),
     LIST("intake.streams", streams, nstreams, 1, CONFIG_MAX_STREAMS, false),
     INT64("intake.visibility_timeout_ms", visibility_timeout_ms, 60000, 1000, 86400000, false),
@@ -109,7 +108,7 @@ static const struct cf_setting settings[] = {
     {"log.level", CF_LEVEL, OFF(log_level), 0, LOG_INFO, 0, "info", 0, 0, true, NULL},
     /* Restart: the name is the consumer that owns this daemon's pending
      * entries, and the name of its worker key and transaction markers. */
-    STR("worker.name", worker_name, "", 0, 100, false, check_key_chars),
+    STR("worker.name", worker_name, "", 0, 100, false, config_check_key_chars),
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -193,11 +192,7 @@ static int check_ip(const char *v, char *why, size_t n)
     return -1;
 }
 
-/* Names that go into key and channel names (redis.namespace, worker.name):
- * nothing a SCAN pattern, a log line, a metric label or a terminal (jobctl
- * workers) would read as more than a name, so no glob characters, spaces,
- * quotes or control characters. The culprit is named, not echoed raw. */
-static int check_key_chars(const char *v, char *why, size_t n)
+int config_check_key_chars(const char *v, char *why, size_t n)
 {
     for (const char *p = v; *p; p++)
         if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-", *p)) {

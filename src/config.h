@@ -19,6 +19,8 @@
 /* The most intake.streams may list: tables kept per stream (metrics.c) are
  * sized by it. */
 #define CONFIG_MAX_STREAMS 256
+/* redis.namespace: at most this many bytes (jobctl -n too). */
+#define CONFIG_NS_MAX 64
 
 struct retry_policy {
     int attempts;           /* total attempts, >= 1 */
@@ -133,6 +135,13 @@ void config_keep_restart_only(struct config *fresh, struct config *old_cfg);
 
 /* Is this intake channel a pattern (PSUBSCRIBE), not a channel name? */
 bool config_is_pattern(const char *channel);
+
+/* Names that go into key and channel names (redis.namespace, worker.name,
+ * jobctl -n): nothing a SCAN pattern, a log line, a metric label or a
+ * terminal (jobctl workers) would read as more than a name, so no glob
+ * characters, spaces, quotes or control characters. 0 when V is such a
+ * name; else -1 and WHY (N bytes) names the culprit, not echoed raw. */
+int config_check_key_chars(const char *v, char *why, size_t n);
 
 /* Look up a named query; NULL when absent. */
 const char *config_query(const struct config *cfg, const char *name);

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,21 @@ static void print_line(const char *fmt, ...)
     va_start(ap, fmt);
     vprint_line(stdout, fmt, ap);
     va_end(ap);
+}
+
+/* LEN bytes from Redis as a C string for print_line(), each NUL byte shown
+ * as '?' like the other control characters: "%s" of the reply itself
+ * stopped at the first NUL, and the rest was never shown. NULL only when
+ * out of memory. */
+static char *visible(const char *text, size_t len)
+{
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        out[i] = text[i] ? text[i] : '?';
+    out[len] = '\0';
+    return out;
 }
 
 /* The same on standard error, after "jobctl: ": a warning that names
@@ -196,6 +212,20 @@ static void usage(FILE *out)
             "  dead purge        delete every dead letter\n"
             "  tail              follow result events\n"
             "exit codes: 0 ok, 1 a job failed or was not found, 2 usage, 3 Redis error\n");
+}
+
+/* ARG as a number in LO..HI: decimal digits only, nothing after them, no
+ * overflow ("5x", "-1", " 5" and 99999999999999999999 are refused, not
+ * read as 5, a default or LONG_MAX). */
+static bool parse_number(const char *arg, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (*arg < '0' || *arg > '9' || *end || errno == ERANGE || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
 }
 
 static redisReply *cmd(const char *fmt, ...)
@@ -393,8 +423,12 @@ static int submit(int argc, char **argv)
         snprintf(channel, sizeof(channel), "%s:jobs", ctl.ns);
     int64_t started = mono_ms();
     json_array_foreach(envelopes, i, text) {
+        /* A line from a file or stdin may hold a NUL byte: all of it goes,
+         * by its length (as "%s" it was cut there, and what came before it
+         * could run as the whole job). jobd rejects what is not JSON. */
         const char *env = json_string_value(text);
-        json_t *parsed = json_loads(env, 0, NULL);
+        size_t env_len = json_string_length(text);
+        json_t *parsed = json_loadb(env, env_len, 0, NULL);
         const char *id = json_string_value(json_object_get(parsed, "id"));
         if (id && !valid_id(id))
             id = NULL;      /* rejected with no result under it: never wait for it */
@@ -414,9 +448,9 @@ static int submit(int argc, char **argv)
         /* A published job is queued when a daemon receives it: after now. */
         if (w && publish)
             w->since_ms = redis_ms();
-        redisReply *r = publish ? cmd("PUBLISH %s %s", channel, env)
-                        : own[0] ? cmd("XADD %s * job %s id %s", ctl.stream, env, own)
-                                 : cmd("XADD %s * job %s", ctl.stream, env);
+        redisReply *r = publish ? cmd("PUBLISH %s %b", channel, env, env_len)
+                        : own[0] ? cmd("XADD %s * job %b id %s", ctl.stream, env, env_len, own)
+                                 : cmd("XADD %s * job %b", ctl.stream, env, env_len);
         const char *wait_id = id ? id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
         if (wait && !wait_id)
             fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
@@ -447,7 +481,7 @@ static int submit(int argc, char **argv)
                 continue;           /* its record came */
             redisReply *r = cmd("GET %s:result:%s", ctl.ns, w->id);
             if (r->type == REDIS_REPLY_STRING && is_this_run(w, r->str, r->len)) {
-                json_t *rec = json_loads(r->str, 0, NULL);
+                json_t *rec = json_loadb(r->str, r->len, 0, NULL);
                 const char *status = json_string_value(json_object_get(rec, "status"));
                 if (!status || strcmp(status, "succeeded"))
                     rc = EXIT_JOB;
@@ -481,7 +515,7 @@ static int status(const char *id)
     redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
     int rc = EXIT_JOB;
     if (r->type == REDIS_REPLY_STRING) {
-        json_t *rec = json_loads(r->str, 0, NULL);
+        json_t *rec = json_loadb(r->str, r->len, 0, NULL);
         const char *st = json_string_value(json_object_get(rec, "status"));
         if (ctl.json)
             print_json(r->str, r->len);
@@ -595,24 +629,27 @@ static int workers(void)
         redisReply *r = cmd("SCAN %llu MATCH %s COUNT 100", cursor, pattern);
         cursor = strtoull(r->element[0]->str, NULL, 10);
         for (size_t i = 0; i < r->element[1]->elements; i++) {
-            const char *key = r->element[1]->element[i]->str;
+            const redisReply *key = r->element[1]->element[i];
             /* Not cmd(): one key that is not a snapshot (a hash someone
-             * wrote: WRONGTYPE) is skipped, said, and the rest listed. */
-            redisReply *w = redisCommand(ctl.c, "GET %s", key);
+             * wrote: WRONGTYPE) is skipped, said, and the rest listed. By
+             * its length: a key with a NUL byte is that key, not another. */
+            redisReply *w = redisCommand(ctl.c, "GET %b", key->str, key->len);
             if (!w) {
                 fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
                 freeReplyObject(r);
                 return EXIT_REDIS;
             }
             if (w->type == REDIS_REPLY_ERROR) {
-                warn_line("skipped %s: %s", key, w->str);
+                char *shown = visible(key->str, key->len);
+                warn_line("skipped %s: %s", shown ? shown : "a key", w->str);
+                free(shown);
             } else if (w->type == REDIS_REPLY_STRING) {
                 if (ctl.json) {
                     print_json(w->str, w->len);
                 } else {
                     /* Anyone with write access to Redis can put anything
                      * here: missing fields print as "?" or 0. */
-                    json_t *s = json_loads(w->str, 0, NULL);
+                    json_t *s = json_loadb(w->str, w->len, 0, NULL);
                     json_t *jobs = json_object_get(s, "jobs");
                     const char *worker = json_string_value(json_object_get(s, "worker"));
                     const char *version = json_string_value(json_object_get(s, "version"));
@@ -643,17 +680,22 @@ static int workers(void)
     return 0;
 }
 
+/* NAME's value among a stream entry's FIELDS; NULL when absent. Names are
+ * compared whole: strcmp() took a field "job\0x" for "job". */
 static const redisReply *field_reply(const redisReply *fields, const char *name)
 {
+    size_t n = strlen(name);
     for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (!strcmp(fields->element[i]->str, name))
+        if (fields->element[i]->len == n && !memcmp(fields->element[i]->str, name, n))
             return fields->element[i + 1];
     return NULL;
 }
 
-static const char *field(const redisReply *fields, const char *name)
+/* NAME's value as bytes, its length in *LEN: "" when absent. */
+static const char *field(const redisReply *fields, const char *name, size_t *len)
 {
     const redisReply *v = field_reply(fields, name);
+    *len = v ? v->len : 0;
     return v ? v->str : "";
 }
 
@@ -698,12 +740,13 @@ static int requeue_dead(const char *entry, const redisReply *job, const redisRep
  * given as a string too, so the line always parses. */
 static void print_dead_json(const char *entry, const redisReply *fields)
 {
-    const char *error = field(fields, "error"), *id = field(fields, "id");
-    json_t *err = *error ? json_loads(error, JSON_DECODE_ANY, NULL) : json_null();
+    size_t error_len, id_len;
+    const char *error = field(fields, "error", &error_len), *id = field(fields, "id", &id_len);
+    json_t *err = error_len ? json_loadb(error, error_len, JSON_DECODE_ANY, NULL) : json_null();
     if (!err)
-        err = lossy_string(error, strlen(error));
+        err = lossy_string(error, error_len);
     json_t *line = json_pack("{s:s, s:o?, s:o?}", "entry", entry, "id",
-                             lossy_string(id, strlen(id)), "error", err);
+                             lossy_string(id, id_len), "error", err);
     char *text = line ? json_dumps(line, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     if (text)
         printf("%s\n", text);
@@ -713,26 +756,56 @@ static void print_dead_json(const char *entry, const redisReply *fields)
     json_decref(line);
 }
 
-static int dead(int argc, char **argv)
+/* dead's arguments, checked before Redis is asked anything (see main()):
+ * 0, or EXIT_USAGE said. *N: dead list's count. */
+static int dead_args(int argc, char **argv, long *n)
 {
-    if (argc < 1) {
-        usage(stderr);
+    *n = 20;
+    if (argc == 1 && (!strcmp(argv[0], "list") || !strcmp(argv[0], "purge")))
+        return 0;
+    if (argc == 2 && !strcmp(argv[0], "retry"))
+        return 0;
+    if (argc == 2 && !strcmp(argv[0], "list")) {
+        if (parse_number(argv[1], 1, LONG_MAX, n))
+            return 0;
+        fprintf(stderr, "jobctl: dead list: N is a whole number from 1, got \"%s\"\n", argv[1]);
         return EXIT_USAGE;
     }
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+static int dead_check(int argc, char **argv)
+{
+    long n;
+    return dead_args(argc, argv, &n);
+}
+
+static int dead(int argc, char **argv)
+{
+    long n;
+    if (dead_args(argc, argv, &n))
+        return EXIT_USAGE;
     if (!strcmp(argv[0], "list")) {
-        long n = argc > 1 ? atol(argv[1]) : 20;
-        redisReply *r = cmd("XREVRANGE %s:dead + - COUNT %ld", ctl.ns, n > 0 ? n : 20);
+        redisReply *r = cmd("XREVRANGE %s:dead + - COUNT %ld", ctl.ns, n);
         for (size_t i = 0; i < r->elements; i++) {
             const redisReply *e = r->element[i], *f = e->element[1];
-            if (ctl.json)
+            if (ctl.json) {
                 print_dead_json(e->element[0]->str, f);
-            else
-                print_line("%s %s %s", e->element[0]->str, field(f, "id"), field(f, "error"));
+                continue;
+            }
+            size_t id_len, error_len;
+            const char *id = field(f, "id", &id_len), *error = field(f, "error", &error_len);
+            char *shown_id = visible(id, id_len), *shown_error = visible(error, error_len);
+            print_line("%s %s %s", e->element[0]->str, shown_id ? shown_id : "?",
+                       shown_error ? shown_error : "?");
+            free(shown_id);
+            free(shown_error);
         }
         freeReplyObject(r);
         return 0;
     }
-    if (!strcmp(argv[0], "retry") && argc == 2) {
+    if (!strcmp(argv[0], "retry")) {
         redisReply *r = cmd("XRANGE %s:dead %s %s", ctl.ns, argv[1], argv[1]);
         if (r->elements != 1) {
             fprintf(stderr, "jobctl: no dead letter %s\n", argv[1]);
@@ -740,7 +813,9 @@ static int dead(int argc, char **argv)
             return EXIT_JOB;
         }
         const redisReply *f = r->element[0]->element[1];
-        if (!strcmp(field(f, "truncated"), "1")) {
+        size_t len;
+        const char *truncated = field(f, "truncated", &len);
+        if (len == 1 && *truncated == '1') {
             /* Kept only up to limits.max_job_bytes: sent again it would be
              * rejected as broken JSON, not run. */
             fprintf(stderr, "jobctl: dead letter %s holds only the first bytes of its envelope "
@@ -761,14 +836,10 @@ static int dead(int argc, char **argv)
         freeReplyObject(r);
         return rc;
     }
-    if (!strcmp(argv[0], "purge")) {
-        redisReply *r = cmd("DEL %s:dead", ctl.ns);
-        printf("purged\n");
-        freeReplyObject(r);
-        return 0;
-    }
-    usage(stderr);
-    return EXIT_USAGE;
+    redisReply *r = cmd("DEL %s:dead", ctl.ns);     /* purge */
+    printf("purged\n");
+    freeReplyObject(r);
+    return 0;
 }
 
 static int tail(void)
@@ -833,9 +904,8 @@ int main(int argc, char **argv)
             ctl.path[0] = '\0';
             break;
         case 'p': {
-            char *end;
-            long port = strtol(optarg, &end, 10);
-            if (*optarg < '0' || *optarg > '9' || *end || port < 1 || port > 65535) {
+            long port;
+            if (!parse_number(optarg, 1, 65535, &port)) {
                 fprintf(stderr, "jobctl: -p: a port is 1..65535, got \"%s\"\n", optarg);
                 return EXIT_USAGE;
             }
@@ -843,7 +913,24 @@ int main(int argc, char **argv)
             ctl.path[0] = '\0';
             break;
         }
-        case 'n': snprintf(ctl.ns, sizeof(ctl.ns), "%s", optarg); break;
+        case 'n': {
+            /* As redis.namespace is checked: a longer one was cut short
+             * here (keys no daemon uses), and a glob character made the
+             * SCAN of workers match other namespaces' keys. */
+            char why[128];
+            size_t n = strlen(optarg);
+            if (n < 1 || n > CONFIG_NS_MAX) {
+                fprintf(stderr, "jobctl: -n: a namespace is 1..%d bytes, got %zu\n",
+                        CONFIG_NS_MAX, n);
+                return EXIT_USAGE;
+            }
+            if (config_check_key_chars(optarg, why, sizeof(why))) {
+                fprintf(stderr, "jobctl: -n: %s\n", why);
+                return EXIT_USAGE;
+            }
+            snprintf(ctl.ns, sizeof(ctl.ns), "%s", optarg);
+            break;
+        }
         case 'j': ctl.json = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
@@ -860,15 +947,21 @@ int main(int argc, char **argv)
         const char *name;
         int nargs;              /* -1: the command checks its own */
         int (*run)(int argc, char **argv);
-    } commands[] = {{"submit", -1, submit}, {"status", 1, status_cmd},
-                    {"cancel", 1, cancel_cmd},  {"stats", -1, stats_cmd},
-                    {"workers", -1, workers_cmd}, {"dead", -1, dead},
-                    {"tail", -1, tail_cmd}};
+        int (*check)(int argc, char **argv);    /* before connecting; NULL: none */
+    } commands[] = {{"submit", -1, submit, NULL},   {"status", 1, status_cmd, NULL},
+                    {"cancel", 1, cancel_cmd, NULL}, {"stats", -1, stats_cmd, NULL},
+                    {"workers", -1, workers_cmd, NULL}, {"dead", -1, dead, dead_check},
+                    {"tail", -1, tail_cmd, NULL}};
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(command, commands[i].name) || (commands[i].nargs >= 0 && commands[i].nargs != nargs))
             continue;
         /* Only a command that will run needs Redis: a usage error is one
          * whether or not Redis answers. */
+        if (commands[i].check) {
+            int rc = commands[i].check(nargs, args);
+            if (rc)
+                return rc;
+        }
         connect_redis();
         int rc = commands[i].run(nargs, args);
         redisFree(ctl.c);

@@ -406,3 +406,80 @@ def test_dead_retry_refuses_a_letter_without_a_job_and_keeps_its_id(r, start_job
     assert r.xrange(f"{NS}:queue", new_id, new_id)[0][1]["id"] == "carried"
     assert wait_result(r, "carried")["status"] == "succeeded"
     assert r.xlen(f"{NS}:dead") == 0
+
+
+def test_dead_list_count_and_namespace_are_checked():
+    # dead list N was read with atol(): "5x" listed 5, "0", "-1" and junk the
+    # default 20, 99999999999999999999 LONG_MAX. -n NAMESPACE was cut at 79
+    # bytes and took glob characters (the workers SCAN then matched other
+    # namespaces' keys). Both are usage errors now, said before Redis is
+    # asked anything (-p 1: nothing listens there).
+    for n in ("0", "-1", "+5", " 5", "5x", "x", "", "1.5", "99999999999999999999"):
+        out = subprocess.run([JOBCTL, "-p", "1", "dead", "list", n], capture_output=True, text=True)
+        assert out.returncode == 2, (n, out.returncode, out.stderr)
+        assert f'dead list: N is a whole number from 1, got "{n}"' in out.stderr, (n, out.stderr)
+    for args in (["list", "5", "6"], ["purge", "x"], ["retry"], []):
+        out = subprocess.run([JOBCTL, "-p", "1", "dead", *args], capture_output=True, text=True)
+        assert out.returncode == 2 and "usage:" in out.stderr, (args, out)
+    for ns, says in (("", "a namespace is 1..64 bytes, got 0"),
+                     ("n" * 65, "a namespace is 1..64 bytes, got 65"),
+                     ("*", "got '*' at position 1"), ("a b", "got byte 0x20 at position 2")):
+        out = subprocess.run([JOBCTL, "-p", "1", "-n", ns, "stats"], capture_output=True, text=True)
+        assert out.returncode == 2 and "jobctl: -n: " in out.stderr and says in out.stderr, \
+            (ns, out.returncode, out.stderr)
+    # Good ones go on to Redis (and find nothing listening: 3).
+    for args in (["dead", "list", "1"], ["dead", "list", "9223372036854775807"],
+                 ["-n", "n" * 64, "stats"], ["-n", "5x", "stats"]):
+        out = subprocess.run([JOBCTL, "-p", "1", *args], capture_output=True, text=True)
+        assert out.returncode == 3 and "cannot connect" in out.stderr, (args, out)
+
+
+def test_dead_list_shows_a_dead_letter_past_a_nul_byte(r, start_jobd):
+    # An id or error with a NUL byte was printed up to it, as a C string.
+    daemon = start_jobd()
+    r.xadd(f"{NS}:dead", {"job": "{}", "id": "before\x00after", "error": "oops\x00hidden"})
+    out = ctl(daemon, "dead", "list", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith(" before?after oops?hidden\n"), out.stdout
+    entry = json.loads(ctl(daemon, "--json", "dead", "list", "1").stdout)
+    assert entry["id"] == "before\x00after" and entry["error"] == "oops\x00hidden", entry
+
+
+def test_dead_retry_sends_the_whole_job_named_job(r, start_jobd):
+    # A field named "job\0x" (anyone may write the stream) was taken for
+    # "job" by strcmp(), and its value queued instead of the job.
+    daemon = start_jobd()
+    job = '{"id":"nul-retry","type":"sleep","ms":1}\x00 and after it'
+    entry_id = r.xadd(f"{NS}:dead", {"job\x00x": "a decoy", "job": job, "id": "nul-retry"})
+    out = ctl(daemon, "dead", "retry", entry_id)
+    assert out.returncode == 0, out.stderr
+    new_id = out.stdout.strip()
+    assert r.xrange(f"{NS}:queue", new_id, new_id)[0][1]["job"] == job
+
+
+def test_submit_from_a_file_sends_a_line_past_a_nul_byte(r, start_jobd, tmp_path):
+    # The line was sent with "%s": cut at the NUL, and what came before it
+    # ran as the whole job. All of it goes now; jobd rejects it (not JSON)
+    # with a dead letter that holds all of it.
+    daemon = start_jobd()
+    line = b'{"id":"nul-sub","type":"sleep","ms":1}\x00{"more":1}'
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_bytes(line + b"\n")
+    out = ctl(daemon, "submit", f"@{jobs}")
+    assert out.returncode == 0, out.stderr
+    entry_id = out.stdout.strip()
+    assert r.xrange(f"{NS}:queue", entry_id, entry_id)[0][1]["job"] == line.decode()
+    wait_for(lambda: r.xlen(f"{NS}:dead") == 1, what="the dead letter")
+    (_, fields), = r.xrange(f"{NS}:dead")
+    assert fields["job"] == line.decode(), fields
+    assert r.get(f"{NS}:result:nul-sub") is None        # it never ran
+
+
+def test_workers_names_a_key_with_a_nul_byte_it_skips(r, start_jobd):
+    # GET "%s" of a key with a NUL byte read another key (nil), and the
+    # key was skipped without a word.
+    daemon = start_jobd()
+    r.hset(f"{NS}:worker:a\x00b", "a", "b")
+    out = ctl(daemon, "workers")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert f"skipped {NS}:worker:a?b: WRONGTYPE" in out.stderr, out.stderr
