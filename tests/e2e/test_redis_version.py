@@ -17,7 +17,10 @@ from redis_proxy import ForwardingProxy
 class OldRedis(ForwardingProxy):
     """Reports VERSION in HELLO's reply; "unknown-hello" sends HELLO on under
     a name the server does not know, "refuse-hello" asks it for a protocol it
-    does not have; None passes everything unchanged."""
+    does not have; bytes are raw RESP given instead of HELLO's whole reply;
+    None passes everything unchanged."""
+
+    HELLO_REPLY = re.compile(rb"\*14\r\n\$6\r\nserver\r\n.*?\$7\r\nmodules\r\n\*0\r\n", re.S)
 
     def __init__(self, redis_port, version):
         self.version = version
@@ -29,6 +32,8 @@ class OldRedis(ForwardingProxy):
             data = data.replace(b"$5\r\nHELLO\r\n", b"$5\r\nHELLX\r\n")
         elif upstream and version == "refuse-hello":
             data = data.replace(b"$5\r\nHELLO\r\n$1\r\n2\r\n", b"$5\r\nHELLO\r\n$1\r\n9\r\n")
+        elif not upstream and isinstance(version, bytes):
+            data = self.HELLO_REPLY.sub(lambda m: version, data)
         elif not upstream and version not in (None, "unknown-hello", "refuse-hello"):
             v = version.encode()
             data = re.sub(rb"\$7\r\nversion\r\n\$\d+\r\n[^\r]*\r\n",
@@ -82,74 +87,44 @@ def test_a_server_of_6_2_or_later_is_used(r, redis_server, start_jobd, version):
         proxy.close()
 
 
-def test_a_server_that_will_not_say_its_version_is_used_with_one_warning(r, redis_server,
-                                                                          start_jobd):
+@pytest.mark.parametrize("version, says", [
     # HELLO refused for another reason than not knowing it (here the server's
     # own NOPROTO, for a protocol version it does not have; Redis 7's ACLs
-    # cannot deny HELLO): the version is unknown, which is no reason to stop.
-    # The warning is said once, not per connection.
-    proxy = OldRedis(redis_server.port, "refuse-hello")
-    try:
-        daemon = start_jobd(redis__port=proxy.port)
-        submit(r, {"id": "unknown-version", "type": "sleep", "ms": 1})
-        assert wait_result(r, "unknown-version")["status"] == "succeeded"
-        log = daemon.log_text()
-        assert log.count("could not learn the server's version (NOPROTO") == 1, log
-        assert "jobd needs Redis 6.2 or later" in log
-        assert "redis command connection ready\n" in log
-    finally:
-        proxy.close()
-
-
-class HelloAnswer(ForwardingProxy):
-    """Answers HELLO with the raw RESP in ANSWER instead of the server's reply."""
-
-    HELLO_REPLY = re.compile(rb"\*14\r\n\$6\r\nserver\r\n.*?\$7\r\nmodules\r\n\*0\r\n", re.S)
-
-    def __init__(self, redis_port, answer):
-        self.answer = answer
-        super().__init__(redis_port)
-
-    def forward(self, data, src, dst, state, upstream):
-        if not upstream:
-            data = self.HELLO_REPLY.sub(lambda m: self.answer, data)
-        dst.sendall(data)
-        return True
-
-
-@pytest.mark.parametrize("proxy_for, says", [
+    # cannot deny HELLO).
+    ("refuse-hello", "NOPROTO"),
     # Not an array: no version in it.
-    (lambda port: HelloAnswer(port, b"+OK\r\n"), "HELLO did not say"),
-    (lambda port: HelloAnswer(port, b":7\r\n"), "HELLO did not say"),
-    (lambda port: HelloAnswer(port, b"$-1\r\n"), "HELLO did not say"),
-    (lambda port: HelloAnswer(port, b"*-1\r\n"), "HELLO did not say"),
-    (lambda port: HelloAnswer(port, b"*0\r\n"), "HELLO did not say"),
+    (b"+OK\r\n", "HELLO did not say"),
+    (b":7\r\n", "HELLO did not say"),
+    (b"$-1\r\n", "HELLO did not say"),
+    (b"*-1\r\n", "HELLO did not say"),
+    (b"*0\r\n", "HELLO did not say"),
     # An array without "version", or with one that is not a string.
-    (lambda port: HelloAnswer(port, b"*2\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "HELLO did not say"),
-    (lambda port: HelloAnswer(port, b"*2\r\n$7\r\nversion\r\n:7\r\n"), "HELLO did not say"),
-    (lambda port: OldRedis(port, ""), "HELLO did not say"),
+    (b"*2\r\n$6\r\nserver\r\n$5\r\nredis\r\n", "HELLO did not say"),
+    (b"*2\r\n$7\r\nversion\r\n:7\r\n", "HELLO did not say"),
+    ("", "HELLO did not say"),
     # A version that is not MAJOR.MINOR cannot be compared: unknown too. ("-1.0"
     # was refused as older than 6.2, "abc" and "7" were used without a word.)
-    (lambda port: OldRedis(port, "abc"), 'HELLO said version "abc"'),
-    (lambda port: OldRedis(port, "7"), 'HELLO said version "7"'),
-    (lambda port: OldRedis(port, "-1.0"), 'HELLO said version "-1.0"'),
-    (lambda port: OldRedis(port, "99999999999.0"), 'HELLO said version "99999999999.0"'),
-    (lambda port: OldRedis(port, "7.x"), 'HELLO said version "7.x"'),
-], ids=["status", "integer", "nil", "nil-array", "empty-array", "no-version", "integer-version",
-        "empty-version", "abc", "7", "-1.0", "overflow", "7.x"])
+    ("abc", 'HELLO said version "abc"'),
+    ("7", 'HELLO said version "7"'),
+    ("-1.0", 'HELLO said version "-1.0"'),
+    ("99999999999.0", 'HELLO said version "99999999999.0"'),
+    ("7.x", 'HELLO said version "7.x"'),
+], ids=["refused", "status", "integer", "nil", "nil-array", "empty-array", "no-version",
+        "integer-version", "empty-version", "abc", "7", "-1.0", "overflow", "7.x"])
 def test_an_odd_answer_to_hello_leaves_the_version_unknown(r, redis_server, start_jobd,
-                                                           proxy_for, says):
-    # The same as a refused HELLO: no proof of an old server, so the daemon
-    # runs, with one warning for all its connections.
-    proxy = proxy_for(redis_server.port)
+                                                           version, says):
+    # The version is unknown, which is no proof of an old server and no
+    # reason to stop: the daemon runs, with one warning for all its
+    # connections, not one per connection.
+    proxy = OldRedis(redis_server.port, version)
     try:
         daemon = start_jobd(redis__port=proxy.port)
         submit(r, {"id": "odd-hello", "type": "sleep", "ms": 1})
         assert wait_result(r, "odd-hello")["status"] == "succeeded"
         log = daemon.log_text()
         assert log.count("could not learn the server's version") == 1, log
-        assert f"could not learn the server's version ({says}); jobd needs Redis 6.2 or later" \
-            in log, log
-        assert "server too old" not in log, log
+        assert f"could not learn the server's version ({says}" in log, log
+        assert "jobd needs Redis 6.2 or later" in log
+        assert "redis command connection ready" in log and "server too old" not in log, log
     finally:
         proxy.close()
