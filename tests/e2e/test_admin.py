@@ -191,6 +191,44 @@ def test_slow_request_is_dropped(r, start_jobd):
     assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
 
+def test_many_slow_requests_at_once_are_capped_and_timed_out(r, start_jobd):
+    # Many slowloris clients at once, each trickling a byte of its head every
+    # 0.2 s and never ending it: the ones past admin.max_connections are
+    # closed at accept, the rest 5 s after theirs, and /healthz answers again.
+    port = free_port()
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", admin__max_connections=8)
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    started = time.monotonic()
+    open_ = {s: True for s in slow}
+    closed_at = {}
+    try:
+        while any(open_.values()) and time.monotonic() - started < 12:
+            for s in slow:
+                if not open_[s]:
+                    continue
+                try:
+                    s.sendall(b"G")
+                except (BrokenPipeError, ConnectionResetError):
+                    open_[s] = False
+                    closed_at.setdefault(s, time.monotonic() - started)
+                    continue
+                if closed_within(s, 0.01):
+                    open_[s] = False
+                    closed_at.setdefault(s, time.monotonic() - started)
+            time.sleep(0.2)
+    finally:
+        for s in slow:
+            s.close()
+    assert len(closed_at) == 16, f"{16 - len(closed_at)} slow clients still open after 12 s"
+    times = sorted(closed_at.values())
+    assert times[7] < 1.5, times            # 8 refused at accept
+    assert 4.5 < times[8] and times[15] < 7, times   # 8 admitted: the 5 s deadline
+    samples = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert samples["jobd_admin_connections_refused_total"] == 8
+    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert "admin: refused a connection" in daemon.log_text()
+
+
 def test_out_of_fds_does_not_spin_and_recovers(r, start_jobd):
     # accept() failing with EMFILE leaves the connection in the backlog and
     # the listening socket readable: a listener that simply tries again spins
