@@ -597,12 +597,13 @@ static int stats(void)
     json_t *out = json_object();
     /* Field names are anyone's who can write the hash: bytes that are not
      * UTF-8 become U+FFFD (jansson refuses such a key), and control
-     * characters are escaped in JSON and shown as '?' in text. */
+     * characters are escaped in JSON and shown as '?' in text. By length:
+     * names that differ after a NUL byte are two counters, not one. */
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
         json_t *name = lossy_string(r->element[i]->str, r->element[i]->len);
         if (name)
-            json_object_set_new(out, json_string_value(name),
-                                json_integer(atoll(r->element[i + 1]->str)));
+            json_object_setn_new(out, json_string_value(name), json_string_length(name),
+                                 json_integer(atoll(r->element[i + 1]->str)));
         json_decref(name);
     }
     if (ctl.json) {
@@ -611,9 +612,13 @@ static int stats(void)
         free(s);
     } else {
         const char *k;
+        size_t klen;
         json_t *v;
-        json_object_foreach(out, k, v)
-            print_line("%-28s %lld", k, (long long)json_integer_value(v));
+        json_object_keylen_foreach(out, k, klen, v) {
+            char *shown = visible(k, klen);
+            print_line("%-28s %lld", shown ? shown : "?", (long long)json_integer_value(v));
+            free(shown);
+        }
     }
     json_decref(out);
     freeReplyObject(r);

@@ -483,3 +483,13 @@ def test_workers_names_a_key_with_a_nul_byte_it_skips(r, start_jobd):
     out = ctl(daemon, "workers")
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert f"skipped {NS}:worker:a?b: WRONGTYPE" in out.stderr, out.stderr
+
+
+def test_stats_keeps_counter_names_apart_past_a_nul_byte(r, start_jobd):
+    # Names were object keys as C strings: "a\0x" and "a\0y" became one
+    # counter "a", and one of the two values was lost.
+    daemon = start_jobd()
+    r.hset(f"{NS}:stats", mapping={"a\x00x": 1, "a\x00y": 2})
+    assert json.loads(ctl(daemon, "--json", "stats").stdout) == {"a\x00x": 1, "a\x00y": 2}
+    text = ctl(daemon, "stats").stdout.splitlines()
+    assert sorted(line.split() for line in text) == [["a?x", "1"], ["a?y", "2"]], text
