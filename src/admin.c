@@ -324,7 +324,8 @@ static void lag_unknown(const char *stream, const char *why)
 {
     if (metrics_forget_stream(stream))
         log_warn("admin: lag and pending of stream %s left out of /metrics until they can be "
-                 "read again: %s", stream, why);
+                 "read again: %s",
+                 stream, why);
 }
 
 /* XINFO GROUPS: one flat [name, value, ...] array per group. */
@@ -357,10 +358,11 @@ static void lag_reply(struct redis *r, redisReply *reply, void *priv)
         }
     }
     if (!found)
-        lag_unknown(stream, !reply                          ? "the Redis connection was lost"
+        lag_unknown(stream, !reply                             ? "the Redis connection was lost"
                             : reply->type == REDIS_REPLY_ERROR ? reply->str
-                            : reply->type == REDIS_REPLY_ARRAY ? "it has no group jobd"
-                                                               : "unexpected reply to XINFO GROUPS");
+                            : reply->type == REDIS_REPLY_ARRAY
+                                ? "it has no group jobd"
+                                : "unexpected reply to XINFO GROUPS");
     free(stream);
 }
 
