@@ -869,6 +869,31 @@ static bool params_refused(const struct pg_conn *c, enum step step, const PGresu
            PQstatus(c->pg) == CONNECTION_OK;
 }
 
+/* Whether a query sent after Q on its connection prepares Q's statement
+ * again (sent after the failed Prepare that Q relied on was answered). */
+static bool prepared_again_behind(const struct sql_query *q)
+{
+    for (const struct sql_query *t = q->next; t; t = t->next)
+        if (t->name && memchr(t->steps, STEP_PREPARE, (size_t)t->nsteps) &&
+            !strcmp(t->name, q->name) && !strcmp(t->sql, q->sql))
+            return true;
+    return false;
+}
+
+/* Whether RES is named query Q finding its statement gone (26000) at its
+ * Execute, with no new Prepare of it on the way: it is to be prepared
+ * again. A query pipelined behind the first use of its name sends no
+ * Prepare of its own (one is on the way): when that one fails (its table
+ * does not exist yet...), the Execute meets no statement. The same when
+ * something else on the session deallocated it. Either way Q is sent
+ * again, once (query_answered()): nothing of it ran. */
+static bool lost_statement(const struct sql_query *q, enum step step, const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return q->name && step == STEP_EXECUTE && state && !strcmp(state, "26000") &&
+           !prepared_again_behind(q);
+}
+
 static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, PGresult *res)
 {
     ExecStatusType status = PQresultStatus(res);
@@ -895,8 +920,8 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
         break;
     case PGRES_PIPELINE_ABORTED: break;    /* an earlier step's error says why */
     default:
-        if (step == STEP_PREPARE) {         /* the next one prepares it again */
-            char stmt[64];
+        if (step == STEP_PREPARE || lost_statement(q, step, res)) {
+            char stmt[64];          /* the next one prepares it again */
             statement_name(q, stmt, sizeof(stmt));
             json_object_del(c->prepared, stmt);
         }
@@ -1062,11 +1087,18 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
     q->next = NULL;
     /* Stopped by a cancel meant for another query (one sent before it, or
      * delivered late from a busy pool: the server cancels whatever runs when
-     * it arrives): run it again, once. */
-    if (q->err.code && !strcmp(q->err.sqlstate, "57014") && !q->cancelled && !q->too_large &&
-        !q->requeued && (c->cancels_delivered > q->cancels_seen || c->cancels_pending)) {
-        log_info("postgres: query %s was stopped by a cancel meant for the query before it; "
-                 "sending it again", q->name ? q->name : "(raw SQL)");
+     * it arrives), or its statement was not there (lost_statement()): run it
+     * again, once. */
+    bool hit_by_cancel = !strcmp(q->err.sqlstate, "57014") &&
+                         (c->cancels_delivered > q->cancels_seen || c->cancels_pending);
+    bool no_statement = q->name && !strcmp(q->err.sqlstate, "26000");
+    if (q->err.code && (hit_by_cancel || no_statement) && !q->cancelled && !q->too_large &&
+        !q->requeued) {
+        log_info(hit_by_cancel ? "postgres: query %s was stopped by a cancel meant for the "
+                                 "query before it; sending it again"
+                               : "postgres: query %s found its prepared statement gone (its "
+                                 "Prepare failed, or the session dropped it); sending it again",
+                 q->name ? q->name : "(raw SQL)");
         q->requeued = true;
         reset_answer(q);
         q->next = pool->wait_head;      /* first in line: it was already sent once */

@@ -27,6 +27,7 @@ QUERIES = {
     "fail": "SELECT 1/0",
     "pid": "SELECT pg_backend_pid() AS pid",
     "nap": "SELECT pg_backend_pid() AS pid, pg_sleep($1::float8) AS slept",
+    "later": "SELECT pg_backend_pid() AS pid, count(*) AS n FROM later",
 }
 
 
@@ -860,3 +861,53 @@ def test_an_oversized_result_is_stopped_while_it_streams(r, pg, start_jobd):
     rec = wait_result(r, "huge")
     assert rec["error"]["code"] == "too_large", rec
     assert peak < 120000, peak
+
+
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_a_named_query_whose_prepare_failed_is_prepared_again(r, pg, start_jobd, depth):
+    # Its table does not exist yet: the Prepare fails. A statement counted
+    # as prepared then would fail every later job on that connection with
+    # 26000 (prepared statement does not exist). One connection: the same.
+    start_jobd(**config_for(pg, depth, postgres__max_size=1))
+    pid = run(r, "pid", query="pid")["result"]["rows"][0]["pid"]
+    rec = run(r, "early", query="later")
+    assert rec["status"] == "failed" and rec["error"]["sqlstate"] == "42P01", rec
+    pg.psql("CREATE TABLE later (x int)")
+    rec = run(r, "late", query="later")
+    assert rec["status"] == "succeeded", rec
+    assert rec["result"]["rows"] == [{"pid": pid, "n": 0}]
+
+
+def test_a_first_use_behind_a_failing_query_in_the_pipeline(r, pg, start_jobd):
+    # A query that fails just before a named query's first use, in the same
+    # packet on the same connection: each has its own Sync, so the failure
+    # aborts only its own part of the pipeline and the Prepare still runs.
+    pg.psql("CREATE TABLE later (x int)")
+    start_jobd(**config_for(pg, 8, postgres__max_size=1))
+    pid = run(r, "pid", query="pid")["result"]["rows"][0]["pid"]
+    submit_round(r, ["f1"], query="fail")
+    submit_round(r, ["l1"], query="later")
+    recs = wait_results(r, ["f1", "l1"])
+    assert recs["f1"]["error"]["sqlstate"] == "22012", recs
+    assert recs["l1"]["status"] == "succeeded", recs
+    rec = run(r, "l2", query="later")
+    assert rec["result"]["rows"] == [{"pid": pid, "n": 0}], rec
+
+
+def test_queries_pipelined_behind_a_failed_prepare_get_its_error(r, pg, start_jobd):
+    # Three jobs of a named query that has never run, sent down one
+    # connection in one packet: the first carries the Prepare, the others
+    # only their Execute. The Prepare fails (no table): the others must fail
+    # with that error, not with 26000 (prepared statement does not exist),
+    # and once the table exists the query works on that connection.
+    start_jobd(**config_for(pg, 8, postgres__max_size=1))
+    pid = run(r, "pid", query="pid")["result"]["rows"][0]["pid"]
+    submit_round(r, ["a1", "a2", "a3"], query="later")
+    recs = wait_results(r, ["a1", "a2", "a3"])
+    for rec in recs.values():
+        assert rec["status"] == "failed" and rec["error"]["sqlstate"] == "42P01", recs
+    pg.psql("CREATE TABLE later (x int)")
+    submit_round(r, ["b1", "b2", "b3"], query="later")
+    recs = wait_results(r, ["b1", "b2", "b3"])
+    for rec in recs.values():
+        assert rec["result"]["rows"] == [{"pid": pid, "n": 0}], recs
