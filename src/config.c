@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "sql_session.h"
 
 enum cf_type { CF_INT, CF_INT64, CF_DOUBLE, CF_BOOL, CF_STRING, CF_STRLIST, CF_QUERIES, CF_LEVEL };
 
@@ -478,6 +479,7 @@ static void load_queries(struct config *cfg, const struct cf_setting *s, config_
         struct named_query *nq = &cfg->pg_queries[cfg->pg_nqueries++];
         nq->name = strdup(name);
         nq->sql = strdup(config_setting_get_string(q));
+        nq->session = nq->sql ? sql_session_effects(nq->sql) : 0;
     }
 }
 
@@ -692,10 +694,10 @@ bool config_is_pattern(const char *channel)
     return strpbrk(channel, "*?[") != NULL;
 }
 
-const char *config_query(const struct config *cfg, const char *name)
+const struct named_query *config_query(const struct config *cfg, const char *name)
 {
     for (int i = 0; i < cfg->pg_nqueries; i++)
         if (!strcmp(cfg->pg_queries[i].name, name))
-            return cfg->pg_queries[i].sql;
+            return &cfg->pg_queries[i];
     return NULL;
 }

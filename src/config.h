@@ -33,6 +33,8 @@ struct retry_policy {
 struct named_query {
     char *name;
     char *sql;
+    unsigned session;       /* what it may leave on its session: sql_session_effects(),
+                             * worked out once here rather than for every job */
 };
 
 struct config {
@@ -144,6 +146,6 @@ bool config_is_pattern(const char *channel);
 int config_check_key_chars(const char *v, char *why, size_t n);
 
 /* Look up a named query; NULL when absent. */
-const char *config_query(const struct config *cfg, const char *name);
+const struct named_query *config_query(const struct config *cfg, const char *name);
 
 #endif

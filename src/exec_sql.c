@@ -8,6 +8,7 @@
 #include "daemon.h"
 #include "executor.h"
 #include "pgpool.h"
+#include "sql_session.h"
 
 #define MAX_PARAMS 100
 
@@ -17,6 +18,7 @@ struct sql_state {
     char *name, *sql;           /* copies: the config may be reloaded */
     char **params;
     int nparams;
+    unsigned session;           /* SQL_SESSION_*: what it may leave on its session */
 };
 
 static void sql_free(struct job *job)
@@ -72,12 +74,17 @@ static int sql_parse(struct job *job, const json_t *spec, struct job_error *err)
         return -1;
     }
     const char *text = NULL;
+    /* Raw SQL may call code that does anything: always checked after. */
+    unsigned session = SQL_SESSION_ANY;
     if (query) {
-        if (!json_is_string(query) || !(text = config_query(cfg, json_string_value(query)))) {
+        const struct named_query *nq = NULL;
+        if (!json_is_string(query) || !(nq = config_query(cfg, json_string_value(query)))) {
             job_error_set(err, ERR_INVALID_JOB, "sql.query: no query named \"%.64s\" in "
                           "postgres.queries", json_is_string(query) ? json_string_value(query) : "");
             return -1;
         }
+        text = nq->sql;
+        session = nq->session;
     } else {
         if (!json_is_string(raw) || !json_string_length(raw) ||
             strlen(json_string_value(raw)) != json_string_length(raw)) {
@@ -106,6 +113,7 @@ static int sql_parse(struct job *job, const json_t *spec, struct job_error *err)
     st->job = job;
     st->sql = strdup(text);
     st->name = query ? strdup(json_string_value(query)) : NULL;
+    st->session = session;
     st->nparams = params ? (int)json_array_size(params) : 0;
     st->params = calloc((size_t)st->nparams + 1, sizeof(char *));
     for (int i = 0; i < st->nparams; i++) {
@@ -149,6 +157,7 @@ static void sql_start(struct job *job)
     st->q.name = st->name;
     st->q.sql = st->sql;
     st->q.nparams = st->nparams;
+    st->q.session = st->session;
     st->q.params = (const char *const *)st->params;
     /* statement_timeout a little past the job's: the runner's cancel comes
      * first, the server's limit catches what it misses. */

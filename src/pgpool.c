@@ -11,7 +11,9 @@
  * Every connection is in pipeline mode (PQenterPipelineMode): a query is sent
  * whole at once as [SET statement_timeout, Sync] when the connection's value
  * differs, [Prepare] the first time a named query runs there, then Execute and
- * Sync; its results are read back in that order. With postgres.pipeline = 1
+ * Sync, then for a query that may leave session state behind (sql_session.h)
+ * what undoes it and a Sync (send_reset()); its results are read back in
+ * that order. With postgres.pipeline = 1
  * a connection carries one query at a time, as without pipeline mode.
  *
  * A cancel stops whatever the backend runs when it arrives. It is sent only
@@ -34,6 +36,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "pgpool.h"
+#include "sql_session.h"
 #include "threadpool.h"
 #include "timer.h"
 
@@ -56,7 +59,7 @@
 #define NOTICES_PER_SECOND 10      /* server notices logged a second, the pool over */
 
 enum conn_state { C_CONNECTING, C_READY };
-enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC };
+enum step { STEP_SET_TIMEOUT = 1, STEP_PREPARE, STEP_EXECUTE, STEP_SYNC, STEP_RESET };
 
 struct pg_conn {
     struct pgpool *pool;
@@ -82,7 +85,7 @@ struct pg_conn {
     uint64_t cancels_delivered; /* cancel requests the server has taken */
     int round_sends;            /* queries sent in this dispatch() round */
     bool corked;
-    bool raw_inflight;          /* a raw SQL query runs here alone */
+    bool alone_inflight;        /* a query that may change the session runs here alone */
     bool retire;                /* close once idle: session state was changed */
     struct pg_conn *next;
 };
@@ -902,6 +905,8 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
+        if (step == STEP_RESET && PQnfields(res) > 1 && PQntuples(res) == 1)
+            q->left_state = PQgetvalue(res, 0, 1)[0] == 't';    /* see send_reset() */
         if (step != STEP_EXECUTE)
             break;
         /* Rows here too when single-row mode could not be set. */
@@ -924,6 +929,16 @@ static void take_result(struct pg_conn *c, struct sql_query *q, enum step step, 
             char stmt[64];          /* the next one prepares it again */
             statement_name(q, stmt, sizeof(stmt));
             json_object_del(c->prepared, stmt);
+        }
+        if (step == STEP_RESET) {
+            /* Its own Sync: the job's answer stands. What its statement
+             * left (a lock) may still be there: the connection goes. */
+            q->left_state = true;
+            log_info("postgres: releasing what query %s left on its session failed (%s)",
+                     q->name ? q->name : "(raw SQL)",
+                     PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                         ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : "?");
+            break;
         }
         if (step == STEP_SET_TIMEOUT) {
             /* Its own Sync: the query runs whatever happened to the SET (a
@@ -1040,10 +1055,17 @@ static bool probe_due(const struct pgpool *pool, const struct sql_query *q,
            now - t->behind_at >= PROBE_EVERY_US && now - t->probed_at >= PROBE_EVERY_US;
 }
 
-/* Raw SQL (postgres.allow_raw_sql) can change the session that the next
- * jobs' queries on this connection would inherit: a transaction left open
- * (their writes would never commit), SET, SET ROLE, LISTEN, a prepared
- * statement or a cursor. Such a connection is closed instead of reused. */
+/* A query that may change the session (raw SQL, or a named query whose text
+ * says so: sql_session.h) can leave what the next jobs' queries on this
+ * connection would inherit: a transaction left open (their writes would
+ * never commit), SET, SET ROLE, LISTEN, a prepared statement or a cursor.
+ * Such a query runs alone, so that the transaction status read here is its
+ * own, and its connection is then closed instead of reused. */
+static bool runs_alone(const struct sql_query *q)
+{
+    return q->session & SQL_SESSION_STATE;
+}
+
 static bool left_session_changed(const struct pg_conn *c, const struct sql_query *q)
 {
     static const char *const changers[] = {"SET", "RESET", "BEGIN", "START TRANSACTION",
@@ -1064,13 +1086,13 @@ static bool left_session_changed(const struct pg_conn *c, const struct sql_query
 static void query_answered(struct pg_conn *c, struct sql_query *q, struct answered *out)
 {
     struct pgpool *pool = c->pool;
-    if (!q->name) {
-        c->raw_inflight = false;
-        if (left_session_changed(c, q)) {
-            c->retire = true;
-            log_info("postgres: raw SQL (%s) changed the session: closing that connection",
-                     q->command[0] ? q->command : "failed");
-        }
+    if (runs_alone(q))
+        c->alone_inflight = false;
+    if (q->left_state || (runs_alone(q) && left_session_changed(c, q))) {
+        c->retire = true;
+        log_info("postgres: %s%s (%s) changed the session: closing that connection",
+                 q->name ? "query " : "raw SQL", q->name ? q->name : "",
+                 q->command[0] ? q->command : "failed");
     }
     c->head = q->next;
     if (!c->head)
@@ -1195,6 +1217,52 @@ static int read_results(struct pg_conn *c, struct answered *out)
 
 /* ---- sending --------------------------------------------------------------- */
 
+/* SET statement_timeout, queued: an integer we computed, no injection
+ * possible. libpq's PQsend* result (1 sent). */
+static int send_timeout(PGconn *pg, int64_t ms)
+{
+    char sql[96];
+    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)ms);
+    return PQsendQueryParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+}
+
+/* What a query that may change the session (sql_session.h) leaves is undone
+ * in the same packet, with a Sync of its own (the job's answer stands
+ * whatever happens to this), before anything pipelined behind it: a session
+ * advisory lock must not outlive its job (another daemon's job waiting for
+ * it would wait for ever). One that runs alone also has its settings reset
+ * (set_config(), in its text or in a function it calls) and its LISTENs
+ * ended, and shows whether it made temporary tables or changed role: its
+ * connection is then closed (query_answered()), as it is for what
+ * left_session_changed() sees. All cheap, no round trip of their own, and
+ * only for such queries (measured on a local server, one at a time: SELECT
+ * 1 64-114 us, RESET ALL 37-52 us; a scan of pg_settings for settings
+ * changed was 960 us, so settings are reset rather than looked for). */
+static int send_reset(struct pg_conn *c, struct sql_query *q)
+{
+    static const char *const lock[] = {"SELECT pg_advisory_unlock_all()", NULL};
+    static const char *const alone[] = {
+        "SELECT pg_advisory_unlock_all(), pg_my_temp_schema() <> 0 OR current_user <> "
+        "session_user AS changed", "RESET ALL", "UNLISTEN *", NULL};
+    const char *const *reset = runs_alone(q) ? alone : lock;
+    for (int i = 0; reset[i]; i++) {
+        if (!PQsendQueryParams(c->pg, reset[i], 0, NULL, NULL, NULL, NULL, 0))
+            return -1;
+        q->steps[q->nsteps++] = STEP_RESET;
+    }
+    if (runs_alone(q) && c->statement_timeout >= 0) {
+        /* RESET ALL undid it: set again here, not in a segment of its own
+         * before the next query. */
+        if (!send_timeout(c->pg, c->statement_timeout))
+            return -1;
+        q->steps[q->nsteps++] = STEP_RESET;
+    }
+    if (!PQpipelineSync(c->pg))
+        return -1;
+    q->steps[q->nsteps++] = STEP_SYNC;
+    return 0;
+}
+
 /* Queue every step of Q on C's pipeline; -1 when libpq refused one (the
  * connection is then unusable). */
 static int send_query(struct pg_conn *c, struct sql_query *q)
@@ -1205,11 +1273,9 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
     q->row_mode = q->executed = false;
     q->cancels_seen = c->cancels_delivered;
     if (c->statement_timeout != q->timeout_ms) {
-        char sql[96];
-        /* An integer we computed: no injection possible. A sync of its own,
-         * so the query's failure does not roll the setting back. */
-        snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)q->timeout_ms);
-        if (!PQsendQueryParams(pg, sql, 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(pg))
+        /* A sync of its own, so the query's failure does not roll the
+         * setting back. */
+        if (!send_timeout(pg, q->timeout_ms) || !PQpipelineSync(pg))
             return -1;
         q->steps[q->nsteps++] = STEP_SET_TIMEOUT;
         q->steps[q->nsteps++] = STEP_SYNC;
@@ -1231,6 +1297,9 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
         return -1;
     q->steps[q->nsteps++] = STEP_EXECUTE;
     q->steps[q->nsteps++] = STEP_SYNC;
+    q->left_state = false;
+    if (q->session && send_reset(c, q))
+        return -1;
     return 0;
 }
 
@@ -1289,15 +1358,16 @@ static bool packs(const struct pgpool *pool, const struct pg_conn *c)
  * room in its pipeline (postgres.pipeline queries at most) whose queries are
  * expected to end first: an idle one if any, unless a probe is due (then
  * the least busy one; the probe is recorded here, as dispatch() sends Q
- * wherever this says). Raw SQL runs alone on an idle connection
- * (left_session_changed() looks at what it leaves behind). */
+ * wherever this says). A query that may change the session (raw SQL among
+ * them) runs alone on an idle connection (left_session_changed() looks at
+ * what it leaves behind). */
 static struct pg_conn *pick_conn(struct pgpool *pool, const struct sql_query *q)
 {
     struct pg_conn *best = NULL, *least_busy = NULL;
     for (struct pg_conn *c = pool->conns; c; c = c->next) {
-        if (c->retire || c->raw_inflight)
+        if (c->retire || c->alone_inflight)
             continue;
-        if (!q->name) {
+        if (runs_alone(q)) {
             if (c->state == C_READY && !c->inflight)
                 return c;
             continue;
@@ -1337,7 +1407,7 @@ static void dispatch(struct pgpool *pool)
     while (pool->wait_head && (c = pick_conn(pool, pool->wait_head))) {
         struct sql_query *q = pool->wait_head;
         q->sent_behind = c->inflight > 0;
-        c->raw_inflight = !q->name;
+        c->alone_inflight = runs_alone(q);
         pool->wait_head = q->next;
         if (!pool->wait_head)
             pool->wait_tail = NULL;

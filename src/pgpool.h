@@ -4,6 +4,8 @@
  * max_size, and idle ones above min_size close after a minute. A query waits
  * in a FIFO for a free connection (that wait counts toward its job's
  * timeout). Named queries are prepared once per connection and reused.
+ * What a job's statement may leave on the session (sql_session.h) is undone
+ * or its connection closed before the next jobs' run there (see pgpool.c).
  * Cancelling a running query sends PQcancel from a pool thread (it blocks) and
  * keeps reading the connection until the server gives it back.
  *
@@ -39,6 +41,7 @@ struct sql_query {
     int nparams;
     const char *const *params;  /* text values, NULL for SQL NULL */
     int64_t timeout_ms;         /* statement_timeout guard */
+    unsigned session;           /* SQL_SESSION_*: what it may leave on its session */
     void (*done)(struct sql_query *q);  /* exactly once, on the loop */
     void *arg;
     const char *job_id;         /* names the job in log lines, finds its stand-in */
@@ -53,10 +56,11 @@ struct sql_query {
     struct pg_conn *conn;
     struct sql_query *next;     /* in the wait queue, in conn's pipeline, or parked */
     bool parked;                /* waiting for what its last attempt left (stand-in) */
-    unsigned char steps[5];     /* what was sent for it, in order (enum step) */
+    unsigned char steps[11];    /* what was sent for it, in order (enum step) */
     int nsteps, step;           /* step: whose results are being read */
     bool row_mode;              /* single-row mode asked for the execute step */
     bool executed;              /* the execute step completed */
+    bool left_state;            /* its session is not as before: close the connection */
     bool cancelled, too_large, requeued;
     bool again;                 /* cancelled for a timeout, with a retry to come */
     uint64_t cancels_seen;      /* conn->cancels_delivered when it was sent */

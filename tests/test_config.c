@@ -89,8 +89,10 @@ static void test_example_file_loads(void **state)
     snprintf(file, sizeof(file), "%s/etc/jobd.conf", srcdir ? srcdir : ".");
     if (config_load(file, &cfg, err, sizeof(err)))
         fail_msg("%s", err);
-    assert_string_equal(config_query(&cfg, "account_balance"),
-                        "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    const struct named_query *q = config_query(&cfg, "account_balance");
+    assert_non_null(q);
+    assert_string_equal(q->sql, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    assert_int_equal(q->session, 0);    /* pipelined as it is, nothing sent after it */
     assert_null(config_query(&cfg, "nope"));
     config_free(&cfg);
 }

@@ -911,3 +911,99 @@ def test_queries_pipelined_behind_a_failed_prepare_get_its_error(r, pg, start_jo
     recs = wait_results(r, ["b1", "b2", "b3"])
     for rec in recs.values():
         assert rec["result"]["rows"] == [{"pid": pid, "n": 0}], recs
+
+
+SESSION_QUERIES = dict(
+    QUERIES,
+    begin="BEGIN",
+    lock="SELECT pg_advisory_lock($1::bigint) AS locked",
+    set_path="SET search_path = nowhere",
+    config_path="SELECT set_config('search_path', $1, false) AS path",
+    listen="LISTEN ch",
+    temp="CREATE TEMP TABLE scratch (x int)",
+    state="SELECT pg_backend_pid() AS pid, current_setting('search_path') AS path, "
+          "(SELECT count(*) FROM pg_listening_channels()) AS listening, "
+          "pg_my_temp_schema() <> 0 AS temp, current_setting('statement_timeout') AS timeout, "
+          "current_user AS role",
+)
+
+
+def session_config(pg, depth, **extra):
+    return config_for(pg, depth, postgres__allow_raw_sql=True, postgres__min_size=1,
+                      postgres__max_size=1, postgres__queries=SESSION_QUERIES, **extra)
+
+
+def advisory_locks(pg):
+    return int(pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+
+
+def fresh_session(rec):
+    """The state a job's query must find, whatever the jobs before it did."""
+    assert rec["status"] == "succeeded", rec
+    row = rec["result"]["rows"][0]
+    assert row["path"] == '"$user", public' and row["listening"] == 0, row
+    assert row["temp"] is False and row["role"] == "postgres", row
+    assert row["timeout"] != "0", row        # jobd's guard, set again after a RESET ALL
+    return row["pid"]
+
+
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_a_transaction_a_named_query_opens_never_reaches_the_next_job(r, pg, start_jobd,
+                                                                      depth):
+    # A named BEGIN left its pooled connection idle in transaction: the next
+    # jobs' inserts there reported success and never committed.
+    start_jobd(**session_config(pg, depth))
+    assert run(r, "begin", query="begin")["result"]["command"] == "BEGIN"
+    assert run(r, "ins", query="insert", params=["kept"])["status"] == "succeeded"
+    assert pg.psql("SELECT count(*) FROM items WHERE name = 'kept'") == "1"
+    fresh_session(run(r, "after", query="state"))
+    assert pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobd' "
+                   "AND state LIKE 'idle in transaction%'") == "0"
+
+
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_advisory_locks_do_not_outlive_their_job(r, pg, start_jobd, depth):
+    # A session advisory lock taken by a job was held by its pooled
+    # connection for ever: another daemon's job taking it waited for ever.
+    # It is released in the same packet, and the connection is kept.
+    start_jobd(**session_config(pg, depth))
+    pid = fresh_session(run(r, "s0", query="state"))
+    assert run(r, "named", query="lock", params=[1])["status"] == "succeeded"
+    assert advisory_locks(pg) == 0
+    rec = run(r, "raw", sql="SELECT pg_try_advisory_lock(2) AS got")
+    assert rec["result"]["rows"] == [{"got": True}], rec
+    assert advisory_locks(pg) == 0
+    # Pipelined: each job takes the same lock and leaves it free for the next.
+    ids = [f"l{i}" for i in range(6)]
+    submit_round(r, ids, query="lock", params=[3])
+    assert all(rec["status"] == "succeeded" for rec in wait_results(r, ids).values())
+    assert advisory_locks(pg) == 0
+    assert pg.psql("SELECT pg_try_advisory_lock(3)") == "t"    # another session gets it
+    assert fresh_session(run(r, "s1", query="state")) == pid
+
+
+@pytest.mark.parametrize("depth", [1, 8], ids=["pipeline1", "pipeline8"])
+def test_settings_listen_and_temp_tables_do_not_reach_the_next_job(r, pg, start_jobd, depth):
+    # SET (named), set_config() (named and raw), LISTEN and temporary tables
+    # (named and raw), a role, used to stay on the pooled connection for the
+    # next jobs. set_config() is undone by a RESET ALL sent with it (the
+    # connection is kept); after the others the connection is closed.
+    pg.psql("CREATE ROLE other")
+    start_jobd(**session_config(pg, depth))
+    pid = fresh_session(run(r, "s0", query="state"))
+    jobs = [("set_path", {"query": "set_path"}, False),
+            ("config_path", {"query": "config_path", "params": ["nowhere"]}, True),
+            ("raw_config", {"sql": "SELECT set_config('search_path', 'nowhere', false)"}, True),
+            ("listen", {"query": "listen"}, False),
+            ("temp", {"query": "temp"}, False),
+            ("raw_temp", {"sql": "CREATE TEMP TABLE scratch (x int)"}, False),
+            ("raw_role", {"sql": "SELECT set_config('role', 'other', false)"}, False)]
+    for job_id, fields, kept in jobs:
+        assert run(r, job_id, **fields)["status"] == "succeeded", job_id
+        new_pid = fresh_session(run(r, f"after_{job_id}", query="state"))
+        assert (new_pid == pid) == kept, job_id
+        pid = new_pid
+    # Plain statements, raw or named, keep their connection.
+    assert run(r, "plain_raw", sql="SELECT 1")["status"] == "succeeded"
+    assert run(r, "plain", query="insert", params=["x"])["status"] == "succeeded"
+    assert fresh_session(run(r, "last", query="state")) == pid
