@@ -319,10 +319,11 @@ static void accept_again(evutil_socket_t fd, short what, void *arg)
 
 /* STREAM's lag and pending could not be read (WHY): its series go, so the
  * last values do not pass for current ones; said when they go, not on
- * every poll. */
+ * every poll. WHY NULL: the command connection is down or went, which
+ * redis.c logs once for all; a line per stream would be up to 256. */
 static void lag_unknown(const char *stream, const char *why)
 {
-    if (metrics_forget_stream(stream))
+    if (metrics_forget_stream(stream) && why)
         log_warn("admin: lag and pending of stream %s left out of /metrics until they can be "
                  "read again: %s",
                  stream, why);
@@ -358,7 +359,7 @@ static void lag_reply(struct redis *r, redisReply *reply, void *priv)
         }
     }
     if (!found)
-        lag_unknown(stream, !reply                             ? "the Redis connection was lost"
+        lag_unknown(stream, !reply                             ? NULL
                             : reply->type == REDIS_REPLY_ERROR ? reply->str
                             : reply->type == REDIS_REPLY_ARRAY
                                 ? "it has no group jobd"
@@ -375,7 +376,7 @@ static void lag_poll(evutil_socket_t fd, short what, void *arg)
         const char *argv[] = {"XINFO", "GROUPS", stream};
         if (!stream || redis_send(a->d->redis, REDIS_CMD, lag_reply, stream, 0, 3, argv, NULL)) {
             free(stream);
-            lag_unknown(name, "the Redis command connection is down");
+            lag_unknown(name, NULL);
         }
     }
 }
