@@ -480,3 +480,24 @@ def test_stream_gauges_go_when_xinfo_fails_and_come_back(r, start_jobd):
     r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
     wait_for(lambda: parse_metrics(get(base + "/metrics")[1]).get(pending) == 0,
              timeout=8, what="the series back")
+
+
+def test_a_redis_outage_drops_the_stream_gauges_without_a_line_per_stream(redis_server, r,
+                                                                          start_jobd):
+    # With the connection gone every stream's poll fails at once: its series
+    # go, but the log said so once per stream, up to 256 lines an outage,
+    # beside redis.c's own lines about the connection.
+    port = free_port()
+    streams = [f"q{i}" for i in range(20)]
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", intake__streams=streams)
+    base = f"http://127.0.0.1:{port}"
+    last = 'jobd_stream_pending{stream="q19"}'
+    wait_for(lambda: last in get(base + "/metrics")[1], timeout=8, what="the series")
+    redis_server.kill()
+    try:
+        wait_for(lambda: "jobd_stream_pending{" not in get(base + "/metrics")[1], timeout=12,
+                 what="every stream's series to go")
+    finally:
+        redis_server.start()
+    assert daemon.log_text().count("left out of /metrics") == 0, daemon.log_text()
+    wait_for(lambda: last in get(base + "/metrics")[1], timeout=15, what="the series back")
