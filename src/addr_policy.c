@@ -18,11 +18,7 @@ static bool ipv4_private(uint32_t a)    /* host byte order */
            (a & 0xfff00000u) == 0xac100000u ||      /* 172.16/12 */
            (a & 0xffff0000u) == 0xc0a80000u ||      /* 192.168/16 */
            (a & 0xffffff00u) == 0xc0000000u ||      /* 192.0.0/24 */
-           (a & 0xffffff00u) == 0xc0000200u ||      /* 192.0.2/24 documentation */
-           (a & 0xffffff00u) == 0xc0586300u ||      /* 192.88.99/24 6to4 relays (deprecated) */
            (a & 0xfffe0000u) == 0xc6120000u ||      /* 198.18/15 benchmarking */
-           (a & 0xffffff00u) == 0xc6336400u ||      /* 198.51.100/24 documentation */
-           (a & 0xffffff00u) == 0xcb007100u ||      /* 203.0.113/24 documentation */
            (a >> 28) >= 0xe;                        /* multicast, reserved, broadcast */
 }
 
