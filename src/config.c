@@ -90,6 +90,7 @@ static const struct cf_setting settings[] = {
     /* Restart: libcurl's connection limits are set when its multi handle is
      * made, and the transfer slots must agree with them. */
     INT("http.max_connections", http_max_connections, 100, 1, 10000, false),
+    INT("http.max_abandoned_lookups", http_max_abandoned_lookups, 64, 1, 100000, true),
     STR("postgres.conninfo", pg_conninfo, "", 0, 4096, false, NULL),
     INT("postgres.min_size", pg_min_size, 5, 0, 1000, false),
     INT("postgres.max_size", pg_max_size, 20, 1, 1000, false),

@@ -82,6 +82,7 @@ struct config {
     bool http_allow_private;
     char *http_ca_file;     /* empty: the system store */
     int http_max_connections;
+    int http_max_abandoned_lookups;     /* left running by stopped transfers */
 
     /* postgres */
     char *pg_conninfo;      /* empty: sql jobs are refused with unavailable */

@@ -26,6 +26,7 @@
 #include "encode.h"
 #include "exec_http.h"
 #include "executor.h"
+#include "http_lookups.h"
 #include "log.h"
 #include "result.h"
 #include "timer.h"
@@ -72,6 +73,10 @@ struct http_request {
     bool hop_https, downgraded;
     char *hop_url;
     int64_t retry_after_ms;
+    /* The host whose name the transfer is looking up (owned), counted in
+     * http.lookups from the resolver's socket appearing to its removal;
+     * NULL between lookups. Stopped then, the transfer is parked. */
+    char *lookup_host;
     json_t *outcome;            /* result object, or {"error": {...}} in a batch */
     struct job_error err;
     bool failed;
@@ -105,7 +110,23 @@ static struct {
     struct event *kick;         /* start_waiting() once this loop pass ends */
     struct sock_watch **watches;    /* indexed by fd */
     int nwatches;
+    /* Lookups going, by host, and the transfers stopped during theirs,
+     * parked in the multi handle until it ends (see park()). */
+    struct lookups lookups;
+    struct parked *parked;
+    int nparked;
 } http;
+
+/* A transfer stopped during its name lookup. Removed from the multi handle,
+ * it would leave the resolver's thread running unseen (CURLOPT_QUICK_EXIT);
+ * kept there, detached from its job, its end is seen: the lookup fails
+ * (CURLMSG_DONE) or succeeds and the connection is refused (no OPENSOCKETDATA:
+ * open_socket() says no), and only then is the handle removed. */
+struct parked {
+    CURL *easy;
+    char *host;
+    struct parked *next;
+};
 
 static void start_transfers(struct http_job *hj);
 static void wait_remove(struct http_job *hj);
@@ -158,6 +179,8 @@ static struct sock_watch *watch_of(curl_socket_t s, bool create);
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
 {
     struct http_request *rq = clientp;
+    if (!rq)
+        return CURL_SOCKET_BAD;     /* parked: its job is gone */
     if (!http.d->cfg.http_allow_private && addr_is_private(&addr->addr)) {
         rq->refused_addresses++;
         return CURL_SOCKET_BAD;
@@ -218,6 +241,8 @@ static int before_request(void *clientp, char *primary_ip, char *local_ip, int p
                           int local_port)
 {
     struct http_request *rq = clientp;
+    if (!rq)
+        return CURL_PREREQFUNC_ABORT;
     rq->opened_sockets = rq->refused_addresses = 0;
     if (rq->follow_redirects && refuse_downgrade(rq))
         return CURL_PREREQFUNC_ABORT;
@@ -465,16 +490,130 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
     return 0;
 }
 
+/* ---- name lookups ----------------------------------------------------------- */
+
+/* The host part of URL (malloc'd), or NULL. */
+static char *host_of(const char *url)
+{
+    CURLU *u = curl_url();
+    char *host = NULL, *copy = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        copy = strdup(host);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return copy;
+}
+
+/* The resolver's socket of RQ's transfer appeared: a lookup began (of the
+ * current hop's host: a redirect's target is looked up in its own turn). */
+static void lookup_begin(struct http_request *rq)
+{
+    char *url = NULL;
+    curl_easy_getinfo(rq->easy, CURLINFO_EFFECTIVE_URL, &url);
+    char *host = url ? host_of(url) : NULL;
+    if (host && lookups_begin(&http.lookups, host) == 0)
+        rq->lookup_host = host;
+    else
+        free(host);     /* out of memory: not counted, and not parked */
+}
+
+static void lookup_end(struct http_request *rq)
+{
+    if (!rq->lookup_host)
+        return;
+    lookups_end(&http.lookups, rq->lookup_host, false);
+    free(rq->lookup_host);
+    rq->lookup_host = NULL;
+}
+
+/* Parked transfers hold a connection of libcurl's until their lookup ends:
+ * not one of the http.max_connections that jobs share. */
+static void set_connection_limit(void)
+{
+    curl_multi_setopt(http.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      (long)http.d->cfg.http_max_connections + http.nparked);
+}
+
+/* RQ's transfer is stopped while its name is looked up: leave it in the
+ * multi handle, its job's pointers taken away, until the lookup ends
+ * (unpark()). False when it is not looking a name up (or out of memory): then
+ * the caller removes it. */
+static bool park(struct http_request *rq)
+{
+    struct parked *p = rq->lookup_host ? malloc(sizeof(*p)) : NULL;
+    if (!p)
+        return false;
+    CURL *e = rq->easy;
+    p->easy = e;
+    p->host = rq->lookup_host;
+    rq->lookup_host = NULL;
+    rq->easy = NULL;
+    lookups_abandon(&http.lookups, p->host);
+    p->next = http.parked;
+    http.parked = p;
+    http.nparked++;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);     /* rq->errbuf goes with rq */
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
+    /* libcurl reads its timeouts as it checks them: left as they were, the
+     * job's timeout + 1 s would stop the transfer, and leave the thread
+     * unseen after all. getaddrinfo() gives up on its own (resolv.conf). */
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 86400000L);
+    set_connection_limit();
+    return true;
+}
+
+/* A parked transfer E ended: its lookup did. */
+static void unpark(CURL *e)
+{
+    for (struct parked **pp = &http.parked; *pp; pp = &(*pp)->next) {
+        struct parked *p = *pp;
+        if (p->easy != e)
+            continue;
+        *pp = p->next;
+        curl_multi_remove_handle(http.multi, e);
+        easy_put(e);
+        lookups_end(&http.lookups, p->host, true);
+        free(p->host);
+        free(p);
+        http.nparked--;
+        set_connection_limit();
+        return;
+    }
+}
+
+/* Whether RQ may start: not while lookups of its host, or too many of all
+ * hosts', were abandoned and are still running (http_lookups.c). */
+static bool lookup_admitted(const struct http_request *rq, char *why, size_t size)
+{
+    if (!http.lookups.abandoned)
+        return true;
+    char *host = host_of(rq->url);
+    bool ok = !host || !lookups_needed(host) ||
+              lookups_admit(&http.lookups, host, http.d->cfg.http_max_abandoned_lookups, why,
+                            size);
+    free(host);
+    return ok;
+}
+
 static void request_reset(struct http_request *rq)
 {
     if (rq->easy) {
         if (rq->running) {
-            curl_multi_remove_handle(http.multi, rq->easy);
             http.transfers--;
+            if (!park(rq))
+                curl_multi_remove_handle(http.multi, rq->easy);
         }
-        easy_put(rq->easy);
+        if (rq->easy)
+            easy_put(rq->easy);
         rq->easy = NULL;
     }
+    lookup_end(rq);
     free(rq->errbuf);
     rq->errbuf = NULL;
     rq->running = rq->failed = rq->too_large = rq->over_budget = false;
@@ -635,6 +774,8 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_request *rq = userdata;
     size_t n = size * nmemb;
+    if (!rq)
+        return CURL_WRITEFUNC_ERROR;
     rq->bytes += (int64_t)n;
     /* Counted here: 7.88's MAXFILESIZE misses bodies of unknown length. */
     if (rq->max_bytes && rq->bytes > rq->max_bytes) {
@@ -673,6 +814,8 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_request *rq = userdata;
     size_t n = size * nmemb;
+    if (!rq)
+        return 0;
     if (n > 5 && !strncmp(ptr, "HTTP/", 5)) {
         rq->retry_after_ms = 0;
     } else if (n > 12 && !strncasecmp(ptr, "retry-after:", 12)) {
@@ -918,7 +1061,12 @@ static void check_done(void)
         CURLcode code = msg->data.result;
         struct http_request *rq = NULL;
         curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&rq);
+        if (!rq) {
+            unpark(e);
+            continue;
+        }
         curl_multi_remove_handle(http.multi, e);
+        lookup_end(rq);
         rq->running = false;
         http.transfers--;
         request_outcome(rq, code);
@@ -1011,19 +1159,27 @@ static void start_transfers(struct http_job *hj)
 static bool start_one(struct http_job *hj)
 {
     struct http_request *rq = &hj->reqs[hj->next++];
-    if (request_setup(hj, rq) || curl_multi_add_handle(http.multi, rq->easy) != CURLM_OK) {
-        rq->failed = true;
+    char why[400];
+    if (!lookup_admitted(rq, why, sizeof(why))) {
+        /* Fails now, and is retried (http_error) after the job's delay,
+         * rather than waiting here for a name server that may never answer. */
+        job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",
+                      SHOWN_URL(rq), why);
+    } else if (request_setup(hj, rq) ||
+               curl_multi_add_handle(http.multi, rq->easy) != CURLM_OK) {
         job_error_set(&rq->err, ERR_INTERNAL, "%s: cannot start the transfer", SHOWN_URL(rq));
-        hj->finished++;
-        if (hj->finished == hj->n) {
-            job_report(hj);
-            return false;
-        }
+    } else {
+        rq->running = true;
+        hj->running++;
+        http.transfers++;
         return true;
     }
-    rq->running = true;
-    hj->running++;
-    http.transfers++;
+    rq->failed = true;
+    hj->finished++;
+    if (hj->finished == hj->n) {
+        job_report(hj);
+        return false;
+    }
     return true;
 }
 
@@ -1105,9 +1261,25 @@ static int set_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* A socket libcurl watches but did not open through open_socket(): the
+ * threaded resolver's, there while E looks a name up. */
+static void resolver_socket(CURL *e, bool present)
+{
+    struct http_request *rq = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&rq);
+    if (!rq)
+        return;         /* parked: counted until unpark() */
+    if (present && !rq->lookup_host)
+        lookup_begin(rq);
+    else if (!present)
+        lookup_end(rq);
+}
+
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
     struct sock_watch *w = watch_of(s, what != CURL_POLL_REMOVE);
+    if (w && !w->ours && e)
+        resolver_socket(e, what != CURL_POLL_REMOVE);
     if (what == CURL_POLL_REMOVE) {
         if (w && !w->ours) {
             unregister(w);      /* libcurl closes it next, not through us */
@@ -1174,11 +1346,12 @@ static void http_cancel(struct job *job)
     job_fail(job, ERR_CANCELLED, "http transfer stopped");
 }
 
-void http_counts(int *sockets, int *transfers, int *waiting)
+void http_counts(int *sockets, int *transfers, int *waiting, int *abandoned_lookups)
 {
     *sockets = http.sockets;
     *transfers = http.transfers;
     *waiting = http.waiting;
+    *abandoned_lookups = http.lookups.abandoned;
 }
 
 int http_executor_init(struct daemon *d)
@@ -1210,6 +1383,15 @@ int http_executor_init(struct daemon *d)
 
 void http_executor_shutdown(struct daemon *d)
 {
+    while (http.parked) {
+        struct parked *p = http.parked;
+        http.parked = p->next;
+        curl_multi_remove_handle(http.multi, p->easy);  /* its thread ends alone */
+        curl_easy_cleanup(p->easy);
+        free(p->host);
+        free(p);
+    }
+    lookups_free(&http.lookups);
     while (nspare)
         curl_easy_cleanup(spare[--nspare]);
     if (http.multi)

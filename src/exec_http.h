@@ -9,7 +9,8 @@ int http_executor_init(struct daemon *d);
 void http_executor_shutdown(struct daemon *d);
 
 /* For /metrics: sockets libcurl has open and watched, transfers running,
- * jobs waiting for a transfer slot. */
-void http_counts(int *sockets, int *transfers, int *waiting);
+ * jobs waiting for a transfer slot, name lookups that stopped transfers left
+ * running. */
+void http_counts(int *sockets, int *transfers, int *waiting, int *abandoned_lookups);
 
 #endif

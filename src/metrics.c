@@ -281,14 +281,17 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
         evbuffer_add_printf(out, "jobd_redis_connected{connection=\"%s\"} %d\n",
                             redis_role_name((enum redis_role)r),
                             redis_ready(d->redis, (enum redis_role)r) ? 1 : 0);
-    int http_sockets, http_transfers, http_waiting;
-    http_counts(&http_sockets, &http_transfers, &http_waiting);
+    int http_sockets, http_transfers, http_waiting, http_abandoned;
+    http_counts(&http_sockets, &http_transfers, &http_waiting, &http_abandoned);
     gauge(out, "jobd_http_connections", "HTTP connections libcurl has open and active.",
           http_sockets);
     gauge(out, "jobd_http_transfers", "HTTP transfers running.", http_transfers);
     gauge(out, "jobd_http_waiting",
           "HTTP jobs waiting for a transfer slot (http.max_connections are running).",
           http_waiting);
+    gauge(out, "jobd_http_abandoned_lookups",
+          "Name lookups of stopped HTTP transfers still running on libcurl's resolver threads.",
+          http_abandoned);
     struct pgpool_counts pg;
     pgpool_counts(d->pgpool, &pg);
     evbuffer_add_printf(out, "# HELP jobd_postgres_connections PostgreSQL pool connections by "

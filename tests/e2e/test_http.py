@@ -598,3 +598,69 @@ def test_group_keeps_every_child_record_in_place(r, web, jobd_http):
     assert results[1]["status"] == "succeeded" and results[1]["error"]["code"] == "internal"
     assert results[2]["result"] == {"slept_ms": 1}
     assert rec["result"]["succeeded"] == 3
+
+
+
+def threads_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for {pid}")
+
+
+def test_lookups_abandoned_by_stopped_transfers_are_capped(r, web, resolve_shim, start_jobd):
+    # 200 jobs of 50 ms, three attempts each, to a name whose lookup takes
+    # 3 s: each attempt stops during its lookup. Each such lookup used to be
+    # left on a thread of its own: 595 threads at the peak. Now a transfer
+    # stopped mid-lookup stays parked until the lookup ends, and once the
+    # host has abandoned lookups, at most a quarter of
+    # http.max_abandoned_lookups (64 -> 16) of its lookups go at once: its
+    # jobs fail fast (http_error, retried) meanwhile. Other hosts, by name or
+    # by address, are served promptly all along.
+    admin = free_port()
+    jobd = start_jobd(http__allow_private=True, http__max_connections=10,
+                      admin__listen=f"127.0.0.1:{admin}")
+    pid = jobd.proc.pid
+
+    def abandoned():
+        return parse_metrics(get(f"http://127.0.0.1:{admin}/metrics")[1]).get(
+            "jobd_http_abandoned_lookups")
+
+    base = threads_of(pid)
+    pipe = r.pipeline(transaction=False)
+    for i in range(200):
+        pipe.xadd(f"{NS}:queue", {"job": json.dumps({
+            "id": f"slow{i}", "type": "http", "url": "http://slow-dns.test/", "timeout_ms": 50,
+            "retry": {"attempts": 3, "delay_ms": 100, "jitter": False}})})
+    pipe.execute()
+    started = time.monotonic()
+    peak, healthy, seen_at_2s = base, {}, None
+    while time.monotonic() - started < 4:
+        peak = max(peak, threads_of(pid))
+        if not healthy and time.monotonic() - started > 0.5:
+            for job_id, url in (("by-address", web.url("/bytes/1")),
+                                ("by-name", f"http://localhost:{web.port}/bytes/1")):
+                submit(r, {"id": job_id, "type": "http", "url": url, "timeout_ms": 2000,
+                           "retry": {"attempts": 1}})
+                healthy[job_id] = time.monotonic()
+        if seen_at_2s is None and time.monotonic() - started > 2:
+            # libcurl's own timeout (the job's + 1 s) has passed: the lookups
+            # are still counted, as their threads still run.
+            seen_at_2s = abandoned()
+        time.sleep(0.01)
+    # 16 for the slow host, plus what one pass of 10 transfers may add.
+    print(f"threads: {base} at the start, {peak} at the peak")
+    assert peak - base <= 16 + 10, (base, peak)
+    assert seen_at_2s > 0
+    for job_id, submitted in healthy.items():
+        rec = wait_result(r, job_id, timeout=5)
+        assert rec["status"] == "succeeded", rec
+        assert rec["finished_at"] - rec["started_at"] < 1000, rec
+    recs = [wait_result(r, f"slow{i}", timeout=30) for i in range(200)]
+    assert all(rec["status"] in ("failed", "timed_out") for rec in recs)
+    refused = [rec for rec in recs if "its host is not looked up" in rec["error"]["message"]]
+    assert refused and refused[0]["error"]["code"] == "http_error", recs[0]
+    assert "lookups of slow-dns.test are still unanswered" in refused[0]["error"]["message"]
+    wait_for(lambda: abandoned() == 0, timeout=10, what="the abandoned lookups to end")
+    wait_for(lambda: threads_of(pid) == base, timeout=5, what="the resolver threads to end")
