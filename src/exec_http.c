@@ -1093,7 +1093,12 @@ static void check_done(void)
  * connections, ~700 pending transfers halved bench/run's http rate (jobd
  * 47 -> 99 us of CPU a job). So libcurl gets at most http.max_connections
  * transfers at once; the rest wait here, and jobs take turns, one transfer
- * each, in the order they asked. */
+ * each, in the order they asked.
+ *
+ * Turns alone do not help a job that comes after a batch took every slot
+ * while nobody waited: it waited for one of the batch's requests to end,
+ * however slow, and could time out unstarted. So the last free slot is
+ * kept for a job with no transfer running (may_start). */
 
 static bool wants_transfer(const struct http_job *hj)
 {
@@ -1103,6 +1108,13 @@ static bool wants_transfer(const struct http_job *hj)
 static bool slot_free(void)
 {
     return http.transfers < http.d->cfg.http_max_connections;
+}
+
+/* Whether HJ may take a free slot now: not the last one while it has
+ * transfers running. */
+static bool may_start(const struct http_job *hj)
+{
+    return http.d->cfg.http_max_connections - http.transfers > (hj->running ? 1 : 0);
 }
 
 static void wait_append(struct http_job *hj)
@@ -1145,7 +1157,7 @@ static bool start_one(struct http_job *hj);
 static void start_transfers(struct http_job *hj)
 {
     if (hj && !http.wait_head) {
-        while (wants_transfer(hj) && slot_free())
+        while (wants_transfer(hj) && may_start(hj))
             if (!start_one(hj))
                 return;         /* that ended the job */
     }
@@ -1185,8 +1197,14 @@ static bool start_one(struct http_job *hj)
 
 static void start_waiting(evutil_socket_t fd, short what, void *arg)
 {
-    while (http.wait_head && slot_free()) {
+    while (slot_free()) {
+        /* The first in turn that may start; with one slot left, that is
+         * the first with no transfer running (the others keep their turn). */
         struct http_job *hj = http.wait_head;
+        while (hj && !may_start(hj))
+            hj = hj->qnext;
+        if (!hj)
+            break;
         wait_remove(hj);
         if (start_one(hj) && wants_transfer(hj))
             wait_append(hj);    /* its next turn comes after the others' */

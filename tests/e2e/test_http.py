@@ -145,6 +145,35 @@ def test_jobs_take_turns_for_transfer_slots(r, web, start_jobd):
     assert rec["status"] == "succeeded" and rec["result"]["succeeded"] == 10
 
 
+
+def test_a_batch_holding_every_slot_leaves_one_for_a_later_job(r, web, start_jobd):
+    # A batch at concurrency = http.max_connections, alone, of slow requests
+    # (3 s). A single request that comes after it used to wait for one of
+    # them to end, and its 1.5 s timeout passed before it began. One slot is
+    # kept for a job with no transfer running: the batch runs 3 of its
+    # requests at once, and the single request runs at once.
+    admin = free_port()
+    start_jobd(http__allow_private=True, http__max_connections=4, jobs__timeout_ms=20000,
+               admin__listen=f"127.0.0.1:{admin}")
+
+    def transfers():
+        return parse_metrics(get(f"http://127.0.0.1:{admin}/metrics")[1])["jobd_http_transfers"]
+
+    submit(r, {"id": "batch", "type": "http", "concurrency": 4,
+               "urls": [web.url("/delay/3000") for _ in range(8)]})
+    wait_for(lambda: transfers() == 3, timeout=5, what="3 of the batch's requests running")
+    time.sleep(0.2)
+    assert transfers() == 3     # not 4: the last slot is kept
+    submit(r, {"id": "single", "type": "http", "url": web.url("/bytes/1"), "timeout_ms": 1500,
+               "retry": {"attempts": 1}})
+    rec = wait_result(r, "single", timeout=5)
+    assert rec["status"] == "succeeded", rec
+    assert rec["finished_at"] - rec["started_at"] < 1000, rec
+    assert not r.exists(f"{NS}:result:batch")
+    rec = wait_result(r, "batch", timeout=20)
+    assert rec["status"] == "succeeded" and rec["result"]["succeeded"] == 8, rec
+
+
 def test_records_larger_than_the_socket_buffer_are_written_whole(r, web, start_jobd):
     # Two 3 MB bodies: each outcome transaction (SET + PUBLISH of the record)
     # is far more than one write() to Redis takes, so the rest waits for the
