@@ -228,12 +228,10 @@ static bool parse_number(const char *arg, long lo, long hi, long *out)
     return true;
 }
 
-static redisReply *cmd(const char *fmt, ...)
+/* R, the reply to a command; a lost connection or an error reply ends
+ * jobctl (exit 3). */
+static redisReply *checked(redisReply *r)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(ctl.c, fmt, ap);
-    va_end(ap);
     if (!r) {
         fprintf(stderr, "jobctl: redis: %s\n", ctl.c->errstr);
         exit(EXIT_REDIS);
@@ -246,6 +244,46 @@ static redisReply *cmd(const char *fmt, ...)
         exit(EXIT_REDIS);
     }
     return r;
+}
+
+static redisReply *cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(ctl.c, fmt, ap);
+    va_end(ap);
+    return checked(r);
+}
+
+/* A command queued, not sent: next_reply() sends what is queued and reads
+ * the answers in order, so a batch of commands costs one round trip. */
+static void append(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAppendCommand(ctl.c, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) {
+        fprintf(stderr, "jobctl: redis: %s\n", ctl.c->err ? ctl.c->errstr : "out of memory");
+        exit(EXIT_REDIS);
+    }
+}
+
+/* The next answer to what append() queued. A lost connection ends jobctl
+ * (exit 3); an error reply is returned, the first said and *FAILED set:
+ * the commands queued behind it were sent too, and their answers are still
+ * to be read and told. */
+static redisReply *next_reply(bool *failed)
+{
+    void *r = NULL;
+    if (redisGetReply(ctl.c, &r) != REDIS_OK || !r)
+        return checked(NULL);
+    redisReply *reply = r;
+    if (reply->type == REDIS_REPLY_ERROR && !*failed) {
+        fprintf(stderr, "jobctl: redis: %s\n", reply->str);   /* the first: the cause */
+        *failed = true;
+    }
+    return reply;
 }
 
 static void connect_redis(void)
@@ -310,11 +348,10 @@ struct waited {
     size_t before_len;
 };
 
-/* Redis's clock in ms: jobctl's own may be anything relative to the
- * daemons'. */
-static long long redis_ms(void)
+/* Redis's clock in ms, from R, TIME's reply: jobctl's own may be anything
+ * relative to the daemons'. Frees R. */
+static long long redis_ms(redisReply *r)
 {
-    redisReply *r = cmd("TIME");
     long long ms = 0;
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
         ms = atoll(r->element[0]->str) * 1000 + atoll(r->element[1]->str) / 1000;
@@ -343,16 +380,30 @@ static bool is_this_run(const struct waited *w, const char *text, size_t len)
     return ours;
 }
 
-/* The record under ID now, noted before submitting (see struct waited). */
-static void note_record_before(struct waited *w, const char *id)
+/* R, the reply of a GET of the record under W's id just before its
+ * envelope went, noted (see struct waited). Frees R. */
+static void note_record_before(struct waited *w, redisReply *r)
 {
-    redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
     if (r->type == REDIS_REPLY_STRING && (w->before = malloc(r->len ? r->len : 1))) {
         memcpy(w->before, r->str, r->len);
         w->before_len = r->len;
     }
     freeReplyObject(r);
 }
+
+/* Envelopes sent in one pipelined batch, and at most about this many bytes
+ * of them (an envelope may be as long as limits.max_job_bytes allows):
+ * a round trip a batch instead of one or two an envelope, and hiredis's
+ * buffer stays small. */
+#define SUBMIT_BATCH 256
+#define SUBMIT_BATCH_BYTES (1024 * 1024)
+
+/* An envelope of the batch on its way. */
+struct sending {
+    json_t *parsed;
+    const char *id;             /* its valid id, or own; NULL: none */
+    char own[64];               /* the id jobctl gave a stream entry to wait for */
+};
 
 /* Every line: an envelope. Returns the ids to wait for (stream entry ids for
  * envelopes without one). */
@@ -421,61 +472,96 @@ static int submit(int argc, char **argv)
         snprintf(channel, sizeof(channel), "%s", ctl.channel);
     else
         snprintf(channel, sizeof(channel), "%s:jobs", ctl.ns);
-    int64_t started = mono_ms();
-    json_array_foreach(envelopes, i, text) {
-        /* A line from a file or stdin may hold a NUL byte: all of it goes,
-         * by its length (as "%s" it was cut there, and what came before it
-         * could run as the whole job). jobd rejects what is not JSON. */
-        const char *env = json_string_value(text);
-        size_t env_len = json_string_length(text);
-        json_t *parsed = json_loadb(env, env_len, 0, NULL);
-        const char *id = json_string_value(json_object_get(parsed, "id"));
-        if (id && !valid_id(id))
-            id = NULL;      /* rejected with no result under it: never wait for it */
-        char own[64] = "";
-        if (wait && !id && !publish) {
-            /* jobd stores a result under an "id" field of the entry when the
-             * envelope has no valid id, also when it rejects the envelope (a
-             * rejection without an id has no result, and --wait would never
-             * end). */
-            snprintf(own, sizeof(own), "jobctl-%ld-%lld-%zu", (long)getpid(),
-                     (long long)mono_ms(), i);
-            id = own;
-        }
-        struct waited *w = wait ? &waits[nwaits] : NULL;
-        if (w && id)
-            note_record_before(w, id);
-        /* A published job is queued when a daemon receives it: after now. */
-        if (w && publish)
-            w->since_ms = redis_ms();
-        redisReply *r = publish ? cmd("PUBLISH %s %b", channel, env, env_len)
-                        : own[0] ? cmd("XADD %s * job %b id %s", ctl.stream, env, env_len, own)
-                                 : cmd("XADD %s * job %b", ctl.stream, env, env_len);
-        const char *wait_id = id ? id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
-        if (wait && !wait_id)
-            fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
-                            "waited for\n");
-        if (w && wait_id && (w->id = strdup(wait_id))) {
-            /* A stream job is queued at its entry id's ms, Redis's clock. */
-            if (!publish)
-                w->since_ms = strtoll(r->str, NULL, 10);
-            nwaits++;
-        } else if (w) {
-            free(w->before);    /* the slot is the next envelope's */
-            w->before = NULL;
-        }
-        if (!wait && !bar)
-            printf("%s\n", wait_id ? wait_id : "(published, no id)");
-        freeReplyObject(r);
-        json_decref(parsed);
-        if (bar && !wait && (i % 100 == 99 || i + 1 == total))
-            progress(i + 1, total, started);
+    struct sending *batch = calloc(SUBMIT_BATCH, sizeof(*batch));
+    if (!batch) {
+        fprintf(stderr, "jobctl: out of memory\n");
+        free(waits);
+        json_decref(envelopes);
+        return EXIT_USAGE;
     }
-    int rc = 0;
+    int64_t started = mono_ms();
+    bool failed = false;
+    for (i = 0; i < total && !failed;) {
+        /* A batch's commands are queued in the order they were sent one by
+         * one, a round trip each: an envelope's GET (and TIME) still runs
+         * right before it in Redis, after the envelopes ahead of it, so one
+         * earlier in the same file under the same id is "before" if its
+         * record is there by then, as it was. */
+        size_t first = i, bytes = 0;
+        for (; i < total && i - first < SUBMIT_BATCH && bytes < SUBMIT_BATCH_BYTES; i++) {
+            struct sending *b = &batch[i - first];
+            /* A line from a file or stdin may hold a NUL byte: all of it
+             * goes, by its length (as "%s" it was cut there, and what came
+             * before it could run as the whole job). jobd rejects what is
+             * not JSON. */
+            text = json_array_get(envelopes, i);
+            const char *env = json_string_value(text);
+            size_t env_len = json_string_length(text);
+            b->parsed = json_loadb(env, env_len, 0, NULL);
+            b->id = json_string_value(json_object_get(b->parsed, "id"));
+            if (b->id && !valid_id(b->id))
+                b->id = NULL;   /* rejected with no result under it: never wait for it */
+            b->own[0] = '\0';
+            if (wait && !b->id && !publish) {
+                /* jobd stores a result under an "id" field of the entry when
+                 * the envelope has no valid id, also when it rejects the
+                 * envelope (a rejection without an id has no result, and
+                 * --wait would never end). */
+                snprintf(b->own, sizeof(b->own), "jobctl-%ld-%lld-%zu", (long)getpid(),
+                         (long long)mono_ms(), i);
+                b->id = b->own;
+            }
+            if (wait && b->id)
+                append("GET %s:result:%s", ctl.ns, b->id);
+            /* A published job is queued when a daemon receives it: after now. */
+            if (wait && publish)
+                append("TIME");
+            if (publish)
+                append("PUBLISH %s %b", channel, env, env_len);
+            else if (b->own[0])
+                append("XADD %s * job %b id %s", ctl.stream, env, env_len, b->own);
+            else
+                append("XADD %s * job %b", ctl.stream, env, env_len);
+            bytes += env_len;
+        }
+        for (size_t k = first; k < i; k++) {
+            struct sending *b = &batch[k - first];
+            struct waited *w = wait ? &waits[k] : NULL;
+            if (w && b->id)
+                note_record_before(w, next_reply(&failed));
+            if (w && publish)
+                w->since_ms = redis_ms(next_reply(&failed));
+            redisReply *r = next_reply(&failed);
+            const char *wait_id =
+                b->id ? b->id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
+            if (r->type == REDIS_REPLY_ERROR)
+                wait_id = NULL;     /* not submitted: said above */
+            else if (wait && !wait_id)
+                fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
+                                "waited for\n");
+            if (w && wait_id && (w->id = strdup(wait_id))) {
+                /* A stream job is queued at its entry id's ms, Redis's clock. */
+                if (!publish)
+                    w->since_ms = strtoll(r->str, NULL, 10);
+                nwaits++;
+            } else if (w) {
+                free(w->before);    /* never waited for */
+                w->before = NULL;
+            }
+            if (!wait && !bar && r->type != REDIS_REPLY_ERROR)
+                printf("%s\n", wait_id ? wait_id : "(published, no id)");
+            freeReplyObject(r);
+            json_decref(b->parsed);
+            if (bar && !wait && (k % 100 == 99 || k + 1 == total))
+                progress(k + 1, total, started);
+        }
+    }
+    free(batch);
+    int rc = failed ? EXIT_REDIS : 0;
     size_t done = 0;
     started = mono_ms();
-    while (done < nwaits) {
-        for (size_t k = 0; k < nwaits; k++) {
+    while (!failed && done < nwaits) {
+        for (size_t k = 0; k < total; k++) {
             struct waited *w = &waits[k];
             if (!w->id)
                 continue;           /* its record came */
@@ -499,7 +585,7 @@ static int submit(int argc, char **argv)
         if (done < nwaits)
             usleep(20000);
     }
-    for (size_t k = 0; k < nwaits; k++) {
+    for (size_t k = 0; wait && k < total; k++) {
         free(waits[k].id);
         free(waits[k].before);
     }

@@ -5,6 +5,7 @@ import subprocess
 import time
 
 from conftest import NS, REPO, submit, wait_for, wait_result
+from redis_proxy import ForwardingProxy
 
 JOBCTL = os.path.join(os.path.dirname(os.environ.get("JOBD_BIN", REPO + "/src/jobd")), "jobctl")
 
@@ -493,3 +494,44 @@ def test_stats_keeps_counter_names_apart_past_a_nul_byte(r, start_jobd):
     assert json.loads(ctl(daemon, "--json", "stats").stdout) == {"a\x00x": 1, "a\x00y": 2}
     text = ctl(daemon, "stats").stdout.splitlines()
     assert sorted(line.split() for line in text) == [["a?x", "1"], ["a?y", "2"]], text
+
+
+class SentChunks(ForwardingProxy):
+    """Keeps what the client sends, chunk by chunk: a client that waits for
+    each answer before its next command sends a chunk a command."""
+
+    def __init__(self, redis_port):
+        super().__init__(redis_port)
+        self.chunks = []
+
+    def forward(self, data, src, dst, state, upstream):
+        if upstream:
+            self.chunks.append(data)
+        dst.sendall(data)
+        return True
+
+
+def test_submit_wait_sends_a_file_of_envelopes_in_one_round_trip(r, redis_server, start_jobd,
+                                                                  tmp_path):
+    # --wait read each id's record (GET) and then sent its envelope (XADD),
+    # each waiting for its answer: two round trips an envelope, one after
+    # another. Now a batch of them goes at once, each GET still right before
+    # its XADD; a record an earlier run left is still not taken for this one's.
+    daemon = start_jobd()
+    r.set(f"{NS}:result:f3", json.dumps({"id": "f3", "status": "failed", "queued_at": 1}))
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_text("".join(json.dumps({"id": f"f{i}", "type": "sleep", "ms": 1}) + "\n"
+                            for i in range(40)))
+    proxy = SentChunks(redis_server.port)
+    try:
+        out = subprocess.run([JOBCTL, "-c", str(daemon.conf), "-p", str(proxy.port), "submit",
+                              "--wait", f"@{jobs}"], capture_output=True, text=True, timeout=30)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(rec["id"] for rec in records) == sorted(f"f{i}" for i in range(40))
+    assert all(rec["status"] == "succeeded" for rec in records), records
+    sends = [c for c in proxy.chunks if b"XADD" in c]
+    assert sum(c.count(b"\r\nXADD\r\n") for c in sends) == 40
+    assert len(sends) <= 2, f"{len(sends)} round trips to send 40 envelopes"
