@@ -405,6 +405,27 @@ struct sending {
     char own[64];               /* the id jobctl gave a stream entry to wait for */
 };
 
+/* R, the answer to a GET of W's record: when it is this run's, printed,
+ * counted in *DONE, and W is done (RC: 1 if it did not succeed). */
+static void poll_reply(struct waited *w, const redisReply *r, bool bar, int *rc, size_t *done,
+                       size_t nwaits, int64_t started)
+{
+    if (r->type != REDIS_REPLY_STRING || !is_this_run(w, r->str, r->len))
+        return;
+    json_t *rec = json_loadb(r->str, r->len, 0, NULL);
+    const char *status = json_string_value(json_object_get(rec, "status"));
+    if (!status || strcmp(status, "succeeded"))
+        *rc = EXIT_JOB;
+    if (!bar)
+        print_json(r->str, r->len);
+    json_decref(rec);
+    free(w->id);
+    w->id = NULL;
+    (*done)++;
+    if (bar)
+        progress(*done, nwaits, started);
+}
+
 /* Every line: an envelope. Returns the ids to wait for (stream entry ids for
  * envelopes without one). */
 static int submit(int argc, char **argv)
@@ -561,30 +582,29 @@ static int submit(int argc, char **argv)
     size_t done = 0;
     started = mono_ms();
     while (!failed && done < nwaits) {
-        for (size_t k = 0; k < total; k++) {
-            struct waited *w = &waits[k];
-            if (!w->id)
-                continue;           /* its record came */
-            redisReply *r = cmd("GET %s:result:%s", ctl.ns, w->id);
-            if (r->type == REDIS_REPLY_STRING && is_this_run(w, r->str, r->len)) {
-                json_t *rec = json_loadb(r->str, r->len, 0, NULL);
-                const char *status = json_string_value(json_object_get(rec, "status"));
-                if (!status || strcmp(status, "succeeded"))
-                    rc = EXIT_JOB;
-                if (!bar)
-                    print_json(r->str, r->len);
-                json_decref(rec);
-                free(w->id);
-                w->id = NULL;
-                done++;
-                if (bar)
-                    progress(done, nwaits, started);
+        /* Every record still awaited, SUBMIT_BATCH GETs a round trip (one
+         * each was a pass of N round trips). */
+        for (size_t k = 0, from = 0; k < total && !failed; from = k) {
+            for (size_t asked = 0; k < total && asked < SUBMIT_BATCH; k++) {
+                if (waits[k].id) {
+                    append("GET %s:result:%s", ctl.ns, waits[k].id);
+                    asked++;
+                }
             }
-            freeReplyObject(r);
+            for (size_t j = from; j < k; j++) {
+                struct waited *w = &waits[j];
+                if (!w->id)
+                    continue;       /* its record came */
+                redisReply *r = next_reply(&failed);
+                poll_reply(w, r, bar, &rc, &done, nwaits, started);
+                freeReplyObject(r);
+            }
         }
-        if (done < nwaits)
+        if (!failed && done < nwaits)
             usleep(20000);
     }
+    if (failed)
+        rc = EXIT_REDIS;
     for (size_t k = 0; wait && k < total; k++) {
         free(waits[k].id);
         free(waits[k].before);

@@ -535,3 +535,25 @@ def test_submit_wait_sends_a_file_of_envelopes_in_one_round_trip(r, redis_server
     sends = [c for c in proxy.chunks if b"XADD" in c]
     assert sum(c.count(b"\r\nXADD\r\n") for c in sends) == 40
     assert len(sends) <= 2, f"{len(sends)} round trips to send 40 envelopes"
+
+
+def test_submit_wait_asks_for_the_records_it_waits_for_in_one_round_trip(r, redis_server,
+                                                                         start_jobd, tmp_path):
+    # Each pass of --wait's poll (every 20 ms) read every record still awaited
+    # with a GET of its own: N round trips a pass. Now one for all of them.
+    daemon = start_jobd()
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_text("".join(json.dumps({"id": f"s{i}", "type": "sleep", "ms": 400}) + "\n"
+                            for i in range(40)))
+    proxy = SentChunks(redis_server.port)
+    try:
+        out = subprocess.run([JOBCTL, "-c", str(daemon.conf), "-p", str(proxy.port), "submit",
+                              "--wait", f"@{jobs}"], capture_output=True, text=True, timeout=30)
+    finally:
+        proxy.close()
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(rec["id"] for rec in records) == sorted(f"s{i}" for i in range(40))
+    polls = [c for c in proxy.chunks if b"XADD" not in c and b"\r\nGET\r\n" in c]
+    gets = sum(c.count(b"\r\nGET\r\n") for c in polls)
+    assert gets >= 40 and len(polls) <= gets / 10, f"{gets} GETs in {len(polls)} round trips"
