@@ -176,6 +176,11 @@ struct pending {
     int first_cmd, ncmds;       /* its commands' places in the EXEC reply */
     char *put_back_stream;      /* a put-back's stream, as written (else NULL) */
     bool key_wrong;             /* checked after a lost reply: its key is of another type */
+    /* Its result record as stored, kept for its reply_to until the EXEC
+     * reply (publish_replies()); NULL without reply_to, or once a lost
+     * reply leaves the transaction unsettled. */
+    char *reply_text;
+    size_t reply_len;
 };
 
 struct txn {
@@ -297,8 +302,10 @@ static void publish_replies(struct daemon *d, const struct txn *t);
 
 static void txn_free(struct txn *t)
 {
-    for (int i = 0; i < t->n; i++)
+    for (int i = 0; i < t->n; i++) {
         free(t->items[i].put_back_stream);
+        free(t->items[i].reply_text);
+    }
     free(t);
 }
 
@@ -496,14 +503,15 @@ static void reply_published(struct redis *r, redisReply *reply, void *priv)
 static void publish_replies(struct daemon *d, const struct txn *t)
 {
     for (int i = 0; i < t->n; i++) {
-        const struct job *job = t->items[i].job;
+        const struct pending *p = &t->items[i];
+        const struct job *job = p->job;
         if (job->write_kind != WRITE_RESULT || !job->reply_to)
             continue;
-        size_t len;
-        char *text = record_text(d, job, &len);
-        if (!text)
+        size_t len = p->reply_len;
+        char *text = p->reply_text ? NULL : record_text(d, job, &len);
+        if (!p->reply_text && !text)
             continue;
-        const char *argv[] = {"PUBLISH", job->reply_to, text};
+        const char *argv[] = {"PUBLISH", job->reply_to, p->reply_text ? p->reply_text : text};
         const size_t lens[] = {7, strlen(job->reply_to), len};
         redis_send(d->redis, REDIS_CMD, reply_published, NULL, 0, 3, argv, lens);
         free(text);
@@ -562,6 +570,12 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
         return;
     }
     if (!reply) {
+        /* Its records are written again for reply_to if it turns out to
+         * have run: not held through an outage meanwhile. */
+        for (int i = 0; i < t->n; i++) {
+            free(t->items[i].reply_text);
+            t->items[i].reply_text = NULL;
+        }
         list_append(&unsettled, &t->link);
         lost.outcomes += t->n;
         return;
@@ -665,8 +679,12 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
     free(err);
 }
 
-static int write_result(struct daemon *d, struct job *job)
+/* P's result record, stored and published on NS:events; kept in P for its
+ * reply_to, which is published after the transaction (publish_replies()),
+ * so that the record is written once. */
+static int write_result(struct daemon *d, struct pending *p)
 {
+    struct job *job = p->job;
     char key[RESULT_KEY_SIZE], ttl[24];
     size_t len;
     char *text = record_text(d, job, &len);
@@ -709,7 +727,12 @@ static int write_result(struct daemon *d, struct job *job)
     queue_command(d, 3, pub, lens);
     if (result_goes_to_dead(job))
         send_dead_letter(d, job);
-    free(text);
+    if (job->reply_to) {
+        p->reply_text = text;
+        p->reply_len = len;
+    } else {
+        free(text);
+    }
     return 0;
 }
 
@@ -822,7 +845,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             int rc = 0;
             t->items[i].first_cmd = queued_in_txn;
             switch (job->write_kind) {
-            case WRITE_RESULT: rc = write_result(d, job); break;
+            case WRITE_RESULT: rc = write_result(d, &t->items[i]); break;
             case WRITE_SCHEDULE: rc = write_schedule(d, job); break;
             case WRITE_REQUEUE: rc = write_requeue(d, job); break;
             }

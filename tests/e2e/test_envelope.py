@@ -241,3 +241,28 @@ def test_a_reply_to_channel_redis_refuses_does_not_block_outcomes(r, start_jobd)
     wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, timeout=5,
              what="every entry acknowledged")
     assert d.stop() == 0
+
+
+def test_reply_to_gets_the_stored_record_byte_for_byte(r, start_jobd):
+    # The record is written once and the same text goes to NS:result:<id>,
+    # NS:events and reply_to (it was written twice: once more for reply_to).
+    start_jobd()
+    reply = r.pubsub()
+    reply.subscribe("client:bytes")
+    events = r.pubsub()
+    events.subscribe(f"{NS}:events")
+    for channel in (reply, events):
+        wait_for(lambda: channel.get_message(timeout=0.2), what="the subscription")
+    submit(r, {"id": "bytes", "type": "hash", "data": "d\u00e9j\u00e0 \u2603", "iterations": 3,
+               "reply_to": "client:bytes"})
+    submit(r, {"id": "bytes-bad", "type": "sleep", "ms": "x", "reply_to": "client:bytes"})
+    got = [wait_for(lambda: reply.get_message(timeout=0.2), what="the records on reply_to")
+           for _ in range(2)]
+    seen = [wait_for(lambda: events.get_message(timeout=0.2), what="the records on NS:events")
+            for _ in range(2)]
+    by_id = {json.loads(m["data"])["id"]: m["data"] for m in got}
+    assert sorted(by_id) == ["bytes", "bytes-bad"]
+    assert sorted(m["data"] for m in seen) == sorted(by_id.values())
+    for job_id, text in by_id.items():
+        assert r.get(f"{NS}:result:{job_id}") == text
+    assert json.loads(by_id["bytes-bad"])["status"] == "rejected"

@@ -1050,3 +1050,24 @@ def test_a_drain_whose_unsubscribe_is_never_confirmed_still_exits(r, redis_serve
         assert not r.exists(daemon.worker_key())
     finally:
         proxy.close()
+
+
+def test_reply_to_still_gets_a_record_whose_exec_reply_was_lost(r, redis_server, start_jobd):
+    # The record kept for reply_to is dropped when the EXEC reply is lost
+    # (not held through an outage); once Redis says the transaction ran, the
+    # record is written again and published, the same text as stored.
+    proxy = ExecReplyDropper(redis_server.port, trigger=b":result:lost-reply")
+    reply = r.pubsub()
+    reply.subscribe("client:lost")
+    wait_for(lambda: reply.get_message(timeout=0.2), what="the subscription")
+    try:
+        start_jobd(redis__port=proxy.port)
+        submit(r, {"id": "lost-reply", "type": "sleep", "ms": 1, "reply_to": "client:lost"})
+        wait_for(lambda: proxy.dropped == 1, what="the dropped reply")
+        msg = wait_for(lambda: reply.get_message(timeout=0.2), what="the record on reply_to")
+        assert msg["data"] == r.get(f"{NS}:result:lost-reply")
+        assert json.loads(msg["data"])["status"] == "succeeded"
+        time.sleep(0.5)
+        assert reply.get_message(timeout=0.2) is None     # once
+    finally:
+        proxy.close()
