@@ -14,7 +14,8 @@
  * set (member: the id; score: when the cancel expires, ms since the epoch),
  * which every daemon reads again whenever its stream connection comes up
  * and whenever its subscriptions are confirmed (so a cancel written before
- * the SUBSCRIBE is read, and one after it heard). `jobctl cancel` writes
+ * the SUBSCRIBE is read, and one after it heard); once for both when they
+ * come up together (intake.c, stream_up()). `jobctl cancel` writes
  * there too, so a cancel reaches jobs that wait while no daemon runs at all.
  * A job waiting in NS:scheduled longer than that is made due at once by
  * the scheduler's sweep (scheduler.h), so that it ends cancelled in time.

@@ -20,6 +20,10 @@
 #define READ_GRACE_MS 5000
 #define HEARTBEAT_EVERY_MS 2000
 #define HEARTBEAT_LIMIT_MS 6000
+/* How long the stream connection's read of NS:cancels waits for the
+ * subscriptions' confirmation to do it for both (stream_up()): a
+ * subscriber that fails to connect calls no hook. */
+#define STREAM_WAITS_SUBS_MS 1000
 #define READ_RETRY_MS 1000
 /* How often a stream that cannot be read (a key of another type, a key the
  * ACL user may not touch) is asked about again. */
@@ -47,6 +51,13 @@ struct intake {
     long long stream_client_id; /* CLIENT ID of the stream connection; 0: not known */
     int groups_waiting;
     int subs_expected, subs_confirmed;
+    /* NS:cancels is read by the stream connection before its first read
+     * of jobs, and once the subscriptions are confirmed. When both come up
+     * together (start-up, Redis back), one read serves both: the stream's,
+     * held until the confirmation (see stream_read_cancels()). */
+    bool stream_awaits_subs;    /* the stream's read is held for it */
+    bool stream_read_for_subs;  /* the stream's read in flight is the confirmation's too */
+    struct event *subs_wait;    /* ends stream_awaits_subs */
     /* The end of a drain: UNSUBSCRIBE sent, and every message Redis
      * delivered before it read (parked) once it is confirmed. */
     bool unsubscribing, unsubscribed;
@@ -444,7 +455,31 @@ static void client_id_reply(struct redis *r, redisReply *reply, void *priv)
 
 static void stream_cancels_read(void *arg)
 {
-    create_groups(arg, false);
+    struct intake *in = arg;
+    in->stream_read_for_subs = false;
+    create_groups(in, false);
+}
+
+/* Subscriptions on their way: the subscriber connecting, or its
+ * subscriptions sent and not all confirmed yet. */
+static bool subs_pending(const struct intake *in)
+{
+    struct redis *r = in->d->redis;
+    return !in->unsubscribing &&
+           (redis_connecting(r, REDIS_SUB) ||
+            (redis_ready(r, REDIS_SUB) && in->subs_confirmed < in->subs_expected));
+}
+
+/* The stream connection's read of NS:cancels, before its groups, so its
+ * first read of jobs: a job waiting in the stream whose cancel this daemon
+ * never heard ends cancelled. FOR_SUBS: sent after the subscriptions were
+ * confirmed, it is also the read that follows them (sub_message()). */
+static void stream_read_cancels(struct intake *in, bool for_subs)
+{
+    in->stream_awaits_subs = false;
+    evtimer_del(in->subs_wait);
+    in->stream_read_for_subs = for_subs;
+    cancels_load(in->d->cancels, REDIS_STREAM, stream_cancels_read, in);
 }
 
 static void stream_up(void *arg)
@@ -455,9 +490,21 @@ static void stream_up(void *arg)
     in->stream_client_id = 0;
     const char *argv[] = {"CLIENT", "ID"};
     redis_send(in->d->redis, REDIS_STREAM, client_id_reply, in, 0, 2, argv, NULL);
-    /* The groups, so the first read, once NS:cancels is read: a job waiting
-     * in the stream whose cancel this daemon never heard ends cancelled. */
-    cancels_load(in->d->cancels, REDIS_STREAM, stream_cancels_read, in);
+    /* Subscriptions on their way (both connections just came up): their
+     * confirmation reads NS:cancels anyway, a round trip from now, so the
+     * stream's read waits for it and serves both; a subscriber that goes
+     * instead lets it go at once (sub_down()). */
+    if (subs_pending(in) && timer_add_ms(in->subs_wait, STREAM_WAITS_SUBS_MS) == 0)
+        in->stream_awaits_subs = true;
+    else
+        stream_read_cancels(in, false);
+}
+
+static void subs_wait_over(evutil_socket_t fd, short what, void *arg)
+{
+    struct intake *in = arg;
+    if (in->stream_awaits_subs)
+        stream_read_cancels(in, false);
 }
 
 static void stream_down(void *arg)
@@ -468,6 +515,13 @@ static void stream_down(void *arg)
     in->groups_ready = false;
     in->announced = false;
     in->stream_client_id = 0;
+    in->stream_awaits_subs = false;
+    evtimer_del(in->subs_wait);
+    /* Lost with its read unanswered: the confirmation's read is still owed. */
+    if (in->stream_read_for_subs) {
+        in->stream_read_for_subs = false;
+        cancels_load(in->d->cancels, REDIS_CMD, NULL, NULL);
+    }
 }
 
 static void linger_done(void *arg)
@@ -696,9 +750,14 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
         /* Every subscription confirmed: cancels published while NS:control
          * was not heard were kept in NS:cancels by another daemon, or by
          * jobctl. Read after the SUBSCRIBE, not at connect: a cancel written
-         * in between would be in neither. */
-        if (++in->subs_confirmed == in->subs_expected)
-            cancels_load(in->d->cancels, REDIS_CMD, NULL, NULL);
+         * in between would be in neither. A stream connection whose own
+         * read waited for this does it now, for both. */
+        if (++in->subs_confirmed == in->subs_expected) {
+            if (in->stream_awaits_subs)
+                stream_read_cancels(in, true);
+            else
+                cancels_load(in->d->cancels, REDIS_CMD, NULL, NULL);
+        }
         maybe_announce(in);
         return;
     }
@@ -782,6 +841,10 @@ static void sub_down(void *arg)
         in->unsubscribed = true;    /* what it still held is gone with it */
     in->subs_confirmed = 0;
     in->announced = false;
+    /* No confirmation coming: the stream reads for itself; this connection
+     * reads again once its subscriptions are confirmed. */
+    if (in->stream_awaits_subs)
+        stream_read_cancels(in, false);
 }
 
 /* The subscriber cannot PING in 0.14.1: publish to our private channel from
@@ -832,9 +895,10 @@ struct intake *intake_create(struct daemon *d)
     in->linger = precise_timer_new(d->base, linger_done, in);
     in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
     in->unreadable_timer = evtimer_new(d->base, recheck_unreadable, in);
+    in->subs_wait = evtimer_new(d->base, subs_wait_over, in);
     in->streams = calloc((size_t)d->cfg.nstreams, sizeof(*in->streams));
     if (!in->retry_timer || !in->linger || !in->ping_timer || !in->unreadable_timer ||
-        !in->streams) {
+        !in->subs_wait || !in->streams) {
         intake_free(in);
         return NULL;
     }
@@ -857,6 +921,8 @@ void intake_free(struct intake *in)
         event_free(in->ping_timer);
     if (in->unreadable_timer)
         event_free(in->unreadable_timer);
+    if (in->subs_wait)
+        event_free(in->subs_wait);
     free(in->streams);
     free(in);
 }

@@ -449,6 +449,11 @@ bool redis_ready(const struct redis *r, enum redis_role role)
     return r->conns[role].state == CONN_READY && r->conns[role].ac;
 }
 
+bool redis_connecting(const struct redis *r, enum redis_role role)
+{
+    return r->conns[role].state == CONN_CONNECTING || r->conns[role].state == CONN_HANDSHAKE;
+}
+
 redisAsyncContext *redis_context(struct redis *r, enum redis_role role)
 {
     return redis_ready(r, role) ? r->conns[role].ac : NULL;

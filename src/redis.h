@@ -37,6 +37,8 @@ void redis_start(struct redis *r);
 void redis_free(struct redis *r);
 
 bool redis_ready(const struct redis *r, enum redis_role role);
+/* Connecting or authenticating: ready soon, or failed (no down hook then). */
+bool redis_connecting(const struct redis *r, enum redis_role role);
 /* "command", "subscriber" or "stream". */
 const char *redis_role_name(enum redis_role role);
 

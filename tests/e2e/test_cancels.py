@@ -1,9 +1,10 @@
 """NS:cancels (src/cancels.c and its callers): the cases a review of the
 first version found, each failing on it."""
 import signal
+import subprocess
 import time
 
-from conftest import (NS, Jobd, RedisServer, cancel, free_port, submit, wait_for,
+from conftest import (NS, Jobd, RedisServer, cancel, free_port, publish, submit, wait_for,
                       wait_result)
 from test_cancel_sweep import clock_shim  # noqa: F401 (a fixture)
 from redis_proxy import ForwardingProxy
@@ -135,6 +136,70 @@ def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
         assert heard == 0   # the window: subscriber up, not yet subscribed
         rec = wait_result(r, "w", timeout=15)
         assert rec["status"] == "cancelled", rec
+    finally:
+        daemon.stop()
+        proxy.close()
+        server.kill()
+
+
+
+def cancel_reads(monitor_lines):
+    return [line for line in monitor_lines
+            if "ZREVRANGEBYSCORE" in line and f"{NS}:cancels" in line]
+
+
+def test_start_up_reads_ns_cancels_once(r, redis_server, start_jobd):
+    # The stream connection read NS:cancels before its groups, and the
+    # subscriber's confirmation read it again a moment later: two reads at
+    # every start. Now the stream's read waits for the confirmation and
+    # serves both.
+    seen = []
+    monitor = subprocess.Popen(["redis-cli", "-p", str(redis_server.port), "monitor"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: r.execute_command("CLIENT", "LIST", "TYPE", "normal").count("cmd=monitor")
+                 >= 1, what="MONITOR")
+        daemon = start_jobd()
+        submit(r, {"id": "after", "type": "sleep", "ms": 1})
+        wait_result(r, "after")
+        time.sleep(0.3)
+    finally:
+        monitor.terminate()
+        seen = monitor.stdout.read().splitlines()
+        monitor.wait()
+    assert "redis stream connection ready" in daemon.log_text()
+    assert len(cancel_reads(seen)) == 1, "\n".join(seen[:40])
+
+
+def test_a_cancel_written_before_the_subscribe_at_start_up_is_not_lost(tmp_path):
+    # At start-up the one read of NS:cancels must still come after the
+    # subscriptions are confirmed: a cancel kept while they are on their way
+    # reaches a job published once the daemon is ready, as it did. The
+    # stream's jobs are read after that read too now: one waiting there
+    # with such a cancel never starts (it ran when the stream connection
+    # read NS:cancels and its jobs before the cancel was kept). The delay is
+    # under the stream's wait for the confirmation (1 s).
+    server = RedisServer(tmp_path)
+    r = server.client
+    proxy = SubscribeDelayer(server.port)
+    proxy.delay = 0.5
+    daemon = Jobd(tmp_path, proxy.port)
+    try:
+        submit(r, {"id": "queued", "type": "sleep", "ms": 1})
+        daemon.start(wait=False)
+        wait_for(lambda: "redis subscriber connection ready" in daemon.log_text()
+                 and "redis stream connection ready" in daemon.log_text(),
+                 what="the connections up, the SUBSCRIBEs held")
+        for job_id in ("queued", "pub"):
+            r.zadd(f"{NS}:cancels", {job_id: time.time() * 1000 + 3_600_000})
+            assert cancel(r, job_id) == 0   # the window: not subscribed yet
+        daemon.wait_ready()
+        wait_for(lambda: publish(r, {"id": "pub", "type": "sleep", "ms": 1}) == 1,
+                 what="the job channel subscribed")
+        for job_id in ("pub", "queued"):
+            rec = wait_result(r, job_id, timeout=15)
+            assert rec["status"] == "cancelled", rec
+        assert "job queued: attempt 1" not in daemon.log_text()
     finally:
         daemon.stop()
         proxy.close()
