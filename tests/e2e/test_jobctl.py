@@ -511,17 +511,12 @@ class SentChunks(ForwardingProxy):
         return True
 
 
-def test_submit_wait_sends_a_file_of_envelopes_in_one_round_trip(r, redis_server, start_jobd,
-                                                                  tmp_path):
-    # --wait read each id's record (GET) and then sent its envelope (XADD),
-    # each waiting for its answer: two round trips an envelope, one after
-    # another. Now a batch of them goes at once, each GET still right before
-    # its XADD; a record an earlier run left is still not taken for this one's.
-    daemon = start_jobd()
-    r.set(f"{NS}:result:f3", json.dumps({"id": "f3", "status": "failed", "queued_at": 1}))
+def submit_wait_through_proxy(redis_server, daemon, tmp_path, ids, ms):
+    """jobctl submit --wait of sleep jobs IDS from a file, sent through a
+    SentChunks proxy; returns (the records printed, the chunks sent)."""
     jobs = tmp_path / "jobs.ndjson"
-    jobs.write_text("".join(json.dumps({"id": f"f{i}", "type": "sleep", "ms": 1}) + "\n"
-                            for i in range(40)))
+    jobs.write_text("".join(json.dumps({"id": i, "type": "sleep", "ms": ms}) + "\n"
+                            for i in ids))
     proxy = SentChunks(redis_server.port)
     try:
         out = subprocess.run([JOBCTL, "-c", str(daemon.conf), "-p", str(proxy.port), "submit",
@@ -530,9 +525,22 @@ def test_submit_wait_sends_a_file_of_envelopes_in_one_round_trip(r, redis_server
         proxy.close()
     assert out.returncode == 0, (out.stdout, out.stderr)
     records = [json.loads(line) for line in out.stdout.splitlines()]
-    assert sorted(rec["id"] for rec in records) == sorted(f"f{i}" for i in range(40))
+    assert sorted(rec["id"] for rec in records) == sorted(ids)
     assert all(rec["status"] == "succeeded" for rec in records), records
-    sends = [c for c in proxy.chunks if b"XADD" in c]
+    return records, proxy.chunks
+
+
+def test_submit_wait_sends_a_file_of_envelopes_in_one_round_trip(r, redis_server, start_jobd,
+                                                                  tmp_path):
+    # --wait read each id's record (GET) and then sent its envelope (XADD),
+    # each waiting for its answer: two round trips an envelope, one after
+    # another. Now a batch of them goes at once, each GET still right before
+    # its XADD; a record an earlier run left is still not taken for this one's.
+    daemon = start_jobd()
+    r.set(f"{NS}:result:f3", json.dumps({"id": "f3", "status": "failed", "queued_at": 1}))
+    _, chunks = submit_wait_through_proxy(redis_server, daemon, tmp_path,
+                                          [f"f{i}" for i in range(40)], 1)
+    sends = [c for c in chunks if b"XADD" in c]
     assert sum(c.count(b"\r\nXADD\r\n") for c in sends) == 40
     assert len(sends) <= 2, f"{len(sends)} round trips to send 40 envelopes"
 
@@ -542,18 +550,8 @@ def test_submit_wait_asks_for_the_records_it_waits_for_in_one_round_trip(r, redi
     # Each pass of --wait's poll (every 20 ms) read every record still awaited
     # with a GET of its own: N round trips a pass. Now one for all of them.
     daemon = start_jobd()
-    jobs = tmp_path / "jobs.ndjson"
-    jobs.write_text("".join(json.dumps({"id": f"s{i}", "type": "sleep", "ms": 400}) + "\n"
-                            for i in range(40)))
-    proxy = SentChunks(redis_server.port)
-    try:
-        out = subprocess.run([JOBCTL, "-c", str(daemon.conf), "-p", str(proxy.port), "submit",
-                              "--wait", f"@{jobs}"], capture_output=True, text=True, timeout=30)
-    finally:
-        proxy.close()
-    assert out.returncode == 0, (out.stdout, out.stderr)
-    records = [json.loads(line) for line in out.stdout.splitlines()]
-    assert sorted(rec["id"] for rec in records) == sorted(f"s{i}" for i in range(40))
-    polls = [c for c in proxy.chunks if b"XADD" not in c and b"\r\nGET\r\n" in c]
+    _, chunks = submit_wait_through_proxy(redis_server, daemon, tmp_path,
+                                          [f"s{i}" for i in range(40)], 400)
+    polls = [c for c in chunks if b"XADD" not in c and b"\r\nGET\r\n" in c]
     gets = sum(c.count(b"\r\nGET\r\n") for c in polls)
     assert gets >= 40 and len(polls) <= gets / 10, f"{gets} GETs in {len(polls)} round trips"
