@@ -620,8 +620,11 @@ static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
         old = old->next;
     if (old)
         stand_in_drop(pool, old);
-    if (pool->nstand_ins >= STAND_INS_MAX)
+    if (pool->nstand_ins >= STAND_INS_MAX) {
+        log_info("job %s: what its attempt's query does is not kept for a retry (%d kept "
+                 "already); its retry runs the query again", s->job_id, pool->nstand_ins);
         return false;
+    }
     s->keep = true;
     s->next = pool->stand_ins;
     pool->stand_ins = s;

@@ -481,6 +481,96 @@ def test_a_timed_out_insert_queued_behind_a_slow_one_runs_once(r, pg, start_jobd
     assert pg.psql("SELECT count(*) FROM items WHERE name = 'once'") == "1"
 
 
+def log_ids(daemon, pattern):
+    """The job ids of the daemon's log lines "job <id>: PATTERN..."."""
+    return re.findall(r"job (\S+): " + re.escape(pattern), daemon.log_text())
+
+
+def test_past_1000_stand_ins_kept_a_retry_runs_its_query_again(r, pg, start_jobd):
+    # 1,005 inserts time out queued behind slow queries on 4 connections: a
+    # stand-in takes each one's place. 1,000 are kept for their retries
+    # (STAND_INS_MAX); the last 5 are not, and say so. The cancels go through
+    # a proxy that delays them, so every statement runs to its end: a
+    # retry that takes a kept answer leaves one row, one whose stand-in was
+    # not kept runs its insert again (two rows). Nothing crashes, every job
+    # succeeds, and the daemon's memory stays where it was.
+    n = 1005
+    with DelayProxy(pg.port, delay=0) as proxy:
+        daemon = start_jobd(**config_for(pg, 256, postgres__conninfo=via(proxy),
+                                         postgres__min_size=4, postgres__max_size=4,
+                                         limits__max_inflight=2000))
+        wait_for(lambda: jobd_connections(pg) == 4, what="4 connections")
+        assert run(r, "first", query="insert", params=["first"])["status"] == "succeeded"
+        rss_before = rss_kb(daemon.proc.pid)
+        proxy.connect_delay = 4.0
+        submit_round(r, [f"slow{i}" for i in range(4)], query="nap", params=[1.5])
+        wait_for(lambda: backends_running_sleep(pg) == 4, what="4 slow queries running")
+        ids = [f"s{i:04d}" for i in range(n)]
+        started = time.monotonic()
+        pipe = r.pipeline(transaction=False)
+        for i in ids:
+            pipe.xadd(f"{NS}:queue", {"job": json.dumps({
+                "id": i, "type": "sql", "query": "insert", "params": [i], "timeout_ms": 300,
+                "retry": {"attempts": 2, "delay_ms": 3000, "max_delay_ms": 3000,
+                          "jitter": False}})})
+        pipe.execute()
+        recs = wait_results(r, ids, timeout=30)
+        took = time.monotonic() - started
+        assert all(rec["status"] == "succeeded" and rec["attempts"] == 2
+                   for rec in recs.values()), [rec for rec in recs.values()
+                                               if rec["status"] != "succeeded"][:3]
+        not_kept = log_ids(daemon, "what its attempt's query does is not kept for a retry "
+                                   "(1000 kept already)")
+        taken = log_ids(daemon, "the query its attempt before gave up on ran to its end")
+        assert len(not_kept) == n - 1000 and len(taken) == 1000, (len(not_kept), len(taken))
+        assert not set(not_kept) & set(taken)
+        rows = dict(line.split("|") for line in pg.psql(
+            "SELECT name, count(*) FROM items WHERE name LIKE 's%' GROUP BY name").split())
+        assert len(rows) == n
+        assert all(rows[i] == "1" for i in taken)
+        assert all(rows[i] == "2" for i in not_kept), {i: rows[i] for i in not_kept}
+        assert daemon.proc.poll() is None
+        assert rss_kb(daemon.proc.pid) - rss_before < 32 * 1024
+        print(f"{n} timeouts and their retries in {took:.1f} s")
+
+
+def test_past_64_mib_of_kept_answers_a_retry_runs_its_query_again(r, pg, start_jobd):
+    # Six queries, each inserting a row and answering ~15 MB of rows, time
+    # out queued behind a slow one; their statements then run to their end
+    # (the cancels are delayed by the proxy). The first four answers are
+    # kept for the retries (60 MB); the fifth and sixth would pass 64 MiB
+    # (STAND_IN_BYTES_MAX): not kept, said so, and their retries run the
+    # statement again.
+    wide = ("WITH ins AS (INSERT INTO items(name) VALUES ($1) RETURNING id) "
+            "SELECT g, repeat('x', $2::int) AS pad FROM ins, generate_series(1, $3::int) g")
+    with DelayProxy(pg.port, delay=0) as proxy:
+        daemon = start_jobd(**config_for(pg, 8, postgres__conninfo=via(proxy),
+                                         postgres__min_size=1, postgres__max_size=1,
+                                         postgres__queries=dict(QUERIES, wide=wide)))
+        wait_for(lambda: jobd_connections(pg) == 1, what="the connection")
+        assert run(r, "first", query="wide", params=["first", 15000, 1000])["status"] == \
+            "succeeded"
+        proxy.connect_delay = 5.0
+        submit(r, {"id": "slow", "type": "sql", "query": "nap", "params": [2]})
+        wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+        ids = [f"w{i}" for i in range(6)]
+        for i in ids:
+            submit(r, {"id": i, "type": "sql", "query": "wide", "params": [i, 15000, 1000],
+                       "timeout_ms": 1000, "retry": {"attempts": 2, "delay_ms": 3000,
+                                                     "max_delay_ms": 3000, "jitter": False}})
+        recs = wait_results(r, ids, timeout=30)
+        assert all(rec["status"] == "succeeded" and rec["attempts"] == 2 and
+                   len(rec["result"]["rows"]) == 1000 for rec in recs.values()), \
+            {i: rec["status"] for i, rec in recs.items()}
+        not_kept = log_ids(daemon, "the answer of a query its attempt gave up on is not kept")
+        taken = log_ids(daemon, "the query its attempt before gave up on ran to its end")
+        assert sorted(not_kept) == ids[4:] and sorted(taken) == ids[:4], (not_kept, taken)
+        rows = dict(line.split("|") for line in pg.psql(
+            "SELECT name, count(*) FROM items WHERE name LIKE 'w_' GROUP BY name").split())
+        assert rows == {"w0": "1", "w1": "1", "w2": "1", "w3": "1", "w4": "2", "w5": "2"}
+        assert daemon.proc.poll() is None
+
+
 def submit_round(r, ids, query="pid", params=None):
     """The jobs of IDS added in one round trip, as a producer's batch."""
     pipe = r.pipeline(transaction=False)
