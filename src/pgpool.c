@@ -55,6 +55,9 @@
  * statement again: at least once, as without stand-ins. */
 #define STAND_INS_MAX 1000
 #define STAND_IN_BYTES_MAX (64u << 20)
+/* Kept stand-ins are found by job id in a table of this many chains (a
+ * power of two): at STAND_INS_MAX, one a chain on average. */
+#define STAND_IN_BUCKETS 1024
 #define NOTICE_MAX_LEN 300         /* bytes of a server notice's text that are logged */
 #define NOTICES_PER_SECOND 10      /* server notices logged a second, the pool over */
 
@@ -114,7 +117,11 @@ struct pgpool {
     struct sql_query *wait_head, *wait_tail;
     int nwaiting;
     struct sql_query *parked_head, *parked_tail; /* waiting for their stand-ins */
-    struct stand_in *stand_ins; /* those kept for a retry (see stand_in()) */
+    bool unpark_due;            /* a stand-in answered or went: see unpark() */
+    /* Those kept for a retry (see stand_in()), chained by their job id's
+     * hash: a sql job's submit looks here, and stays O(1) after a storm of
+     * timeouts filled it. */
+    struct stand_in *stand_ins[STAND_IN_BUCKETS];
     int nstand_ins;             /* in stand_ins; at most STAND_INS_MAX */
     size_t stand_in_bytes;      /* their answers' rows; at most STAND_IN_BYTES_MAX */
     struct event *tick;
@@ -491,14 +498,18 @@ static void cancel_again(struct pg_conn *c, int64_t now)
  * a reload that changes the text, connections prepare the new one under a
  * new name instead of running what they prepared before. The name is cut to
  * 40 bytes, since PostgreSQL cuts identifiers at 63. */
+static uint32_t fnv1a(uint32_t h, const char *s)
+{
+    for (const char *p = s; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h;
+}
+
 static void statement_name(const struct sql_query *q, char *buf, size_t len)
 {
-    uint32_t h = 2166136261u;   /* FNV-1a */
-    for (const char *p = q->name; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
+    uint32_t h = fnv1a(2166136261u, q->name);
     h *= 16777619u;             /* a NUL between the two */
-    for (const char *p = q->sql; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
+    h = fnv1a(h, q->sql);
     snprintf(buf, len, "q_%.40s_%08x", q->name, h);
 }
 
@@ -527,7 +538,7 @@ struct stand_in {
     bool keep;                  /* a retry may come for its answer */
     int64_t answered_at;        /* mono ms; 0 while its answer is not in */
     size_t kept_bytes;          /* its answer's rows, counted in pool->stand_in_bytes */
-    struct stand_in *next;      /* pool->stand_ins, those kept */
+    struct stand_in *next;      /* in its chain of pool->stand_ins, if kept */
 };
 
 static void stand_in_free(struct stand_in *s)
@@ -576,35 +587,53 @@ static bool same_text(const char *a, const char *b)
     return a == b || (a && b && !strcmp(a, b));
 }
 
+static struct stand_in **stand_in_chain(struct pgpool *pool, const char *job_id)
+{
+    return &pool->stand_ins[fnv1a(2166136261u, job_id) & (STAND_IN_BUCKETS - 1)];
+}
+
+/* The stand-in kept for job JOB_ID: one at most (stand_in_keep()). */
+static struct stand_in *stand_in_by_id(struct pgpool *pool, const char *job_id)
+{
+    struct stand_in *s = *stand_in_chain(pool, job_id);
+    while (s && strcmp(s->job_id, job_id))
+        s = s->next;
+    return s;
+}
+
 /* The stand-in kept for Q's job, if it ran the very statement Q would:
  * a producer may reuse an id for another query. */
-static struct stand_in *stand_in_find(const struct pgpool *pool, const struct sql_query *q)
+static struct stand_in *stand_in_find(struct pgpool *pool, const struct sql_query *q)
 {
-    if (!q->job_id)
+    struct stand_in *s = q->job_id ? stand_in_by_id(pool, q->job_id) : NULL;
+    if (!s)
         return NULL;
-    for (struct stand_in *s = pool->stand_ins; s; s = s->next) {
-        if (strcmp(s->job_id, q->job_id))
-            continue;
-        bool same = same_text(s->q.name, q->name) && same_text(s->q.sql, q->sql) &&
-                    s->q.nparams == q->nparams;
-        for (int i = 0; same && i < q->nparams; i++)
-            same = same_text(s->params[i], q->params[i]);
-        return same ? s : NULL;
-    }
-    return NULL;
+    bool same = same_text(s->q.name, q->name) && same_text(s->q.sql, q->sql) &&
+                s->q.nparams == q->nparams;
+    for (int i = 0; same && i < q->nparams; i++)
+        same = same_text(s->params[i], q->params[i]);
+    return same ? s : NULL;
+}
+
+/* S out of the table, its bytes no longer counted (S is not freed). */
+static void stand_in_unlink(struct pgpool *pool, struct stand_in *s)
+{
+    for (struct stand_in **p = stand_in_chain(pool, s->job_id); *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    s->next = NULL;
+    pool->nstand_ins--;
+    pool->stand_in_bytes -= s->kept_bytes;
+    pool->unpark_due = true;    /* a retry parked on it is sent */
 }
 
 /* DROP no longer kept for a retry: freed, or, while its statement is still
  * on a connection, freed by stand_in_done() when its answer comes. */
 static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
 {
-    for (struct stand_in **p = &pool->stand_ins; *p; p = &(*p)->next)
-        if (*p == drop) {
-            *p = drop->next;
-            break;
-        }
-    pool->nstand_ins--;
-    pool->stand_in_bytes -= drop->kept_bytes;
+    stand_in_unlink(pool, drop);
     drop->keep = false;
     if (drop->answered_at)
         stand_in_free(drop);
@@ -615,9 +644,7 @@ static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
  * retry never runs while one waits). */
 static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
 {
-    struct stand_in *old = pool->stand_ins;
-    while (old && strcmp(old->job_id, s->job_id))
-        old = old->next;
+    struct stand_in *old = stand_in_by_id(pool, s->job_id);
     if (old)
         stand_in_drop(pool, old);
     if (pool->nstand_ins >= STAND_INS_MAX) {
@@ -626,8 +653,9 @@ static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
         return false;
     }
     s->keep = true;
-    s->next = pool->stand_ins;
-    pool->stand_ins = s;
+    struct stand_in **chain = stand_in_chain(pool, s->job_id);
+    s->next = *chain;
+    *chain = s;
     pool->nstand_ins++;
     return true;
 }
@@ -637,6 +665,7 @@ static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
 static void stand_in_answered(struct pgpool *pool, struct stand_in *s)
 {
     s->answered_at = mono_ms();
+    pool->unpark_due = true;
     if (s->q.err.code || pool->stand_in_bytes + s->q.bytes <= STAND_IN_BYTES_MAX) {
         s->kept_bytes = s->q.err.code ? 0 : s->q.bytes;
         pool->stand_in_bytes += s->kept_bytes;
@@ -738,9 +767,13 @@ static void take_stand_in(struct pgpool *pool, struct sql_query *q, struct stand
 }
 
 /* Parked queries whose stand-ins have answered (or gone) go on. One at a
- * time from the start: done() of one may submit or cancel others. */
+ * time from the start: done() of one may submit or cancel others. Only
+ * when one may have: dispatch() calls this at every answer. */
 static void unpark(struct pgpool *pool)
 {
+    if (!pool->unpark_due)
+        return;
+    pool->unpark_due = false;
     struct sql_query *q = pool->parked_head;
     while (q) {
         struct stand_in *s = stand_in_find(pool, q);
@@ -757,17 +790,14 @@ static void unpark(struct pgpool *pool)
 /* Answers kept longer than STAND_IN_KEEP_MS: no retry came for them here. */
 static void stand_ins_expire(struct pgpool *pool, int64_t now)
 {
-    for (struct stand_in **p = &pool->stand_ins; *p;) {
-        struct stand_in *s = *p;
-        if (s->answered_at && now - s->answered_at > STAND_IN_KEEP_MS) {
-            *p = s->next;
-            pool->nstand_ins--;
-            pool->stand_in_bytes -= s->kept_bytes;
-            stand_in_free(s);
-        } else {
-            p = &s->next;
+    for (int i = 0; pool->nstand_ins && i < STAND_IN_BUCKETS; i++)
+        for (struct stand_in *s = pool->stand_ins[i], *next; s; s = next) {
+            next = s->next;
+            if (s->answered_at && now - s->answered_at > STAND_IN_KEEP_MS) {
+                stand_in_unlink(pool, s);
+                stand_in_free(s);
+            }
         }
-    }
 }
 
 /* ---- results --------------------------------------------------------------- */
@@ -1529,11 +1559,12 @@ void pgpool_free(struct pgpool *pool)
             if (q->done == stand_in_done && !((struct stand_in *)q->arg)->keep)
                 stand_in_free(q->arg);
         }
-    while (pool->stand_ins) {
-        struct stand_in *s = pool->stand_ins;
-        pool->stand_ins = s->next;
-        stand_in_free(s);       /* answered or not: no connection will answer now */
-    }
+    for (int i = 0; i < STAND_IN_BUCKETS; i++)
+        while (pool->stand_ins[i]) {
+            struct stand_in *s = pool->stand_ins[i];
+            pool->stand_ins[i] = s->next;
+            stand_in_free(s);   /* answered or not: no connection will answer now */
+        }
     while (pool->conns)
         conn_close(pool->conns);
     event_free(pool->tick);
@@ -1553,9 +1584,12 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
     reset_answer(q);
     q->cancelled = q->requeued = q->again = false;
     if (stand_in_find(pool, q)) {
-        /* Its last attempt's statement may still run: see stand_in(). */
+        /* Its last attempt's statement may still run: see stand_in(). If
+         * its answer is in already, unpark() hands it over (not before this
+         * returns). */
         q->parked = true;
         append(&pool->parked_head, &pool->parked_tail, q);
+        pool->unpark_due = true;
     } else {
         append(&pool->wait_head, &pool->wait_tail, q);
         pool->nwaiting++;
