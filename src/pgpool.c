@@ -535,7 +535,6 @@ struct stand_in {
     struct pgpool *pool;
     char job_id[129];
     char **params;              /* with q.name, q.sql: the retry runs the same */
-    bool keep;                  /* a retry may come for its answer */
     int64_t answered_at;        /* mono ms; 0 while its answer is not in */
     size_t kept_bytes;          /* its answer's rows, counted in pool->stand_in_bytes */
     struct stand_in *next;      /* in its chain of pool->stand_ins, if kept */
@@ -601,6 +600,13 @@ static struct stand_in *stand_in_by_id(struct pgpool *pool, const char *job_id)
     return s;
 }
 
+/* Whether S is kept for a retry (in the table), rather than only standing
+ * in on its connection until its answer comes. */
+static bool stand_in_kept(struct pgpool *pool, struct stand_in *s)
+{
+    return stand_in_by_id(pool, s->job_id) == s;
+}
+
 /* The stand-in kept for Q's job, if it ran the very statement Q would:
  * a producer may reuse an id for another query. */
 static struct stand_in *stand_in_find(struct pgpool *pool, const struct sql_query *q)
@@ -634,7 +640,6 @@ static void stand_in_unlink(struct pgpool *pool, struct stand_in *s)
 static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
 {
     stand_in_unlink(pool, drop);
-    drop->keep = false;
     if (drop->answered_at)
         stand_in_free(drop);
 }
@@ -652,7 +657,6 @@ static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
                  "already); its retry runs the query again", s->job_id, pool->nstand_ins);
         return false;
     }
-    s->keep = true;
     struct stand_in **chain = stand_in_chain(pool, s->job_id);
     s->next = *chain;
     *chain = s;
@@ -704,7 +708,7 @@ static void keep_answer(struct pgpool *pool, struct sql_query *q)
 static void stand_in_done(struct sql_query *q)
 {
     struct stand_in *s = q->arg;
-    if (!s->keep) {
+    if (!stand_in_kept(s->pool, s)) {
         stand_in_free(s);       /* nobody will ask for it */
         return;
     }
@@ -1556,7 +1560,7 @@ void pgpool_free(struct pgpool *pool)
     for (struct pg_conn *c = pool->conns; c; c = c->next)
         for (struct sql_query *q = c->head, *next; q; q = next) {
             next = q->next;
-            if (q->done == stand_in_done && !((struct stand_in *)q->arg)->keep)
+            if (q->done == stand_in_done && !stand_in_kept(pool, q->arg))
                 stand_in_free(q->arg);
         }
     for (int i = 0; i < STAND_IN_BUCKETS; i++)
