@@ -926,7 +926,8 @@ static bool prepared_again_behind(const struct sql_query *q)
  * Prepare of its own (one is on the way): when that one fails (its table
  * does not exist yet...), the Execute meets no statement. The same when
  * something else on the session deallocated it. Either way Q is sent
- * again, once (query_answered()): nothing of it ran. */
+ * again, once, as an unnamed statement (query_answered()): nothing of it
+ * ran. */
 static bool lost_statement(const struct sql_query *q, enum step step, const PGresult *res)
 {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -1156,9 +1157,16 @@ static void query_answered(struct pg_conn *c, struct sql_query *q, struct answer
         log_info(hit_by_cancel ? "postgres: query %s was stopped by a cancel meant for the "
                                  "query before it; sending it again"
                                : "postgres: query %s found its prepared statement gone (its "
-                                 "Prepare failed, or the session dropped it); sending it again",
+                                 "Prepare failed, or the session dropped it); sending it again, "
+                                 "unprepared",
                  q->name ? q->name : "(raw SQL)");
         q->requeued = true;
+        /* Not counting on a Prepare of its name again: one sent meanwhile
+         * by a query ahead of it on the connection may fail as the first
+         * did (the table still missing), and its 26000 came back. As an
+         * unnamed statement (parsed with its Execute) it runs, or fails with
+         * its own error. */
+        q->unprepared = no_statement;
         reset_answer(q);
         q->next = pool->wait_head;      /* first in line: it was already sent once */
         pool->wait_head = q;
@@ -1318,9 +1326,10 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
         q->steps[q->nsteps++] = STEP_SYNC;
         c->statement_timeout = q->timeout_ms;
     }
-    if (q->name)
+    bool named = q->name && !q->unprepared;
+    if (named)
         statement_name(q, stmt, sizeof(stmt));
-    if (q->name && !json_object_get(c->prepared, stmt)) {
+    if (named && !json_object_get(c->prepared, stmt)) {
         if (!PQsendPrepare(pg, stmt, q->sql, q->nparams, NULL))
             return -1;
         q->steps[q->nsteps++] = STEP_PREPARE;
@@ -1328,8 +1337,8 @@ static int send_query(struct pg_conn *c, struct sql_query *q)
          * second Prepare of the same name. */
         json_object_set_new(c->prepared, stmt, json_true());
     }
-    int ok = q->name ? PQsendQueryPrepared(pg, stmt, q->nparams, q->params, NULL, NULL, 0)
-                     : PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+    int ok = named ? PQsendQueryPrepared(pg, stmt, q->nparams, q->params, NULL, NULL, 0)
+                   : PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
     if (!ok || !PQpipelineSync(pg))
         return -1;
     q->steps[q->nsteps++] = STEP_EXECUTE;
@@ -1586,7 +1595,7 @@ void pgpool_submit(struct pgpool *pool, struct sql_query *q)
 {
     q->rows = NULL;             /* the caller's to free: exec_sql has */
     reset_answer(q);
-    q->cancelled = q->requeued = q->again = false;
+    q->cancelled = q->requeued = q->again = q->unprepared = false;
     if (stand_in_find(pool, q)) {
         /* Its last attempt's statement may still run: see stand_in(). If
          * its answer is in already, unpark() hands it over (not before this

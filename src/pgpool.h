@@ -62,6 +62,7 @@ struct sql_query {
     bool executed;              /* the execute step completed */
     bool left_state;            /* its session is not as before: close the connection */
     bool cancelled, too_large, requeued;
+    bool unprepared;            /* a named query sent as an unnamed statement (query_answered()) */
     bool again;                 /* cancelled for a timeout, with a retry to come */
     uint64_t cancels_seen;      /* conn->cancels_delivered when it was sent */
     int64_t sent_us;            /* mono_us() when it was sent */

@@ -1003,6 +1003,35 @@ def test_queries_pipelined_behind_a_failed_prepare_get_its_error(r, pg, start_jo
         assert rec["result"]["rows"] == [{"pid": pid, "n": 0}], recs
 
 
+
+def test_a_query_sent_again_behind_a_second_failing_prepare_gets_its_error(r, pg, start_jobd):
+    # One connection, in one packet behind a slow query: a1 with the Prepare
+    # of a query whose table does not exist, a slow query, a2 with only its
+    # Execute, another slow query. a1 fails; while the slow query after it
+    # runs, a3 is sent with a Prepare of its own. a2 then meets no statement
+    # (26000) and is sent again behind a3, counting on a3's Prepare (the
+    # last slow query keeps a3's failure unread meanwhile); that Prepare
+    # fails too, and a2 failed with 26000 a second time, its own error
+    # (42P01) never seen.
+    start_jobd(**config_for(pg, 8, postgres__max_size=1))
+    run(r, "pid", query="pid")
+    pipe = r.pipeline(transaction=False)
+    for job_id, query, params in [("slow0", "nap", [1]), ("a1", "later", []),
+                                  ("slow1", "nap", [1]), ("a2", "later", []),
+                                  ("slow2", "nap", [0.5])]:
+        pipe.xadd(f"{NS}:queue", {"job": json.dumps({"id": job_id, "type": "sql",
+                                                     "query": query, "params": params})})
+    pipe.execute()
+    assert wait_result(r, "a1")["error"]["sqlstate"] == "42P01"
+    assert not result(r, "slow1")
+    submit_round(r, ["a3"], query="later")
+    recs = wait_results(r, ["a2", "a3", "slow1", "slow2"])
+    assert all(recs[i]["status"] == "succeeded" for i in ("slow1", "slow2")), recs
+    for i in ("a2", "a3"):
+        assert recs[i]["status"] == "failed" and recs[i]["error"]["sqlstate"] == "42P01", recs
+    pg.psql("CREATE TABLE later (x int)")
+    assert run(r, "b1", query="later")["status"] == "succeeded"
+
 SESSION_QUERIES = dict(
     QUERIES,
     begin="BEGIN",
