@@ -123,7 +123,7 @@ struct pgpool {
      * timeouts filled it. */
     struct stand_in *stand_ins[STAND_IN_BUCKETS];
     int nstand_ins;             /* in stand_ins; at most STAND_INS_MAX */
-    size_t stand_in_bytes;      /* their answers' rows; at most STAND_IN_BYTES_MAX */
+    size_t stand_in_bytes;      /* their text, params, answers' rows; at most STAND_IN_BYTES_MAX */
     struct event *tick;
     struct event *kick;         /* dispatch() once the current loop pass ends */
     struct threadpool *cancels; /* PQcancel's threads, not the jobs' */
@@ -536,7 +536,7 @@ struct stand_in {
     char job_id[129];
     char **params;              /* with q.name, q.sql: the retry runs the same */
     int64_t answered_at;        /* mono ms; 0 while its answer is not in */
-    size_t kept_bytes;          /* its answer's rows, counted in pool->stand_in_bytes */
+    size_t kept_bytes;          /* its text, params and rows, counted in pool->stand_in_bytes */
     struct stand_in *next;      /* in its chain of pool->stand_ins, if kept */
 };
 
@@ -644,6 +644,17 @@ static void stand_in_drop(struct pgpool *pool, struct stand_in *drop)
         stand_in_free(drop);
 }
 
+/* The bytes of S's copies of its statement's text and params: a job's
+ * params may take up to limits.max_job_bytes, and a kept stand-in holds
+ * them after the job is gone. */
+static size_t stand_in_text_bytes(const struct stand_in *s)
+{
+    size_t n = (s->q.name ? strlen(s->q.name) : 0) + (s->q.sql ? strlen(s->q.sql) : 0);
+    for (int i = 0; i < s->q.nparams; i++)
+        n += s->params[i] ? strlen(s->params[i]) : 0;
+    return n;
+}
+
 /* S kept for its job's retry, if the bounds allow: one per job id, so an
  * older one goes (of a job whose id a producer reused for another query; a
  * retry never runs while one waits). */
@@ -652,15 +663,19 @@ static bool stand_in_keep(struct pgpool *pool, struct stand_in *s)
     struct stand_in *old = stand_in_by_id(pool, s->job_id);
     if (old)
         stand_in_drop(pool, old);
-    if (pool->nstand_ins >= STAND_INS_MAX) {
+    size_t text = stand_in_text_bytes(s);
+    if (pool->nstand_ins >= STAND_INS_MAX || pool->stand_in_bytes + text > STAND_IN_BYTES_MAX) {
         log_info("job %s: what its attempt's query does is not kept for a retry (%d kept "
-                 "already); its retry runs the query again", s->job_id, pool->nstand_ins);
+                 "already, %zu bytes; its text and params %zu bytes); its retry runs the "
+                 "query again", s->job_id, pool->nstand_ins, pool->stand_in_bytes, text);
         return false;
     }
     struct stand_in **chain = stand_in_chain(pool, s->job_id);
     s->next = *chain;
     *chain = s;
     pool->nstand_ins++;
+    s->kept_bytes = text;
+    pool->stand_in_bytes += text;
     return true;
 }
 
@@ -671,8 +686,9 @@ static void stand_in_answered(struct pgpool *pool, struct stand_in *s)
     s->answered_at = mono_ms();
     pool->unpark_due = true;
     if (s->q.err.code || pool->stand_in_bytes + s->q.bytes <= STAND_IN_BYTES_MAX) {
-        s->kept_bytes = s->q.err.code ? 0 : s->q.bytes;
-        pool->stand_in_bytes += s->kept_bytes;
+        size_t rows = s->q.err.code ? 0 : s->q.bytes;
+        s->kept_bytes += rows;
+        pool->stand_in_bytes += rows;
         return;
     }
     log_info("job %s: the answer of a query its attempt gave up on is not kept (%zu bytes "

@@ -520,7 +520,7 @@ def test_past_1000_stand_ins_kept_a_retry_runs_its_query_again(r, pg, start_jobd
                    for rec in recs.values()), [rec for rec in recs.values()
                                                if rec["status"] != "succeeded"][:3]
         not_kept = log_ids(daemon, "what its attempt's query does is not kept for a retry "
-                                   "(1000 kept already)")
+                                   "(1000 kept already")
         taken = log_ids(daemon, "the query its attempt before gave up on ran to its end")
         assert len(not_kept) == n - 1000 and len(taken) == 1000, (len(not_kept), len(taken))
         assert not set(not_kept) & set(taken)
@@ -551,13 +551,14 @@ def test_past_64_mib_of_kept_answers_a_retry_runs_its_query_again(r, pg, start_j
         assert run(r, "first", query="wide", params=["first", 15000, 1000])["status"] == \
             "succeeded"
         proxy.connect_delay = 5.0
-        submit(r, {"id": "slow", "type": "sql", "query": "nap", "params": [2]})
+        submit(r, {"id": "slow", "type": "sql", "query": "nap", "params": [5]})
         wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
         ids = [f"w{i}" for i in range(6)]
         for i in ids:
+            # 3 s: the two retries that run again share the one connection.
             submit(r, {"id": i, "type": "sql", "query": "wide", "params": [i, 15000, 1000],
-                       "timeout_ms": 1000, "retry": {"attempts": 2, "delay_ms": 3000,
-                                                     "max_delay_ms": 3000, "jitter": False}})
+                       "timeout_ms": 3000, "retry": {"attempts": 2, "delay_ms": 4000,
+                                                     "max_delay_ms": 4000, "jitter": False}})
         recs = wait_results(r, ids, timeout=30)
         assert all(rec["status"] == "succeeded" and rec["attempts"] == 2 and
                    len(rec["result"]["rows"]) == 1000 for rec in recs.values()), \
@@ -568,6 +569,44 @@ def test_past_64_mib_of_kept_answers_a_retry_runs_its_query_again(r, pg, start_j
         rows = dict(line.split("|") for line in pg.psql(
             "SELECT name, count(*) FROM items WHERE name LIKE 'w_' GROUP BY name").split())
         assert rows == {"w0": "1", "w1": "1", "w2": "1", "w3": "1", "w4": "2", "w5": "2"}
+        assert daemon.proc.poll() is None
+
+
+def test_params_of_kept_stand_ins_count_toward_the_64_mib(r, pg, start_jobd):
+    # A kept stand-in holds a copy of its job's params after the job is
+    # gone, up to limits.max_job_bytes each: 1,000 of them could hold
+    # gigabytes for 10 minutes. They count toward the 64 MiB now. Twenty
+    # inserts with a 4 MB param each time out queued behind a slow query:
+    # sixteen are kept (64 MB), the last four to time out not (said so), and
+    # their retries run the insert again. (Submitting 80 MB takes seconds on
+    # a busy machine: the slow query gives it 8.)
+    big = "x" * 4000000
+    queries = dict(QUERIES, tag="INSERT INTO items(name) SELECT $1 WHERE length($2) > 0 "
+                                "RETURNING id")
+    with DelayProxy(pg.port, delay=0) as proxy:
+        daemon = start_jobd(**config_for(pg, 32, postgres__conninfo=via(proxy),
+                                         postgres__min_size=1, postgres__max_size=1,
+                                         postgres__queries=queries,
+                                         limits__max_job_bytes=8 << 20))
+        wait_for(lambda: jobd_connections(pg) == 1, what="the connection")
+        proxy.connect_delay = 5.0
+        submit(r, {"id": "slow", "type": "sql", "query": "nap", "params": [8]})
+        wait_for(lambda: backends_running_sleep(pg) == 1, what="the slow query running")
+        ids = [f"b{i:02d}" for i in range(20)]
+        for i in ids:
+            submit(r, {"id": i, "type": "sql", "query": "tag", "params": [i, big],
+                       "timeout_ms": 1000, "retry": {"attempts": 2, "delay_ms": 8000,
+                                                     "max_delay_ms": 8000, "jitter": False}})
+        recs = wait_results(r, ids, timeout=40)
+        assert all(rec["status"] == "succeeded" and rec["attempts"] == 2
+                   for rec in recs.values()), {i: rec["status"] for i, rec in recs.items()}
+        not_kept = log_ids(daemon, "what its attempt's query does is not kept for a retry")
+        taken = log_ids(daemon, "the query its attempt before gave up on ran to its end")
+        assert len(not_kept) == 4 and len(taken) == 16, (not_kept, taken)
+        assert sorted(not_kept + taken) == ids
+        rows = dict(line.split("|") for line in pg.psql(
+            "SELECT name, count(*) FROM items WHERE name LIKE 'b__' GROUP BY name").split())
+        assert rows == {i: "1" if i in taken else "2" for i in ids}
         assert daemon.proc.poll() is None
 
 
