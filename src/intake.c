@@ -627,6 +627,12 @@ static void check_job_channels(struct intake *in, const char *why)
                      in->park_failing ? "under the budget" : "parking works again",
                      runner_held_bytes(d->runner), d->cfg.max_held_bytes);
     }
+    /* Under the budget, a refusal is forgotten: the next message is taken,
+     * or parked (slots full), and that park says anew whether Redis takes
+     * them. Kept, it paused the channels much later, with no park tried
+     * since, once stream reads reached the budget and a job ended. */
+    if (!bytes_spent(d))
+        in->park_failing = false;
     apply_job_channels(in);
 }
 

@@ -369,3 +369,47 @@ def test_a_drain_while_the_job_channels_are_paused_loses_nothing(r, start_jobd):
     assert not (set(refused) & (queued | done))
     log = daemon.log_text()
     assert "giving up" not in log and "lost at exit" not in log, log
+
+
+def test_a_park_refused_long_ago_does_not_pause_the_job_channels_later(r, start_jobd):
+    # One park Redis refused (out of memory for a moment) left the daemon
+    # believing parking fails: nothing but another park cleared that, and
+    # parks stop once the channels are left. So, long after Redis took
+    # writes again, the first job to end while the held bytes were still at
+    # the budget paused the job channels, and producers were told nobody
+    # took jobs that parking would have kept.
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=3, limits__max_held_bytes=OOM_BUDGET,
+                        admin__listen=f"127.0.0.1:{port}")
+    slots = [f"slot{i}" for i in range(3)]
+    for i in slots:
+        assert publish(r, {"id": i, "type": "sleep", "ms": 800}) == 1
+    wait_for(lambda: metrics(port)["jobd_jobs_running"] == 3, what="every slot taken")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        assert publish(r, {"id": "held", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed" in daemon.log_text(),
+                 what="the park refused")
+    finally:
+        r.config_set("maxmemory", 0)
+    recs = wait_results(r, slots + ["held"], timeout=15)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] == 0, what="everything released")
+    # Redis takes writes. Two big jobs hold more than the budget between
+    # them; a small one ends beside them. From the stream, in one read (one
+    # transaction adds them): nothing is parked meanwhile.
+    with r.pipeline(transaction=True) as pipe:
+        submit(pipe, {"id": "small", "type": "sleep", "ms": 200})
+        for i in ("big0", "big1"):
+            submit(pipe, padded({"id": i, "type": "sleep", "ms": 3000}, 40 * 1024))
+        pipe.execute()
+    wait_for(lambda: metrics(port)["jobd_held_bytes"] >= OOM_BUDGET, what="the bytes held")
+    assert wait_result(r, "small")["status"] == "succeeded"
+    time.sleep(0.2)
+    # Full by bytes: a job published now is parked on the stream, as it
+    # would be had no park ever failed.
+    assert metrics(port)["jobd_pubsub_paused"] == 0
+    assert "pub/sub job channels paused" not in daemon.log_text()
+    assert publish(r, {"id": "late", "type": "sleep", "ms": 1}) == 1
+    assert wait_result(r, "late", timeout=15)["status"] == "succeeded"
