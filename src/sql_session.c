@@ -41,14 +41,36 @@ static bool keyword(const char *p, const char *word, const char **end)
     return true;
 }
 
-/* CREATE [GLOBAL | LOCAL] TEMP | TEMPORARY ...: P after CREATE. */
+/* CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP | TEMPORARY ...: P after CREATE. */
 static bool creates_temp(const char *p)
 {
     const char *end;
     p = skip_noise(p);
+    if (keyword(p, "OR", &end)) {
+        p = skip_noise(end);
+        if (keyword(p, "REPLACE", &end))
+            p = skip_noise(end);
+    }
     if (keyword(p, "GLOBAL", &end) || keyword(p, "LOCAL", &end))
         p = skip_noise(end);
     return keyword(p, "TEMP", &end) || keyword(p, "TEMPORARY", &end);
+}
+
+/* SELECT ... INTO TEMP | TEMPORARY t anywhere in SQL (a table named temp
+ * after an INSERT INTO is flagged too: the safe side). */
+static bool selects_into_temp(const char *sql)
+{
+    const char *end;
+    for (const char *p = sql; (p = strcasestr(p, "into")); p += 4) {
+        if (p > sql && (isalnum((unsigned char)p[-1]) || p[-1] == '_'))
+            continue;
+        if (!keyword(p, "INTO", &end))
+            continue;
+        const char *next = skip_noise(end);
+        if (keyword(next, "TEMP", &end) || keyword(next, "TEMPORARY", &end))
+            return true;
+    }
+    return false;
 }
 
 unsigned sql_session_effects(const char *sql)
@@ -70,6 +92,10 @@ unsigned sql_session_effects(const char *sql)
         effects |= SQL_SESSION_STATE;
     /* Functions that change the session from inside any statement. The
      * transaction-scoped locks are pg_advisory_xact_lock(): no match. */
+    /* A temporary table made by SELECT INTO, or named in the session's own
+     * temporary schema. */
+    if (selects_into_temp(sql) || strcasestr(sql, "pg_temp."))
+        effects |= SQL_SESSION_STATE;
     if (strcasestr(sql, "set_config"))
         effects |= SQL_SESSION_STATE;
     if (strcasestr(sql, "advisory_lock"))

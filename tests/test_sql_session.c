@@ -40,6 +40,8 @@ static void plain_statements_are_not_flagged(void **state)
         {"DELETE FROM t WHERE begin_at < now()", 0},
         {"WITH s AS (SELECT 1) SELECT * FROM s", 0},
         {"CREATE TABLE temperature (x int)", 0},
+        {"INSERT INTO temperature (x) VALUES (1)", 0},
+        {"CREATE OR REPLACE VIEW v AS SELECT 1 AS temp", 0},
         {"CREATE TABLE t (x int)", 0},
         {"SELECT settings, resetting FROM t", 0},
         {"SELECT pg_advisory_xact_lock($1)", 0},
@@ -71,6 +73,12 @@ static void transactions_settings_and_temporary_tables_are_state(void **state)
         {"create temporary table t as select 1", SQL_SESSION_STATE},
         {"CREATE LOCAL TEMP TABLE t (x int)", SQL_SESSION_STATE},
         {"CREATE /* c */ GLOBAL\tTEMPORARY TABLE t (x int)", SQL_SESSION_STATE},
+        /* Temporary tables and views made the other ways PostgreSQL has:
+         * a second run on the same session failed "already exists". */
+        {"SELECT * INTO TEMP t FROM items", SQL_SESSION_STATE},
+        {"select x into temporary table t from items", SQL_SESSION_STATE},
+        {"CREATE OR REPLACE TEMP VIEW v AS SELECT 1", SQL_SESSION_STATE},
+        {"CREATE TABLE pg_temp.t (x int)", SQL_SESSION_STATE},
     };
     CHECK(cases);
 }
