@@ -72,6 +72,9 @@ struct http_request {
      * downgrade was refused (rq->err says so). */
     bool hop_https, downgraded;
     char *hop_url;
+    /* A hop's name lookup was refused by the caps on abandoned lookups
+     * (resolver_start(): a redirect's target); rq->err says so. */
+    bool lookup_refused;
     int64_t retry_after_ms;
     /* The host whose name the transfer is looking up (owned), counted in
      * http.lookups from the resolver's socket appearing to its removal;
@@ -557,6 +560,7 @@ static bool park(struct http_request *rq)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);     /* rq->errbuf goes with rq */
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, NULL);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_RESOLVER_START_DATA, NULL);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
     /* libcurl reads its timeouts as it checks them: left as they were, the
@@ -587,18 +591,41 @@ static void unpark(CURL *e)
     }
 }
 
-/* Whether RQ may start: not while lookups of its host, or too many of all
- * hosts', were abandoned and are still running (http_lookups.c). */
-static bool lookup_admitted(const struct http_request *rq, char *why, size_t size)
+/* Whether a transfer to URL may start, or a redirect's hop to URL may look
+ * its host up: not while lookups of its host, or too many of all hosts',
+ * were abandoned and are still running (http_lookups.c). */
+static bool lookup_admitted(const char *url, char *why, size_t size)
 {
     if (!http.lookups.abandoned)
         return true;
-    char *host = host_of(rq->url);
+    char *host = host_of(url);
     bool ok = !host || !lookups_needed(host) ||
               lookups_admit(&http.lookups, host, http.d->cfg.http_max_abandoned_lookups, why,
                             size);
     free(host);
     return ok;
+}
+
+/* CURLOPT_RESOLVER_START_FUNCTION: a hop's host is about to be looked up
+ * (not in the DNS cache). start_one() judged the job's URL, but a redirect
+ * from it (from an IP address, never looked up, too) to a name whose server
+ * does not answer started lookups no cap held back: a thread per stopped
+ * job. Refused, the transfer fails (COULDNT_RESOLVE_HOST) with rq->err. */
+static int resolver_start(void *resolver_state, void *reserved, void *userdata)
+{
+    struct http_request *rq = userdata;
+    char *url = NULL, why[400];
+    if (!rq)
+        return 1;       /* parked: its job is gone */
+    curl_easy_getinfo(rq->easy, CURLINFO_EFFECTIVE_URL, &url);
+    if (!url || lookup_admitted(url, why, sizeof(why)))
+        return 0;
+    char *shown = shown_text(url);
+    job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",
+                  shown ? shown : SHOWN_URL(rq), why);
+    free(shown);
+    rq->lookup_refused = true;
+    return 1;
 }
 
 static void request_reset(struct http_request *rq)
@@ -618,7 +645,7 @@ static void request_reset(struct http_request *rq)
     rq->errbuf = NULL;
     rq->running = rq->failed = rq->too_large = rq->over_budget = false;
     rq->refused_addresses = rq->opened_sockets = 0;
-    rq->hop_https = rq->downgraded = false;
+    rq->hop_https = rq->downgraded = rq->lookup_refused = false;
     free(rq->hop_url);
     rq->hop_url = NULL;
     free(rq->buf);
@@ -878,6 +905,8 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, before_request);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, rq);
+    curl_easy_setopt(e, CURLOPT_RESOLVER_START_FUNCTION, resolver_start);
+    curl_easy_setopt(e, CURLOPT_RESOLVER_START_DATA, rq);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     if (cfg->http_ca_file && *cfg->http_ca_file)
@@ -946,8 +975,8 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     long status = 0;
     curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
     rq->failed = true;
-    if (rq->downgraded) {
-        /* rq->err was set by refuse_downgrade(), naming both URLs. */
+    if (rq->downgraded || rq->lookup_refused) {
+        /* rq->err was set by refuse_downgrade() or resolver_start(). */
     } else if (rq->too_large) {
         job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
                       SHOWN_URL(rq), (long long)rq->max_bytes);
@@ -1172,7 +1201,7 @@ static bool start_one(struct http_job *hj)
 {
     struct http_request *rq = &hj->reqs[hj->next++];
     char why[400];
-    if (!lookup_admitted(rq, why, sizeof(why))) {
+    if (!lookup_admitted(rq->url, why, sizeof(why))) {
         /* Fails now, and is retried (http_error) after the job's delay,
          * rather than waiting here for a name server that may never answer. */
         job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",

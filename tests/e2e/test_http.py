@@ -693,3 +693,40 @@ def test_lookups_abandoned_by_stopped_transfers_are_capped(r, web, resolve_shim,
     assert "lookups of slow-dns.test are still unanswered" in refused[0]["error"]["message"]
     wait_for(lambda: abandoned() == 0, timeout=10, what="the abandoned lookups to end")
     wait_for(lambda: threads_of(pid) == base, timeout=5, what="the resolver threads to end")
+
+
+def test_lookups_of_a_redirect_target_are_capped_too(r, web, resolve_shim, start_jobd):
+    # The cap was checked only against the job's own URL, before its
+    # transfer began: a URL with an IP address is never looked up, so always
+    # admitted, and a redirect from it to a slow name started a lookup that
+    # no cap held back. Jobs of 200 ms, 5 every 250 ms for 3 s, each
+    # redirected to slow-dns.test (3 s), left a resolver thread each (~60).
+    # A redirect's lookup is judged like the first hop's: with
+    # http.max_abandoned_lookups = 8, at most 2 of that host's go at once
+    # once it has abandoned ones, plus one per transfer slot.
+    admin = free_port()
+    jobd = start_jobd(http__allow_private=True, http__max_connections=5,
+                      http__max_abandoned_lookups=8, admin__listen=f"127.0.0.1:{admin}")
+    pid = jobd.proc.pid
+    web.state.targets["slow"] = "http://slow-dns.test/"
+    base = threads_of(pid)
+    started = time.monotonic()
+    peak = base
+    for wave in range(12):
+        for i in range(5 * wave, 5 * wave + 5):
+            submit(r, {"id": f"hop{i}", "type": "http", "url": web.url("/goto/slow"),
+                       "follow_redirects": True, "timeout_ms": 200, "retry": {"attempts": 1}})
+        wave_end = started + 0.25 * (wave + 1)
+        while time.monotonic() < wave_end:
+            peak = max(peak, threads_of(pid))
+            time.sleep(0.01)
+    print(f"threads: {base} at the start, {peak} at the peak, {web.state.requests} requests")
+    assert web.state.requests > 30     # most jobs got as far as the redirect
+    assert peak - base <= 2 + 5, (base, peak)
+    recs = [wait_result(r, f"hop{i}", timeout=30) for i in range(60)]
+    assert all(rec["status"] in ("failed", "timed_out") for rec in recs)
+    refused = [rec for rec in recs if "is not looked up" in rec["error"]["message"]]
+    assert refused and refused[0]["error"]["code"] == "http_error", recs[-1]
+    assert "lookups of slow-dns.test are still unanswered" in refused[0]["error"]["message"]
+    wait_for(lambda: parse_metrics(get(f"http://127.0.0.1:{admin}/metrics")[1])[
+        "jobd_http_abandoned_lookups"] == 0, timeout=10, what="the abandoned lookups to end")
