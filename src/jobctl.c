@@ -548,35 +548,56 @@ static int submit(int argc, char **argv)
         for (size_t k = first; k < i; k++) {
             struct sending *b = &batch[k - first];
             struct waited *w = wait ? &waits[k] : NULL;
-            if (w && b->id)
-                note_record_before(w, next_reply(&failed));
-            if (w && publish)
-                w->since_ms = redis_ms(next_reply(&failed));
-            redisReply *r = next_reply(&failed);
+            /* Each failure is told with its envelope's number here: in a
+             * batch the commands after a failed one were sent too. */
+            bool told = true;
+            redisReply *before = w && b->id ? next_reply(&told) : NULL;
+            redisReply *clock = w && publish ? next_reply(&told) : NULL;
+            redisReply *r = next_reply(&told);
+            const redisReply *unwaitable = before && before->type == REDIS_REPLY_ERROR ? before
+                                           : clock && clock->type == REDIS_REPLY_ERROR ? clock
+                                                                                       : NULL;
             const char *wait_id =
                 b->id ? b->id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
-            if (r->type == REDIS_REPLY_ERROR)
-                wait_id = NULL;     /* not submitted: said above */
-            else if (wait && !wait_id)
+            if (r->type == REDIS_REPLY_ERROR) {
+                fprintf(stderr, "jobctl: envelope %zu not submitted: redis: %s\n", k + 1, r->str);
+                failed = true;
+                wait_id = NULL;
+            } else if (unwaitable) {
+                /* It went in: said on stdout below, not waited for. */
+                fprintf(stderr, "jobctl: envelope %zu submitted, not waited for: redis: %s\n",
+                        k + 1, unwaitable->str);
+                failed = true;
+            } else if (wait && !wait_id) {
                 fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
                                 "waited for\n");
-            if (w && wait_id && (w->id = strdup(wait_id))) {
-                /* A stream job is queued at its entry id's ms, Redis's clock. */
-                if (!publish)
-                    w->since_ms = strtoll(r->str, NULL, 10);
-                nwaits++;
-            } else if (w) {
-                free(w->before);    /* never waited for */
-                w->before = NULL;
             }
-            if (!wait && !bar && r->type != REDIS_REPLY_ERROR)
+            if (w && wait_id && before && (!publish || clock) && !unwaitable &&
+                (w->id = strdup(wait_id))) {
+                note_record_before(w, before);
+                before = NULL;
+                /* A stream job is queued at its entry id's ms, Redis's clock;
+                 * a published one when a daemon receives it: after TIME. */
+                w->since_ms = publish ? redis_ms(clock) : strtoll(r->str, NULL, 10);
+                clock = NULL;
+                nwaits++;
+            } else if (r->type != REDIS_REPLY_ERROR && (!wait || unwaitable) && !bar) {
                 printf("%s\n", wait_id ? wait_id : "(published, no id)");
+            }
+            freeReplyObject(before);
+            freeReplyObject(clock);
             freeReplyObject(r);
             json_decref(b->parsed);
             if (bar && !wait && (k % 100 == 99 || k + 1 == total))
                 progress(k + 1, total, started);
         }
     }
+    /* A failure ends the run without waiting: the envelopes that did go in
+     * are said (ids on stdout, as without --wait), so a rerun of the file
+     * can leave them out. */
+    for (size_t k = 0; failed && wait && k < total; k++)
+        if (waits[k].id && !bar)
+            printf("%s\n", waits[k].id);
     free(batch);
     int rc = failed ? EXIT_REDIS : 0;
     size_t done = 0;

@@ -555,3 +555,28 @@ def test_submit_wait_asks_for_the_records_it_waits_for_in_one_round_trip(r, redi
     polls = [c for c in chunks if b"XADD" not in c and b"\r\nGET\r\n" in c]
     gets = sum(c.count(b"\r\nGET\r\n") for c in polls)
     assert gets >= 40 and len(polls) <= gets / 10, f"{gets} GETs in {len(polls)} round trips"
+
+
+def test_submit_wait_says_each_failure_of_a_batch_and_what_went_in(r, start_jobd):
+    # A file goes in pipelined batches, so the commands after a failed one
+    # are sent too. Only the first error was said; an envelope whose record
+    # GET failed was submitted anyway, and with --wait the ids that went in
+    # were never printed: a rerun of the file submitted them twice.
+    daemon = start_jobd()
+    r.hset(f"{NS}:result:b", "x", "1")       # its GET before the envelope: WRONGTYPE
+    lines = "\n".join(json.dumps({"id": i, "type": "sleep", "ms": 1}) for i in "abc") + "\n"
+    out = ctl(daemon, "submit", "--wait", "-", stdin=lines)
+    assert out.returncode == 3, out
+    assert "envelope 2 submitted, not waited for: redis: WRONGTYPE" in out.stderr, out.stderr
+    assert sorted(out.stdout.split()) == ["a", "b", "c"], out.stdout
+    for i in "ac":
+        assert wait_result(r, i)["status"] == "succeeded"
+
+    # Every envelope refused is said, by its number, and none is printed.
+    r.delete(f"{NS}:queue")
+    r.set(f"{NS}:queue", "not a stream")
+    lines = "\n".join(json.dumps({"id": f"n{i}", "type": "sleep", "ms": 1}) for i in range(3))
+    out = ctl(daemon, "submit", "--wait", "-", stdin=lines + "\n")
+    assert out.returncode == 3 and out.stdout == "", out
+    for n in (1, 2, 3):
+        assert f"envelope {n} not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
