@@ -101,15 +101,23 @@ static int stream_slot(const char *stream)
     return -1;
 }
 
-void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
+/* STREAM's row, made (not shown) the first time; -1 when the table is full. */
+static int stream_row(const char *stream)
 {
     int i = stream_slot(stream);
-    if (i < 0) {
-        if (nstreams == MAX_STREAMS)
-            return;
+    if (i < 0 && nstreams < MAX_STREAMS) {
         i = nstreams++;
         snprintf(streams[i].name, sizeof(streams[0].name), "%s", stream);
+        streams[i].shown = false;
     }
+    return i;
+}
+
+void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
+{
+    int i = stream_row(stream);
+    if (i < 0)
+        return;
     streams[i].lag = lag;
     streams[i].pending = pending;
     streams[i].shown = true;
@@ -117,8 +125,11 @@ void metrics_set_stream(const char *stream, int64_t lag, int64_t pending)
 
 bool metrics_forget_stream(const char *stream)
 {
-    int i = stream_slot(stream);
-    bool was = i >= 0 && streams[i].shown;
+    /* A stream never read before counts as shown: its first failure is
+     * said too (one failing from the start was never mentioned). */
+    bool first = stream_slot(stream) < 0;
+    int i = stream_row(stream);
+    bool was = i >= 0 && (first || streams[i].shown);
     if (i >= 0)
         streams[i].shown = false;
     return was;

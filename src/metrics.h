@@ -30,7 +30,8 @@ void metrics_set_stream(const char *stream, int64_t lag, int64_t pending);
 
 /* STREAM's lag and pending could not be read (XINFO GROUPS failed, or no
  * group jobd there): no series for it until metrics_set_stream() again, so
- * the last values do not pass for current ones. Returns whether it had them. */
+ * the last values do not pass for current ones. Returns whether it had them,
+ * or had never been read: whether the failure is news to say. */
 bool metrics_forget_stream(const char *stream);
 
 /* Append the Prometheus text exposition (version 0.0.4) of everything. */

@@ -501,3 +501,19 @@ def test_a_redis_outage_drops_the_stream_gauges_without_a_line_per_stream(redis_
         redis_server.start()
     assert daemon.log_text().count("left out of /metrics") == 0, daemon.log_text()
     wait_for(lambda: last in get(base + "/metrics")[1], timeout=15, what="the series back")
+
+
+def test_a_stream_unreadable_from_the_start_is_said_once_in_the_log(r, start_jobd):
+    # Only a stream whose series had been shown was said to be left out: one
+    # whose XINFO GROUPS failed from the first poll never was.
+    port = free_port()
+    r.set("bad", "not a stream")
+    daemon = start_jobd(admin__listen=f"127.0.0.1:{port}", intake__streams=[f"{NS}:queue", "bad"])
+    base = f"http://127.0.0.1:{port}"
+    line = "lag and pending of stream bad left out of /metrics"
+    wait_for(lambda: line in daemon.log_text(), timeout=8, what="the line about stream bad")
+    time.sleep(5.5)                         # another poll that fails
+    assert daemon.log_text().count(line) == 1, daemon.log_text()
+    samples = parse_metrics(get(base + "/metrics")[1])
+    assert 'jobd_stream_pending{stream="bad"}' not in samples, samples
+    assert f'jobd_stream_pending{{stream="{NS}:queue"}}' in samples, samples
