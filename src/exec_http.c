@@ -606,6 +606,22 @@ static bool lookup_admitted(const char *url, char *why, size_t size)
     return ok;
 }
 
+/* RQ's hop to URL may not look its host up: the attempt fails http_error,
+ * retried after the job's delay, rather than waiting for a name server that
+ * may never answer. SHOWN: URL as messages show it, or NULL to make it here.
+ * False when admitted. */
+static bool refuse_lookup(struct http_request *rq, const char *url, const char *shown)
+{
+    char why[400];
+    if (lookup_admitted(url, why, sizeof(why)))
+        return false;
+    char *made = shown ? NULL : shown_text(url);
+    job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",
+                  shown ? shown : made ? made : SHOWN_URL(rq), why);
+    free(made);
+    return true;
+}
+
 /* CURLOPT_RESOLVER_START_FUNCTION: a hop's host is about to be looked up
  * (not in the DNS cache). start_one() judged the job's URL, but a redirect
  * from it (from an IP address, never looked up, too) to a name whose server
@@ -614,18 +630,12 @@ static bool lookup_admitted(const char *url, char *why, size_t size)
 static int resolver_start(void *resolver_state, void *reserved, void *userdata)
 {
     struct http_request *rq = userdata;
-    char *url = NULL, why[400];
+    char *url = NULL;
     if (!rq)
         return 1;       /* parked: its job is gone */
     curl_easy_getinfo(rq->easy, CURLINFO_EFFECTIVE_URL, &url);
-    if (!url || lookup_admitted(url, why, sizeof(why)))
-        return 0;
-    char *shown = shown_text(url);
-    job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",
-                  shown ? shown : SHOWN_URL(rq), why);
-    free(shown);
-    rq->lookup_refused = true;
-    return 1;
+    rq->lookup_refused = url && refuse_lookup(rq, url, NULL);
+    return rq->lookup_refused;
 }
 
 static void request_reset(struct http_request *rq)
@@ -1200,12 +1210,8 @@ static void start_transfers(struct http_job *hj)
 static bool start_one(struct http_job *hj)
 {
     struct http_request *rq = &hj->reqs[hj->next++];
-    char why[400];
-    if (!lookup_admitted(rq->url, why, sizeof(why))) {
-        /* Fails now, and is retried (http_error) after the job's delay,
-         * rather than waiting here for a name server that may never answer. */
-        job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: its host is not looked up: %s",
-                      SHOWN_URL(rq), why);
+    if (refuse_lookup(rq, rq->url, SHOWN_URL(rq))) {
+        /* refused: rq->err says why, and it fails below */
     } else if (request_setup(hj, rq) ||
                curl_multi_add_handle(http.multi, rq->easy) != CURLM_OK) {
         job_error_set(&rq->err, ERR_INTERNAL, "%s: cannot start the transfer", SHOWN_URL(rq));
