@@ -328,6 +328,7 @@ static void file_start(struct job *job)
     st->task.work = file_work;
     st->task.done = file_done;
     st->task.cancel = &job->cancel_flag;
+    st->task.owner = job_pool_owner(job);
     if (!st->root || !*st->root) {
         job_fail(job, ERR_UNAVAILABLE, "file jobs are off: files.root is not set");
         return;

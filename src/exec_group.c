@@ -44,16 +44,9 @@ struct group_state {
     bool too_large;
 };
 
-static struct job *tree_root(struct job *job)
-{
-    while (job->parent)
-        job = job->parent;
-    return job;
-}
-
 static struct group_state *tree_state(struct job *job)
 {
-    return tree_root(job)->exec_state;
+    return job_root(job)->exec_state;
 }
 
 static int depth_of(const struct job *job)
@@ -240,7 +233,7 @@ static void forget_outcomes(struct group_state *top, struct job *group)
  * waiting, and free what the finished ones kept. */
 static void keep_outcome(struct job *child)
 {
-    struct job *root = tree_root(child);
+    struct job *root = job_root(child);
     struct group_state *top = root->exec_state;
     if (top->too_large) {
         drop_outcome(child);

@@ -283,6 +283,7 @@ static void hash_start(struct job *job)
     st->task.work = hash_work;
     st->task.done = hash_done;
     st->task.cancel = &job->cancel_flag;
+    st->task.owner = job_pool_owner(job);
     if (threadpool_submit(job->d->pool, &st->task))
         job_fail(job, ERR_UNAVAILABLE, "thread pool queue is full");
 }

@@ -70,6 +70,18 @@ void job_fail_with(struct job *job, const struct job_error *err)
     runner_attempt_done(job);
 }
 
+struct job *job_root(struct job *job)
+{
+    while (job->parent)
+        job = job->parent;
+    return job;
+}
+
+struct pool_owner *job_pool_owner(struct job *job)
+{
+    return &job_root(job)->pool_owner;
+}
+
 const char *job_status_name(enum job_status status)
 {
     switch (status) {

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "list.h"
+#include "threadpool.h"
 
 struct daemon;
 struct executor;
@@ -110,6 +111,9 @@ struct job {
 
     /* Executor state (owned by the executor). */
     void *exec_state;
+    /* A top-level job: its tree's turn in the thread pool, which the pool
+     * alone touches (job_pool_owner()). */
+    struct pool_owner pool_owner;
 
     /* Outcome. */
     enum job_status status;
@@ -155,6 +159,13 @@ void job_error_set(struct job_error *err, const char *code, const char *fmt, ...
     __attribute__((format(printf, 3, 4)));
 
 const char *job_status_name(enum job_status status);
+
+/* The top-level job of JOB's group tree (JOB itself when it has no parent). */
+struct job *job_root(struct job *job);
+/* Whom JOB's pool tasks are for: its top-level job, so a whole group tree
+ * takes one turn among the pool's owners (threadpool.h) and one big group
+ * does not hold back every other job's hash or file work. */
+struct pool_owner *job_pool_owner(struct job *job);
 
 /* PROTOCOL §2: is this failure worth another attempt? */
 bool job_error_is_transient(const struct job_error *err);

@@ -312,18 +312,11 @@ static bool takes_child_slot(const struct job *job)
     return job->source == SOURCE_CHILD && job->exec != &group_executor;
 }
 
-static struct job *tree_root(struct job *job)
-{
-    while (job->parent)
-        job = job->parent;
-    return job;
-}
-
 /* Put a child at the end of its tree's waiting list; the tree joins the
  * rotation with its first waiting child. */
 static void child_wait(struct runner *r, struct job *child)
 {
-    struct job *root = tree_root(child);
+    struct job *root = job_root(child);
     child->state = JOB_QUEUED;
     if (!root->waiting.head)
         list_append(&r->turns, &root->turn_link);
@@ -333,7 +326,7 @@ static void child_wait(struct runner *r, struct job *child)
 
 static void child_unwait(struct runner *r, struct job *child)
 {
-    struct job *root = tree_root(child);
+    struct job *root = job_root(child);
     list_remove(&root->waiting, &child->wait_link);
     child->state = JOB_NEW;
     r->child_queued--;

@@ -1,10 +1,16 @@
 /* threadpool.c - worker threads for CPU-heavy and blocking work.
  *
- * memcached's pattern (thread.c): tasks wait in a mutex-protected FIFO;
+ * memcached's pattern (thread.c): tasks wait in mutex-protected FIFOs;
  * finished tasks go to a second mutex-protected queue, and the worker that
  * makes it non-empty writes an eventfd the loop watches; the loop then drains
  * the whole queue and runs each done() on its own thread. Locking rules are in
  * doc/threads.md.
+ *
+ * Waiting tasks are kept per owner (a top-level job and its group tree), and
+ * the owners with tasks waiting take turns, one task each: with one FIFO a
+ * group of 1,000 long hash children queued first held every other job behind
+ * all of them. Every step is O(1) and allocates nothing: the queues are
+ * intrusive lists in the tasks and owners.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -19,48 +25,64 @@
 #include "log.h"
 #include "threadpool.h"
 
-struct task_queue {
-    struct pool_task *head, *tail;
-    int length;
-};
-
 struct threadpool {
     int nthreads;
     pthread_t *threads;
     int max_queue;
 
-    pthread_mutex_t lock;       /* guards todo, busy, stopping */
+    pthread_mutex_t lock;       /* guards the owners' queues, turns, queued, busy, stopping */
     pthread_cond_t wake;
-    struct task_queue todo;
+    struct list turns;          /* owners with tasks waiting, next to serve first */
+    struct pool_owner shared;   /* the owner of tasks submitted without one */
+    int queued;                 /* tasks waiting, every owner's */
     int busy;
     bool stopping;
 
-    pthread_mutex_t done_lock;  /* guards done */
-    struct task_queue done;
+    pthread_mutex_t done_lock;  /* guards done, done_length */
+    struct list done;
+    int done_length;
     int efd;
     struct event *done_event;
 };
 
-static void queue_push(struct task_queue *q, struct pool_task *t)
+static struct pool_task *task_of(struct list_link *l)
 {
-    t->next = NULL;
-    if (q->tail)
-        q->tail->next = t;
-    else
-        q->head = t;
-    q->tail = t;
-    q->length++;
+    return l ? list_entry(l, struct pool_task, link) : NULL;
 }
 
-static struct pool_task *queue_pop(struct task_queue *q)
+/* do_*: the caller holds pool->lock. */
+static void do_enqueue(struct threadpool *pool, struct pool_task *t)
 {
-    struct pool_task *t = q->head;
-    if (t) {
-        q->head = t->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->length--;
-        t->next = NULL;
+    struct pool_owner *o = t->owner ? t->owner : &pool->shared;
+    if (!o->tasks.head)
+        list_append(&pool->turns, &o->turn_link);
+    list_append(&o->tasks, &t->link);
+    t->waiting_in = o;
+    pool->queued++;
+}
+
+static void do_dequeue(struct threadpool *pool, struct pool_task *t)
+{
+    struct pool_owner *o = t->waiting_in;
+    list_remove(&o->tasks, &t->link);
+    if (!o->tasks.head)
+        list_remove(&pool->turns, &o->turn_link);
+    t->waiting_in = NULL;
+    pool->queued--;
+}
+
+/* The oldest task of the owner first in turn; that owner goes to the back if
+ * it has more. NULL when nothing waits. */
+static struct pool_task *do_take(struct threadpool *pool)
+{
+    if (!pool->turns.head)
+        return NULL;
+    struct pool_owner *o = list_entry(pool->turns.head, struct pool_owner, turn_link);
+    struct pool_task *t = task_of(o->tasks.head);
+    do_dequeue(pool, t);
+    if (o->tasks.head && pool->turns.tail != &o->turn_link) {
+        list_remove(&pool->turns, &o->turn_link);
+        list_append(&pool->turns, &o->turn_link);
     }
     return t;
 }
@@ -68,8 +90,9 @@ static struct pool_task *queue_pop(struct task_queue *q)
 static void hand_back(struct threadpool *pool, struct pool_task *t)
 {
     pthread_mutex_lock(&pool->done_lock);
-    bool was_empty = pool->done.length == 0;
-    queue_push(&pool->done, t);
+    bool was_empty = pool->done_length == 0;
+    list_append(&pool->done, &t->link);
+    pool->done_length++;
     pthread_mutex_unlock(&pool->done_lock);
     if (was_empty) {
         uint64_t one = 1;
@@ -81,26 +104,14 @@ static void hand_back(struct threadpool *pool, struct pool_task *t)
 int threadpool_cancel(struct threadpool *pool, struct pool_task *task)
 {
     pthread_mutex_lock(&pool->lock);
-    struct task_queue *q = &pool->todo;
-    struct pool_task *prev = NULL, *t = q->head;
-    while (t && t != task) {
-        prev = t;
-        t = t->next;
-    }
-    if (t) {
-        if (prev)
-            prev->next = t->next;
-        else
-            q->head = t->next;
-        if (q->tail == t)
-            q->tail = prev;
-        q->length--;
-    }
+    bool waiting = task->waiting_in != NULL;
+    if (waiting)
+        do_dequeue(pool, task);
     pthread_mutex_unlock(&pool->lock);
-    if (!t)
+    if (!waiting)
         return -1;
-    t->skipped = true;
-    hand_back(pool, t);     /* done() from the loop, as for every task */
+    task->skipped = true;
+    hand_back(pool, task);  /* done() from the loop, as for every task */
     return 0;
 }
 
@@ -109,11 +120,11 @@ static void *worker_main(void *arg)
     struct threadpool *pool = arg;
     pthread_mutex_lock(&pool->lock);
     for (;;) {
-        while (!pool->stopping && pool->todo.length == 0)
+        while (!pool->stopping && pool->queued == 0)
             pthread_cond_wait(&pool->wake, &pool->lock);
         if (pool->stopping)
             break;
-        struct pool_task *t = queue_pop(&pool->todo);
+        struct pool_task *t = do_take(pool);
         pool->busy++;
         pthread_mutex_unlock(&pool->lock);
 
@@ -132,12 +143,15 @@ static void *worker_main(void *arg)
 static void run_done(struct threadpool *pool)
 {
     pthread_mutex_lock(&pool->done_lock);
-    struct task_queue q = pool->done;
-    memset(&pool->done, 0, sizeof(pool->done));
+    struct list q = pool->done;
+    pool->done = (struct list){0};
+    pool->done_length = 0;
     pthread_mutex_unlock(&pool->done_lock);
     struct pool_task *t;
-    while ((t = queue_pop(&q)))
+    while ((t = task_of(q.head))) {
+        list_remove(&q, &t->link);  /* before done(), which owns the task */
         t->done(t);
+    }
 }
 
 static void done_cb(evutil_socket_t fd, short what, void *arg)
@@ -203,8 +217,8 @@ int threadpool_submit(struct threadpool *pool, struct pool_task *task)
     int rc = -1;
     task->skipped = false;
     pthread_mutex_lock(&pool->lock);
-    if (!pool->stopping && pool->todo.length < pool->max_queue) {
-        queue_push(&pool->todo, task);
+    if (!pool->stopping && pool->queued < pool->max_queue) {
+        do_enqueue(pool, task);
         pthread_cond_signal(&pool->wake);
         rc = 0;
     }
@@ -220,7 +234,7 @@ int threadpool_size(const struct threadpool *pool)
 int threadpool_queued(struct threadpool *pool)
 {
     pthread_mutex_lock(&pool->lock);
-    int n = pool->todo.length;
+    int n = pool->queued;
     pthread_mutex_unlock(&pool->lock);
     return n;
 }
@@ -239,10 +253,10 @@ int threadpool_unfinished(struct threadpool *pool)
      * counting it busy, and only this (loop) thread runs done() or
      * threadpool_cancel(), so a task is never missed between the two. */
     pthread_mutex_lock(&pool->lock);
-    int n = pool->todo.length + pool->busy;
+    int n = pool->queued + pool->busy;
     pthread_mutex_unlock(&pool->lock);
     pthread_mutex_lock(&pool->done_lock);
-    n += pool->done.length;
+    n += pool->done_length;
     pthread_mutex_unlock(&pool->done_lock);
     return n;
 }
@@ -284,7 +298,7 @@ static void join_and_free(struct threadpool *pool)
     /* Finished tasks first, then the ones no worker reached. */
     run_done(pool);
     struct pool_task *t;
-    while ((t = queue_pop(&pool->todo))) {
+    while ((t = do_take(pool))) {   /* the workers are gone: no lock needed */
         t->skipped = true;
         t->done(t);
     }

@@ -193,6 +193,122 @@ static void test_unfinished_lasts_until_done_ran(void **state)
     event_base_free(base);
 }
 
+/* Tasks of several owners, run one at a time by a single worker: each
+ * records its label in the order work() ran. */
+struct labelled {
+    struct counted c;
+    char label;
+};
+
+static char ran[64];
+static atomic_int ran_count;
+
+static void labelled_work(struct pool_task *t)
+{
+    struct labelled *l = (struct labelled *)t;
+    ran[atomic_fetch_add(&ran_count, 1)] = l->label;
+    work(t);
+}
+
+static void label(struct labelled *tasks, const char *labels, struct pool_owner **owners, int n)
+{
+    memset(tasks, 0, (size_t)n * sizeof(*tasks));
+    for (int i = 0; i < n; i++) {
+        tasks[i].label = labels[i];
+        tasks[i].c.task.owner = owners[i];
+    }
+}
+
+/* Blocks the only worker on a gated task, then queues TASKS (labels and
+ * owners set by the caller) behind it. */
+static void queue_behind_gate(struct threadpool *pool, struct counted *first, struct labelled *tasks,
+                              int n, int *done_count, struct event_base *base)
+{
+    atomic_store(&gate, 0);
+    atomic_store(&ran_count, 0);
+    memset(ran, 0, sizeof(ran));
+    *first = (struct counted){.task = {.work = gated_work, .done = done},
+                              .done_count = done_count, .base = base};
+    assert_int_equal(threadpool_submit(pool, &first->task), 0);
+    while (threadpool_busy(pool) == 0)
+        usleep(1000);
+    for (int i = 0; i < n; i++) {
+        tasks[i].c.task.work = labelled_work;
+        tasks[i].c.task.done = done;
+        tasks[i].c.done_count = done_count;
+        tasks[i].c.base = base;
+        assert_int_equal(threadpool_submit(pool, &tasks[i].c.task), 0);
+    }
+}
+
+static void run_all(struct event_base *base, struct counted *first,
+                    struct labelled *tasks, int n, int expected_done)
+{
+    first->stop_after = expected_done;
+    for (int i = 0; i < n; i++)
+        tasks[i].c.stop_after = expected_done;
+    atomic_store(&gate, 1);
+    event_base_dispatch(base);
+}
+
+/* One owner's big batch queued first (a group's children) does not hold back
+ * an owner with one task, nor a second big batch: owners with tasks waiting
+ * take turns, one task each, each owner's tasks in their order, and tasks
+ * without an owner share one turn. */
+static void test_owners_take_turns(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct threadpool *pool = threadpool_create(base, 1, 100);
+    struct pool_owner a = {0}, b = {0}, c = {0};
+    struct pool_owner *owners[] = {&a, &a, &a, &a, &b, &c, &c, &c, NULL};
+    enum { N = 9 };
+    struct labelled tasks[N];
+    label(tasks, "aaaabcccS", owners, N);
+    struct counted first;
+    int done_count = 0;
+    queue_behind_gate(pool, &first, tasks, N, &done_count, base);
+    assert_int_equal(threadpool_queued(pool), N);
+    run_all(base, &first, tasks, N, N + 1);
+    assert_int_equal(done_count, N + 1);
+    assert_string_equal(ran, "abcSacaca");
+    assert_int_equal(threadpool_queued(pool), 0);
+    threadpool_destroy(pool);
+    event_base_free(base);
+}
+
+/* A waiting task cancelled leaves its owner's queue, and an owner whose last
+ * waiting task is cancelled leaves the turns; max_queue counts every owner's
+ * tasks together. */
+static void test_cancel_and_bound_across_owners(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct threadpool *pool = threadpool_create(base, 1, 5);
+    struct pool_owner a = {0}, b = {0}, c = {0};
+    struct pool_owner *owners[] = {&a, &a, &b, &c, &c};
+    enum { N = 5 };
+    struct labelled tasks[N];
+    label(tasks, "aabcc", owners, N);
+    struct counted first;
+    int done_count = 0;
+    queue_behind_gate(pool, &first, tasks, N, &done_count, base);
+    struct labelled extra = {.c = {.task = {.work = labelled_work, .done = done, .owner = &b},
+                                   .done_count = &done_count, .base = base},
+                             .label = 'x'};
+    assert_int_equal(threadpool_submit(pool, &extra.c.task), -1);   /* 5 wait: full */
+    assert_int_equal(threadpool_queued(pool), 5);
+    assert_int_equal(threadpool_cancel(pool, &tasks[2].c.task), 0);    /* b's only one */
+    assert_int_equal(threadpool_cancel(pool, &tasks[3].c.task), 0);    /* c's first */
+    assert_int_equal(threadpool_cancel(pool, &tasks[3].c.task), -1);
+    assert_int_equal(threadpool_queued(pool), 3);
+    assert_int_equal(threadpool_unfinished(pool), 6);  /* 3 waiting, 1 running, 2 done */
+    run_all(base, &first, tasks, N, N + 1);
+    assert_int_equal(done_count, N + 1);
+    assert_true(tasks[2].c.task.skipped && tasks[3].c.task.skipped);
+    assert_string_equal(ran, "aca");
+    threadpool_destroy(pool);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +317,8 @@ int main(void)
         cmocka_unit_test(test_bounded_queue_and_destroy_runs_every_done),
         cmocka_unit_test(test_a_queued_task_cancelled_ends_without_waiting_its_turn),
         cmocka_unit_test(test_unfinished_lasts_until_done_ran),
+        cmocka_unit_test(test_owners_take_turns),
+        cmocka_unit_test(test_cancel_and_bound_across_owners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

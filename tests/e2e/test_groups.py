@@ -103,6 +103,37 @@ def test_a_big_group_of_hash_jobs_all_run_on_the_pool(r, start_jobd):
     assert rec["result"]["succeeded"] == 300 and rec["result"]["failed"] == 0
 
 
+def test_a_big_group_does_not_hold_back_the_jobs_submitted_after_it(r, start_jobd):
+    # Two pool threads, a group of 200 hash children of ~50 ms queued first:
+    # with one FIFO for the pool, a top-level hash job submitted next waited
+    # for all 200 (~5 s), and so did a second, small group. Each top-level
+    # job's tree now takes its turn for a thread, one task at a time.
+    port = free_port()
+    start_jobd(admin__listen=f"127.0.0.1:{port}")
+    metrics = metrics_of(port)
+    submit(r, {"id": "cal", "type": "hash", "data": "c", "iterations": 200000})
+    cal = wait_result(r, "cal")
+    child_ms = max(cal["finished_at"] - cal["started_at"], 1)
+    iterations = max(1000, 200000 * 50 // child_ms)    # ~50 ms of hashing
+    hash_job = {"type": "hash", "data": "x", "iterations": iterations}
+    submit(r, {"id": "big", "type": "group", "jobs": [hash_job] * 200})
+    wait_for(lambda: metrics()["jobd_threadpool_queue_depth"] >= 190,
+             what="the big group's children queued on the pool")
+    submit(r, {"id": "small", "type": "group", "jobs": [hash_job] * 5})
+    submit(r, dict(hash_job, id="single"))
+    single = wait_result(r, "single", timeout=30)
+    small = wait_result(r, "small", timeout=30)
+    big_then = result(r, "big")
+    big = wait_result(r, "big", timeout=120)
+    assert single["status"] == small["status"] == big["status"] == "succeeded"
+    assert big_then is None, "the big group ended before the jobs submitted after it"
+    big_ms = big["finished_at"] - big["started_at"]
+    # Behind 200 children of 2 threads a job waits ~100 children's time; its
+    # turn comes after one or two of them (a small margin for a loaded host).
+    assert single["finished_at"] - single["started_at"] < big_ms / 4, (single, big_ms)
+    assert small["finished_at"] - small["started_at"] < big_ms / 4, (small["finished_at"], big_ms)
+
+
 def test_group_stop_reaches_a_child_already_stopping(r, start_jobd, tmp_path):
     # The file child's task waits behind a hash job for the one pool thread;
     # its own timeout leaves it stopping. The group's timeout must still end
