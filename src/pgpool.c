@@ -376,11 +376,34 @@ static void conn_open(struct pgpool *pool)
     connect_step(c, PGRES_POLLING_WRITING);
 }
 
+static void query_answered(struct pg_conn *c, struct sql_query *q, struct answered *out);
+
+/* Whether Q's own answer is complete: the Sync after its Execute was read,
+ * so its statement committed (or failed) whatever happens to the steps
+ * after it, the reset of its session (send_reset()). */
+static bool answer_in(const struct sql_query *q)
+{
+    for (int i = 0; i + 1 < q->step; i++)
+        if (q->steps[i] == STEP_EXECUTE)
+            return true;
+    return false;
+}
+
 /* Close C under its queries: each ends unavailable (transient: retried)
- * with MSG, but KEEP (NULL: none), whose own error is already set. */
+ * with MSG, but KEEP (NULL: none), whose own error is already set, and a
+ * head query whose answer is in: failed as unavailable, a statement that
+ * committed was retried and ran twice. */
 static void conn_close_failing(struct pg_conn *c, const char *msg, struct sql_query *keep)
 {
     struct pgpool *pool = c->pool;
+    struct answered done = {NULL, NULL};
+    if (c->head && c->head != keep && answer_in(c->head)) {
+        log_info("postgres: connection lost while releasing what %s%s left on its session; "
+                 "its answer stands", c->head->name ? "query " : "raw SQL",
+                 c->head->name ? c->head->name : "");
+        c->head->left_state = true;
+        query_answered(c, c->head, &done);
+    }
     struct sql_query *q = c->head;
     c->head = c->tail = NULL;
     /* None of them may point at C once it is freed: done() of the first can
@@ -395,6 +418,7 @@ static void conn_close_failing(struct pg_conn *c, const char *msg, struct sql_qu
         query_complete(pool, q);
         q = next;
     }
+    answered_complete(pool, &done);
 }
 
 /* The connection died under its queries: each is unavailable (transient). */

@@ -1169,3 +1169,49 @@ def test_settings_listen_and_temp_tables_do_not_reach_the_next_job(r, pg, start_
     assert run(r, "plain_raw", sql="SELECT 1")["status"] == "succeeded"
     assert run(r, "plain", query="insert", params=["x"])["status"] == "succeeded"
     assert fresh_session(run(r, "last", query="state")) == pid
+
+
+# What undoes a session-changing query's state (send_reset()) failing or not
+# coming back. The trap shadows pg_advisory_unlock_all() for a session whose
+# search_path the job put it in front of pg_catalog: it raises, or sleeps
+# (for the job's own statement_timeout to cancel it, or for the backend to be
+# terminated meanwhile).
+TRAP = {"error": "RAISE EXCEPTION 'trap: unlock refused';",
+        "timeout": "PERFORM pg_catalog.pg_sleep(3);",
+        "terminate": "PERFORM pg_catalog.pg_sleep(3);"}
+
+
+@pytest.mark.parametrize("how", sorted(TRAP))
+def test_a_reset_that_fails_keeps_the_jobs_answer_and_retires_its_connection(r, pg, start_jobd,
+                                                                             how):
+    pg.psql("CREATE SCHEMA trap; CREATE FUNCTION trap.pg_advisory_unlock_all() RETURNS void "
+            f"LANGUAGE plpgsql AS $$BEGIN {TRAP[how]} END$$")
+    daemon = start_jobd(**session_config(pg, 8))
+    pid = fresh_session(run(r, "s0", query="state"))
+    timeout = ", set_config('statement_timeout', '300', false)" if how == "timeout" else ""
+    sql = (f"WITH s AS (SELECT set_config('search_path', 'trap, pg_catalog', false){timeout}) "
+           "INSERT INTO public.items(name) SELECT 'once' FROM s RETURNING id")
+    submit(r, {"id": "risky", "type": "sql", "sql": sql})
+    # Queued behind it on the pool's one connection.
+    submit(r, {"id": "behind", "type": "sql", "query": "insert", "params": ["behind"]})
+    if how == "terminate":
+        reset = ("FROM pg_stat_activity WHERE application_name = 'jobd' AND state = 'active' "
+                 "AND query LIKE 'SELECT pg_advisory_unlock_all()%'")
+        wait_for(lambda: pg.psql(f"SELECT count(*) {reset}") == "1", timeout=10,
+                 what="the reset running")
+        assert pg.psql(f"SELECT pg_terminate_backend(pid) {reset}") == "t"
+    rec = wait_result(r, "risky", timeout=20)
+    # The job's own statement ran and committed before the reset: its answer
+    # stands, once, not retried as if the connection had failed under it.
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+    assert rec["result"]["command"] == "INSERT 0 1", rec
+    assert wait_result(r, "behind", timeout=20)["status"] == "succeeded"
+    assert pg.psql("SELECT count(*) FROM items WHERE name = 'once'") == "1"
+    assert pg.psql("SELECT count(*) FROM items WHERE name = 'behind'") == "1"
+    # The connection that carried it is gone; the next jobs find a clean one.
+    new_pid = fresh_session(run(r, "s1", query="state"))
+    assert new_pid != pid
+    assert fresh_session(run(r, "s2", query="state")) == new_pid
+    assert int(pg.psql("SELECT count(*) FROM pg_stat_activity "
+                       "WHERE application_name = 'jobd'")) == 1
+    assert daemon.proc.poll() is None
