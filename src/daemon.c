@@ -46,6 +46,11 @@ void daemon_intake_ready(struct daemon *d)
         log_notice("ready: worker %s, %d channel(s), %d stream(s), max_inflight %d",
                    d->worker_id, d->cfg.nchannels, d->cfg.nstreams, d->cfg.max_inflight);
         sd_notify(0, "READY=1");
+    } else if (d->draining) {
+        /* Intake stays stopped: the subscriber is back for cancels, and for
+         * the messages the exit reads up to its UNSUBSCRIBE. */
+        log_info("redis subscriber back during the drain: pub/sub jobs heard now are parked "
+                 "on the stream, not run");
     } else {
         log_info("intake resumed%s", intake_job_channels_paused(d->intake)
                                          ? " (pub/sub job channels still paused)"

@@ -4,6 +4,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from conftest import NS, Ledger, publish, result, submit, wait_for, wait_result, wait_results
 from redis_proxy import ForwardingProxy
 from test_files import slow_read_env
@@ -238,3 +240,63 @@ def test_a_job_stopping_on_the_pool_past_the_give_up_still_goes_back(r, start_jo
     rec = wait_result(r, "slowread")
     assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
     assert rec["result"]["content"] == "slow\n"
+
+
+def kill_subscriber_until(r, stop, every=0.05):
+    """CLIENT KILL TYPE pubsub every EVERY seconds until STOP is set: the
+    subscriber is lost at every stage of a drain (jobs running, its
+    UNSUBSCRIBE waited for, reconnecting...)."""
+    while not stop.is_set():
+        try:
+            r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        except Exception:
+            pass
+        stop.wait(every)
+
+
+@pytest.mark.parametrize("jobs_ms,drain_ms", [(1500, 5000), (10000, 1000)],
+                         ids=["jobs_end", "drain_ends"])
+def test_the_subscriber_lost_during_the_drain_still_ends_it_with_a_record_for_every_job(
+        r, start_jobd, jobs_ms, drain_ms):
+    # The subscriber connection is killed right after SIGTERM and again and
+    # again while the drain runs: the drain still ends by its deadline, every
+    # job it took ends with a record (or, at the deadline, goes back on its
+    # stream), a job published meanwhile is parked, and jobd exits 0.
+    daemon = start_jobd(shutdown__drain_ms=drain_ms)
+    ids = [f"p{i}" for i in range(3)] + [f"s{i}" for i in range(3)]
+    for i in ids:
+        job = {"id": i, "type": "sleep", "ms": jobs_ms}
+        if i.startswith("p"):
+            assert publish(r, job) == 1
+        else:
+            submit(r, job)
+    wait_for(lambda: daemon.log_text().count("started (sleep)") == 6, what="6 running jobs")
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_subscriber_until, args=(r, stop))
+    t0 = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    killer.start()
+    try:
+        time.sleep(0.3)
+        late = publish(r, {"id": "late", "type": "sleep", "ms": 1})
+        assert daemon.proc.wait(drain_ms / 1000 + 5) == 0, daemon.log_text()
+    finally:
+        stop.set()
+        killer.join()
+    assert time.monotonic() - t0 < drain_ms / 1000 + 3
+    log = daemon.log_text()
+    assert "lost" not in log.replace("connection lost", ""), log
+    # Back during the drain, the subscriber did not say intake resumed.
+    assert "subscriber back during the drain" in log and "intake resumed" not in log, log
+    if jobs_ms < drain_ms:
+        recs = wait_results(r, ids)
+        assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+    else:
+        assert r.keys(f"{NS}:result:*") == []
+        assert all(live_copies(r, i) == 1 for i in ids), r.xrange(f"{NS}:queue")
+    # Heard while draining: parked on the stream, not run, not lost.
+    assert copies_of(r, "late") == late and result(r, "late") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 0
+    start_jobd(name="second")
+    recs = wait_results(r, ids + ["late"] * late, timeout=20)
+    assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
