@@ -426,6 +426,30 @@ static void poll_reply(struct waited *w, const redisReply *r, bool bar, int *rc,
         progress(*done, nwaits, started);
 }
 
+/* Room for twice as many line numbers in *LINES (*N of them); -1 when out
+ * of memory (*LINES is kept). */
+static int grow_lines(size_t **lines, size_t *n)
+{
+    size_t want = *n ? *n * 2 : 256;
+    size_t *more = realloc(*lines, want * sizeof(**lines));
+    if (!more)
+        return -1;
+    *lines = more;
+    *n = want;
+    return 0;
+}
+
+/* Envelope K as messages name it: by its number, and by its line when blank
+ * lines before it in the file (LINES; NULL: none read) make the two differ. */
+static const char *envelope_name(char *buf, size_t len, size_t k, const size_t *lines)
+{
+    if (lines && lines[k] != k + 1)
+        snprintf(buf, len, "envelope %zu (line %zu)", k + 1, lines[k]);
+    else
+        snprintf(buf, len, "envelope %zu", k + 1);
+    return buf;
+}
+
 /* Every line: an envelope. Returns the ids to wait for (stream entry ids for
  * envelopes without one). */
 static int submit(int argc, char **argv)
@@ -445,6 +469,7 @@ static int submit(int argc, char **argv)
         }
     }
     json_t *envelopes = json_array();
+    size_t *lines = NULL, nlines = 0;   /* each envelope's line in a file, for messages */
     if (source && source[0] != '@' && strcmp(source, "-")) {
         if (json_array_append_new(envelopes, json_string(source))) {
             fprintf(stderr, "jobctl: the envelope is not UTF-8 text; nothing submitted\n");
@@ -458,20 +483,30 @@ static int submit(int argc, char **argv)
             return EXIT_USAGE;
         }
         char *line = NULL;
-        size_t cap = 0;
+        size_t cap = 0, lineno = 0;
         ssize_t n;
         while ((n = getline(&line, &cap, in)) > 0) {
+            lineno++;
             while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
                 line[--n] = '\0';
-            if (n > 0 && json_array_append_new(envelopes, json_stringn(line, (size_t)n))) {
-                fprintf(stderr, "jobctl: line %zu is not UTF-8 text; nothing submitted\n",
-                        json_array_size(envelopes) + 1);
+            if (!n)
+                continue;       /* a blank line: no envelope, but a line all the same */
+            size_t k = json_array_size(envelopes);
+            bool no_room = k == nlines && grow_lines(&lines, &nlines);
+            if (no_room || json_array_append_new(envelopes, json_stringn(line, (size_t)n))) {
+                if (no_room)
+                    fprintf(stderr, "jobctl: out of memory\n");
+                else
+                    fprintf(stderr, "jobctl: line %zu is not UTF-8 text; nothing submitted\n",
+                            lineno);
                 free(line);
+                free(lines);
                 if (in != stdin)
                     fclose(in);
                 json_decref(envelopes);
                 return EXIT_USAGE;
             }
+            lines[k] = lineno;
         }
         free(line);
         if (in != stdin)
@@ -485,6 +520,7 @@ static int submit(int argc, char **argv)
     size_t nwaits = 0;
     if (wait && !waits) {
         fprintf(stderr, "jobctl: out of memory\n");
+        free(lines);
         json_decref(envelopes);
         return EXIT_USAGE;
     }
@@ -497,6 +533,7 @@ static int submit(int argc, char **argv)
     if (!batch) {
         fprintf(stderr, "jobctl: out of memory\n");
         free(waits);
+        free(lines);
         json_decref(envelopes);
         return EXIT_USAGE;
     }
@@ -551,6 +588,7 @@ static int submit(int argc, char **argv)
             /* Each failure is told with its envelope's number here: in a
              * batch the commands after a failed one were sent too. */
             bool told = true;
+            char name[64];
             redisReply *before = w && b->id ? next_reply(&told) : NULL;
             redisReply *clock = w && publish ? next_reply(&told) : NULL;
             redisReply *r = next_reply(&told);
@@ -560,13 +598,14 @@ static int submit(int argc, char **argv)
             const char *wait_id =
                 b->id ? b->id : (!publish && r->type == REDIS_REPLY_STRING ? r->str : NULL);
             if (r->type == REDIS_REPLY_ERROR) {
-                fprintf(stderr, "jobctl: envelope %zu not submitted: redis: %s\n", k + 1, r->str);
+                fprintf(stderr, "jobctl: %s not submitted: redis: %s\n",
+                        envelope_name(name, sizeof(name), k, lines), r->str);
                 failed = true;
                 wait_id = NULL;
             } else if (unwaitable) {
                 /* It went in: said on stdout below, not waited for. */
-                fprintf(stderr, "jobctl: envelope %zu submitted, not waited for: redis: %s\n",
-                        k + 1, unwaitable->str);
+                fprintf(stderr, "jobctl: %s submitted, not waited for: redis: %s\n",
+                        envelope_name(name, sizeof(name), k, lines), unwaitable->str);
                 failed = true;
             } else if (wait && !wait_id) {
                 fprintf(stderr, "jobctl: a published envelope without a valid \"id\" cannot be "
@@ -631,6 +670,7 @@ static int submit(int argc, char **argv)
         free(waits[k].before);
     }
     free(waits);
+    free(lines);
     json_decref(envelopes);
     return rc;
 }

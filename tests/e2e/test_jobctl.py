@@ -1,10 +1,11 @@
 """jobctl driven end to end against a live daemon."""
+import hashlib
 import json
 import os
 import subprocess
 import time
 
-from conftest import NS, REPO, submit, wait_for, wait_result
+from conftest import NS, REPO, submit, wait_for, wait_result, wait_results
 from redis_proxy import ForwardingProxy
 
 JOBCTL = os.path.join(os.path.dirname(os.environ.get("JOBD_BIN", REPO + "/src/jobd")), "jobctl")
@@ -580,3 +581,63 @@ def test_submit_wait_says_each_failure_of_a_batch_and_what_went_in(r, start_jobd
     assert out.returncode == 3 and out.stdout == "", out
     for n in (1, 2, 3):
         assert f"envelope {n} not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
+
+
+def test_submit_publish_sends_every_line_of_a_file_whole(r, start_jobd, tmp_path):
+    # --publish from a file goes in pipelined batches of PUBLISHes sent by
+    # length. Among 300 envelopes (two batches, and a third begun by the
+    # long lines' bytes): one with a NUL byte and a job after it, lines of
+    # 1.5 MB (runs: its digest is of all of it) and of 5 MB (over
+    # limits.max_job_bytes), blank and CRLF-ended lines. Each is published
+    # whole: it runs, or jobd rejects it with a record; nothing is cut.
+
+    daemon = start_jobd(limits__max_job_bytes=4 << 20)
+    ids = [f"e{i}" for i in range(300)]
+    lines = [json.dumps({"id": i, "type": "sleep", "ms": 1}).encode() for i in ids]
+    nul = b'{"id":"nul-pub","type":"sleep","ms":1}\x00{"id":"after-nul","type":"sleep","ms":1}'
+    data = "d" * (3 << 19)
+    lines[100] = nul
+    lines[150] = json.dumps({"id": "long-ok", "type": "hash", "data": data}).encode()
+    lines[200] = json.dumps({"id": "too-long", "type": "hash", "data": "x" * (5 << 20)}).encode()
+    lines[250] += b"\r"
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_bytes(b"\n".join(lines[:50]) + b"\n\n\n" + b"\n".join(lines[50:]) + b"\n")
+    out = ctl(daemon, "submit", "--publish", f"@{jobs}")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert len(out.stdout.splitlines()) == 300, out.stdout[:500]
+    ran = [i for k, i in enumerate(ids) if k not in (100, 150, 200)]
+    recs = wait_results(r, ran + ["long-ok"], timeout=60)
+    assert all(recs[i]["status"] == "succeeded" for i in ran)
+    assert recs["long-ok"]["result"]["digest"] == hashlib.sha256(data.encode()).hexdigest()
+    # The NUL line is not JSON and the 5 MB one too large: each rejected with
+    # a dead letter (no id read from either, so no result record); the job
+    # before the NUL did not run as if it were the whole line.
+    wait_for(lambda: r.xlen(f"{NS}:dead") == 2, what="two dead letters")
+    (_, first), (_, second) = r.xrange(f"{NS}:dead")
+    assert first["job"] == nul.decode(), first
+    assert json.loads(first["error"])["code"] == "invalid_job", first
+    assert json.loads(second["error"])["code"] == "too_large", second["error"]
+    assert second["truncated"] == "1" and second["job"] == lines[200][:4 << 20].decode()
+    for i in ("nul-pub", "after-nul", "too-long"):
+        assert r.get(f"{NS}:result:{i}") is None, i
+    assert daemon.proc.poll() is None
+
+
+def test_submit_names_the_line_of_a_refused_envelope_past_blank_lines(r, start_jobd, tmp_path):
+    # Blank lines are skipped, and the line named was the envelope's count.
+    daemon = start_jobd()
+    jobs = tmp_path / "jobs.ndjson"
+    jobs.write_bytes(b'{"id":"ok1","type":"sleep","ms":1}\n\n\r\n'
+                     b'{"id":"caf\xe9","type":"sleep","ms":1}\n')
+    for args in (["submit", f"@{jobs}"], ["submit", "--publish", f"@{jobs}"]):
+        out = ctl(daemon, *args)
+        assert out.returncode == 2 and "line 4 is not UTF-8" in out.stderr, out.stderr
+    assert r.xlen(f"{NS}:queue") == 0 and r.get(f"{NS}:result:ok1") is None
+    # Refused by Redis: the envelope's number, and its line when they differ.
+    r.delete(f"{NS}:queue")
+    r.set(f"{NS}:queue", "not a stream")
+    jobs.write_text('{"id":"a","type":"sleep","ms":1}\n\n{"id":"b","type":"sleep","ms":1}\n')
+    out = ctl(daemon, "submit", f"@{jobs}")
+    assert out.returncode == 3 and out.stdout == "", out
+    assert "envelope 1 not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
+    assert "envelope 2 (line 3) not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
