@@ -197,6 +197,25 @@ static void print_json(const char *text, size_t len)
     json_decref(doc);
 }
 
+/* A record or snapshot from Redis, read for text mode and --wait. jobd
+ * writes a NUL byte in a value (a body an http job read) as "\u0000":
+ * without JSON_ALLOW_NUL jansson refused the whole document, and a job that
+ * succeeded showed "?" and exited 1. */
+static json_t *load_doc(const char *text, size_t len)
+{
+    return json_loadb(text, len, JSON_ALLOW_NUL, NULL);
+}
+
+/* The string member NAME of OBJ for print_line(), all of it (json_string_value
+ * as "%s" stopped at a NUL byte), or "?" when it is missing or not a string.
+ * Freed by the caller. */
+static char *shown_member(const json_t *obj, const char *name)
+{
+    const json_t *v = json_object_get(obj, name);
+    return json_is_string(v) ? visible(json_string_value(v), json_string_length(v))
+                             : strdup("?");
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -372,7 +391,7 @@ static bool is_this_run(const struct waited *w, const char *text, size_t len)
 {
     if (w->before && w->before_len == len && !memcmp(w->before, text, len))
         return false;
-    json_t *rec = json_loadb(text, len, 0, NULL);
+    json_t *rec = load_doc(text, len);
     json_t *queued = json_object_get(rec, "queued_at");
     bool ours = !json_is_integer(queued) ||
                 json_integer_value(queued) >= w->since_ms - CLOCK_SKEW_MS;
@@ -412,7 +431,7 @@ static void poll_reply(struct waited *w, const redisReply *r, bool bar, int *rc,
 {
     if (r->type != REDIS_REPLY_STRING || !is_this_run(w, r->str, r->len))
         return;
-    json_t *rec = json_loadb(r->str, r->len, 0, NULL);
+    json_t *rec = load_doc(r->str, r->len);
     const char *status = json_string_value(json_object_get(rec, "status"));
     if (!status || strcmp(status, "succeeded"))
         *rc = EXIT_JOB;
@@ -682,17 +701,20 @@ static int status(const char *id)
     redisReply *r = cmd("GET %s:result:%s", ctl.ns, id);
     int rc = EXIT_JOB;
     if (r->type == REDIS_REPLY_STRING) {
-        json_t *rec = json_loadb(r->str, r->len, 0, NULL);
+        json_t *rec = load_doc(r->str, r->len);
         const char *st = json_string_value(json_object_get(rec, "status"));
-        if (ctl.json)
+        json_t *error = json_object_get(rec, "error");
+        if (ctl.json) {
             print_json(r->str, r->len);
-        else
-            print_line("%s %s attempts=%lld%s%s", id, st ? st : "?",
-                   (long long)json_integer_value(json_object_get(rec, "attempts")),
-                   json_object_get(rec, "error") ? " error=" : "",
-                   json_object_get(rec, "error")
-                       ? json_string_value(json_object_get(json_object_get(rec, "error"), "code"))
-                       : "");
+        } else {
+            char *shown_st = shown_member(rec, "status");
+            char *code = error ? shown_member(error, "code") : NULL;
+            print_line("%s %s attempts=%lld%s%s", id, shown_st ? shown_st : "?",
+                       (long long)json_integer_value(json_object_get(rec, "attempts")),
+                       error ? " error=" : "", error ? (code ? code : "?") : "");
+            free(shown_st);
+            free(code);
+        }
         rc = st && !strcmp(st, "succeeded") ? 0 : EXIT_JOB;
         json_decref(rec);
     } else {
@@ -821,10 +843,10 @@ static int workers(void)
                 } else {
                     /* Anyone with write access to Redis can put anything
                      * here: missing fields print as "?" or 0. */
-                    json_t *s = json_loadb(w->str, w->len, 0, NULL);
+                    json_t *s = load_doc(w->str, w->len);
                     json_t *jobs = json_object_get(s, "jobs");
-                    const char *worker = json_string_value(json_object_get(s, "worker"));
-                    const char *version = json_string_value(json_object_get(s, "version"));
+                    char *worker = shown_member(s, "worker");
+                    char *version = shown_member(s, "version");
                     /* Daemons sharing a name overwrite one key: one line
                      * shows for several daemons, so it says so itself. */
                     json_int_t shared = json_integer_value(json_object_get(s, "name_collisions"));
@@ -842,6 +864,8 @@ static int workers(void)
                                json_is_true(json_object_get(s, "draining")) ? "yes" : "no",
                                version ? version : "?", note);
 #undef JOBS_FIELD
+                    free(worker);
+                    free(version);
                     json_decref(s);
                 }
             }
@@ -914,7 +938,8 @@ static void print_dead_json(const char *entry, const redisReply *fields)
 {
     size_t error_len, id_len;
     const char *error = field(fields, "error", &error_len), *id = field(fields, "id", &id_len);
-    json_t *err = error_len ? json_loadb(error, error_len, JSON_DECODE_ANY, NULL) : json_null();
+    json_t *err = error_len ? json_loadb(error, error_len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)
+                            : json_null();
     if (!err)
         err = lossy_string(error, error_len);
     json_t *line = json_pack("{s:s, s:o?, s:o?}", "entry", entry, "id",

@@ -641,3 +641,44 @@ def test_submit_names_the_line_of_a_refused_envelope_past_blank_lines(r, start_j
     assert out.returncode == 3 and out.stdout == "", out
     assert "envelope 1 not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
     assert "envelope 2 (line 3) not submitted: redis: WRONGTYPE" in out.stderr, out.stderr
+
+
+def test_text_mode_shows_values_past_an_escaped_nul(r, start_jobd):
+    # JSON from Redis may hold "\u0000" (a body an http job read, a key
+    # anyone wrote). Text mode read it without JSON_ALLOW_NUL: the whole
+    # document was refused, a succeeded job's status showed "?" and exited
+    # 1, submit --wait said it failed, a worker's line lost every field.
+    from http_server import HttpServer
+    web = HttpServer()
+    try:
+        daemon = start_jobd(http__allow_private=True)
+        job = json.dumps({"id": "nul-body", "type": "http", "url": web.url("/json-nul"),
+                          "response": "json"})
+        out = ctl(daemon, "submit", "--wait", job)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert json.loads(out.stdout)["result"]["json"] == {"x": "\u0000"}
+    finally:
+        web.stop()
+    out = ctl(daemon, "status", "nul-body")
+    assert out.returncode == 0 and out.stdout == "nul-body succeeded attempts=1\n", out
+    # A string value with a NUL shows whole, the NUL as '?' like any other
+    # control character.
+    r.set(f"{NS}:result:nul-err", json.dumps({"id": "nul-err", "status": "failed", "attempts": 2,
+                                              "error": {"code": "odd\u0000code", "message": ""}}))
+    out = ctl(daemon, "status", "nul-err")
+    assert out.returncode == 1 and out.stdout == "nul-err failed attempts=2 error=odd?code\n", out
+    r.set(f"{NS}:worker:nul", json.dumps({"worker": "host\u0000name", "version": "1\u00002",
+                                          "jobs": {"inflight": 3}}), ex=10)
+    out = ctl(daemon, "workers")
+    assert out.returncode == 0, out.stderr
+    assert "host?name inflight=3 queued=0" in out.stdout and "version=1?2" in out.stdout, out
+    # A dead letter's error with one stays the object it is in --json (it
+    # was given as a string of its text).
+    error = {"code": "invalid_job", "message": "field a\u0000b"}
+    r.xadd(f"{NS}:dead", {"job": "{}", "id": "d", "error": json.dumps(error)})
+    out = ctl(daemon, "--json", "dead", "list")
+    assert json.loads(out.stdout.splitlines()[0])["error"] == error, out
+    # --json keeps it escaped.
+    snapshots = [json.loads(line) for line in ctl(daemon, "--json", "workers").stdout.splitlines()]
+    assert {"worker": "host\u0000name", "version": "1\u00002", "jobs": {"inflight": 3}} \
+        in snapshots, snapshots
