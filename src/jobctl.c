@@ -212,8 +212,7 @@ static json_t *load_doc(const char *text, size_t len)
 static char *shown_member(const json_t *obj, const char *name)
 {
     const json_t *v = json_object_get(obj, name);
-    return json_is_string(v) ? visible(json_string_value(v), json_string_length(v))
-                             : strdup("?");
+    return json_is_string(v) ? visible(json_string_value(v), json_string_length(v)) : strdup("?");
 }
 
 static void usage(FILE *out)

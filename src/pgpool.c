@@ -399,8 +399,8 @@ static void conn_close_failing(struct pg_conn *c, const char *msg, struct sql_qu
     struct answered done = {NULL, NULL};
     if (c->head && c->head != keep && answer_in(c->head)) {
         log_info("postgres: connection lost while releasing what %s%s left on its session; "
-                 "its answer stands", c->head->name ? "query " : "raw SQL",
-                 c->head->name ? c->head->name : "");
+                 "its answer stands",
+                 c->head->name ? "query " : "raw SQL", c->head->name ? c->head->name : "");
         c->head->left_state = true;
         query_answered(c, c->head, &done);
     }
