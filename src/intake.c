@@ -1,4 +1,5 @@
-/* intake.c - pub/sub and stream intake (see intake.h). */
+/* intake.c - stream intake (see intake.h): how much may be taken, reading
+ * the streams, and the module's life; pub/sub is in intake_pubsub.c. */
 #include <event2/event.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include "cancels.h"
 #include "daemon.h"
 #include "intake.h"
+#include "intake_internal.h"
 #include "job.h"
 #include "log.h"
 #include "redis.h"
@@ -18,8 +20,6 @@
 #define GROUP "jobd"
 #define BLOCK_MS 1000
 #define READ_GRACE_MS 5000
-#define HEARTBEAT_EVERY_MS 2000
-#define HEARTBEAT_LIMIT_MS 6000
 /* How long the stream connection's read of NS:cancels waits for the
  * subscriptions' confirmation to do it for both (stream_up()): a
  * subscriber that fails to connect calls no hook. */
@@ -28,72 +28,13 @@
 /* How often a stream that cannot be read (a key of another type, a key the
  * ACL user may not touch) is asked about again. */
 #define UNREADABLE_RECHECK_MS 5000
-/* How long the exit waits for the subscriber to confirm its UNSUBSCRIBEs. */
-#define UNSUBSCRIBE_WAIT_MS 5000
-
-/* One configured stream (intake.streams is restart-only, so their number
- * is fixed; their names are read from d->cfg each time, since a reload
- * frees the strings even of settings that did not change). */
-struct stream {
-    struct intake *in;
-    char last_read[48];         /* the last entry id read; "": none */
-    bool readable;              /* its group exists: the read names it */
-    bool refused;               /* its group could not be made; said, and asked again */
-};
-
-struct intake {
-    struct daemon *d;
-    bool stopped;
-    bool reading;               /* an XREADGROUP is outstanding */
-    int reserved;               /* the COUNT it asked for: slots promised to it */
-    int64_t read_sent_us;       /* when it was sent (mono) */
-    bool groups_ready;          /* XGROUP CREATE answered on this connection */
-    long long stream_client_id; /* CLIENT ID of the stream connection; 0: not known */
-    int groups_waiting;
-    int subs_expected, subs_confirmed;
-    /* NS:cancels is read by the stream connection before its first read
-     * of jobs, and once the subscriptions are confirmed. When both come up
-     * together (start-up, Redis back), one read serves both: the stream's,
-     * held until the confirmation (see stream_read_cancels()). */
-    bool stream_awaits_subs;    /* the stream's read is held for it */
-    bool stream_read_for_subs;  /* the stream's read in flight is the confirmation's too */
-    struct event *subs_wait;    /* ends stream_awaits_subs */
-    /* The end of a drain: UNSUBSCRIBE sent, and every message Redis
-     * delivered before it read (parked) once it is confirmed. */
-    bool unsubscribing, unsubscribed;
-    int64_t unsubscribe_sent_at;    /* mono ms */
-    int parks_unanswered;       /* park XADDs Redis has not answered yet */
-    /* Pub/sub backpressure when parking fails (see check_job_channels()). */
-    bool park_failing;          /* the last park was refused: its job is held here */
-    bool jobs_paused;           /* job channels left: park_failing at the byte budget */
-    enum { JOBS_ON, JOBS_LEAVING, JOBS_OFF } job_subs; /* on this subscriber connection */
-    int job_unsubs_left;        /* JOBS_LEAVING: UNSUBSCRIBEs not yet confirmed */
-    int64_t subscribed_at;      /* mono ms the (P)SUBSCRIBEs went out */
-    bool announced;             /* daemon_intake_ready() called for this round */
-    char control_channel[128];
-    char heartbeat_channel[256];
-    char events_channel[128];
-    char heartbeat_prefix[128];     /* every daemon's heartbeat channel */
-    int64_t ping_sent_at;       /* mono ms, 0 when no ping is out */
-    struct event *ping_timer;
-    struct event *retry_timer;  /* read again after an error */
-    struct precise_timer *linger; /* read again after a short read */
-    uint64_t overflowed;
-    int64_t est_bytes;          /* envelope size reads are planned with; 0: none seen */
-    bool bytes_paused;          /* reading stopped at limits.max_held_bytes */
-    bool bytes_pause_told;      /* the first such pause was logged at info */
-    struct stream *streams;     /* per configured stream, in the config's order */
-    int nunreadable;            /* streams whose group could not be made */
-    bool probe;                 /* a read failed: ask each stream again before the next */
-    struct event *unreadable_timer;
-};
 
 static const char *stream_name(const struct stream *st)
 {
     return st->in->d->cfg.streams[st - st->in->streams];
 }
 
-static void maybe_announce(struct intake *in)
+void intake_maybe_announce(struct intake *in)
 {
     if (in->announced || !in->groups_ready || in->subs_confirmed < in->subs_expected ||
         !redis_ready(in->d->redis, REDIS_CMD))
@@ -107,7 +48,7 @@ static void maybe_announce(struct intake *in)
 /* The envelope size reads are planned with: the largest recent one, eased
  * down by 1/16 of the difference with each smaller one, so that one big
  * envelope makes reads small at once and small ones grow them again. */
-static void note_size(struct intake *in, size_t len)
+void intake_note_size(struct intake *in, size_t len)
 {
     int64_t n = len ? (int64_t)len : 1;
     if (n >= in->est_bytes)
@@ -116,8 +57,7 @@ static void note_size(struct intake *in, size_t len)
         in->est_bytes -= (in->est_bytes - n) / 16;
 }
 
-/* The jobs held have reached limits.max_held_bytes. */
-static bool bytes_spent(const struct daemon *d)
+bool intake_bytes_spent(const struct daemon *d)
 {
     return runner_held_bytes(d->runner) >= d->cfg.max_held_bytes;
 }
@@ -126,7 +66,7 @@ int intake_room(const struct intake *in)
 {
     struct daemon *d = in->d;
     int room = d->cfg.max_inflight - runner_inflight(d->runner);
-    if (room <= 0 || bytes_spent(d))
+    if (room <= 0 || intake_bytes_spent(d))
         return 0;
     int64_t held = runner_held_bytes(d->runner), budget = d->cfg.max_held_bytes;
     /* Until an envelope was seen, assume the largest allowed. Rounded up:
@@ -218,7 +158,7 @@ static void take_entry(struct intake *in, const char *stream, const redisReply *
 {
     struct job_message msg;
     if (intake_parse_entry(entry, stream, &msg) == 0) {
-        note_size(in, msg.raw_len);
+        intake_note_size(in, msg.raw_len);
         runner_accept(in->d->runner, &msg);
     }
 }
@@ -309,7 +249,7 @@ static void read_streams(struct intake *in)
     int room = intake_room(in);
     if (room <= 0) {
         /* Full: intake_capacity_changed() resumes. */
-        if (bytes_spent(d))
+        if (intake_bytes_spent(d))
             note_pause(in, true);
         return;
     }
@@ -398,7 +338,7 @@ static void group_reply(struct redis *r, redisReply *reply, void *priv)
     note_group(st, reply);
     if (--in->groups_waiting == 0) {
         in->groups_ready = true;
-        maybe_announce(in);
+        intake_maybe_announce(in);
         read_streams(in);
     }
 }
@@ -473,8 +413,8 @@ static bool subs_pending(const struct intake *in)
 /* The stream connection's read of NS:cancels, before its groups, so its
  * first read of jobs: a job waiting in the stream whose cancel this daemon
  * never heard ends cancelled. FOR_SUBS: sent after the subscriptions were
- * confirmed, it is also the read that follows them (sub_message()). */
-static void stream_read_cancels(struct intake *in, bool for_subs)
+ * confirmed, it is also the read that follows them (intake_pubsub.c). */
+void intake_stream_read_cancels(struct intake *in, bool for_subs)
 {
     in->stream_awaits_subs = false;
     evtimer_del(in->subs_wait);
@@ -493,18 +433,18 @@ static void stream_up(void *arg)
     /* Subscriptions on their way (both connections just came up): their
      * confirmation reads NS:cancels anyway, a round trip from now, so the
      * stream's read waits for it and serves both; a subscriber that goes
-     * instead lets it go at once (sub_down()). */
+     * instead lets it go at once (intake_sub_down()). */
     if (subs_pending(in) && timer_add_ms(in->subs_wait, STREAM_WAITS_SUBS_MS) == 0)
         in->stream_awaits_subs = true;
     else
-        stream_read_cancels(in, false);
+        intake_stream_read_cancels(in, false);
 }
 
 static void subs_wait_over(evutil_socket_t fd, short what, void *arg)
 {
     struct intake *in = arg;
     if (in->stream_awaits_subs)
-        stream_read_cancels(in, false);
+        intake_stream_read_cancels(in, false);
 }
 
 static void stream_down(void *arg)
@@ -541,349 +481,6 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     read_streams(in);
 }
 
-/* ---- pub/sub --------------------------------------------------------------- */
-
-/* A parked job, kept until Redis has said that its XADD was stored. */
-struct parked {
-    struct intake *in;
-    char stream[513];           /* where (intake.streams names are up to 512 bytes) */
-    char queued_at[24];         /* when it was first parked (ms) */
-    size_t len;
-    char raw[];
-};
-
-static bool send_park(struct intake *in, struct parked *p);
-static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
-static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
-
-/* Channel I of intake.channels is one a pause leaves and joins: not jobd's
- * own NS:control (cancels must still be heard) or heartbeat channel, nor a
- * repeat of an earlier item (hiredis 0.14.1 forgets a channel's callback at
- * its first UNSUBSCRIBE confirmation, so a second one would never be
- * counted, and the channels never joined again). */
-static bool job_channel(const struct intake *in, int i)
-{
-    const char *ch = in->d->cfg.channels[i];
-    if (!strcmp(ch, in->control_channel) || !strcmp(ch, in->heartbeat_channel))
-        return false;
-    for (int j = 0; j < i; j++)
-        if (!strcmp(in->d->cfg.channels[j], ch))
-            return false;
-    return true;
-}
-
-/* Bring the subscriber connection's job channels to what in->jobs_paused
- * asks. They are joined again only once every UNSUBSCRIBE was confirmed:
- * hiredis 0.14.1 drops a channel's callback at the confirmation, so a
- * SUBSCRIBE sent before it would lose that channel's messages (the hazard
- * LIBRARIES.md warns of); and since NS:control and the heartbeat channel stay
- * subscribed, the connection never leaves subscribe mode, where its asserts
- * are. Messages Redis sent before confirming reach sub_message() as usual
- * and are taken. Not during the drain's own unsubscribing, and not without a
- * connection: sub_up() applies the state to a new one. */
-static void apply_job_channels(struct intake *in)
-{
-    struct daemon *d = in->d;
-    redisAsyncContext *ac = redis_context(d->redis, REDIS_SUB);
-    if (in->unsubscribing || !ac || !redis_ready(d->redis, REDIS_SUB))
-        return;
-    if (in->jobs_paused && in->job_subs == JOBS_ON) {
-        in->job_unsubs_left = 0;
-        for (int i = 0; i < d->cfg.nchannels; i++)
-            if (job_channel(in, i) && unsubscribe(in, ac, d->cfg.channels[i]))
-                in->job_unsubs_left++;
-        in->job_subs = in->job_unsubs_left ? JOBS_LEAVING : JOBS_OFF;
-    } else if (!in->jobs_paused && in->job_subs == JOBS_OFF) {
-        in->subscribed_at = mono_ms();  /* ping_cb() times their confirmations */
-        for (int i = 0; i < d->cfg.nchannels; i++)
-            if (job_channel(in, i))
-                subscribe(in, ac, d->cfg.channels[i]);
-        in->job_subs = JOBS_ON;
-    }
-}
-
-/* A job that should have been parked is held here because Redis refused the
- * XADD (out of memory, say) or could not be sent it: refusing the message
- * would lose it, but holding every one grows without bound. So, while
- * parking fails and the held bytes are at limits.max_held_bytes, jobd leaves
- * its job channels: a producer's PUBLISH then returns 0 (PROTOCOL §1), and it
- * knows nobody took the job. They are joined again once the held bytes are
- * under the budget or a park succeeds. WHY: the refusal, for the log. */
-static void check_job_channels(struct intake *in, const char *why)
-{
-    struct daemon *d = in->d;
-    bool pause = in->park_failing && bytes_spent(d);
-    if (pause != in->jobs_paused) {
-        in->jobs_paused = pause;
-        if (pause)
-            log_warn("pub/sub job channels paused: parking a job on the stream failed (%s) "
-                     "and %" PRId64 " bytes are held, limits.max_held_bytes %" PRId64 "; "
-                     "PUBLISH to them counts no receiver here until the held bytes are "
-                     "under the budget or parking works again",
-                     why ? why : "refused", runner_held_bytes(d->runner), d->cfg.max_held_bytes);
-        else
-            log_info("pub/sub job channels resumed: %s, %" PRId64 " bytes held, "
-                     "limits.max_held_bytes %" PRId64,
-                     in->park_failing ? "under the budget" : "parking works again",
-                     runner_held_bytes(d->runner), d->cfg.max_held_bytes);
-    }
-    /* Under the budget, a refusal is forgotten: the next message is taken,
-     * or parked (slots full), and that park says anew whether Redis takes
-     * them. Kept, it paused the channels much later, with no park tried
-     * since, once stream reads reached the budget and a job ended. */
-    if (!bytes_spent(d))
-        in->park_failing = false;
-    apply_job_channels(in);
-}
-
-static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
-{
-    struct parked *p = priv;
-    p->in->parks_unanswered--;
-    if (reply && reply->type == REDIS_REPLY_ERROR && redis_key_error(reply->str) &&
-        !event_base_got_exit(p->in->d->base)) {
-        /* That stream's key refuses jobs (WRONGTYPE, NOPERM on the key): it
-         * is left out from now on, and the job is parked on the next
-         * readable stream, still durable. Held in memory instead, it was
-         * lost to a crash while it waited for a slot. */
-        char refused[sizeof(p->stream)];
-        snprintf(refused, sizeof(refused), "%s", p->stream);
-        log_info("parking a pub/sub job on %s failed: %s; trying the next stream", refused,
-                 reply->str);
-        intake_write_refused(p->in, refused, reply->str);
-        snprintf(p->stream, sizeof(p->stream), "%s", intake_home_stream(p->in, NULL));
-        if (strcmp(p->stream, refused) != 0 && send_park(p->in, p))
-            return;
-        snprintf(p->stream, sizeof(p->stream), "%s", refused);
-    }
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        /* Not stored (or not known to be): the job was taken (its PUBLISH
-         * counted this daemon), so it must not vanish. The runner holds it:
-         * it runs, or, while draining, goes back on the stream once the
-         * command connection is back (at worst it is then parked twice). */
-        struct daemon *d = p->in->d;
-        if (event_base_got_exit(d->base)) {
-            /* The loop is over (given up on Redis): nothing can run or
-             * store it any more. Said, as give_up_cb says it of the rest. */
-            log_error("pub/sub job lost at exit (parking it on the stream was not confirmed): "
-                      "%.*s", (int)(p->len > 1024 ? 1024 : p->len), p->raw);
-        } else {
-            log_error("parking a pub/sub job on the stream failed: %s; holding it here",
-                      reply ? reply->str : "connection lost");
-            if (reply)  /* its put-back then goes to another stream */
-                intake_write_refused(p->in, p->stream, reply->str);
-            struct job_message msg = {.raw = p->raw, .raw_len = p->len, .source = SOURCE_PUBSUB};
-            runner_accept(d->runner, &msg);
-            p->in->park_failing = true;
-            check_job_channels(p->in, reply ? reply->str : "connection lost");
-        }
-    } else if (p->in->park_failing) {
-        p->in->park_failing = false;    /* stored: Redis takes parks again */
-        check_job_channels(p->in, NULL);
-    }
-    free(p);
-}
-
-/* Full (slots or bytes) or draining: park the job on the first (readable)
- * stream, durable, instead of holding it in memory or dropping it. */
-static bool park_on_stream(struct intake *in, const char *raw, size_t len)
-{
-    struct parked *p = malloc(sizeof(*p) + len);
-    if (!p)
-        return false;
-    p->in = in;
-    p->len = len;
-    memcpy(p->raw, raw, len);
-    snprintf(p->stream, sizeof(p->stream), "%s", intake_home_stream(in, NULL));
-    snprintf(p->queued_at, sizeof(p->queued_at), "%" PRId64, now_ms());
-    if (!send_park(in, p)) {
-        free(p);
-        return false;
-    }
-    in->overflowed++;
-    return true;
-}
-
-/* XADD P's job to P->stream; overflow_reply() gets the answer. */
-static bool send_park(struct intake *in, struct parked *p)
-{
-    const char *argv[] = {"XADD", p->stream, "*", "job", p->raw, "queued_at", p->queued_at};
-    size_t lens[] = {4, strlen(p->stream), 1, 3, p->len, 9, strlen(p->queued_at)};
-    if (redis_send(in->d->redis, REDIS_CMD, overflow_reply, p, 0, 7, argv, lens))
-        return false;
-    in->parks_unanswered++;
-    return true;
-}
-
-static void job_message(struct intake *in, const char *payload, size_t len)
-{
-    struct daemon *d = in->d;
-    /* Slots promised to a blocked XREADGROUP count as taken: its entries may
-     * arrive at any moment and must find room. */
-    bool full = runner_inflight(d->runner) + in->reserved >= d->cfg.max_inflight;
-    /* Bytes: what is held, not what the read may bring (it always asks for
-     * about what is left of the budget, so counting it would park every
-     * message). Nothing held: always taken, however big. */
-    full = full || bytes_spent(d);
-    note_size(in, len);
-    bool park = full || d->draining;
-    if (park && park_on_stream(in, payload, len))
-        return;
-    /* Not parked (the command connection is down): held here. While
-     * draining, the runner puts it back on the stream once the connection
-     * is back, like every other job it holds (or says it is lost when Redis
-     * never comes back). */
-    struct job_message msg = {.raw = payload, .raw_len = len, .source = SOURCE_PUBSUB};
-    runner_accept(d->runner, &msg);
-    if (park) {
-        in->park_failing = true;
-        check_job_channels(in, "the command connection is down");
-    }
-}
-
-static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct intake *in = privdata;
-    redisReply *reply = r;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
-        return;
-    for (size_t i = 0; i < reply->elements; i++)
-        if (reply->element[i]->type != REDIS_REPLY_STRING &&
-            reply->element[i]->type != REDIS_REPLY_INTEGER)
-            return;
-    const char *kind = reply->element[0]->str;
-    if (!strcmp(kind, "subscribe") || !strcmp(kind, "psubscribe")) {
-        /* Every subscription confirmed: cancels published while NS:control
-         * was not heard were kept in NS:cancels by another daemon, or by
-         * jobctl. Read after the SUBSCRIBE, not at connect: a cancel written
-         * in between would be in neither. A stream connection whose own
-         * read waited for this does it now, for both. */
-        if (++in->subs_confirmed == in->subs_expected) {
-            if (in->stream_awaits_subs)
-                stream_read_cancels(in, true);
-            else
-                cancels_load(in->d->cancels, REDIS_CMD, NULL, NULL);
-        }
-        maybe_announce(in);
-        return;
-    }
-    if (!strcmp(kind, "unsubscribe") || !strcmp(kind, "punsubscribe")) {
-        /* [kind, channel, subscriptions left]: at 0 every message published
-         * to us before the UNSUBSCRIBEs has been read. */
-        if (reply->element[2]->type == REDIS_REPLY_INTEGER && reply->element[2]->integer == 0)
-            in->unsubscribed = true;
-        else if (!in->unsubscribing && in->job_subs == JOBS_LEAVING && --in->job_unsubs_left == 0) {
-            /* A pause's last confirmation: every message Redis sent before it
-             * was taken, and the channels may be joined again. */
-            in->job_subs = JOBS_OFF;
-            check_job_channels(in, NULL);
-        }
-        return;
-    }
-    const redisReply *channel, *payload;
-    if (!strcmp(kind, "message")) {
-        channel = reply->element[1];
-        payload = reply->element[2];
-    } else if (!strcmp(kind, "pmessage") && reply->elements == 4) {
-        channel = reply->element[2];
-        payload = reply->element[3];
-    } else {
-        return;
-    }
-    /* jobd's own channels come by their exact subscriptions; a pattern in
-     * intake.channels that also matches them ("jobd:*") must not deliver a
-     * control message twice, nor turn a result record on NS:events, or
-     * another daemon's heartbeat, into a job (whose rejection would be
-     * published and read back, for ever). */
-    bool exact = !strcmp(kind, "message");
-    if (!strcmp(channel->str, in->heartbeat_channel)) {
-        if (exact)
-            in->ping_sent_at = 0;
-    } else if (!strcmp(channel->str, in->control_channel)) {
-        if (exact)
-            runner_control(in->d->runner, payload->str, payload->len);
-    } else if (!strcmp(channel->str, in->events_channel) ||
-               !strncmp(channel->str, in->heartbeat_prefix, strlen(in->heartbeat_prefix))) {
-        return;
-    } else {
-        job_message(in, payload->str, payload->len);
-    }
-}
-
-static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
-{
-    const char *argv[] = {config_is_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", channel};
-    if (redisAsyncCommandArgv(ac, sub_message, in, 2, argv, NULL) == REDIS_OK)
-        in->subs_expected++;
-}
-
-static void sub_up(void *arg)
-{
-    struct intake *in = arg;
-    redisAsyncContext *ac = redis_context(in->d->redis, REDIS_SUB);
-    if (!ac)
-        return;
-    if (in->unsubscribing) {
-        in->unsubscribed = true;    /* a new connection holds nothing of ours */
-        return;
-    }
-    in->subs_expected = in->subs_confirmed = 0;
-    in->ping_sent_at = 0;
-    in->subscribed_at = mono_ms();
-    /* While paused (check_job_channels()), a new connection joins only
-     * NS:control and the heartbeat channel. */
-    in->job_subs = in->jobs_paused ? JOBS_OFF : JOBS_ON;
-    in->job_unsubs_left = 0;
-    for (int i = 0; i < in->d->cfg.nchannels && !in->jobs_paused; i++)
-        subscribe(in, ac, in->d->cfg.channels[i]);
-    subscribe(in, ac, in->control_channel);
-    subscribe(in, ac, in->heartbeat_channel);
-}
-
-static void sub_down(void *arg)
-{
-    struct intake *in = arg;
-    if (in->unsubscribing)
-        in->unsubscribed = true;    /* what it still held is gone with it */
-    in->subs_confirmed = 0;
-    in->announced = false;
-    /* No confirmation coming: the stream reads for itself; this connection
-     * reads again once its subscriptions are confirmed. */
-    if (in->stream_awaits_subs)
-        stream_read_cancels(in, false);
-}
-
-/* The subscriber cannot PING in 0.14.1: publish to our private channel from
- * the command connection and expect to hear it. */
-static void ping_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct intake *in = arg;
-    struct redis *r = in->d->redis;
-    int64_t now = mono_ms();
-    if (in->unsubscribing)
-        return;     /* the heartbeat channel too is no longer heard */
-    /* Subscriptions never confirmed: a stalled link (no command deadline
-     * covers SUBSCRIBE, and the heartbeat below waits for them). */
-    if (redis_ready(r, REDIS_SUB) && in->subs_confirmed < in->subs_expected &&
-        now - in->subscribed_at > HEARTBEAT_LIMIT_MS) {
-        redis_reset(r, REDIS_SUB, "subscriptions not confirmed");
-        return;
-    }
-    if (!redis_ready(r, REDIS_SUB) || !redis_ready(r, REDIS_CMD) ||
-        in->subs_confirmed < in->subs_expected)
-        return;
-    if (in->ping_sent_at && now - in->ping_sent_at > HEARTBEAT_LIMIT_MS) {
-        in->ping_sent_at = 0;
-        redis_reset(r, REDIS_SUB, "subscriber did not hear its heartbeat");
-        return;
-    }
-    if (!in->ping_sent_at) {
-        const char *argv[] = {"PUBLISH", in->heartbeat_channel, "ping"};
-        if (redis_send(r, REDIS_CMD, NULL, NULL, 0, 3, argv, NULL) == 0)
-            in->ping_sent_at = now;
-    }
-}
-
 /* ---- lifecycle ------------------------------------------------------------- */
 
 struct intake *intake_create(struct daemon *d)
@@ -899,7 +496,7 @@ struct intake *intake_create(struct daemon *d)
     snprintf(in->heartbeat_prefix, sizeof(in->heartbeat_prefix), "%s:heartbeat:", d->cfg.ns);
     in->retry_timer = evtimer_new(d->base, retry_cb, in);
     in->linger = precise_timer_new(d->base, linger_done, in);
-    in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, ping_cb, in);
+    in->ping_timer = timer_new_periodic(d->base, HEARTBEAT_EVERY_MS, intake_ping_cb, in);
     in->unreadable_timer = evtimer_new(d->base, recheck_unreadable, in);
     in->subs_wait = evtimer_new(d->base, subs_wait_over, in);
     in->streams = calloc((size_t)d->cfg.nstreams, sizeof(*in->streams));
@@ -910,7 +507,8 @@ struct intake *intake_create(struct daemon *d)
     }
     for (int s = 0; s < d->cfg.nstreams; s++)
         in->streams[s] = (struct stream){.in = in, .readable = true};
-    struct redis_hooks sub = {sub_up, sub_down, in}, stream = {stream_up, stream_down, in};
+    struct redis_hooks sub = {intake_sub_up, intake_sub_down, in};
+    struct redis_hooks stream = {stream_up, stream_down, in};
     redis_set_hooks(d->redis, REDIS_SUB, &sub);
     redis_set_hooks(d->redis, REDIS_STREAM, &stream);
     return in;
@@ -938,7 +536,7 @@ void intake_capacity_changed(struct intake *in)
     if (!in)
         return;
     read_streams(in);
-    check_job_channels(in, NULL);   /* held bytes went down, or the budget up */
+    intake_pubsub_capacity_changed(in);
 }
 
 static void unblock_reply(struct redis *r, redisReply *reply, void *priv)
@@ -969,49 +567,6 @@ void intake_stop(struct intake *in)
 int intake_idle(const struct intake *in)
 {
     return !in->reading && !in->parks_unanswered;
-}
-
-static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
-{
-    /* hiredis 0.14.1 takes no callback for (P)UNSUBSCRIBE: the confirmation
-     * goes to the channel's own, sub_message(). */
-    const char *argv[] = {config_is_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", channel};
-    return redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, NULL) == REDIS_OK;
-}
-
-bool intake_unsubscribed(struct intake *in)
-{
-    if (in->unsubscribed)
-        return true;
-    redisAsyncContext *ac = redis_context(in->d->redis, REDIS_SUB);
-    if (!in->unsubscribing) {
-        in->unsubscribing = true;
-        in->unsubscribe_sent_at = mono_ms();
-        /* Sent SUBSCRIBEs count even unconfirmed: Redis may already be
-         * delivering to them (hiredis accepts the UNSUBSCRIBE once they are
-         * sent, and the replies come in order). */
-        if (!ac || !redis_ready(in->d->redis, REDIS_SUB) || !in->subs_expected) {
-            in->unsubscribed = true;
-            return true;
-        }
-        for (int i = 0; i < in->d->cfg.nchannels; i++)
-            unsubscribe(in, ac, in->d->cfg.channels[i]);
-        unsubscribe(in, ac, in->control_channel);
-        unsubscribe(in, ac, in->heartbeat_channel);
-        return false;
-    }
-    if (mono_ms() - in->unsubscribe_sent_at > UNSUBSCRIBE_WAIT_MS) {
-        log_warn("shutdown: the subscriber connection did not confirm its UNSUBSCRIBE in %d ms; "
-                 "a pub/sub job still on its way to it is lost",
-                 UNSUBSCRIBE_WAIT_MS);
-        in->unsubscribed = true;
-    }
-    return in->unsubscribed;
-}
-
-int intake_parks_unanswered(const struct intake *in)
-{
-    return in->parks_unanswered;
 }
 
 bool intake_stream_readable(const struct intake *in, int s)
@@ -1046,18 +601,8 @@ const char *intake_home_stream(const struct intake *in, const char *stream)
     return first ? first : stream ? stream : in->d->cfg.streams[0];
 }
 
-uint64_t intake_overflowed(const struct intake *in)
-{
-    return in->overflowed;
-}
-
-bool intake_job_channels_paused(const struct intake *in)
-{
-    return in->jobs_paused;
-}
-
 /* For main.c: the command connection came up (announce may now be due). */
 void intake_cmd_ready(struct intake *in)
 {
-    maybe_announce(in);
+    intake_maybe_announce(in);
 }
