@@ -418,5 +418,10 @@ bool intake_job_channels_paused(const struct intake *in)
 
 void intake_pubsub_capacity_changed(struct intake *in)
 {
+    /* Every job's end comes here: with the channels joined and no park
+     * refused, check_job_channels() has nothing to change (a pause's own
+     * last UNSUBSCRIBE confirmation joins them again, in sub_message()). */
+    if (!in->jobs_paused && !in->park_failing)
+        return;
     check_job_channels(in, NULL);   /* held bytes went down, or the budget up */
 }
