@@ -7,6 +7,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from conftest import NS, free_port, publish, result, submit, wait_for, wait_result, wait_results
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
@@ -369,6 +371,64 @@ def test_a_drain_while_the_job_channels_are_paused_loses_nothing(r, start_jobd):
     assert not (set(refused) & (queued | done))
     log = daemon.log_text()
     assert "giving up" not in log and "lost at exit" not in log, log
+
+
+@pytest.mark.parametrize("redis_back", ["before the drain", "after its deadline"])
+def test_a_drain_that_ends_with_the_job_channels_paused_loses_nothing(r, start_jobd, redis_back):
+    # The test above frees Redis at once, so the held jobs go back on the
+    # stream, the held bytes fall under the budget and the job channels are
+    # joined again well before the drain's final UNSUBSCRIBE. Here the budget
+    # stays spent until the drain's end: the two slots run jobs longer than
+    # shutdown.drain_ms whose envelopes alone reach limits.max_held_bytes, and
+    # Redis refuses writes either only before the drain or through its
+    # deadline too. The channels stay left for the whole drain (a PUBLISH
+    # then counts nobody), the daemon exits 0, and every job whose PUBLISH
+    # counted it has a record or is on the stream for the next daemon.
+    port = free_port()
+    daemon = start_jobd(limits__max_inflight=2, limits__max_held_bytes=OOM_BUDGET,
+                        shutdown__drain_ms=1500, admin__listen=f"127.0.0.1:{port}")
+    slots = ["long0", "long1"]
+    for i in slots:     # each just over half the budget: together they reach it
+        text = padded({"id": i, "type": "sleep", "ms": 60000}, OOM_BUDGET // 2 + 1024)
+        assert publish(r, text) == 1
+    wait_for(lambda: metrics(port)["jobd_jobs_running"] == 2, what="both slots taken")
+    assert metrics(port)["jobd_held_bytes"] >= OOM_BUDGET
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    taken, refused = [], []
+    try:
+        for n in range(40):
+            job_id = f"oom{n}"
+            receivers = publish(r, padded({"id": job_id, "type": "sleep", "ms": 1}, OOM_SIZE))
+            (taken if receivers else refused).append(job_id)
+            time.sleep(0.005)
+        assert taken and refused, (taken, refused)
+        assert metrics(port)["jobd_pubsub_paused"] == 1
+        if redis_back == "before the drain":
+            r.config_set("maxmemory", 0)
+            time.sleep(0.3)     # nothing is parked now: the channels stay left
+            assert metrics(port)["jobd_pubsub_paused"] == 1
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # Draining, the budget still spent: still left.
+        assert publish(r, {"id": "in-drain", "type": "sleep", "ms": 1}) == 0
+        if redis_back == "after its deadline":
+            wait_for(lambda: "shutdown: stopping" in daemon.log_text(), timeout=5,
+                     what="the drain's deadline")
+            time.sleep(1.5)     # the stopped jobs' put-backs refused, and tried again
+    finally:
+        r.config_set("maxmemory", 0)
+    assert daemon.proc.wait(20) == 0, daemon.log_text()
+    log = daemon.log_text()
+    # The channels were left until the drain stopped the slots' jobs.
+    stopping = log.index("shutdown: stopping")
+    assert "pub/sub job channels resumed" not in log[:stopping], log
+    queued = {json.loads(f["job"])["id"] for _, f in r.xrange(f"{NS}:queue")}
+    done = {i for i in slots + taken if result(r, i)}
+    assert set(slots + taken) <= queued | done, (slots + taken, queued, done)
+    assert not (set(refused + ["in-drain"]) & (queued | done))
+    for said in ("giving up", "lost at exit", "is lost"):
+        assert said not in log, log
 
 
 def test_a_park_refused_long_ago_does_not_pause_the_job_channels_later(r, start_jobd):
