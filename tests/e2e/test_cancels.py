@@ -148,18 +148,26 @@ def cancel_reads(monitor_lines):
             if "ZREVRANGEBYSCORE" in line and f"{NS}:cancels" in line]
 
 
-def test_start_up_reads_ns_cancels_once(r, redis_server, start_jobd):
+def test_start_up_reads_ns_cancels_once(tmp_path):
     # The stream connection read NS:cancels before its groups, and the
     # subscriber's confirmation read it again a moment later: two reads at
     # every start. Now the stream's read waits for the confirmation and
-    # serves both.
+    # serves both. The SUBSCRIBEs are held back a little, so the stream is
+    # up first, as on a quiet machine: on a loaded one the subscriber is
+    # sometimes confirmed before the stream connection is up, and both read
+    # (its read is not put off: the confirmation's read comes at once).
+    server = RedisServer(tmp_path)
+    r = server.client
+    proxy = SubscribeDelayer(server.port)
+    proxy.delay = 0.2
+    daemon = Jobd(tmp_path, proxy.port)
     seen = []
-    monitor = subprocess.Popen(["redis-cli", "-p", str(redis_server.port), "monitor"],
+    monitor = subprocess.Popen(["redis-cli", "-p", str(server.port), "monitor"],
                                stdout=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: r.execute_command("CLIENT", "LIST", "TYPE", "normal").count("cmd=monitor")
                  >= 1, what="MONITOR")
-        daemon = start_jobd()
+        daemon.start()
         submit(r, {"id": "after", "type": "sleep", "ms": 1})
         wait_result(r, "after")
         time.sleep(0.3)
@@ -167,6 +175,9 @@ def test_start_up_reads_ns_cancels_once(r, redis_server, start_jobd):
         monitor.terminate()
         seen = monitor.stdout.read().splitlines()
         monitor.wait()
+        daemon.stop()
+        proxy.close()
+        server.kill()
     assert "redis stream connection ready" in daemon.log_text()
     assert len(cancel_reads(seen)) == 1, "\n".join(seen[:40])
 
