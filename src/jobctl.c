@@ -498,6 +498,7 @@ static int submit(int argc, char **argv)
         FILE *in = stdin;
         if (source && source[0] == '@' && !(in = fopen(source + 1, "r"))) {
             fprintf(stderr, "jobctl: %s: %s\n", source + 1, strerror(errno));
+            json_decref(envelopes);
             return EXIT_USAGE;
         }
         char *line = NULL;

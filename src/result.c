@@ -507,14 +507,16 @@ static void publish_replies(struct daemon *d, const struct txn *t)
         const struct job *job = p->job;
         if (job->write_kind != WRITE_RESULT || !job->reply_to)
             continue;
+        /* The record's text kept when it was written, or made now. */
         size_t len = p->reply_len;
-        char *text = p->reply_text ? NULL : record_text(d, job, &len);
-        if (!p->reply_text && !text)
+        char *made = p->reply_text ? NULL : record_text(d, job, &len);
+        const char *text = p->reply_text ? p->reply_text : made;
+        if (!text)
             continue;
-        const char *argv[] = {"PUBLISH", job->reply_to, p->reply_text ? p->reply_text : text};
+        const char *argv[] = {"PUBLISH", job->reply_to, text};
         const size_t lens[] = {7, strlen(job->reply_to), len};
         redis_send(d->redis, REDIS_CMD, reply_published, NULL, 0, 3, argv, lens);
-        free(text);
+        free(made);
     }
 }
 

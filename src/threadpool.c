@@ -295,10 +295,15 @@ static void join_and_free(struct threadpool *pool)
     for (int i = 0; i < pool->nthreads; i++)
         pthread_join(pool->threads[i], NULL);
 
-    /* Finished tasks first, then the ones no worker reached. */
-    run_done(pool);
-    struct pool_task *t;
-    while ((t = do_take(pool))) {   /* the workers are gone: no lock needed */
+    /* Finished tasks first, then the ones no worker reached. A done() may
+     * cancel a task still waiting (a group's failing child stops its
+     * siblings), which puts it on the done queue: that queue is run again
+     * after each, or its done() would never run. */
+    for (;;) {
+        run_done(pool);
+        struct pool_task *t = do_take(pool);   /* the workers are gone */
+        if (!t)
+            break;
         t->skipped = true;
         t->done(t);
     }

@@ -116,6 +116,45 @@ static void test_bounded_queue_and_destroy_runs_every_done(void **state)
     event_base_free(base);
 }
 
+/* A done() that cancels a sibling still queued, as a group's failing child
+ * in "all" mode stops the others. */
+static struct threadpool *sibling_pool;
+static struct counted *sibling;
+
+static void cancel_sibling_done(struct pool_task *t)
+{
+    if (sibling_pool && sibling)
+        threadpool_cancel(sibling_pool, &sibling->task);
+    done(t);
+}
+
+static void test_destroy_runs_the_done_of_a_task_cancelled_by_another_done(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct threadpool *pool = threadpool_create(base, 1, 10);
+    int done_count = 0;
+    struct counted first = {.task = {.work = slow_work, .done = done}, .done_count = &done_count};
+    struct counted canceller = {.task = {.work = work, .done = cancel_sibling_done},
+                                .done_count = &done_count};
+    struct counted victim = {.task = {.work = work, .done = done}, .done_count = &done_count};
+    assert_int_equal(threadpool_submit(pool, &first.task), 0);
+    while (threadpool_busy(pool) == 0)   /* the first is on the worker */
+        usleep(1000);
+    assert_int_equal(threadpool_submit(pool, &canceller.task), 0);
+    assert_int_equal(threadpool_submit(pool, &victim.task), 0);
+    sibling_pool = pool;
+    sibling = &victim;
+    /* The canceller's done() runs inside the destroy (no worker reached it)
+     * and hands the victim back as cancelled: its done() must still run. */
+    threadpool_destroy(pool);
+    sibling_pool = NULL;
+    sibling = NULL;
+    assert_int_equal(done_count, 3);
+    assert_true(canceller.task.skipped && victim.task.skipped);
+    assert_false(victim.worked);
+    event_base_free(base);
+}
+
 /* Blocks its worker until *gate opens: the tasks behind it stay queued. */
 static atomic_int gate;
 
@@ -315,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_tasks_run_on_workers_and_finish_on_loop),
         cmocka_unit_test(test_cancelled_before_start_is_skipped),
         cmocka_unit_test(test_bounded_queue_and_destroy_runs_every_done),
+        cmocka_unit_test(test_destroy_runs_the_done_of_a_task_cancelled_by_another_done),
         cmocka_unit_test(test_a_queued_task_cancelled_ends_without_waiting_its_turn),
         cmocka_unit_test(test_unfinished_lasts_until_done_ran),
         cmocka_unit_test(test_owners_take_turns),
