@@ -1,5 +1,6 @@
 """NS:cancels (src/cancels.c and its callers): the cases a review of the
 first version found, each failing on it."""
+import contextlib
 import signal
 import subprocess
 import time
@@ -113,16 +114,29 @@ class SubscribeDelayer(ForwardingProxy):
         return True
 
 
+@contextlib.contextmanager
+def daemon_behind_subscribe_delayer(tmp_path, delay=0.0):
+    """A Redis, a SubscribeDelayer in front of it holding SUBSCRIBEs DELAY s,
+    and a daemon (not started) using the proxy: (client, proxy, daemon),
+    all stopped on the way out."""
+    server = RedisServer(tmp_path)
+    proxy = SubscribeDelayer(server.port)
+    proxy.delay = delay
+    daemon = Jobd(tmp_path, proxy.port)
+    try:
+        yield server.client, proxy, daemon
+    finally:
+        daemon.stop()
+        proxy.close()
+        server.kill()
+
+
 def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
     # The subscriber side read NS:cancels at connect, while its SUBSCRIBEs
     # went out; nothing orders the two in Redis. A cancel kept and published
     # (jobctl: ZADD, then PUBLISH) after the read and before the SUBSCRIBE was
     # in neither: never learned. Now read once the SUBSCRIBEs are confirmed.
-    server = RedisServer(tmp_path)
-    r = server.client
-    proxy = SubscribeDelayer(server.port)
-    daemon = Jobd(tmp_path, proxy.port)
-    try:
+    with daemon_behind_subscribe_delayer(tmp_path) as (r, proxy, daemon):
         daemon.start()
         submit(r, {"id": "w", "type": "sleep", "ms": 1, "delay_ms": 4000})
         wait_for(lambda: r.zcard(f"{NS}:scheduled") == 1, what="the delayed job")
@@ -136,11 +150,6 @@ def test_a_cancel_between_the_load_and_the_subscribe_is_not_lost(tmp_path):
         assert heard == 0   # the window: subscriber up, not yet subscribed
         rec = wait_result(r, "w", timeout=15)
         assert rec["status"] == "cancelled", rec
-    finally:
-        daemon.stop()
-        proxy.close()
-        server.kill()
-
 
 
 def cancel_reads(monitor_lines):
@@ -156,28 +165,20 @@ def test_start_up_reads_ns_cancels_once(tmp_path):
     # up first, as on a quiet machine: on a loaded one the subscriber is
     # sometimes confirmed before the stream connection is up, and both read
     # (its read is not put off: the confirmation's read comes at once).
-    server = RedisServer(tmp_path)
-    r = server.client
-    proxy = SubscribeDelayer(server.port)
-    proxy.delay = 0.2
-    daemon = Jobd(tmp_path, proxy.port)
-    seen = []
-    monitor = subprocess.Popen(["redis-cli", "-p", str(server.port), "monitor"],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: r.execute_command("CLIENT", "LIST", "TYPE", "normal").count("cmd=monitor")
-                 >= 1, what="MONITOR")
-        daemon.start()
-        submit(r, {"id": "after", "type": "sleep", "ms": 1})
-        wait_result(r, "after")
-        time.sleep(0.3)
-    finally:
-        monitor.terminate()
-        seen = monitor.stdout.read().splitlines()
-        monitor.wait()
-        daemon.stop()
-        proxy.close()
-        server.kill()
+    with daemon_behind_subscribe_delayer(tmp_path, 0.2) as (r, proxy, daemon):
+        monitor = subprocess.Popen(["redis-cli", "-p", str(proxy.redis_port), "monitor"],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: r.execute_command("CLIENT", "LIST", "TYPE", "normal")
+                     .count("cmd=monitor") >= 1, what="MONITOR")
+            daemon.start()
+            submit(r, {"id": "after", "type": "sleep", "ms": 1})
+            wait_result(r, "after")
+            time.sleep(0.3)
+        finally:
+            monitor.terminate()
+            seen = monitor.stdout.read().splitlines()
+            monitor.wait()
     assert "redis stream connection ready" in daemon.log_text()
     assert len(cancel_reads(seen)) == 1, "\n".join(seen[:40])
 
@@ -190,12 +191,7 @@ def test_a_cancel_written_before_the_subscribe_at_start_up_is_not_lost(tmp_path)
     # with such a cancel never starts (it ran when the stream connection
     # read NS:cancels and its jobs before the cancel was kept). The delay is
     # under the stream's wait for the confirmation (1 s).
-    server = RedisServer(tmp_path)
-    r = server.client
-    proxy = SubscribeDelayer(server.port)
-    proxy.delay = 0.5
-    daemon = Jobd(tmp_path, proxy.port)
-    try:
+    with daemon_behind_subscribe_delayer(tmp_path, 0.5) as (r, proxy, daemon):
         submit(r, {"id": "queued", "type": "sleep", "ms": 1})
         daemon.start(wait=False)
         wait_for(lambda: "redis subscriber connection ready" in daemon.log_text()
@@ -211,10 +207,6 @@ def test_a_cancel_written_before_the_subscribe_at_start_up_is_not_lost(tmp_path)
             rec = wait_result(r, job_id, timeout=15)
             assert rec["status"] == "cancelled", rec
         assert "job queued: attempt 1" not in daemon.log_text()
-    finally:
-        daemon.stop()
-        proxy.close()
-        server.kill()
 
 
 # ---- jobs.cancel_ttl: how long a cancel is kept ------------------------------
