@@ -12,7 +12,6 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +26,7 @@
 #include "exec_http.h"
 #include "executor.h"
 #include "http_lookups.h"
+#include "http_response.h"
 #include "log.h"
 #include "result.h"
 #include "timer.h"
@@ -38,8 +38,6 @@
 #define MAX_BATCH 20000
 #define MAX_REDIRECTS 5
 #define MAX_CONCURRENCY 1000
-
-enum response_mode { RESP_TEXT, RESP_JSON, RESP_SHA256, RESP_DISCARD };
 
 struct http_request {
     struct http_job *hj;
@@ -55,15 +53,9 @@ struct http_request {
     size_t body_len;
     struct curl_slist *headers;         /* sent: own_headers or the job's list */
     struct curl_slist *own_headers;     /* the item's own "headers" (owned), else NULL */
-    enum response_mode mode;
-    int64_t max_bytes;          /* 0: no limit */
     bool raise_for_status, follow_redirects;
-    /* What came back. */
-    char *buf;
-    size_t len, cap;
-    EVP_MD_CTX *sha;
-    int64_t bytes;
-    bool too_large, over_budget, running;
+    struct http_response resp; /* what came back: mode, max_bytes, body */
+    bool running;
     /* Addresses the policy refused, and sockets opened, in the current hop:
      * "forbidden" only when every address was refused (request_outcome()). */
     int refused_addresses, opened_sockets;
@@ -75,7 +67,6 @@ struct http_request {
     /* A hop's name lookup was refused by the caps on abandoned lookups
      * (resolver_start(): a redirect's target); rq->err says so. */
     bool lookup_refused;
-    int64_t retry_after_ms;
     /* The host whose name the transfer is looking up (owned), counted in
      * http.lookups from the resolver's socket appearing to its removal;
      * NULL between lookups. Stopped then, the transfer is parked. */
@@ -91,9 +82,7 @@ struct http_job {
     int n, next, running, finished, concurrency;
     struct http_request *reqs;
     struct curl_slist *headers; /* the job-level "headers", built once for all requests */
-    /* Text and json bodies stay in memory until the record is written: what
-     * they hold now, and the most a batch may (http.max_batch_bytes). */
-    int64_t kept, kept_max;
+    struct http_budget budget;  /* text and json bodies kept, for all its requests */
     bool queued;                /* in the wait queue for a transfer slot */
     struct http_job *qprev, *qnext;
 };
@@ -443,17 +432,17 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
         rq->body = json_string_value(v);
         rq->body_len = json_string_length(v);
     }
-    rq->mode = RESP_TEXT;
+    rq->resp.mode = RESP_TEXT;
     if ((v = field_of(req, defaults, "response"))) {
         const char *m = json_string_value(v);
         if (m && !strcmp(m, "text"))
-            rq->mode = RESP_TEXT;
+            rq->resp.mode = RESP_TEXT;
         else if (m && !strcmp(m, "json"))
-            rq->mode = RESP_JSON;
+            rq->resp.mode = RESP_JSON;
         else if (m && !strcmp(m, "sha256"))
-            rq->mode = RESP_SHA256;
+            rq->resp.mode = RESP_SHA256;
         else if (m && !strcmp(m, "discard"))
-            rq->mode = RESP_DISCARD;
+            rq->resp.mode = RESP_DISCARD;
         else {
             job_error_set(err, ERR_INVALID_JOB,
                           "%s.response: must be text, json, sha256 or discard", where);
@@ -462,8 +451,8 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
     }
     /* Bodies kept in memory are capped by http.max_bytes; streamed ones
      * (sha256, discard) only when the job asks. */
-    bool kept = rq->mode == RESP_TEXT || rq->mode == RESP_JSON;
-    rq->max_bytes = kept ? cfg->http_max_bytes : 0;
+    bool kept = rq->resp.mode == RESP_TEXT || rq->resp.mode == RESP_JSON;
+    rq->resp.max_bytes = kept ? cfg->http_max_bytes : 0;
     if ((v = field_of(req, defaults, "max_bytes"))) {
         int64_t cap = kept ? cfg->http_max_bytes : INT64_MAX;
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > cap) {
@@ -471,7 +460,7 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
                           where, (long long)cap);
             return -1;
         }
-        rq->max_bytes = json_integer_value(v);
+        rq->resp.max_bytes = json_integer_value(v);
     }
     rq->raise_for_status = true;
     if ((v = field_of(req, defaults, "raise_for_status"))) {
@@ -653,18 +642,12 @@ static void request_reset(struct http_request *rq)
     lookup_end(rq);
     free(rq->errbuf);
     rq->errbuf = NULL;
-    rq->running = rq->failed = rq->too_large = rq->over_budget = false;
+    rq->running = rq->failed = false;
     rq->refused_addresses = rq->opened_sockets = 0;
     rq->hop_https = rq->downgraded = rq->lookup_refused = false;
     free(rq->hop_url);
     rq->hop_url = NULL;
-    free(rq->buf);
-    rq->buf = NULL;
-    rq->len = rq->cap = 0;
-    rq->bytes = 0;
-    rq->retry_after_ms = 0;
-    EVP_MD_CTX_free(rq->sha);
-    rq->sha = NULL;
+    http_response_reset(&rq->resp);
     json_decref(rq->outcome);
     rq->outcome = NULL;
     memset(&rq->err, 0, sizeof(rq->err));
@@ -747,7 +730,7 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
         }
         hj->concurrency = (int)json_integer_value(c);
     }
-    hj->kept_max = hj->batch ? job->d->cfg.http_max_batch_bytes : INT64_MAX;
+    hj->budget.max = hj->batch ? job->d->cfg.http_max_batch_bytes : INT64_MAX;
     json_t *headers = json_object_get(spec, "headers");
     if (headers && parse_headers(headers, "http.headers", &hj->headers, err))
         return -1;
@@ -756,6 +739,7 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
         char where[48];
         rq->hj = hj;
         rq->index = i;
+        rq->resp.budget = &hj->budget;
         if (!hj->batch) {
             snprintf(where, sizeof(where), "http");
             if (parse_request(hj, rq, NULL, url, spec, where, err))
@@ -781,97 +765,22 @@ static int http_parse(struct job *job, const json_t *spec, struct job_error *err
 
 /* ---- transfers ------------------------------------------------------------- */
 
-/* Append to a text or json body, within what the job may keep: every such
- * body of a batch stays in memory until its record is written, so their sum,
- * not just each one (max_bytes), is bounded. */
-static bool keep(struct http_request *rq, const char *ptr, size_t n)
-{
-    struct http_job *hj = rq->hj;
-    if ((int64_t)n > hj->kept_max - hj->kept) {
-        rq->over_budget = true;
-        return false;
-    }
-    if (rq->len + n + 1 > rq->cap) {
-        size_t cap = rq->cap ? rq->cap : 16384;
-        while (cap < rq->len + n + 1)
-            cap *= 2;
-        char *buf = realloc(rq->buf, cap);
-        if (!buf)
-            return false;
-        rq->buf = buf;
-        rq->cap = cap;
-    }
-    memcpy(rq->buf + rq->len, ptr, n);
-    rq->len += n;
-    hj->kept += (int64_t)n;
-    return true;
-}
-
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_request *rq = userdata;
     size_t n = size * nmemb;
-    if (!rq)
+    if (!rq || !http_response_body(&rq->resp, ptr, n))
         return CURL_WRITEFUNC_ERROR;
-    rq->bytes += (int64_t)n;
-    /* Counted here: 7.88's MAXFILESIZE misses bodies of unknown length. */
-    if (rq->max_bytes && rq->bytes > rq->max_bytes) {
-        rq->too_large = true;
-        return CURL_WRITEFUNC_ERROR;
-    }
-    switch (rq->mode) {
-    case RESP_TEXT:
-    case RESP_JSON:
-        if (!keep(rq, ptr, n))
-            return CURL_WRITEFUNC_ERROR;
-        break;
-    case RESP_SHA256:
-        EVP_DigestUpdate(rq->sha, ptr, n);
-        break;
-    case RESP_DISCARD: break;
-    }
     return n;
 }
 
-/* A server may not park a job for longer than a day. */
-#define MAX_RETRY_AFTER_S 86400
-
-/* Clamped before multiplying: Retry-After: 99999999999999999 (or strtoll's
- * LLONG_MAX for longer ones) times 1000 overflows, which is undefined, and in
- * practice wrapped to a negative wait that dropped the server's request. */
-static int64_t retry_after_ms(long long secs)
-{
-    if (secs > MAX_RETRY_AFTER_S)
-        secs = MAX_RETRY_AFTER_S;
-    return (int64_t)secs * 1000;
-}
-
-/* Retry-After: seconds or an HTTP date. A new response (redirect) resets it. */
 static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_request *rq = userdata;
     size_t n = size * nmemb;
     if (!rq)
         return 0;
-    if (n > 5 && !strncmp(ptr, "HTTP/", 5)) {
-        rq->retry_after_ms = 0;
-    } else if (n > 12 && !strncasecmp(ptr, "retry-after:", 12)) {
-        char value[128];
-        size_t len = n - 12 < sizeof(value) - 1 ? n - 12 : sizeof(value) - 1;
-        memcpy(value, ptr + 12, len);
-        value[len] = '\0';
-        char *end;
-        long long secs = strtoll(value, &end, 10);
-        while (*end == ' ' || *end == '\r' || *end == '\n')
-            end++;
-        if (!*end && secs >= 0) {
-            rq->retry_after_ms = retry_after_ms(secs);
-        } else {
-            time_t when = curl_getdate(value, NULL), now = time(NULL);
-            if (when > 0 && when > now)
-                rq->retry_after_ms = retry_after_ms((long long)(when - now));
-        }
-    }
+    http_response_header(&rq->resp, ptr, n);
     return n;
 }
 
@@ -884,11 +793,8 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     rq->easy = e;
     if (!(rq->errbuf = calloc(1, CURL_ERROR_SIZE)))
         return -1;
-    if (rq->mode == RESP_SHA256) {
-        rq->sha = EVP_MD_CTX_new();
-        if (!rq->sha || !EVP_DigestInit_ex2(rq->sha, EVP_sha256(), NULL))
-            return -1;
-    }
+    if (http_response_begin(&rq->resp))
+        return -1;
     curl_easy_setopt(e, CURLOPT_URL, rq->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
@@ -938,47 +844,6 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
     return 0;
 }
 
-static json_t *hex_digest(EVP_MD_CTX *ctx)
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    char hex[2 * EVP_MAX_MD_SIZE + 1];
-    if (!EVP_DigestFinal_ex(ctx, md, &len))
-        return NULL;
-    hex_encode(md, len, hex);
-    return json_string(hex);
-}
-
-/* Roughly what a parsed document holds: each value a node (jansson's and
- * malloc's share), each array slot or object key its own, and the text of
- * strings and keys. true, false and null are shared singletons. */
-static int64_t json_cost(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        const char *key;
-        size_t key_len;
-        json_t *item;
-        int64_t cost = 96;
-        json_object_keylen_foreach((json_t *)v, key, key_len, item)
-            cost += 64 + (int64_t)key_len + json_cost(item);
-        return cost;
-    }
-    case JSON_ARRAY: {
-        size_t i;
-        json_t *item;
-        int64_t cost = 64;
-        json_array_foreach(v, i, item)
-            cost += 8 + json_cost(item);
-        return cost;
-    }
-    case JSON_STRING: return 48 + (int64_t)json_string_length(v);
-    case JSON_INTEGER:
-    case JSON_REAL: return 32;
-    default: return 0;
-    }
-}
-
 /* Turn a finished transfer into its result or error. */
 static void request_outcome(struct http_request *rq, CURLcode code)
 {
@@ -987,14 +852,8 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     rq->failed = true;
     if (rq->downgraded || rq->lookup_refused) {
         /* rq->err was set by refuse_downgrade() or resolver_start(). */
-    } else if (rq->too_large) {
-        job_error_set(&rq->err, ERR_TOO_LARGE, "%s: response larger than max_bytes (%lld)",
-                      SHOWN_URL(rq), (long long)rq->max_bytes);
-    } else if (rq->over_budget) {
-        job_error_set(&rq->err, ERR_TOO_LARGE,
-                      "%s: the batch's text and json responses would hold more than "
-                      "http.max_batch_bytes (%lld)",
-                      SHOWN_URL(rq), (long long)rq->hj->kept_max);
+    } else if (http_response_refused(&rq->resp, SHOWN_URL(rq), &rq->err)) {
+        /* rq->err says which bound the body went over. */
     } else if (rq->refused_addresses && !rq->opened_sockets &&
                (code == CURLE_COULDNT_CONNECT || code == CURLE_ABORTED_BY_CALLBACK)) {
         /* Every address of this hop was refused: by open_socket(), or by
@@ -1011,51 +870,12 @@ static void request_outcome(struct http_request *rq, CURLcode code)
     } else if (code != CURLE_OK) {
         job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: %s", SHOWN_URL(rq),
                       rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(code));
-    } else if (status >= 400 && rq->raise_for_status) {
-        job_error_set(&rq->err, ERR_HTTP_STATUS, "%s: HTTP status %ld", SHOWN_URL(rq), status);
-        rq->err.http_status = (int)status;
-        rq->err.retry_after_ms = rq->retry_after_ms;
     } else {
-        json_t *res = json_pack("{s:i, s:I}", "status", (int)status, "bytes", (json_int_t)rq->bytes);
-        if (rq->mode == RESP_TEXT) {
-            json_set_text_or_base64(res, "body", "body_base64", rq->buf, rq->len);
-        } else if (rq->mode == RESP_JSON) {
-            json_error_t jerr;
-            json_t *doc = json_loadb(rq->buf ? rq->buf : "", rq->len,
-                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-            /* Parsed, a body takes far more than its text ("[0,0,...]":
-             * ~20x): a batch is charged what the document holds. */
-            int64_t extra = doc && rq->hj->batch ? json_cost(doc) - (int64_t)rq->len : 0;
-            if (doc && extra > rq->hj->kept_max - rq->hj->kept) {
-                json_decref(doc);
-                json_decref(res);
-                res = NULL;
-                job_error_set(&rq->err, ERR_TOO_LARGE,
-                              "%s: the batch's text and json responses would hold more than "
-                              "http.max_batch_bytes (%lld) once parsed",
-                              SHOWN_URL(rq), (long long)rq->hj->kept_max);
-            } else if (doc) {
-                rq->hj->kept += extra;
-                json_object_set_new(res, "json", doc);
-            } else {
-                json_decref(res);
-                res = NULL;
-                job_error_set(&rq->err, ERR_HTTP_ERROR, "%s: response is not JSON: %s", SHOWN_URL(rq),
-                              jerr.text);
-            }
-        } else if (rq->mode == RESP_SHA256) {
-            json_object_set_new(res, "sha256", hex_digest(rq->sha));
-        }
-        rq->outcome = res;
-        rq->failed = res == NULL;
+        rq->outcome = http_response_result(&rq->resp, status, rq->raise_for_status, rq->hj->batch,
+                                           SHOWN_URL(rq), &rq->err);
+        rq->failed = rq->outcome == NULL;
     }
-    /* Keep only the result: bodies can be large. A failed request keeps
-     * nothing, so what it had counted goes back to the batch. */
-    if (rq->failed)
-        rq->hj->kept -= (int64_t)rq->len;
-    free(rq->buf);
-    rq->buf = NULL;
-    rq->len = rq->cap = 0;
+    http_response_end(&rq->resp, rq->failed);
 }
 
 static void job_report(struct http_job *hj)
@@ -1379,7 +1199,7 @@ static void http_start(struct job *job)
     for (int i = 0; i < hj->n; i++)
         request_reset(&hj->reqs[i]);
     hj->next = hj->running = hj->finished = 0;
-    hj->kept = 0;
+    hj->budget.kept = 0;
     start_transfers(hj);
 }
 
