@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 
 #include "admin.h"
+#include "admin_request.h"
 #include "daemon.h"
 #include "list.h"
 #include "log.h"
@@ -39,7 +40,6 @@
 #include "timer.h"
 
 #define LAG_POLL_MS 5000
-#define HEAD_MAX 8192           /* request line and headers; a body is never read */
 #define DEADLINE_MS 5000        /* accept to last byte written, however slow the client */
 #define ACCEPT_RETRY_MS 500     /* accept() failing (EMFILE...): listener paused this long */
 #define LOG_EVERY_MS 5000       /* refusals and accept failures: logged at most this often */
@@ -164,85 +164,51 @@ static void healthz(struct conn *c, bool head, struct evbuffer *body)
     }
 }
 
-/* Copy the run of LINE up to the first of STOP into OUT (SIZE bytes); the
- * rest of LINE after it, or NULL when the run is empty or does not fit. */
-static const char *take_until(const char *line, const char *stop, char *out, size_t size)
+/* The answer admin_route() chose. */
+static void serve(struct conn *c, enum admin_route route, bool head)
 {
-    size_t n = strcspn(line, stop);
-    if (!n || n >= size)
-        return NULL;
-    memcpy(out, line, n);
-    out[n] = '\0';
-    return line + n;
-}
-
-/* "METHOD path[?query] HTTP/1.x": METHOD and the path, the query ignored
- * whatever its length (sscanf's "%255s" refused a long one, and its "%d"
- * overflowed on "HTTP/1.99999999999"). */
-static bool parse_request_line(const char *line, char *method, size_t method_size, char *path,
-                               size_t path_size)
-{
-    const char *p = take_until(line, " ", method, method_size);
-    if (!p || *p++ != ' ' || !(p = take_until(p, "? ", path, path_size)))
-        return false;
-    p += strcspn(p, " ");       /* the query */
-    if (strncmp(p, " HTTP/1.", 8))
-        return false;
-    p += 8;
-    size_t digits = strspn(p, "0123456789");
-    return digits > 0 && p[digits] == '\0';
-}
-
-/* LINE is the request line, "METHOD target HTTP/1.x"; headers are ignored. */
-static void serve(struct conn *c, const char *line)
-{
-    char method[8], target[256];
     struct evbuffer *body = evbuffer_new();
     if (!body) {
         conn_free(c);
         return;
     }
-    bool ok = parse_request_line(line, method, sizeof(method), target, sizeof(target));
-    bool head = ok && !strcmp(method, "HEAD");
-    if (!ok)
+    switch (route) {
+    case ADMIN_INCOMPLETE:
+        break; /* not an answer: conn_read() waits */
+    case ADMIN_TOO_LARGE:
+        error_reply(c, false, 431, "Request Header Fields Too Large", body);
+        break;
+    case ADMIN_BAD_REQUEST:
         error_reply(c, false, 400, "Bad Request", body);
-    else if (!head && strcmp(method, "GET"))
+        break;
+    case ADMIN_NOT_ALLOWED:
         error_reply(c, false, 405, "Method Not Allowed", body);
-    else if (!strcmp(target, "/healthz"))
+        break;
+    case ADMIN_NOT_FOUND:
+        error_reply(c, head, 404, "Not Found", body);
+        break;
+    case ADMIN_HEALTHZ:
         healthz(c, head, body);
-    else if (!strcmp(target, "/metrics")) {
+        break;
+    case ADMIN_METRICS:
         metrics_render(c->a->d, body);
         reply(c, head, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
-    } else
-        error_reply(c, head, 404, "Not Found", body);
+        break;
+    }
     evbuffer_free(body);
 }
 
-/* Wait for the empty line that ends the head (CRLF or bare LF lines). */
+/* Wait for the empty line that ends the head. */
 static void conn_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     const char *p = (const char *)evbuffer_pullup(in, -1);
-    if (!p || (!memmem(p, len, "\n\r\n", 3) && !memmem(p, len, "\n\n", 2))) {
-        if (len > HEAD_MAX) {
-            struct evbuffer *body = evbuffer_new();
-            if (!body) {
-                conn_free(c);
-                return;
-            }
-            error_reply(c, false, 431, "Request Header Fields Too Large", body);
-            evbuffer_free(body);
-        }
-        return;
-    }
-    /* The request line whole, however long its query: a cut one lost its
-     * " HTTP/1.1" and was refused. A head past HEAD_MAX never gets here. */
-    char line[HEAD_MAX + 1];
-    size_t n = strcspn(p, "\r\n");      /* the head holds a newline: n < len */
-    snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), p);
-    serve(c, line);
+    bool head;
+    enum admin_route route = admin_route(p, len, &head);
+    if (route != ADMIN_INCOMPLETE)
+        serve(c, route, head);
 }
 
 static void refuse(struct admin *a, evutil_socket_t fd)
@@ -285,8 +251,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     bufferevent_setcb(c->bev, conn_read, NULL, conn_event, c);
-    /* Never buffer more than one head: past HEAD_MAX it is refused. */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, HEAD_MAX + 1);
+    /* Never buffer more than one head: past ADMIN_HEAD_MAX it is refused. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, ADMIN_HEAD_MAX + 1);
     bufferevent_enable(c->bev, EV_READ);
 }
 
