@@ -4,10 +4,12 @@
 #ifndef JOBD_FUZZ_SUPPORT_H
 #define JOBD_FUZZ_SUPPORT_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "daemon.h"
+#include "job.h"
 
 /* Stop with a message: libFuzzer reports the abort as a crash and saves the
  * input. For properties the code must keep, beyond what the sanitizers see. */
@@ -22,6 +24,11 @@ void fuzz_fail(const char *file, int line, const char *what) __attribute__((nore
  * postgres.conninfo and a named query, raw SQL allowed), DEFAULTS is the
  * built-in configuration (file and sql jobs refused). No connection is made. */
 struct daemon *fuzz_daemon(int all_on);
+
+/* REC, JOB's result record as result_record() rebuilt it, keeps PROTOCOL
+ * §4: id, type, status and attempts; a "result" object when JOB succeeded,
+ * else an "error" with "code" and "message"; JSON that reads back the same. */
+void fuzz_check_record(const struct job *job, json_t *rec);
 
 /* Take RAW (LEN bytes, not NUL-terminated) as the runner does: copy it,
  * envelope_parse() it, build the result record it would store (succeeded
