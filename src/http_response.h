@@ -18,6 +18,15 @@
 /* A server may not park a job for longer than a day. */
 #define MAX_RETRY_AFTER_S 86400
 
+/* How deep a "json" response may nest. jansson reads no document nested
+ * deeper than JSON_PARSER_MAX_DEPTH (2048), and records nest a response
+ * further: 2 levels in its own ({"result": {"json": ...}}), 2 more in a
+ * batch's "results", 3 in each group around it (3 at most). Deeper, the
+ * record was stored but jansson could not read it back: jobctl showed "?"
+ * for a job that succeeded, and a group put an "internal" error in place of
+ * the child's record. 16 levels cover all of that. */
+#define HTTP_JSON_MAX_NESTING (JSON_PARSER_MAX_DEPTH - 16)
+
 enum response_mode { RESP_TEXT, RESP_JSON, RESP_SHA256, RESP_DISCARD };
 
 /* Text and json bodies stay in memory until the job's record is written:
@@ -56,8 +65,9 @@ void http_response_header(struct http_response *r, const char *ptr, size_t n);
 bool http_response_refused(const struct http_response *r, const char *shown, struct job_error *err);
 /* A transfer that ended well with STATUS: the result object {status, bytes,
  * body|body_base64|json|sha256}, or NULL with ERR set (a status >= 400 when
- * RAISE_FOR_STATUS, a json body that does not parse or, in a BATCH, would
- * hold more than the budget once parsed). */
+ * RAISE_FOR_STATUS, a json body that does not parse, nests deeper than
+ * HTTP_JSON_MAX_NESTING or, in a BATCH, would hold more than the budget once
+ * parsed). */
 json_t *http_response_result(struct http_response *r, long status, bool raise_for_status,
                              bool batch, const char *shown, struct job_error *err);
 /* Done with the body: freed, and when the request FAILED, what it had

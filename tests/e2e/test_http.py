@@ -11,6 +11,7 @@ from conftest import (NS, SANITIZERS, build_preload_shim, cpu_seconds, free_port
                       submit, wait_for, wait_result)
 from http_server import HttpServer, self_signed_cert
 from test_admin import get, parse_metrics
+from test_jobctl import ctl
 
 
 @pytest.fixture
@@ -614,8 +615,10 @@ def test_huge_retry_after_parks_the_retry_for_a_day(r, web, jobd_http, value):
 
 def test_group_keeps_every_child_record_in_place(r, web, jobd_http):
     # A child's record is rebuilt for the group's result: one holding \u0000
-    # must read back, and one nested too deep to read back still keeps its
-    # place (results are in input order) and says why.
+    # must read back, and one whose response nests too deep for a record
+    # (it used to be kept, its record did not read back and an "internal"
+    # error stood in its place) fails too_large and keeps its place: results
+    # are in input order.
     submit(r, {"id": "g", "type": "group", "jobs": [
         {"type": "http", "url": web.url("/json-nul"), "response": "json"},
         {"type": "http", "url": web.url("/json-deep/2047"), "response": "json"},
@@ -624,9 +627,33 @@ def test_group_keeps_every_child_record_in_place(r, web, jobd_http):
     results = rec["result"]["results"]
     assert len(results) == 3, results
     assert results[0]["result"]["json"] == {"x": "\u0000"}
-    assert results[1]["status"] == "succeeded" and results[1]["error"]["code"] == "internal"
+    assert results[1]["status"] == "failed" and results[1]["error"]["code"] == "too_large"
     assert results[2]["result"] == {"slept_ms": 1}
-    assert rec["result"]["succeeded"] == 3
+    assert rec["result"]["succeeded"] == 2
+
+
+def test_json_response_nested_deeper_than_a_record_holds_is_too_large(r, web, jobd_http):
+    # Found by fuzz/fuzz_http_response.c. jansson parses a body nested 2047
+    # deep, but the record nests it 2 deeper ({"result": {"json": ...}}),
+    # past what jansson reads back: the job succeeded and `jobctl status`
+    # said "deep ? attempts=0", exit 1. Now such a body fails too_large (not
+    # retried), with a record jansson reads.
+    submit(r, {"id": "deep", "type": "http", "url": web.url("/json-deep/2047"),
+               "response": "json"})
+    wait_for(lambda: r.exists(f"{NS}:result:deep"), what="the record of deep")
+    out = ctl(jobd_http, "status", "deep")
+    assert out.stdout.startswith("deep failed attempts=1 error=too_large"), out.stdout
+    rec = result(r, "deep")
+    assert "nests deeper than the 2032 levels" in rec["error"]["message"], rec
+    # 2032 levels still read back from the deepest record that holds them:
+    # a batch's item in groups nested 3 deep (Python's json cannot read that
+    # deep; jobctl reads it with jansson, as jobd does).
+    submit(r, {"id": "g3", "type": "group", "jobs": [{"type": "group", "jobs": [
+        {"type": "group", "jobs": [
+            {"type": "http", "urls": [web.url("/json-deep/2032")], "response": "json"}]}]}]})
+    wait_for(lambda: r.exists(f"{NS}:result:g3"), what="the record of g3")
+    out = ctl(jobd_http, "status", "g3")
+    assert out.returncode == 0 and out.stdout.startswith("g3 succeeded"), out.stdout
 
 
 
