@@ -11,6 +11,7 @@
 
 #include "encode.h"
 #include "http_response.h"
+#include "jsonw.h"
 
 int http_response_begin(struct http_response *r)
 {
@@ -159,39 +160,6 @@ static int64_t json_cost(const json_t *v)
     }
 }
 
-/* How deep V nests (0: a scalar, 1: [] or {}), counted no further than
- * LIMIT + 1. */
-static int nesting(const json_t *v, int limit)
-{
-    if (!json_is_array(v) && !json_is_object(v))
-        return 0;
-    if (limit < 1)
-        return 1;
-    int most = 0;
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *item;
-        json_array_foreach(v, i, item)
-        {
-            int n = nesting(item, limit - 1);
-            most = n > most ? n : most;
-            if (most >= limit)
-                break;
-        }
-    } else {
-        const char *key;
-        json_t *item;
-        json_object_foreach((json_t *)v, key, item)
-        {
-            int n = nesting(item, limit - 1);
-            most = n > most ? n : most;
-            if (most >= limit)
-                break;
-        }
-    }
-    return most + 1;
-}
-
 json_t *http_response_result(struct http_response *r, long status, bool raise_for_status,
                              bool batch, const char *shown, struct job_error *err)
 {
@@ -208,10 +176,7 @@ json_t *http_response_result(struct http_response *r, long status, bool raise_fo
         json_error_t jerr;
         json_t *doc =
             json_loadb(r->buf ? r->buf : "", r->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        /* Nesting past HTTP_JSON_MAX_NESTING takes more than that many
-         * bytes of '[' or '{': shorter bodies are not walked. */
-        bool too_deep = doc && r->len > HTTP_JSON_MAX_NESTING &&
-                        nesting(doc, HTTP_JSON_MAX_NESTING) > HTTP_JSON_MAX_NESTING;
+        bool too_deep = doc && jsonw_too_deep(doc, r->len);
         /* Parsed, a body takes far more than its text ("[0,0,...]": ~20x):
          * a batch is charged what the document holds. */
         int64_t extra = doc && batch && !too_deep ? json_cost(doc) - (int64_t)r->len : 0;

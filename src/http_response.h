@@ -14,18 +14,13 @@
 #include <stdint.h>
 
 #include "job.h"
+#include "jsonw.h"
 
 /* A server may not park a job for longer than a day. */
 #define MAX_RETRY_AFTER_S 86400
 
-/* How deep a "json" response may nest. jansson reads no document nested
- * deeper than JSON_PARSER_MAX_DEPTH (2048), and records nest a response
- * further: 2 levels in its own ({"result": {"json": ...}}), 2 more in a
- * batch's "results", 3 in each group around it (3 at most). Deeper, the
- * record was stored but jansson could not read it back: jobctl showed "?"
- * for a job that succeeded, and a group put an "internal" error in place of
- * the child's record. 16 levels cover all of that. */
-#define HTTP_JSON_MAX_NESTING (JSON_PARSER_MAX_DEPTH - 16)
+/* How deep a "json" response may nest (jsonw.h says why). */
+#define HTTP_JSON_MAX_NESTING JSONW_VALUE_MAX_NESTING
 
 enum response_mode { RESP_TEXT, RESP_JSON, RESP_SHA256, RESP_DISCARD };
 

@@ -219,3 +219,42 @@ char *jsonw_dumps(const json_t *v, size_t *len)
     jbuf_value(&b, v);
     return jbuf_take(&b, len);
 }
+
+/* How deep V nests (0: a scalar, 1: [] or {}), counted no further than
+ * LIMIT + 1. */
+static int nesting(const json_t *v, int limit)
+{
+    if (!json_is_array(v) && !json_is_object(v))
+        return 0;
+    if (limit < 1)
+        return 1;
+    int most = 0;
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item)
+        {
+            int n = nesting(item, limit - 1);
+            most = n > most ? n : most;
+            if (most >= limit)
+                break;
+        }
+    } else {
+        const char *key;
+        json_t *item;
+        json_object_foreach((json_t *)v, key, item)
+        {
+            int n = nesting(item, limit - 1);
+            most = n > most ? n : most;
+            if (most >= limit)
+                break;
+        }
+    }
+    return most + 1;
+}
+
+bool jsonw_too_deep(const json_t *v, size_t text_len)
+{
+    return text_len > JSONW_VALUE_MAX_NESTING &&
+           nesting(v, JSONW_VALUE_MAX_NESTING) > JSONW_VALUE_MAX_NESTING;
+}

@@ -33,6 +33,20 @@ void jbuf_int(struct jbuf *b, int64_t v);
 /* Any jansson value, compact, keys in the object's own order. */
 void jbuf_value(struct jbuf *b, const json_t *v);
 
+/* How deep a value from outside (an http "json" response, a json or jsonb
+ * column) may nest. jansson reads no document nested deeper than
+ * JSON_PARSER_MAX_DEPTH (2048), and a record nests such a value further:
+ * 2 levels in its own ({"result": {"json": ...}}, {"result": {"rows": [...]}}
+ * 3), 2 more in a batch's "results", 3 in each group around it (3 at most).
+ * Deeper, the record was stored but jansson could not read it back: jobctl
+ * showed "?" for a job that succeeded, and a group put an "internal" error in
+ * place of the child's record. 16 levels cover all of that. */
+#define JSONW_VALUE_MAX_NESTING (JSON_PARSER_MAX_DEPTH - 16)
+/* Whether V, parsed from TEXT_LEN bytes, nests deeper than that. Text
+ * shorter than the limit cannot (each level takes a '[' or '{'): it is not
+ * walked, and a walk stops at the limit. */
+bool jsonw_too_deep(const json_t *v, size_t text_len);
+
 /* The text, NUL-terminated, now the caller's to free(); NULL if anything
  * failed (the buffer is freed then). Leaves B empty for reuse. Not for a
  * buffer that measures: its len is the size the text would have. */

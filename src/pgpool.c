@@ -868,9 +868,12 @@ static json_t *value_of(const PGresult *res, int row, int col, Oid type)
     }
     case 16: return json_boolean(v[0] == 't');  /* bool */
     case 114: case 3802: {                      /* json, jsonb */
+        /* Nested deeper than a record can hold (jsonw.h): as text, or the
+         * record could not be read back. */
         json_t *doc = json_loadb(v, (size_t)len, JSON_DECODE_ANY, NULL);
-        if (doc)
+        if (doc && !jsonw_too_deep(doc, (size_t)len))
             return doc;
+        json_decref(doc);
         break;
     }
     }

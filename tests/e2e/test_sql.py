@@ -93,6 +93,18 @@ def test_raw_sql_when_allowed(r, pg, start_jobd):
     assert rec["result"]["rows"] == [{"x": 42}]
 
 
+def test_json_nested_deeper_than_a_record_holds_comes_as_text(r, pg, start_jobd):
+    # json and jsonb columns are embedded in the record as JSON; one nested
+    # 2,040 deep made a record jansson (and jobctl) could not read back, the
+    # record nesting it 4 levels further than the 2,048 jansson reads. Past
+    # 2,032 levels (jsonw.h) such a value comes as its text instead.
+    start_jobd(**config_for(pg, postgres__allow_raw_sql=True))
+    deep = "[" * 2040 + "]" * 2040
+    rec = run(r, "deep", sql="SELECT $1::json AS deep, '[[1]]'::jsonb AS shallow", params=[deep])
+    assert rec["status"] == "succeeded", rec
+    assert rec["result"]["rows"] == [{"deep": deep, "shallow": [[1]]}]
+
+
 def test_text_that_is_not_utf8_fails_the_job_with_postgres_error(r, pg, start_jobd):
     # A SQL_ASCII database stores text unchecked, so it may not be UTF-8.
     # jobd asks for client_encoding UTF8, and PostgreSQL then refuses to send
