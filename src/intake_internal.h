@@ -54,6 +54,7 @@ struct intake {
     /* Pub/sub backpressure when parking fails (see check_job_channels(),
      * intake_pubsub.c). */
     bool park_failing;          /* the last park was refused: its job is held here */
+    bool park_refused;          /* ...by Redis (an error reply), not lost with a connection */
     bool jobs_paused;           /* job channels left: park_failing at the byte budget */
     enum { JOBS_ON, JOBS_LEAVING, JOBS_OFF } job_subs; /* on this subscriber connection */
     int job_unsubs_left;        /* JOBS_LEAVING: UNSUBSCRIBEs not yet confirmed */

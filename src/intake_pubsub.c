@@ -87,14 +87,30 @@ static void apply_job_channels(struct intake *in)
  * parking fails and the held bytes are at limits.max_held_bytes, jobd leaves
  * its job channels: a producer's PUBLISH then returns 0 (PROTOCOL §1), and it
  * knows nobody took the job. They are joined again once the held bytes are
- * under the budget or a park succeeds. WHY: the refusal, for the log. */
+ * under the budget or a park succeeds. While draining, a job held is not run
+ * but put back on the stream, an XADD Redis refuses as it refused the park
+ * (out of memory, an ACL): one more taken is one more that the give-up may
+ * lose, and a producer told 0 can retry elsewhere. So there one park Redis
+ * refused leaves them, whatever the bytes, and only a park that succeeds
+ * (one already sent) joins them again: the held bytes going down (a job
+ * ending) says nothing about Redis taking parks. A park lost with the
+ * command connection is not such a refusal: the connection comes back, and
+ * the held job goes back on the stream then; the budget rule applies.
+ * WHY: the refusal, for the log. */
 static void check_job_channels(struct intake *in, const char *why)
 {
     struct daemon *d = in->d;
-    bool pause = in->park_failing && intake_bytes_spent(d);
+    bool for_the_drain = d->draining && in->park_refused;
+    bool pause = in->park_failing && (intake_bytes_spent(d) || for_the_drain);
     if (pause != in->jobs_paused) {
         in->jobs_paused = pause;
-        if (pause)
+        if (pause && for_the_drain)
+            log_warn("pub/sub job channels paused for the rest of the drain: parking a job on "
+                     "the stream failed (%s), and a draining daemon can neither run nor park "
+                     "what it hears; PUBLISH to them counts no receiver here (%" PRId64
+                     " bytes held)",
+                     why ? why : "refused", runner_held_bytes(d->runner));
+        else if (pause)
             log_warn("pub/sub job channels paused: parking a job on the stream failed (%s) "
                      "and %" PRId64 " bytes are held, limits.max_held_bytes %" PRId64 "; "
                      "PUBLISH to them counts no receiver here until the held bytes are "
@@ -109,9 +125,11 @@ static void check_job_channels(struct intake *in, const char *why)
     /* Under the budget, a refusal is forgotten: the next message is taken,
      * or parked (slots full), and that park says anew whether Redis takes
      * them. Kept, it paused the channels much later, with no park tried
-     * since, once stream reads reached the budget and a job ended. */
-    if (!intake_bytes_spent(d))
-        in->park_failing = false;
+     * since, once stream reads reached the budget and a job ended. Not a
+     * refusal while draining: no stream read follows, and forgotten, it let
+     * the next job's end join the channels with parks still refused. */
+    if (!intake_bytes_spent(d) && !for_the_drain)
+        in->park_failing = in->park_refused = false;
     apply_job_channels(in);
 }
 
@@ -154,10 +172,13 @@ static void overflow_reply(struct redis *r, redisReply *reply, void *priv)
             struct job_message msg = {.raw = p->raw, .raw_len = p->len, .source = SOURCE_PUBSUB};
             runner_accept(d->runner, &msg);
             p->in->park_failing = true;
+            if (reply)
+                p->in->park_refused = true;
             check_job_channels(p->in, reply ? reply->str : "connection lost");
         }
     } else if (p->in->park_failing) {
-        p->in->park_failing = false;    /* stored: Redis takes parks again */
+        /* stored: Redis takes parks again */
+        p->in->park_failing = p->in->park_refused = false;
         check_job_channels(p->in, NULL);
     }
     free(p);

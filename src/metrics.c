@@ -266,7 +266,7 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
             (double)intake_overflowed(d->intake));
     gauge(out, "jobd_pubsub_paused", "1 while the job channels are unsubscribed (PUBLISH counts "
           "no receiver here) because Redis refuses to park pub/sub jobs and "
-          "limits.max_held_bytes is reached; NS:control stays subscribed.",
+          "limits.max_held_bytes is reached, or jobd drains; NS:control stays subscribed.",
           intake_job_channels_paused(d->intake));
     gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads and "
           "put-backs because their key refused jobd (a key of another type, say); see the log.",

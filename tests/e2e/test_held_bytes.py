@@ -353,10 +353,10 @@ def test_pubsub_jobs_redis_will_not_park_pause_the_job_channels(r, start_jobd):
 
 def test_a_drain_while_the_job_channels_are_paused_loses_nothing(r, start_jobd):
     # SIGTERM while paused: the held jobs go back on the stream once Redis
-    # takes writes (the job channels are joined again as their bytes go,
-    # and left with the others at the drain's end, whose UNSUBSCRIBEs are
-    # confirmed as before), nothing published to a left channel is taken,
-    # and the daemon exits 0.
+    # takes writes (the job channels stay left for the rest of the drain,
+    # since no park shows that Redis takes them again, and the drain's final
+    # UNSUBSCRIBEs are confirmed as before), nothing published to a left
+    # channel is taken, and the daemon exits 0.
     try:
         daemon, port, slots, taken, refused, _ = publish_into_oom(r, start_jobd, count=40)
         assert refused and metrics(port)["jobd_pubsub_paused"] == 1
@@ -376,8 +376,8 @@ def test_a_drain_while_the_job_channels_are_paused_loses_nothing(r, start_jobd):
 @pytest.mark.parametrize("redis_back", ["before the drain", "after its deadline"])
 def test_a_drain_that_ends_with_the_job_channels_paused_loses_nothing(r, start_jobd, redis_back):
     # The test above frees Redis at once, so the held jobs go back on the
-    # stream, the held bytes fall under the budget and the job channels are
-    # joined again well before the drain's final UNSUBSCRIBE. Here the budget
+    # stream and the held bytes fall under the budget well before the drain's
+    # final UNSUBSCRIBE. Here the budget
     # stays spent until the drain's end: the two slots run jobs longer than
     # shutdown.drain_ms whose envelopes alone reach limits.max_held_bytes, and
     # Redis refuses writes either only before the drain or through its
@@ -473,3 +473,67 @@ def test_a_park_refused_long_ago_does_not_pause_the_job_channels_later(r, start_
     assert "pub/sub job channels paused" not in daemon.log_text()
     assert publish(r, {"id": "late", "type": "sleep", "ms": 1}) == 1
     assert wait_result(r, "late", timeout=15)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("held", ["at the budget", "under it"])
+def test_a_drain_whose_parks_are_refused_keeps_the_job_channels_left(r, start_jobd, held):
+    # Draining, every pub/sub job is parked on the stream, not run; a job
+    # whose park Redis refused is held for a put-back that Redis refuses as
+    # well. The job channels were left only while the held bytes reached
+    # limits.max_held_bytes, and joined again as soon as a job's end took
+    # them under it, parks still refused: what was heard then was taken,
+    # held, and lost when the drain gave up (exit 1). Here the ACL user may
+    # not XADD (records are still written, so the held bytes do go down as
+    # the slots' jobs end mid-drain). A draining daemon now leaves its job
+    # channels at the first refused park, at the budget or under it, until
+    # it exits: a PUBLISH counts nobody, and the producer can retry
+    # elsewhere. NS:control stays subscribed.
+    acl = ["ACL", "SETUSER", "parker"]
+    r.execute_command(*acl, "on", ">pw", "~*", "&*", "+@all")
+    port = free_port()
+    daemon = start_jobd(redis__username="parker", redis__password="pw",
+                        limits__max_inflight=2, limits__max_held_bytes=OOM_BUDGET,
+                        shutdown__drain_ms=15000, admin__listen=f"127.0.0.1:{port}")
+    slots = ["slot0", "slot1"]
+    size = OOM_BUDGET // 2 + 1024 if held == "at the budget" else 0
+    for i in slots:     # at the budget: together they reach it; both end mid-drain
+        submit(r, padded({"id": i, "type": "sleep", "ms": 2000}, size))
+    wait_for(lambda: metrics(port)["jobd_jobs_running"] == 2, what="both slots taken")
+    assert (metrics(port)["jobd_held_bytes"] >= OOM_BUDGET) == (held == "at the budget")
+    r.execute_command(*acl, "-xadd")
+    try:
+        # The held job's put-back is tried again every second, and the slots'
+        # outcomes, written in the same MULTI, would be aborted with it (the
+        # XADD refused as it is queued): half a second apart, they are not.
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in daemon.log_text(), what="the drain")
+        assert publish(r, {"id": "held", "type": "sleep", "ms": 1}) == 1
+        wait_for(lambda: "parking a pub/sub job on the stream failed: NOPERM" in daemon.log_text(),
+                 what="the refused park")
+        wait_for(lambda: metrics(port)["jobd_pubsub_paused"] == 1, timeout=3,
+                 what="the job channels left")
+        assert publish(r, {"id": "in-drain", "type": "sleep", "ms": 1}) == 0
+        # The slots' jobs end and their records are written: the held bytes
+        # fall under the budget, parks still refused.
+        recs = wait_results(r, slots, timeout=10)
+        assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+        wait_for(lambda: metrics(port)["jobd_held_bytes"] < OOM_BUDGET, what="bytes released")
+        time.sleep(0.3)
+        assert publish(r, {"id": "late", "type": "sleep", "ms": 1}) == 0
+        assert metrics(port)["jobd_pubsub_paused"] == 1
+        assert numsub(r, f"{NS}:jobs") == 0 and numsub(r, f"{NS}:control") == 1
+    finally:
+        r.execute_command(*acl, "+xadd")
+    # XADD allowed again: the one job taken goes back on the stream, once.
+    assert daemon.proc.wait(20) == 0, daemon.log_text()
+    queued = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:queue")]
+    assert queued.count("held") == 1, queued
+    assert result(r, "held") is None
+    for i in ("in-drain", "late"):
+        assert i not in queued and result(r, i) is None
+    log = daemon.log_text()
+    assert "paused for the rest of the drain" in log, log
+    assert "pub/sub job channels resumed" not in log, log
+    for said in ("giving up", "lost at exit", "is lost"):
+        assert said not in log, log
