@@ -500,8 +500,10 @@ struct intake *intake_create(struct daemon *d)
     in->unreadable_timer = evtimer_new(d->base, recheck_unreadable, in);
     in->subs_wait = evtimer_new(d->base, subs_wait_over, in);
     in->streams = calloc((size_t)d->cfg.nstreams, sizeof(*in->streams));
+    in->chan_refused = calloc((size_t)intake_chan_slots(in), sizeof(*in->chan_refused));
+    in->chan_seq = calloc((size_t)intake_chan_slots(in), sizeof(*in->chan_seq));
     if (!in->retry_timer || !in->linger || !in->ping_timer || !in->unreadable_timer ||
-        !in->subs_wait || !in->streams) {
+        !in->subs_wait || !in->streams || !in->chan_refused || !in->chan_seq) {
         intake_free(in);
         return NULL;
     }
@@ -528,6 +530,8 @@ void intake_free(struct intake *in)
     if (in->subs_wait)
         event_free(in->subs_wait);
     free(in->streams);
+    free(in->chan_refused);
+    free(in->chan_seq);
     free(in);
 }
 

@@ -91,4 +91,8 @@ uint64_t intake_overflowed(const struct intake *in);
  * otherwise hold every one that arrives. */
 bool intake_job_channels_paused(const struct intake *in);
 
+/* Channels (of intake.channels, NS:control, the heartbeat channel) whose
+ * SUBSCRIBE Redis refused (an ACL): not heard until jobd restarts. */
+int intake_channels_refused(const struct intake *in);
+
 #endif

@@ -39,6 +39,14 @@ struct intake {
     long long stream_client_id; /* CLIENT ID of the stream connection; 0: not known */
     int groups_waiting;
     int subs_expected, subs_confirmed;
+    /* Per subscription ("slot"): intake.channels in order, then NS:control,
+     * then the heartbeat channel. hiredis 0.14.1 drops the subscriber
+     * connection at a SUBSCRIBE's error reply (an ACL's NOPERM); the slot
+     * whose SUBSCRIBE was the next to confirm is the one refused, and it is
+     * left out from then on (intake_pubsub.c, note_refused()). */
+    bool *chan_refused;
+    int *chan_seq;              /* its SUBSCRIBE's place on this connection; -1: not sent */
+    int chans_refused;          /* slots refused */
     /* NS:cancels is read by the stream connection before its first read
      * of jobs, and once the subscriptions are confirmed. When both come up
      * together (start-up, Redis back), one read serves both: the stream's,
@@ -100,5 +108,7 @@ void intake_ping_cb(evutil_socket_t fd, short what, void *arg);
 /* A job finished (held bytes went down) or the budget went up: the job
  * channels may be joined again. */
 void intake_pubsub_capacity_changed(struct intake *in);
+/* Subscription slots: intake.channels, NS:control, the heartbeat channel. */
+int intake_chan_slots(const struct intake *in);
 
 #endif

@@ -32,8 +32,23 @@ struct parked {
 };
 
 static bool send_park(struct intake *in, struct parked *p);
-static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
+static void subscribe(struct intake *in, redisAsyncContext *ac, int slot);
 static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *channel);
+
+int intake_chan_slots(const struct intake *in)
+{
+    return in->d->cfg.nchannels + 2;
+}
+
+#define SLOT_CONTROL(in) ((in)->d->cfg.nchannels)
+#define SLOT_HEARTBEAT(in) ((in)->d->cfg.nchannels + 1)
+
+static const char *slot_channel(const struct intake *in, int slot)
+{
+    if (slot < in->d->cfg.nchannels)
+        return in->d->cfg.channels[slot];
+    return slot == SLOT_CONTROL(in) ? in->control_channel : in->heartbeat_channel;
+}
 
 /* Channel I of intake.channels is one a pause leaves and joins: not jobd's
  * own NS:control (cancels must still be heard) or heartbeat channel, nor a
@@ -43,7 +58,8 @@ static bool unsubscribe(struct intake *in, redisAsyncContext *ac, const char *ch
 static bool job_channel(const struct intake *in, int i)
 {
     const char *ch = in->d->cfg.channels[i];
-    if (!strcmp(ch, in->control_channel) || !strcmp(ch, in->heartbeat_channel))
+    if (in->chan_refused[i] || !strcmp(ch, in->control_channel) ||
+        !strcmp(ch, in->heartbeat_channel))
         return false;
     for (int j = 0; j < i; j++)
         if (!strcmp(in->d->cfg.channels[j], ch))
@@ -76,7 +92,7 @@ static void apply_job_channels(struct intake *in)
         in->subscribed_at = mono_ms();  /* intake_ping_cb() times their confirmations */
         for (int i = 0; i < d->cfg.nchannels; i++)
             if (job_channel(in, i))
-                subscribe(in, ac, d->cfg.channels[i]);
+                subscribe(in, ac, i);
         in->job_subs = JOBS_ON;
     }
 }
@@ -310,11 +326,54 @@ static void sub_message(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
-static void subscribe(struct intake *in, redisAsyncContext *ac, const char *channel)
+/* Subscribe to SLOT's channel, unless Redis refused it (note_refused()). */
+static void subscribe(struct intake *in, redisAsyncContext *ac, int slot)
 {
+    const char *channel = slot_channel(in, slot);
+    if (in->chan_refused[slot])
+        return;
     const char *argv[] = {config_is_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", channel};
     if (redisAsyncCommandArgv(ac, sub_message, in, 2, argv, NULL) == REDIS_OK)
-        in->subs_expected++;
+        in->chan_seq[slot] = in->subs_expected++;
+}
+
+/* The subscriber connection was lost for WHY. Redis answers a SUBSCRIBE it
+ * refuses (an ACL user without that channel) with a NOPERM error, for
+ * which hiredis 0.14.1 has no callback: it drops the connection. Every
+ * reconnect sent the same SUBSCRIBE again: a warn line each backoff round,
+ * the subscriptions never all confirmed (the daemon never said ready, its
+ * worker key never written), and each stream connection's first read held
+ * for them. The replies come in order, so the refused channel is the one
+ * whose SUBSCRIBE was the next to be confirmed: it is said once, at error
+ * level, and left out; the next connection joins the others. It is asked
+ * again only when jobd restarts (intake.channels is restart-only): asking on
+ * a live connection would drop it, and the messages on their way with it. */
+static void note_refused(struct intake *in, const char *why)
+{
+    if (in->unsubscribing || strncmp(why, "NOPERM", 6) != 0 ||
+        in->subs_confirmed >= in->subs_expected)
+        return;
+    int slot = -1;
+    for (int s = 0; s < intake_chan_slots(in); s++)
+        if (in->chan_seq[s] == in->subs_confirmed)
+            slot = s;
+    if (slot < 0)
+        return;
+    const char *name = slot_channel(in, slot);
+    for (int s = 0; s < intake_chan_slots(in); s++)     /* a repeat of it too */
+        if (!strcmp(slot_channel(in, s), name))
+            in->chan_refused[s] = true;
+    in->chans_refused++;
+    log_error("redis refused to subscribe to %s: %s; %s; it is left out of the subscriptions "
+              "until jobd restarts (jobd_channels_refused)",
+              name, why,
+              slot == SLOT_HEARTBEAT(in)
+                  ? "the subscriber connection's heartbeat is off (a silent link is not noticed)"
+              : slot == SLOT_CONTROL(in)
+                  ? "cancels published there are not heard (those kept in NS:cancels are read "
+                    "when a connection comes up)"
+                  : "jobs published there are not heard here (PUBLISH counts no receiver "
+                    "for this daemon)");
 }
 
 void intake_sub_up(void *arg)
@@ -334,15 +393,18 @@ void intake_sub_up(void *arg)
      * NS:control and the heartbeat channel. */
     in->job_subs = in->jobs_paused ? JOBS_OFF : JOBS_ON;
     in->job_unsubs_left = 0;
+    for (int s = 0; s < intake_chan_slots(in); s++)
+        in->chan_seq[s] = -1;
     for (int i = 0; i < in->d->cfg.nchannels && !in->jobs_paused; i++)
-        subscribe(in, ac, in->d->cfg.channels[i]);
-    subscribe(in, ac, in->control_channel);
-    subscribe(in, ac, in->heartbeat_channel);
+        subscribe(in, ac, i);
+    subscribe(in, ac, SLOT_CONTROL(in));
+    subscribe(in, ac, SLOT_HEARTBEAT(in));
 }
 
 void intake_sub_down(void *arg)
 {
     struct intake *in = arg;
+    note_refused(in, redis_down_reason(in->d->redis, REDIS_SUB));
     if (in->unsubscribing)
         in->unsubscribed = true;    /* what it still held is gone with it */
     in->subs_confirmed = 0;
@@ -370,7 +432,7 @@ void intake_ping_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (!redis_ready(r, REDIS_SUB) || !redis_ready(r, REDIS_CMD) ||
-        in->subs_confirmed < in->subs_expected)
+        in->subs_confirmed < in->subs_expected || in->chan_refused[SLOT_HEARTBEAT(in)])
         return;
     if (in->ping_sent_at && now - in->ping_sent_at > HEARTBEAT_LIMIT_MS) {
         in->ping_sent_at = 0;
@@ -407,10 +469,11 @@ bool intake_unsubscribed(struct intake *in)
             in->unsubscribed = true;
             return true;
         }
-        for (int i = 0; i < in->d->cfg.nchannels; i++)
-            unsubscribe(in, ac, in->d->cfg.channels[i]);
-        unsubscribe(in, ac, in->control_channel);
-        unsubscribe(in, ac, in->heartbeat_channel);
+        /* Not a refused one: never subscribed, its confirmation would reach
+         * no callback (the last, with 0 left, included). */
+        for (int s = 0; s < intake_chan_slots(in); s++)
+            if (!in->chan_refused[s])
+                unsubscribe(in, ac, slot_channel(in, s));
         return false;
     }
     if (mono_ms() - in->unsubscribe_sent_at > UNSUBSCRIBE_WAIT_MS) {
@@ -435,6 +498,11 @@ uint64_t intake_overflowed(const struct intake *in)
 bool intake_job_channels_paused(const struct intake *in)
 {
     return in->jobs_paused;
+}
+
+int intake_channels_refused(const struct intake *in)
+{
+    return in ? in->chans_refused : 0;
 }
 
 void intake_pubsub_capacity_changed(struct intake *in)

@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,7 @@ struct conn {
     struct list calls;          /* struct call awaiting replies, oldest first */
     int handshake_left;         /* AUTH / SELECT / HELLO replies still to come */
     char server_version[32];    /* from HELLO, "" when the server did not say */
+    char down_reason[160];      /* why it was lost, for the down hook (redis_down_reason()) */
     struct event *retry_timer;  /* reconnect after backoff */
     struct event *ready_event;  /* runs the ready work outside hiredis callbacks */
     struct redis_hooks hooks;
@@ -110,6 +112,7 @@ static void conn_lost(struct conn *c)
     c->generation++;
     if (was_ready && c->hooks.down)
         c->hooks.down(c->hooks.arg);
+    c->down_reason[0] = '\0';
     conn_schedule_retry(c);
 }
 
@@ -136,6 +139,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return;     /* a context we dropped ourselves */
     log_warn("redis %s connection lost: %s", role_names[c->role],
              status == REDIS_OK ? "closed" : ac->errstr);
+    snprintf(c->down_reason, sizeof(c->down_reason), "%s", status == REDIS_OK ? "" : ac->errstr);
     conn_lost(c);
 }
 
@@ -447,6 +451,11 @@ const char *redis_role_name(enum redis_role role)
 bool redis_ready(const struct redis *r, enum redis_role role)
 {
     return r->conns[role].state == CONN_READY && r->conns[role].ac;
+}
+
+const char *redis_down_reason(const struct redis *r, enum redis_role role)
+{
+    return r->conns[role].down_reason;
 }
 
 bool redis_connecting(const struct redis *r, enum redis_role role)

@@ -39,6 +39,9 @@ void redis_free(struct redis *r);
 bool redis_ready(const struct redis *r, enum redis_role role);
 /* Connecting or authenticating: ready soon, or failed (no down hook then). */
 bool redis_connecting(const struct redis *r, enum redis_role role);
+/* In a down hook: the error hiredis dropped the connection for (a reply it
+ * had no callback for, such as a SUBSCRIBE's NOPERM), or "". */
+const char *redis_down_reason(const struct redis *r, enum redis_role role);
 /* "command", "subscriber" or "stream". */
 const char *redis_role_name(enum redis_role role);
 

@@ -3,6 +3,8 @@ import json
 import signal
 import time
 
+import pytest
+
 from conftest import (NS, Ledger, free_port, publish, result, stats, submit, wait_for, wait_result,
                       wait_results)
 from test_admin import get, parse_metrics
@@ -429,3 +431,53 @@ def test_a_field_name_with_a_nul_byte_is_not_the_job_field(r, start_jobd):
     assert rec["status"] == "rejected", rec
     assert rec["error"]["message"] == 'stream entry has no "job" field', rec
     assert [json.loads(f["error"])["code"] for _, f in r.xrange(f"{NS}:dead")] == ["invalid_job"]
+
+
+@pytest.mark.parametrize("refused", ["a job channel", "jobd's own channels"])
+def test_a_channel_redis_refuses_to_subscribe_to_is_said_once_and_left_out(r, start_jobd, refused):
+    # An ACL user without some channel (Redis 7's acl-pubsub-default is
+    # resetchannels). Redis answers that SUBSCRIBE with NOPERM, and hiredis
+    # 0.14.1, with no callback for an error there, drops the subscriber
+    # connection: every reconnect sent the same SUBSCRIBE, a warn line each
+    # backoff round for ever, and the subscriptions were never all
+    # confirmed, so the daemon never said ready (no worker key, no READY=1)
+    # and the other channels were never heard for long. Now the refused
+    # channel is said once at error level, counted in jobd_channels_refused
+    # and left out; the others are subscribed on the next connection.
+    if refused == "a job channel":
+        allowed, channels, said = [f"&{NS}:*"], ["other:jobs", f"{NS}:jobs"], ["other:jobs"]
+    else:   # neither NS:control nor the heartbeat channel: two rounds
+        allowed, channels = [f"&{NS}:jobs", f"&{NS}:events"], [f"{NS}:jobs"]
+        said = [f"{NS}:control", f"{NS}:heartbeat:"]
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~*", "resetchannels", *allowed,
+                      "+@all")
+    submit(r, {"id": "early", "type": "sleep", "ms": 1})
+    port = free_port()
+    daemon = start_jobd(redis__username="u", redis__password="pw", intake__channels=channels,
+                        admin__listen=f"127.0.0.1:{port}")     # waits for ready
+    assert wait_result(r, "early")["status"] == "succeeded"
+    assert publish(r, {"id": "heard", "type": "sleep", "ms": 1}) == 1
+    assert wait_result(r, "heard")["status"] == "succeeded"
+    if refused == "a job channel":
+        assert publish(r, {"id": "unheard", "type": "sleep", "ms": 1}, channel="other:jobs") == 0
+    metrics = lambda: parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert metrics()["jobd_channels_refused"] == len(said)
+    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    # Quiet from then on: no reconnect loop, and (its heartbeat channel
+    # refused) no heartbeat the subscriber cannot hear resets it.
+    time.sleep(7 if refused != "a job channel" else 2)
+    # A new subscriber connection leaves the refused channels out at once.
+    r.execute_command("CLIENT", "KILL", "USER", "u")
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after")["status"] == "succeeded"
+    wait_for(lambda: metrics()["jobd_redis_connected{connection=\"subscriber\"}"] == 1,
+             what="the subscriber back")
+    assert publish(r, {"id": "heard2", "type": "sleep", "ms": 1}) == 1
+    assert wait_result(r, "heard2")["status"] == "succeeded"
+    log = daemon.log_text()
+    for channel in said:
+        assert log.count(f"ERROR redis refused to subscribe to {channel}") == 1, log
+    assert log.count("redis subscriber connection lost: NOPERM") == len(said), log
+    assert "did not hear its heartbeat" not in log
+    assert daemon.stop() == 0
+    assert "did not confirm its UNSUBSCRIBE" not in daemon.log_text()
