@@ -49,8 +49,10 @@ void daemon_intake_ready(struct daemon *d)
     } else if (d->draining) {
         /* Intake stays stopped: the subscriber is back for cancels, and for
          * the messages the exit reads up to its UNSUBSCRIBE. */
-        log_info("redis subscriber back during the drain: pub/sub jobs heard now are parked "
-                 "on the stream, not run");
+        log_info("redis subscriber back during the drain: %s",
+                 intake_job_channels_paused(d->intake)
+                     ? "its job channels stay left (parking failed), NS:control is heard"
+                     : "pub/sub jobs heard now are parked on the stream, not run");
     } else {
         log_info("intake resumed%s", intake_job_channels_paused(d->intake)
                                          ? " (pub/sub job channels still paused)"

@@ -523,6 +523,13 @@ def test_a_drain_whose_parks_are_refused_keeps_the_job_channels_left(r, start_jo
         assert publish(r, {"id": "late", "type": "sleep", "ms": 1}) == 0
         assert metrics(port)["jobd_pubsub_paused"] == 1
         assert numsub(r, f"{NS}:jobs") == 0 and numsub(r, f"{NS}:control") == 1
+        # A subscriber connection made now joins NS:control only, and says so.
+        r.client_kill_filter(_type="pubsub")
+        wait_for(lambda: "redis subscriber back during the drain: its job channels stay left"
+                 in daemon.log_text(), what="the subscriber back")
+        wait_for(lambda: numsub(r, f"{NS}:control") == 1, what="NS:control subscribed again")
+        assert numsub(r, f"{NS}:jobs") == 0
+        assert publish(r, {"id": "later", "type": "sleep", "ms": 1}) == 0
     finally:
         r.execute_command(*acl, "+xadd")
     # XADD allowed again: the one job taken goes back on the stream, once.
@@ -530,7 +537,7 @@ def test_a_drain_whose_parks_are_refused_keeps_the_job_channels_left(r, start_jo
     queued = [json.loads(f["job"]).get("id") for _, f in r.xrange(f"{NS}:queue")]
     assert queued.count("held") == 1, queued
     assert result(r, "held") is None
-    for i in ("in-drain", "late"):
+    for i in ("in-drain", "late", "later"):
         assert i not in queued and result(r, i) is None
     log = daemon.log_text()
     assert "paused for the rest of the drain" in log, log
