@@ -1,0 +1,122 @@
+/* resp_filter.c - drops oversized bulk strings from RESP2 (see resp_filter.h). */
+#include <stdbool.h>
+#include <string.h>
+
+#include "resp_filter.h"
+
+void resp_filter_init(struct resp_filter *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->state = RF_TOKEN;
+}
+
+/* The length a complete bulk header ("$...\r\n", LEN bytes) announces, in
+ * *OUT (-1 for any negative one: a nil, or a length hiredis refuses). False
+ * when it is not a number followed by CRLF. */
+static bool head_length(const char *h, size_t len, int64_t *out)
+{
+    size_t i = 1;
+    bool negative = len > 1 && h[1] == '-';
+    if (negative)
+        i++;
+    if (len < i + 3 || h[len - 2] != '\r')
+        return false;
+    uint64_t v = 0;
+    for (; i < len - 2; i++) {
+        if (h[i] < '0' || h[i] > '9' || v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(h[i] - '0');
+    }
+    if (v > INT64_MAX)
+        return false;
+    *out = negative ? -1 : (int64_t)v;
+    return true;
+}
+
+/* The header in F is complete: pass it, or turn it into an integer and drop
+ * what follows. */
+static void head_done(struct resp_filter *f, uint64_t max, resp_filter_emit *emit, void *arg)
+{
+    int64_t len;
+    if (!head_length(f->head, f->head_len, &len)) {
+        f->state = RF_BROKEN;
+    } else if (len < 0) {
+        f->state = RF_TOKEN;
+    } else {
+        /* The payload and its CRLF; a length near INT64_MAX cannot come
+         * (hiredis and Redis stop far below), but must not wrap. */
+        f->left = (uint64_t)len + 2;
+        f->state = RF_PASS;
+        if ((uint64_t)len > max) {
+            f->head[0] = ':';
+            f->state = RF_DROP;
+            f->dropped++;
+        }
+    }
+    emit(arg, f->head, f->head_len);
+    f->head_len = 0;
+}
+
+void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t max,
+                      resp_filter_emit *emit, void *arg)
+{
+    size_t i = 0, from = 0;     /* p[from..i) is to be passed on */
+    while (i < n) {
+        switch (f->state) {
+        case RF_TOKEN:
+            if (p[i] == '$') {
+                if (i > from)
+                    emit(arg, p + from, i - from);
+                f->head[0] = '$';
+                f->head_len = 1;
+                f->state = RF_HEAD;
+                from = ++i;
+            } else {
+                /* '*', ':', '+', '-': a line, passed whole. Anything else
+                 * too: hiredis says what is wrong with it. */
+                f->state = RF_LINE;
+                i++;
+            }
+            break;
+        case RF_LINE: {
+            const char *lf = memchr(p + i, '\n', n - i);
+            if (!lf) {
+                i = n;
+            } else {
+                i = (size_t)(lf - p) + 1;
+                f->state = RF_TOKEN;
+            }
+            break;
+        }
+        case RF_HEAD:
+            while (i < n && f->head_len < sizeof(f->head) && p[i] != '\n')
+                f->head[f->head_len++] = p[i++];
+            if (i < n && f->head_len < sizeof(f->head)) {
+                f->head[f->head_len++] = p[i++];       /* the '\n' */
+                head_done(f, max, emit, arg);
+            } else if (i < n) {
+                f->state = RF_BROKEN;                   /* no number is that long */
+                emit(arg, f->head, f->head_len);
+                f->head_len = 0;
+            }
+            from = i;
+            break;
+        case RF_PASS:
+        case RF_DROP: {
+            uint64_t k = n - i < f->left ? n - i : f->left;
+            i += (size_t)k;
+            f->left -= k;
+            if (f->state == RF_DROP)
+                from = i;
+            if (!f->left)
+                f->state = RF_TOKEN;
+            break;
+        }
+        case RF_BROKEN:
+            i = n;
+            break;
+        }
+    }
+    if (i > from)
+        emit(arg, p + from, i - from);
+}

@@ -1,0 +1,50 @@
+/* resp_filter.h - drops oversized bulk strings from a RESP2 byte stream.
+ *
+ * hiredis 0.14.1 reads a bulk string whole before it hands over the reply,
+ * whatever its length: one stream entry of 512 MB (Redis's
+ * proto-max-bulk-len) is 512 MB in jobd before it can be refused as
+ * too_large, and a few of them get the daemon OOM-killed, again after every
+ * restart since they stay pending. This filter sits between the socket and
+ * hiredis's reader: a bulk string longer than a limit is passed on as the
+ * integer reply ":<length>\r\n" (the header's digits, so the same bytes
+ * count), and its payload is dropped as it arrives, never buffered. Redis
+ * never sends an integer where a stream entry's field or value is, so the
+ * reader of the reply knows what it means (intake_parse_entry()).
+ *
+ * Cheap on the hot path: only the type byte and header of each token are
+ * looked at; the payload of a bulk under the limit is skipped by its length,
+ * not scanned. The filter is a stream state machine: a token may be split
+ * across feeds at any byte. Anything that is not RESP2 as the filter knows
+ * it (a bulk header too long or not a number) is passed through untouched
+ * from there on, for hiredis to report as the protocol error it is.
+ */
+#ifndef JOBD_RESP_FILTER_H
+#define JOBD_RESP_FILTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* "$" then up to 20 characters ("-1", a length of up to 19 digits), "\r\n". */
+#define RESP_FILTER_HEAD_MAX 24
+
+struct resp_filter {
+    enum { RF_TOKEN, RF_LINE, RF_HEAD, RF_PASS, RF_DROP, RF_BROKEN } state;
+    uint64_t left;              /* RF_PASS, RF_DROP: payload and CRLF bytes still to come */
+    size_t head_len;            /* RF_HEAD: bytes of the bulk header held in head */
+    char head[RESP_FILTER_HEAD_MAX];
+    uint64_t dropped;           /* bulk strings dropped so far */
+};
+
+/* Receives the filtered bytes, in order, in one or more pieces per feed. */
+typedef void resp_filter_emit(void *arg, const char *p, size_t n);
+
+void resp_filter_init(struct resp_filter *f);
+
+/* Filter the N bytes at P: bulk strings longer than MAX bytes are replaced
+ * as said above, everything else goes to EMIT unchanged. A bulk header split
+ * across feeds is held in F (at most RESP_FILTER_HEAD_MAX bytes) until its
+ * end is seen. */
+void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t max,
+                      resp_filter_emit *emit, void *arg);
+
+#endif
