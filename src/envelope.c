@@ -148,11 +148,16 @@ bool envelope_common_field(const char *key)
     return false;
 }
 
+void envelope_too_large(size_t len, const struct config *cfg, struct job_error *err)
+{
+    job_error_set(err, ERR_TOO_LARGE, "envelope is %zu bytes, limits.max_job_bytes is %lld", len,
+                  (long long)cfg->max_job_bytes);
+}
+
 int envelope_parse(struct job *job, const struct config *cfg, struct job_error *err)
 {
     if ((int64_t)job->raw_len > cfg->max_job_bytes) {
-        job_error_set(err, ERR_TOO_LARGE, "envelope is %zu bytes, limits.max_job_bytes is %lld",
-                      job->raw_len, (long long)cfg->max_job_bytes);
+        envelope_too_large(job->raw_len, cfg, err);
         return -1;
     }
     json_error_t jerr;

@@ -16,6 +16,9 @@
  * under it. */
 int envelope_parse(struct job *job, const struct config *cfg, struct job_error *err);
 
+/* ERR says an envelope of LEN bytes is over limits.max_job_bytes (too_large). */
+void envelope_too_large(size_t len, const struct config *cfg, struct job_error *err);
+
 /* Whether KEY is one of the fields every job has (PROTOCOL §2): the types'
  * own parse() read the envelope itself and skip these. */
 bool envelope_common_field(const char *key);

@@ -101,21 +101,33 @@ static void note_pause(struct intake *in, bool paused)
 
 static void read_streams(struct intake *in);
 
-/* The value of field NAME. Field names are binary: compared by length and
- * bytes, since as C strings "job\0x" would count as "job". */
-static const char *field_value(const redisReply *fields, const char *name, size_t *len)
+/* The value of field NAME, a string, or an integer: a value too long to be
+ * read, dropped as it came (redis_loop.h; Redis itself sends only strings
+ * there). Field names are binary: compared by length and bytes, since as C
+ * strings "job\0x" would count as "job". */
+static const redisReply *field(const redisReply *fields, const char *name)
 {
     size_t name_len = strlen(name);
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
         const redisReply *k = fields->element[i], *v = fields->element[i + 1];
-        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            k->len == name_len && !memcmp(k->str, name, name_len)) {
-            if (len)
-                *len = v->len;
-            return v->str;
-        }
+        if (k->type == REDIS_REPLY_STRING &&
+            (v->type == REDIS_REPLY_STRING || v->type == REDIS_REPLY_INTEGER) &&
+            k->len == name_len && !memcmp(k->str, name, name_len))
+            return v;
     }
     return NULL;
+}
+
+/* The string value of field NAME; NULL when there is none (or it was too
+ * long to be read: only "job" may be, and it has its own record). */
+static const char *field_value(const redisReply *fields, const char *name, size_t *len)
+{
+    const redisReply *v = field(fields, name);
+    if (!v || v->type != REDIS_REPLY_STRING)
+        return NULL;
+    if (len)
+        *len = v->len;
+    return v->str;
 }
 
 int intake_parse_entry(const redisReply *entry, const char *stream, struct job_message *msg)
@@ -134,11 +146,16 @@ int intake_parse_entry(const redisReply *entry, const char *stream, struct job_m
         msg->problem = "stream entry was deleted while pending";
         return 0;
     }
-    const char *raw = field_value(fields, "job", &msg->raw_len);
-    if (raw)
-        msg->raw = raw;
-    else
+    const redisReply *job = field(fields, "job");
+    if (!job) {
         msg->problem = "stream entry has no \"job\" field";
+    } else if (job->type == REDIS_REPLY_STRING) {
+        msg->raw = job->str;
+        msg->raw_len = job->len;
+    } else {
+        /* Longer than jobd reads: dropped unread, rejected as too_large. */
+        msg->unread_len = job->integer > 0 ? (size_t)job->integer : 1;
+    }
     msg->id = field_value(fields, "id", NULL);
     const char *v;
     if ((v = field_value(fields, "attempts", NULL)))
@@ -158,7 +175,7 @@ static void take_entry(struct intake *in, const char *stream, const redisReply *
 {
     struct job_message msg;
     if (intake_parse_entry(entry, stream, &msg) == 0) {
-        intake_note_size(in, msg.raw_len);
+        intake_note_size(in, msg.unread_len ? msg.unread_len : msg.raw_len);
         runner_accept(in->d->runner, &msg);
     }
 }

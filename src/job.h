@@ -78,6 +78,7 @@ struct job {
      * parsed object for the executor. */
     char *raw;
     size_t raw_len;
+    size_t unread_len;          /* an envelope too long to read: its length, raw "" */
     json_t *envelope;           /* NULL for a message that did not parse */
     json_t *spec;               /* what the type parses: the envelope (a reference) */
     const char *type;           /* points into envelope; "" when unreadable */

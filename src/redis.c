@@ -353,7 +353,14 @@ static void conn_connect(struct conn *c)
         conn_schedule_retry(c);
         return;
     }
-    if (redis_loop_attach(ac, c->r->d->base)) {
+    /* The stream and command connections bring stream entries (XREADGROUP;
+     * reclaim's XCLAIM and XRANGE): one too long to be a job is dropped as
+     * it arrives instead of held whole (redis_loop.h). Not the subscriber:
+     * Redis closes it rather than send it a message over its pubsub client
+     * output limit (32 MB by default), and a message under that is read
+     * whole and refused as too_large by the runner. */
+    const int64_t *max = c->role == REDIS_SUB ? NULL : &c->r->d->cfg.max_job_bytes;
+    if (redis_loop_attach(ac, c->r->d->base, max)) {
         log_error("redis %s connection: out of memory", role_names[c->role]);
         redisAsyncFree(ac);
         conn_schedule_retry(c);

@@ -3,13 +3,28 @@
  * No flags of our own for what is armed: event_add() of a pending event,
  * event_del() of one that is not, and event_active() of an active one change
  * nothing and make no system call. */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "redis_loop.h"
+#include "resp_filter.h"
+
+/* Runs the callbacks of the replies the reader holds; on a reader error it
+ * drops the connection. Exported by libhiredis 0.14.1 (the second half of
+ * redisAsyncHandleRead()) but not declared in its async.h (later versions
+ * declare it in async_private.h). */
+void redisProcessCallbacks(redisAsyncContext *ac);
+
+/* What one read event takes from a filtered socket: big enough that an
+ * entry being dropped goes by in few loop passes. */
+#define READ_CHUNK (64 * 1024)
 
 struct loop_events {
     redisAsyncContext *ac;
+    const int64_t *max_job_bytes; /* NULL: hiredis reads the socket itself */
+    struct resp_filter filter;
     struct event *rev;          /* persistent while hiredis wants reads */
     struct event *wev;          /* only while a write is waiting for room */
     struct event *flush;        /* activated: write when this loop pass ends */
@@ -17,10 +32,35 @@ struct loop_events {
     bool released;              /* cleanup ran inside it: on_flush frees */
 };
 
+static void feed_reader(void *arg, const char *p, size_t n)
+{
+    /* A failure (out of memory) is kept in the reader, and
+     * redisProcessCallbacks() then drops the connection. */
+    redisReaderFeed(arg, p, n);
+}
+
+/* A filtered connection's socket is read here, through the filter, and
+ * hiredis is handed what is left (redis_loop.h). The end of the stream or
+ * an error is left to redisAsyncHandleRead(): it reads it again itself and
+ * runs its own disconnect, which is private to hiredis. So is the end of a
+ * connect, which hiredis learns through a read before it is connected. */
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct loop_events *e = arg;
-    redisAsyncHandleRead(e->ac);     /* may free the context, and E with it */
+    redisAsyncContext *ac = e->ac;
+    if (!e->max_job_bytes || !(ac->c.flags & REDIS_CONNECTED) || ac->c.err) {
+        redisAsyncHandleRead(ac);   /* may free the context, and E with it */
+        return;
+    }
+    char buf[READ_CHUNK];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+        uint64_t max = (uint64_t)*e->max_job_bytes + REDIS_LOOP_BULK_SLACK;
+        resp_filter_feed(&e->filter, buf, (size_t)n, max, feed_reader, ac->c.reader);
+        redisProcessCallbacks(ac);  /* may free the context, and E with it */
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        redisAsyncHandleRead(ac);
+    }
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -88,7 +128,7 @@ static void cleanup(void *priv)
         free(e);
 }
 
-int redis_loop_attach(redisAsyncContext *ac, struct event_base *base)
+int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes)
 {
     if (ac->ev.data)
         return -1;
@@ -96,6 +136,8 @@ int redis_loop_attach(redisAsyncContext *ac, struct event_base *base)
     if (!e)
         return -1;
     e->ac = ac;
+    e->max_job_bytes = max_job_bytes;
+    resp_filter_init(&e->filter);
     int fd = ac->c.fd;
     e->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, e);
     e->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, e);

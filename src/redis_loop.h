@@ -12,8 +12,22 @@
 
 #include <event2/event.h>
 #include <hiredis/async.h>
+#include <stdint.h>
 
-/* 0, or -1 (out of memory, or AC already attached). */
-int redis_loop_attach(redisAsyncContext *ac, struct event_base *base);
+/* Slack over limits.max_job_bytes: what a filtered connection still reads
+ * whole. A bulk string as long as that is no field name, entry id or reply
+ * jobd itself wrote (its worker snapshot), and an envelope that long is
+ * still read and refused as too_large with its first bytes kept. */
+#define REDIS_LOOP_BULK_SLACK (64 * 1024)
+
+/* 0, or -1 (out of memory, or AC already attached).
+ *
+ * MAX_JOB_BYTES non-NULL: AC's replies are read through resp_filter.h, and
+ * any bulk string longer than *MAX_JOB_BYTES + REDIS_LOOP_BULK_SLACK reaches
+ * hiredis as the integer reply of its length, its bytes dropped unread:
+ * hiredis 0.14.1 would hold it whole first (a stream entry of Redis's
+ * proto-max-bulk-len is 512 MB). *MAX_JOB_BYTES is read at every header,
+ * so a reload applies at once. */
+int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes);
 
 #endif

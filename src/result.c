@@ -657,7 +657,8 @@ static void send_stats(struct daemon *d, const struct txn *t)
 }
 
 /* Dead letters keep at most max_job_bytes of the message, so an oversized
- * message cannot be used to bloat NS:dead. */
+ * message cannot be used to bloat NS:dead; one too long to be read at all
+ * (job->unread_len) keeps none of it. */
 static void send_dead_letter(struct daemon *d, const struct job *job)
 {
     char key[128], attempts[16];
@@ -666,8 +667,8 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
     char *err = error ? jsonw_dumps(error, NULL) : NULL;
     json_decref(error);
     size_t raw_len = job->raw_len;
-    bool truncated = (int64_t)raw_len > d->cfg.max_job_bytes;
-    if (truncated)
+    bool truncated = job->unread_len || (int64_t)raw_len > d->cfg.max_job_bytes;
+    if ((int64_t)raw_len > d->cfg.max_job_bytes)
         raw_len = (size_t)d->cfg.max_job_bytes;
     snprintf(attempts, sizeof(attempts), "%d", job->attempts);
     const char *argv[] = {"XADD", key, "*", "job", job->raw ? job->raw : "", "error", err,

@@ -633,6 +633,7 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     memcpy(job->raw, msg->raw, msg->raw_len);
     job->raw[msg->raw_len] = '\0';
     job->raw_len = msg->raw_len;
+    job->unread_len = msg->unread_len;
     job->d = d;
     job->source = msg->source;
     job->type = "";
@@ -664,6 +665,8 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     int rc = -1;
     if (msg->problem)
         job_error_set(&err, ERR_INVALID_JOB, "%s", msg->problem);
+    else if (msg->unread_len)
+        envelope_too_large(msg->unread_len, &d->cfg, &err);
     else
         rc = envelope_parse(job, &d->cfg, &err);
     /* The id: the envelope's, else the one jobd kept across a requeue, else

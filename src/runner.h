@@ -37,6 +37,10 @@ struct job_message {
     const char *problem;
     /* Delivered too many times without an outcome: fail it without running. */
     int poison_deliveries;
+    /* A "job" value longer than jobd reads (redis_loop.h): its length. Its
+     * bytes were dropped unread (raw is ""): the job is rejected as
+     * too_large. */
+    size_t unread_len;
 };
 
 struct runner *runner_create(struct daemon *d);

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import NS, free_port, publish, result, submit, wait_for, wait_result, wait_results
+from conftest import (NS, dead_entries, free_port, publish, result, submit, wait_for, wait_result,
+                      wait_results)
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
 
@@ -544,3 +545,68 @@ def test_a_drain_whose_parks_are_refused_keeps_the_job_channels_left(r, start_jo
     assert "pub/sub job channels resumed" not in log, log
     for said in ("giving up", "lost at exit", "is lost"):
         assert said not in log, log
+
+
+# ---- stream entries too long to be jobs --------------------------------------
+
+MB = 1 << 20
+HUGE = 40 * MB          # each entry; four of them are 160 MB
+
+
+def vm_hwm(pid):
+    """The peak resident memory of process PID so far, in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def add_huge(r, count):
+    """COUNT entries of HUGE bytes each, pipelined as a hostile producer would."""
+    text = padded({"id": "huge", "type": "sleep", "ms": 1}, HUGE)
+    with r.pipeline(transaction=False) as pipe:
+        for _ in range(count):
+            pipe.xadd(f"{NS}:queue", {"job": text})
+        pipe.execute()
+
+
+def check_dropped(r, daemon, count, hwm_before):
+    """Each of COUNT huge entries ended too_large without jobd's peak memory
+    growing by a quarter of one: dead-lettered without its bytes
+    (truncated), acknowledged; and a job after them runs."""
+    dead = wait_for(lambda: len(dead_entries(r)) == count and dead_entries(r),
+                    timeout=30, what=f"{count} dead letters")
+    grown = vm_hwm(daemon.proc.pid) - hwm_before
+    assert grown < HUGE // 4, f"peak memory grew by {grown / MB:.0f} MB"
+    for letter in dead:
+        err = json.loads(letter["error"])
+        assert err["code"] == "too_large", letter
+        assert f"envelope is {HUGE} bytes" in err["message"], err
+        assert letter["job"] == "" and letter["truncated"] == "1", letter
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
+    assert daemon.log_text().count("rejected a stream message: too_large") == count
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_result(r, "after")["status"] == "succeeded"
+
+
+def test_stream_entries_too_long_to_be_jobs_are_never_held_whole(r, start_jobd):
+    # hiredis read each entry whole before it was refused: 160 MB of them
+    # took jobd's peak memory up by about that, and 50 of Redis's largest
+    # (512 MB) got it OOM-killed, again after every restart.
+    daemon = start_jobd(limits__max_job_bytes=64 * 1024, limits__max_held_bytes=MB)
+    before = vm_hwm(daemon.proc.pid)
+    add_huge(r, 4)
+    check_dropped(r, daemon, 4, before)
+
+
+def test_reclaimed_entries_too_long_to_be_jobs_are_never_held_whole(r, start_jobd):
+    # XCLAIM brings them on the command connection: filtered there too.
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    add_huge(r, 2)
+    r.execute_command("XREADGROUP", "GROUP", "jobd", "dead-consumer", "COUNT", "2",
+                      "STREAMS", f"{NS}:queue", ">")
+    daemon = start_jobd(limits__max_job_bytes=64 * 1024, limits__max_held_bytes=MB,
+                        intake__visibility_timeout_ms=1000)
+    check_dropped(r, daemon, 2, vm_hwm(daemon.proc.pid))
+    assert "reclaimed" in daemon.log_text()
