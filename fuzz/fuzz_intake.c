@@ -8,6 +8,13 @@
  * a broken or hostile server could send instead. Each entry it accepts is
  * then taken as runner_accept() takes it: its fields copied and its "job"
  * parsed as an envelope with the queued_at and attempts the entry carried.
+ *
+ * The same bytes then go through resp_filter.h as on the stream and command
+ * connections, with a limit taken from the input's last byte (so the seeds
+ * are read as they are, and also with their longer strings dropped): fed
+ * whole and fed in pieces (sized by the first byte) the output is the same,
+ * no string hiredis reads from it is over the limit unless the filter found
+ * the input broken, and its replies are taken as above.
  */
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -16,6 +23,7 @@
 
 #include "envelope.h"
 #include "intake.h"
+#include "resp_filter.h"
 #include "runner.h"
 #include "support.h"
 
@@ -49,6 +57,7 @@ static void take(const redisReply *entry)
     FUZZ_CHECK(!msg.has_due || msg.due_ms > 0);
     FUZZ_CHECK(msg.poison_deliveries == 0);
     FUZZ_CHECK(msg.problem || msg.raw_len > 0 || msg.raw[0] == '\0');
+    FUZZ_CHECK(!msg.unread_len || (!msg.problem && msg.raw_len == 0));
     /* The strings point into the reply: read them whole. */
     char entry_id[48];
     snprintf(entry_id, sizeof(entry_id), "%s", msg.entry_id);
@@ -58,20 +67,82 @@ static void take(const redisReply *entry)
     FUZZ_CHECK(raw);
     memcpy(raw, msg.raw, msg.raw_len);
     raw[msg.raw_len] = '\0';
-    if (!msg.problem) {
+    if (!msg.problem && !msg.unread_len) {
         int64_t queued_at = msg.queued_at ? msg.queued_at : strtoll(msg.entry_id, NULL, 10);
         fuzz_envelope(fuzz_daemon(1), raw, msg.raw_len, queued_at, msg.attempts);
     }
     free(raw);
 }
 
-static void walk(const redisReply *r)
+/* MAX_STRING: the longest string the reply may hold (SIZE_MAX: any). */
+static void walk(const redisReply *r, size_t max_string)
 {
+    FUZZ_CHECK(r->type != REDIS_REPLY_STRING || r->len <= max_string);
     if (r->type != REDIS_REPLY_ARRAY)
         return;
     take(r);
     for (size_t i = 0; i < r->elements; i++)
-        walk(r->element[i]);
+        walk(r->element[i], max_string);
+}
+
+/* Every reply in the N bytes at P, read as the daemon's reader does. */
+static void read_replies(const char *p, size_t n, size_t max_string)
+{
+    redisReader *reader = redisReaderCreateWithFunctions(&fns);
+    FUZZ_CHECK(reader);
+    if (redisReaderFeed(reader, p, n) == REDIS_OK) {
+        void *reply = NULL;
+        while (redisReaderGetReply(reader, &reply) == REDIS_OK && reply) {
+            walk(reply, max_string);
+            freeReplyObject(reply);
+            reply = NULL;
+        }
+    }
+    redisReaderFree(reader);
+}
+
+struct out {
+    char *p;
+    size_t len;
+};
+
+static void collect(void *arg, const char *p, size_t n)
+{
+    struct out *o = arg;
+    FUZZ_CHECK(n > 0);
+    memcpy(o->p + o->len, p, n);    /* never more out than in (see below) */
+    o->len += n;
+}
+
+/* DATA through the filter with limit MAX, in pieces of PIECE bytes. The
+ * output is never longer than the input: a held header is at most
+ * RESP_FILTER_HEAD_MAX bytes, emitted as it was or as ":" and the same
+ * digits, and a dropped payload emits nothing. OUT has room for SIZE. */
+static int filter(const uint8_t *data, size_t size, uint64_t max, size_t piece, struct out *out)
+{
+    struct resp_filter f;
+    resp_filter_init(&f);
+    out->len = 0;
+    for (size_t at = 0; at < size; at += piece)
+        resp_filter_feed(&f, (const char *)data + at, size - at < piece ? size - at : piece, max,
+                         collect, out);
+    FUZZ_CHECK(out->len <= size);
+    return f.state == RF_BROKEN;
+}
+
+static void filtered(const uint8_t *data, size_t size)
+{
+    if (!size)
+        return;
+    uint64_t max = data[size - 1];
+    struct out whole = {malloc(size), 0}, pieces = {malloc(size), 0};
+    FUZZ_CHECK(whole.p && pieces.p);
+    int broken = filter(data, size, max, size, &whole);
+    FUZZ_CHECK(filter(data, size, max, (size_t)data[0] % 13 + 1, &pieces) == broken);
+    FUZZ_CHECK(whole.len == pieces.len && !memcmp(whole.p, pieces.p, whole.len));
+    read_replies(whole.p, whole.len, broken ? SIZE_MAX : (size_t)max);
+    free(whole.p);
+    free(pieces.p);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -84,16 +155,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         create_array = fns.createArray;
         fns.createArray = capped_array;
     }
-    redisReader *reader = redisReaderCreateWithFunctions(&fns);
-    FUZZ_CHECK(reader);
-    if (redisReaderFeed(reader, (const char *)data, size) == REDIS_OK) {
-        void *reply = NULL;
-        while (redisReaderGetReply(reader, &reply) == REDIS_OK && reply) {
-            walk(reply);
-            freeReplyObject(reply);
-            reply = NULL;
-        }
-    }
-    redisReaderFree(reader);
+    read_replies((const char *)data, size, SIZE_MAX);
+    filtered(data, size);
     return 0;
 }

@@ -75,17 +75,24 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
                 /* '*', ':', '+', '-': a line, passed whole. Anything else
                  * too: hiredis says what is wrong with it. */
                 f->state = RF_LINE;
+                f->cr = false;
                 i++;
             }
             break;
         case RF_LINE: {
+            /* Up to CRLF, as hiredis reads a line: a lone LF is part of it. */
             const char *lf = memchr(p + i, '\n', n - i);
             if (!lf) {
+                f->cr = p[n - 1] == '\r';
                 i = n;
-            } else {
-                i = (size_t)(lf - p) + 1;
-                f->state = RF_TOKEN;
+                break;
             }
+            size_t at = (size_t)(lf - p);
+            bool ended = at > i ? p[at - 1] == '\r' : f->cr;
+            i = at + 1;
+            f->cr = false;
+            if (ended)
+                f->state = RF_TOKEN;
             break;
         }
         case RF_HEAD:

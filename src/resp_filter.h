@@ -21,6 +21,7 @@
 #ifndef JOBD_RESP_FILTER_H
 #define JOBD_RESP_FILTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,6 +31,7 @@
 struct resp_filter {
     enum { RF_TOKEN, RF_LINE, RF_HEAD, RF_PASS, RF_DROP, RF_BROKEN } state;
     uint64_t left;              /* RF_PASS, RF_DROP: payload and CRLF bytes still to come */
+    bool cr;                    /* RF_LINE: the last byte seen was CR */
     size_t head_len;            /* RF_HEAD: bytes of the bulk header held in head */
     char head[RESP_FILTER_HEAD_MAX];
     uint64_t dropped;           /* bulk strings dropped so far */

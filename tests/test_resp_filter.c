@@ -127,6 +127,14 @@ static void test_nil_and_empty_bulks_are_never_dropped(void **state)
     CHECK_SAME("*3\r\n$-1\r\n$0\r\n\r\n*-1\r\n", 0);
 }
 
+/* A line ends at CRLF, as hiredis reads it: what follows a lone LF is still
+ * the line, however much it looks like a bulk header. */
+static void test_a_line_ends_at_crlf_only(void **state)
+{
+    (void)state;
+    CHECK_SAME("+a\n$20\r\n:1\r\n-b\r$20\n\r\n*1\r\n$1\r\nx\r\n", 1);
+}
+
 /* What is not RESP the filter knows is passed as it is, from there on. */
 static void test_a_broken_header_passes_through(void **state)
 {
@@ -195,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_a_bulk_over_the_limit_becomes_its_length),
         cmocka_unit_test(test_a_bulk_of_exactly_the_limit_is_kept),
         cmocka_unit_test(test_nil_and_empty_bulks_are_never_dropped),
+        cmocka_unit_test(test_a_line_ends_at_crlf_only),
         cmocka_unit_test(test_a_broken_header_passes_through),
         cmocka_unit_test(test_a_big_bulk_is_dropped_in_pieces),
         cmocka_unit_test(test_hiredis_reads_the_integer),
