@@ -33,28 +33,30 @@ static bool head_length(const char *h, size_t len, int64_t *out)
     return true;
 }
 
-/* The header in F is complete: pass it, or turn it into an integer and drop
- * what follows. */
-static void head_done(struct resp_filter *f, uint64_t max, resp_filter_emit *emit, void *arg)
+/* The bulk header H (LEN bytes, up to its LF) is complete: F's state for
+ * what follows it. True when the header is to be passed on as an integer,
+ * its payload dropped. */
+static bool take_head(struct resp_filter *f, const char *h, size_t len, uint64_t max)
 {
-    int64_t len;
-    if (!head_length(f->head, f->head_len, &len)) {
+    int64_t n;
+    if (!head_length(h, len, &n)) {
         f->state = RF_BROKEN;
-    } else if (len < 0) {
-        f->state = RF_TOKEN;
-    } else {
-        /* The payload and its CRLF; a length near INT64_MAX cannot come
-         * (hiredis and Redis stop far below), but must not wrap. */
-        f->left = (uint64_t)len + 2;
-        f->state = RF_PASS;
-        if ((uint64_t)len > max) {
-            f->head[0] = ':';
-            f->state = RF_DROP;
-            f->dropped++;
-        }
+        return false;
     }
-    emit(arg, f->head, f->head_len);
-    f->head_len = 0;
+    if (n < 0) {
+        f->state = RF_TOKEN;
+        return false;
+    }
+    /* The payload and its CRLF; a length near INT64_MAX cannot come
+     * (hiredis and Redis stop far below), but must not wrap. */
+    f->left = (uint64_t)n + 2;
+    if ((uint64_t)n > max) {
+        f->state = RF_DROP;
+        f->dropped++;
+        return true;
+    }
+    f->state = RF_PASS;
+    return false;
 }
 
 void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t max,
@@ -63,22 +65,43 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
     size_t i = 0, from = 0;     /* p[from..i) is to be passed on */
     while (i < n) {
         switch (f->state) {
-        case RF_TOKEN:
-            if (p[i] == '$') {
-                if (i > from)
-                    emit(arg, p + from, i - from);
-                f->head[0] = '$';
-                f->head_len = 1;
-                f->state = RF_HEAD;
-                from = ++i;
-            } else {
+        case RF_TOKEN: {
+            if (p[i] != '$') {
                 /* '*', ':', '+', '-': a line, passed whole. Anything else
                  * too: hiredis says what is wrong with it. */
                 f->state = RF_LINE;
                 f->cr = false;
                 i++;
+                break;
+            }
+            /* A bulk header. Seen whole (the common case) it is judged in
+             * place, and a kept one goes on with the bytes around it, in one
+             * piece; only a dropped one's, or one split across feeds (held
+             * in F), is passed on by itself. */
+            size_t most = n - i < sizeof(f->head) ? n - i : sizeof(f->head);
+            const char *end = memchr(p + i, '\n', most);
+            if (end) {
+                size_t len = (size_t)(end - p) + 1 - i;
+                if (take_head(f, p + i, len, max)) {
+                    if (i > from)
+                        emit(arg, p + from, i - from);
+                    emit(arg, ":", 1);
+                    emit(arg, p + i + 1, len - 1);
+                    from = i + len;
+                }
+                i += len;
+            } else if (n - i >= sizeof(f->head)) {
+                f->state = RF_BROKEN;           /* no number is that long */
+            } else {
+                if (i > from)
+                    emit(arg, p + from, i - from);
+                f->head_len = n - i;
+                memcpy(f->head, p + i, f->head_len);
+                f->state = RF_HEAD;
+                i = from = n;
             }
             break;
+        }
         case RF_LINE: {
             /* Up to CRLF, as hiredis reads a line: a lone LF is part of it. */
             const char *lf = memchr(p + i, '\n', n - i);
@@ -100,8 +123,11 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
                 f->head[f->head_len++] = p[i++];
             if (i < n && f->head_len < sizeof(f->head)) {
                 f->head[f->head_len++] = p[i++];       /* the '\n' */
-                head_done(f, max, emit, arg);
-            } else if (i < n) {
+                if (take_head(f, f->head, f->head_len, max))
+                    f->head[0] = ':';
+                emit(arg, f->head, f->head_len);
+                f->head_len = 0;
+            } else if (f->head_len == sizeof(f->head)) {
                 f->state = RF_BROKEN;                   /* no number is that long */
                 emit(arg, f->head, f->head_len);
                 f->head_len = 0;

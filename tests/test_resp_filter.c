@@ -17,6 +17,7 @@
 struct out {
     char *p;
     size_t len, cap;
+    int pieces;
 };
 
 static void collect(void *arg, const char *p, size_t n)
@@ -31,6 +32,7 @@ static void collect(void *arg, const char *p, size_t n)
     memcpy(o->p + o->len, p, n);
     o->len += n;
     o->p[o->len] = '\0';
+    o->pieces++;
 }
 
 /* IN (N bytes) through a fresh filter in the pieces that CUTS (sorted,
@@ -104,6 +106,17 @@ static void test_small_replies_pass_unchanged(void **state)
     CHECK_SAME(reply, 1 << 20);
 }
 
+/* Replies that keep every bulk, fed whole, go on in one piece: the reader is
+ * fed once per read, as hiredis feeds it. */
+static void test_what_is_kept_goes_on_in_one_piece(void **state)
+{
+    (void)state;
+    struct out o = run(reply, sizeof(reply) - 1, 16, NULL, 0, NULL);
+    assert_int_equal(o.len, sizeof(reply) - 1);
+    assert_int_equal(o.pieces, 1);
+    free(o.p);
+}
+
 static void test_a_bulk_over_the_limit_becomes_its_length(void **state)
 {
     (void)state;
@@ -141,6 +154,9 @@ static void test_a_broken_header_passes_through(void **state)
     (void)state;
     CHECK_SAME("*1\r\n$12x\r\n$99\r\nabc", 1);
     CHECK_SAME("$123456789012345678901234567890\r\n$99\r\n", 1);
+    /* Found broken as soon as its bytes show it, however they come: at the
+     * end of the input it is passed on, not held. */
+    CHECK_SAME("$12345678901234567890123", 1);
     CHECK_SAME("$99999999999999999999\r\n$99\r\n", 1);   /* past 2^64 */
     CHECK_SAME("$5\n$99\r\n", 1);                         /* no CR */
     CHECK_SAME("$\r\n$99\r\n", 1);
@@ -200,6 +216,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_replies_pass_unchanged),
+        cmocka_unit_test(test_what_is_kept_goes_on_in_one_piece),
         cmocka_unit_test(test_a_bulk_over_the_limit_becomes_its_length),
         cmocka_unit_test(test_a_bulk_of_exactly_the_limit_is_kept),
         cmocka_unit_test(test_nil_and_empty_bulks_are_never_dropped),
