@@ -6,8 +6,9 @@
  * - no command may be issued from inside a context's own connect or
  *   disconnect callback, so both only record the fact and arm a timer;
  * - there are no timeouts, so a periodic check frees a context whose connect
- *   or oldest unanswered command took too long (pending callbacks then get a
- *   NULL reply, which every callback here handles).
+ *   or oldest unanswered command took too long, with nothing heard since the
+ *   check before (pending callbacks then get a NULL reply, which every
+ *   callback here handles).
  */
 #include <event2/event.h>
 #include <hiredis/async.h>
@@ -57,6 +58,7 @@ struct conn {
     int outstanding;
     struct list calls;          /* struct call awaiting replies, oldest first */
     int handshake_left;         /* AUTH / SELECT / HELLO replies still to come */
+    uint64_t reads_seen;        /* redis_loop_reads() at the last check */
     char server_version[32];    /* from HELLO, "" when the server did not say */
     char down_reason[160];      /* why it was lost, for the down hook (redis_down_reason()) */
     struct event *retry_timer;  /* reconnect after backoff */
@@ -368,6 +370,7 @@ static void conn_connect(struct conn *c)
     }
     ac->data = c;
     c->ac = ac;
+    c->reads_seen = 0;
     c->generation++;
     c->state = CONN_CONNECTING;
     c->connect_started = mono_ms();
@@ -384,16 +387,29 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     conn_connect(arg);
 }
 
+/* Whether bytes came on C since the last check. Replies come in order, so
+ * while a command is unanswered they are its reply, still coming: a long one
+ * (an XREADGROUP of big entries, dropped as they come: redis_loop.h) may
+ * take longer than a command may wait, and is no sign of a silent server. */
+static bool heard_since_check(struct conn *c)
+{
+    uint64_t reads = c->ac ? redis_loop_reads(c->ac) : 0;
+    bool heard = reads != c->reads_seen;
+    c->reads_seen = reads;
+    return heard;
+}
+
 static void check_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct redis *r = arg;
     int64_t now = mono_ms();
     for (int i = 0; i < REDIS_NROLES; i++) {
         struct conn *c = &r->conns[i];
+        bool heard = heard_since_check(c);
         if (c->state == CONN_CONNECTING && now - c->connect_started > CONNECT_TIMEOUT_MS)
             drop_context(c, "connect timed out");
         else if ((c->state == CONN_READY || c->state == CONN_HANDSHAKE) && c->calls.head &&
-                 now > list_entry(c->calls.head, struct call, link)->deadline)
+                 now > list_entry(c->calls.head, struct call, link)->deadline && !heard)
             drop_context(c, "command timed out");
         else if (c->state == CONN_READY && c->failures && now - c->ready_since > HEALTHY_AFTER_MS)
             c->failures = 0;

@@ -47,7 +47,9 @@ const char *redis_role_name(enum redis_role role);
 
 /* Send one command on a role's connection. Returns 0, or -1 when that
  * connection is not ready (fn is then not called). timeout_ms: how long the
- * reply may take before the connection is declared dead; 0 for the default. */
+ * reply may take before the connection is declared dead, unless the reply is
+ * still coming in (bytes arrived within the last quarter second); 0 for the
+ * default. */
 int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
                int64_t timeout_ms, int argc, const char **argv, const size_t *lens);
 /* printf-style for short commands with no binary arguments. */

@@ -25,6 +25,7 @@ struct loop_events {
     redisAsyncContext *ac;
     const int64_t *max_job_bytes; /* NULL: hiredis reads the socket itself */
     struct resp_filter filter;
+    uint64_t reads;             /* read events handled (redis_loop_reads()) */
     struct event *rev;          /* persistent while hiredis wants reads */
     struct event *wev;          /* only while a write is waiting for room */
     struct event *flush;        /* activated: write when this loop pass ends */
@@ -48,6 +49,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct loop_events *e = arg;
     redisAsyncContext *ac = e->ac;
+    e->reads++;
     if (!e->max_job_bytes || !(ac->c.flags & REDIS_CONNECTED) || ac->c.err) {
         redisAsyncHandleRead(ac);   /* may free the context, and E with it */
         return;
@@ -158,4 +160,10 @@ int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int6
     add_read(e);
     add_write(e);
     return 0;
+}
+
+uint64_t redis_loop_reads(const redisAsyncContext *ac)
+{
+    const struct loop_events *e = ac->ev.data;
+    return e ? e->reads : 0;
 }

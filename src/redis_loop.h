@@ -30,4 +30,8 @@
  * so a reload applies at once. */
 int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes);
 
+/* How many times AC's socket was found readable so far: bytes arrived, or
+ * its end. */
+uint64_t redis_loop_reads(const redisAsyncContext *ac);
+
 #endif

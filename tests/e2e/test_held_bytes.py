@@ -11,6 +11,7 @@ import pytest
 
 from conftest import (NS, dead_entries, free_port, publish, result, submit, wait_for, wait_result,
                       wait_results)
+from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
 from test_intake import most_at_once
 
@@ -610,3 +611,37 @@ def test_reclaimed_entries_too_long_to_be_jobs_are_never_held_whole(r, start_job
                         intake__visibility_timeout_ms=1000)
     check_dropped(r, daemon, 2, vm_hwm(daemon.proc.pid))
     assert "reclaimed" in daemon.log_text()
+
+
+class SlowLink(ForwardingProxy):
+    """Redis at RATE bytes/s towards jobd, in chunks of at most 64 kB."""
+
+    def __init__(self, redis_port, rate):
+        self.rate = rate
+        super().__init__(redis_port)
+
+    def forward(self, data, src, dst, state, upstream):
+        if not upstream:
+            time.sleep(len(data) / self.rate)
+        dst.sendall(data)
+        return True
+
+
+def test_a_reply_that_takes_longer_to_come_than_a_read_may_wait_is_waited_for(
+        r, redis_server, start_jobd):
+    # 12 MB at 1.5 MB/s: 8 s, more than the stream read's 6 s. It was cut
+    # as a read that timed out, and read again (the same way) only when
+    # reclaimed after the visibility timeout: bytes coming are no silence.
+    # The field after "job" makes the reply end only after its bytes.
+    proxy = SlowLink(redis_server.port, 1.5 * MB)
+    try:
+        big = padded({"type": "sleep", "ms": 1}, 12 * MB)
+        r.xadd(f"{NS}:queue", {"job": big, "id": "slow"})
+        daemon = start_jobd(redis__port=proxy.port, limits__max_job_bytes=64 * 1024)
+        rec = wait_result(r, "slow", timeout=20)
+        assert rec["status"] == "rejected" and rec["error"]["code"] == "too_large", rec
+        assert "timed out" not in daemon.log_text()
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
+        assert json.loads(dead_entries(r)[0]["error"])["code"] == "too_large"
+    finally:
+        proxy.close()
