@@ -175,6 +175,9 @@ static void take_entry(struct intake *in, const char *stream, const redisReply *
 {
     struct job_message msg;
     if (intake_parse_entry(entry, stream, &msg) == 0) {
+        /* An entry dropped unread holds nothing here, but reads are planned
+         * with its length all the same: more of them would come one read at
+         * a time, not as one reply of gigabytes that Redis has to build. */
         intake_note_size(in, msg.unread_len ? msg.unread_len : msg.raw_len);
         runner_accept(in->d->runner, &msg);
     }
