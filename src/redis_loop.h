@@ -26,8 +26,8 @@
  * any bulk string longer than *MAX_JOB_BYTES + REDIS_LOOP_BULK_SLACK reaches
  * hiredis as the integer reply of its length, its bytes dropped unread:
  * hiredis 0.14.1 would hold it whole first (a stream entry of Redis's
- * proto-max-bulk-len is 512 MB). *MAX_JOB_BYTES is read at every header,
- * so a reload applies at once. */
+ * proto-max-bulk-len is 512 MB). *MAX_JOB_BYTES is read at every read of
+ * the socket, so a reload applies at once. */
 int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes);
 
 /* How many times AC's socket was found readable so far: bytes arrived, or
