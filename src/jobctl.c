@@ -175,6 +175,16 @@ static json_t *lossy_string(const char *text, size_t len)
     return s;
 }
 
+/* A JSON document from Redis: a record, a snapshot, an event, a dead
+ * letter's error. jobd writes a NUL byte in a value (a body an http job
+ * read) as "\u0000": without JSON_ALLOW_NUL jansson refused the whole
+ * document, and a job that succeeded showed "?" and exited 1. Any JSON value
+ * is read; one that is not an object has no members, so it shows as "?". */
+static json_t *load_doc(const char *text, size_t len)
+{
+    return json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
 /* A JSON document from Redis (a record, a snapshot, an event), printed so
  * that --json output always parses. jobd's own print as they are; one with
  * control characters (written by someone else: valid JSON has none raw but
@@ -183,7 +193,7 @@ static json_t *lossy_string(const char *text, size_t len)
  * string of itself (bytes that are not UTF-8 as U+FFFD). */
 static void print_json(const char *text, size_t len)
 {
-    json_t *doc = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    json_t *doc = load_doc(text, len);
     if (doc && !has_controls(text, len)) {
         printf("%.*s\n", (int)len, text);
         json_decref(doc);
@@ -195,15 +205,6 @@ static void print_json(const char *text, size_t len)
     printf("%s\n", out ? out : "null");
     free(out);
     json_decref(doc);
-}
-
-/* A record or snapshot from Redis, read for text mode and --wait. jobd
- * writes a NUL byte in a value (a body an http job read) as "\u0000":
- * without JSON_ALLOW_NUL jansson refused the whole document, and a job that
- * succeeded showed "?" and exited 1. */
-static json_t *load_doc(const char *text, size_t len)
-{
-    return json_loadb(text, len, JSON_ALLOW_NUL, NULL);
 }
 
 /* The string member NAME of OBJ for print_line(), all of it (json_string_value
@@ -938,8 +939,7 @@ static void print_dead_json(const char *entry, const redisReply *fields)
 {
     size_t error_len, id_len;
     const char *error = field(fields, "error", &error_len), *id = field(fields, "id", &id_len);
-    json_t *err = error_len ? json_loadb(error, error_len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)
-                            : json_null();
+    json_t *err = error_len ? load_doc(error, error_len) : json_null();
     if (!err)
         err = lossy_string(error, error_len);
     json_t *line = json_pack("{s:s, s:o?, s:o?}", "entry", entry, "id",

@@ -221,34 +221,26 @@ char *jsonw_dumps(const json_t *v, size_t *len)
 }
 
 /* How deep V nests (0: a scalar, 1: [] or {}), counted no further than
- * LIMIT + 1. */
+ * LIMIT + 1. An array's items and an object's values are walked alike: by
+ * index, or by the object's iterator. */
 static int nesting(const json_t *v, int limit)
 {
-    if (!json_is_array(v) && !json_is_object(v))
+    bool array = json_is_array(v);
+    if (!array && !json_is_object(v))
         return 0;
     if (limit < 1)
         return 1;
     int most = 0;
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *item;
-        json_array_foreach(v, i, item)
-        {
-            int n = nesting(item, limit - 1);
-            most = n > most ? n : most;
-            if (most >= limit)
-                break;
-        }
-    } else {
-        const char *key;
-        json_t *item;
-        json_object_foreach((json_t *)v, key, item)
-        {
-            int n = nesting(item, limit - 1);
-            most = n > most ? n : most;
-            if (most >= limit)
-                break;
-        }
+    size_t i = 0;
+    void *iter = array ? NULL : json_object_iter((json_t *)v);
+    for (;;) {
+        json_t *item = array ? json_array_get(v, i++) : json_object_iter_value(iter);
+        if (!item || most >= limit)
+            break;
+        int n = nesting(item, limit - 1);
+        most = n > most ? n : most;
+        if (!array)
+            iter = json_object_iter_next((json_t *)v, iter);
     }
     return most + 1;
 }

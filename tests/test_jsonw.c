@@ -123,6 +123,47 @@ static void pieces_and_take(void **state)
     assert_null(jbuf_take(&b, &len));
 }
 
+/* A value nested DEPTH levels (DEPTH >= 1), its deep branch reached through
+ * arrays or objects (alternating when MIXED) and placed after a shallow
+ * sibling at every level, so the walk must go past the first child. */
+static json_t *nested(int depth, bool objects, bool mixed)
+{
+    json_t *v = objects ? json_object() : json_array();
+    for (int level = 1; level < depth; level++) {
+        bool object = mixed ? level % 2 == 0 : objects;
+        json_t *outer = object ? json_object() : json_array();
+        if (object) {
+            json_object_set_new(outer, "a", json_integer(level));
+            json_object_set_new(outer, "b", v);
+        } else {
+            json_array_append_new(outer, json_integer(level));
+            json_array_append_new(outer, v);
+        }
+        v = outer;
+    }
+    return v;
+}
+
+static void too_deep(void **state)
+{
+    (void)state;
+    const int limit = JSONW_VALUE_MAX_NESTING;
+    for (int shape = 0; shape < 3; shape++) {
+        json_t *at = nested(limit, shape == 1, shape == 2);
+        json_t *over = nested(limit + 1, shape == 1, shape == 2);
+        /* The text's length only rules out the walk: it is never shorter
+         * than the nesting. */
+        assert_false(jsonw_too_deep(at, 1u << 20));
+        assert_true(jsonw_too_deep(over, 1u << 20));
+        assert_false(jsonw_too_deep(over, (size_t)limit));
+        json_decref(at);
+        json_decref(over);
+    }
+    json_t *scalar = json_integer(1);
+    assert_false(jsonw_too_deep(scalar, 1u << 20));
+    json_decref(scalar);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -131,6 +172,7 @@ int main(void)
         cmocka_unit_test(strings_and_escapes),
         cmocka_unit_test(containers),
         cmocka_unit_test(pieces_and_take),
+        cmocka_unit_test(too_deep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
