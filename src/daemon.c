@@ -189,6 +189,11 @@ static void reload(struct daemon *d)
     if (tell)
         sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
                    (unsigned long long)mono_ms() * 1000ULL);
+    /* Whatever the file says: an operator who granted a refused channel
+     * reloads to have it heard (not a setting, so not kept from an invalid
+     * file). Not while draining: the channels are being left. */
+    if (!d->draining)
+        intake_ask_refused(d->intake);
     if (config_load(d->config_path, &fresh, err, sizeof(err))) {
         log_error("reload: %s is not valid; keeping the running configuration:\n%s",
                   d->config_path, err);

@@ -92,7 +92,12 @@ uint64_t intake_overflowed(const struct intake *in);
 bool intake_job_channels_paused(const struct intake *in);
 
 /* Channels (of intake.channels, NS:control, the heartbeat channel) whose
- * SUBSCRIBE Redis refused (an ACL): not heard until jobd restarts. */
+ * SUBSCRIBE Redis refused (an ACL): not heard until a reload finds them
+ * allowed (intake_ask_refused()) or jobd restarts. */
 int intake_channels_refused(const struct intake *in);
+
+/* A reload: ask Redis whether the refused channels are allowed now (an
+ * operator fixed the ACL), and subscribe to those that are. */
+void intake_ask_refused(struct intake *in);
 
 #endif

@@ -346,8 +346,9 @@ static void subscribe(struct intake *in, redisAsyncContext *ac, int slot)
  * for them. The replies come in order, so the refused channel is the one
  * whose SUBSCRIBE was the next to be confirmed: it is said once, at error
  * level, and left out; the next connection joins the others. It is asked
- * again only when jobd restarts (intake.channels is restart-only): asking on
- * a live connection would drop it, and the messages on their way with it. */
+ * about again at a reload (intake_ask_refused()) or a restart, not by a
+ * SUBSCRIBE on a live connection: refused again, that would drop it, and
+ * the messages on their way with it. */
 static void note_refused(struct intake *in, const char *why)
 {
     if (in->unsubscribing || strncmp(why, "NOPERM", 6) != 0 ||
@@ -365,7 +366,8 @@ static void note_refused(struct intake *in, const char *why)
             in->chan_refused[s] = true;
     in->chans_refused++;
     log_error("redis refused to subscribe to %s: %s; %s; it is left out of the subscriptions "
-              "until jobd restarts (jobd_channels_refused)",
+              "until a reload (SIGHUP) finds it allowed, or jobd restarts "
+              "(jobd_channels_refused)",
               name, why,
               slot == SLOT_HEARTBEAT(in)
                   ? "the subscriber connection's heartbeat is off (a silent link is not noticed)"
@@ -374,6 +376,111 @@ static void note_refused(struct intake *in, const char *why)
                     "when a connection comes up)"
                   : "jobs published there are not heard here (PUBLISH counts no receiver "
                     "for this daemon)");
+}
+
+/* ---- refused channels, asked about again at a reload ------------------- */
+
+/* A refused channel is not asked for with a SUBSCRIBE on the live
+ * subscriber connection: refused again, hiredis 0.14.1 drops that
+ * connection (LIBRARIES.md §2), and with it the messages Redis already sent
+ * it on the other channels (their PUBLISH counted this daemon), and each
+ * reload would do it again. Nor on the command connection: hiredis would
+ * take it for a subscriber from then on. The command connection asks Redis
+ * instead whether this user may SUBSCRIBE to it (redis.acl_check_cmd, Redis
+ * 7.0, the same ACL check as the SUBSCRIBE's, patterns included, and no side
+ * effect); the SUBSCRIBE is sent only once allowed. The connections share
+ * one user (redis.username). */
+static const char acl_check_script[] =
+    "return redis.acl_check_cmd(ARGV[1], ARGV[2]) and 1 or 0";
+
+struct ask {
+    struct intake *in;
+    int slot;
+};
+
+/* Subscribe to SLOT's channel (and its repeats), which Redis now allows, on
+ * the live subscriber connection as intake_sub_up() would have: job
+ * channels only while joined (a pause's end joins them, job_channel()). Not
+ * connected: the next connection's intake_sub_up() does it. Its
+ * confirmation reads NS:cancels again (sub_message()), as NS:control's
+ * needs: cancels published while it was refused. */
+static void subscribe_allowed(struct intake *in, const char *name)
+{
+    struct daemon *d = in->d;
+    redisAsyncContext *ac = redis_context(d->redis, REDIS_SUB);
+    if (!ac || !redis_ready(d->redis, REDIS_SUB))
+        return;
+    if (in->subs_confirmed >= in->subs_expected)
+        in->subscribed_at = mono_ms();  /* intake_ping_cb() times the confirmation */
+    for (int s = 0; s < intake_chan_slots(in); s++)
+        if (!strcmp(slot_channel(in, s), name) &&
+            (s >= d->cfg.nchannels || (in->job_subs == JOBS_ON && !in->jobs_paused)))
+            subscribe(in, ac, s);
+}
+
+static void not_asked(const char *name, const char *why)
+{
+    log_warn("reload: could not ask redis whether jobd may now subscribe to %s: %s; it stays "
+             "left out (jobd_channels_refused) until a reload can ask, or jobd restarts",
+             name, why);
+}
+
+static void ask_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct ask *a = priv;
+    struct intake *in = a->in;
+    int slot = a->slot;
+    free(a);
+    if (in->unsubscribing || event_base_got_exit(in->d->base))
+        return;     /* draining's end: nothing is subscribed any more */
+    const char *name = slot_channel(in, slot);
+    if (!in->chan_refused[slot])
+        return;     /* allowed by an earlier reload's answer */
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        /* An ACL without EVAL, a Redis older than 7.0 (no acl_check_cmd) */
+        not_asked(name, !reply ? "the command connection was lost"
+                        : reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        return;
+    }
+    if (!reply->integer) {
+        log_error("reload: redis still refuses to subscribe to %s (the ACL user lacks it); it "
+                  "stays left out of the subscriptions until a reload finds it allowed, or jobd "
+                  "restarts (jobd_channels_refused)",
+                  name);
+        return;
+    }
+    for (int s = 0; s < intake_chan_slots(in); s++)     /* its repeats too, as noted */
+        if (!strcmp(slot_channel(in, s), name))
+            in->chan_refused[s] = false;
+    in->chans_refused--;
+    log_notice("reload: redis now lets jobd subscribe to %s: subscribing", name);
+    subscribe_allowed(in, name);
+}
+
+void intake_ask_refused(struct intake *in)
+{
+    if (!in->chans_refused || in->unsubscribing)
+        return;
+    for (int slot = 0; slot < intake_chan_slots(in); slot++) {
+        const char *name = slot_channel(in, slot);
+        bool first = in->chan_refused[slot];
+        for (int s = 0; s < slot && first; s++)
+            first = strcmp(slot_channel(in, s), name) != 0;
+        if (!first)
+            continue;
+        const char *argv[] = {"EVAL", acl_check_script, "0",
+                              config_is_pattern(name) ? "psubscribe" : "subscribe", name};
+        struct ask *a = malloc(sizeof(*a));
+        const char *why = "out of memory";
+        if (a) {
+            *a = (struct ask){.in = in, .slot = slot};
+            if (redis_send(in->d->redis, REDIS_CMD, ask_reply, a, 0, 5, argv, NULL) == 0)
+                continue;
+            free(a);
+            why = "the command connection is down";
+        }
+        not_asked(name, why);
+    }
 }
 
 void intake_sub_up(void *arg)

@@ -269,7 +269,8 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
           "limits.max_held_bytes is reached, or jobd drains; NS:control stays subscribed.",
           intake_job_channels_paused(d->intake));
     gauge(out, "jobd_channels_refused", "Channels whose SUBSCRIBE Redis refused (an ACL user "
-          "without them): not heard until jobd restarts; the log names them.",
+          "without them): not heard until a reload (SIGHUP) finds them allowed, or jobd "
+          "restarts; the log names them.",
           intake_channels_refused(d->intake));
     gauge(out, "jobd_streams_unreadable", "Configured streams left out of the reads and "
           "put-backs because their key refused jobd (a key of another type, say); see the log.",

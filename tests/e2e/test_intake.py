@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from conftest import (NS, Ledger, free_port, publish, result, stats, submit, wait_for, wait_result,
-                      wait_results)
+from conftest import (NS, Ledger, cancel, free_port, publish, result, stats, submit, wait_for,
+                      wait_result, wait_results)
 from test_admin import get, parse_metrics
 
 
@@ -481,3 +481,92 @@ def test_a_channel_redis_refuses_to_subscribe_to_is_said_once_and_left_out(r, st
     assert "did not hear its heartbeat" not in log
     assert daemon.stop() == 0
     assert "did not confirm its UNSUBSCRIBE" not in daemon.log_text()
+
+
+def refused_setup(r, start_jobd, allowed, channels):
+    """An ACL user u allowed ALLOWED channels, and a daemon on it subscribing
+    CHANNELS; returns the daemon and a reader of its /metrics."""
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~*", "resetchannels", *allowed,
+                      "+@all")
+    port = free_port()
+    daemon = start_jobd(redis__username="u", redis__password="pw", intake__channels=channels,
+                        admin__listen=f"127.0.0.1:{port}")     # waits for ready
+    return daemon, lambda: parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+
+
+def test_a_reload_subscribes_to_a_refused_job_channel_once_redis_allows_it(r, start_jobd):
+    # Refused channels were asked about again only at a restart (a drain, on
+    # a busy daemon). An operator who fixes the ACL now sends SIGHUP.
+    daemon, metrics = refused_setup(r, start_jobd, [f"&{NS}:*"], ["other:jobs", f"{NS}:jobs"])
+    assert metrics()["jobd_channels_refused"] == 1
+    assert publish(r, {"id": "unheard", "type": "sleep", "ms": 1}, channel="other:jobs") == 0
+    r.execute_command("ACL", "SETUSER", "u", "&other:jobs")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: r.pubsub_numsub("other:jobs")[0][1] == 1, what="other:jobs subscribed")
+    assert publish(r, {"id": "granted", "type": "sleep", "ms": 1}, channel="other:jobs") == 1
+    assert wait_result(r, "granted")["status"] == "succeeded"
+    assert metrics()["jobd_channels_refused"] == 0
+    assert publish(r, {"id": "still", "type": "sleep", "ms": 1}) == 1
+    assert wait_result(r, "still")["status"] == "succeeded"
+    log = daemon.log_text()
+    assert "redis now lets jobd subscribe to other:jobs" in log, log
+    # Asked without a NOPERM on the live connection: the subscriber stayed.
+    assert log.count("redis subscriber connection lost") == 1, log
+    assert daemon.stop() == 0
+    assert "did not confirm its UNSUBSCRIBE" not in daemon.log_text()
+
+
+def test_a_reload_turns_the_heartbeat_on_again_once_redis_allows_its_channel(r, start_jobd):
+    # NS:control and the heartbeat channel refused: cancels unheard, the
+    # heartbeat off. Granted and reloaded: both subscribed, the heartbeat on.
+    daemon, metrics = refused_setup(r, start_jobd, [f"&{NS}:jobs", f"&{NS}:events"],
+                                    [f"{NS}:jobs"])
+    assert metrics()["jobd_channels_refused"] == 2
+    r.execute_command("ACL", "SETUSER", "u", f"&{NS}:control", f"&{NS}:heartbeat:*")
+    pings = r.pubsub()
+    pings.psubscribe(f"{NS}:heartbeat:*")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: r.pubsub_numsub(f"{NS}:control")[0][1] == 1, what="NS:control subscribed")
+    wait_for(lambda: metrics()["jobd_channels_refused"] == 0, what="the gauge at 0")
+    msg = wait_for(lambda: pings.get_message(ignore_subscribe_messages=True, timeout=0.2),
+                   what="a heartbeat ping")
+    assert msg["data"] == "ping"
+    # A cancel published on NS:control is heard.
+    assert publish(r, {"id": "long", "type": "sleep", "ms": 30000}) == 1
+    time.sleep(0.3)
+    assert cancel(r, "long") == 1
+    assert wait_result(r, "long")["status"] == "cancelled"
+    log = daemon.log_text()
+    assert log.count("redis subscriber connection lost") == 2, log
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("why", ["still refused", "EVAL refused"])
+def test_a_reload_with_the_channel_still_refused_loses_no_job_on_the_others(r, start_jobd, why):
+    # Still refused: said again, and the working subscription is not dropped
+    # for it. Jobs published on the allowed channel around the reload, each
+    # counted by PUBLISH, all get their records. An ACL without EVAL (the
+    # question's own command): said, and the channel stays left out.
+    daemon, metrics = refused_setup(r, start_jobd, [f"&{NS}:*"], ["other:jobs", f"{NS}:jobs"])
+    if why == "EVAL refused":
+        r.execute_command("ACL", "SETUSER", "u", "-eval")
+        said = ("WARN reload: could not ask redis whether jobd may now subscribe to other:jobs: "
+                "NOPERM")
+    else:
+        said = "ERROR reload: redis still refuses to subscribe to other:jobs"
+    ids = []
+    for i in range(60):
+        if i == 20:
+            daemon.signal(signal.SIGHUP)
+        job_id = f"around{i}"
+        assert publish(r, {"id": job_id, "type": "sleep", "ms": 1}) == 1, job_id
+        ids.append(job_id)
+        time.sleep(0.01)
+    recs = wait_results(r, ids)
+    assert all(rec["status"] == "succeeded" for rec in recs.values())
+    wait_for(lambda: said in daemon.log_text(), what="the refusal said again")
+    assert metrics()["jobd_channels_refused"] == 1
+    assert publish(r, {"id": "unheard", "type": "sleep", "ms": 1}, channel="other:jobs") == 0
+    log = daemon.log_text()
+    assert log.count("redis subscriber connection lost") == 1, log
+    assert daemon.stop() == 0
