@@ -33,8 +33,9 @@
 
 #define MAX_URL 8192
 /* Requests in one batch job. Each costs ~0.7 KB of state here (most of it the
- * error message) whatever its URL, and the default limits.max_job_bytes fits
- * ~50,000 short URLs: 20,000 (14 MB) is the largest batch bench/http runs. */
+ * error message), and its parsed URL ~0.3 KB more for a short one; the
+ * default limits.max_job_bytes fits ~50,000 short URLs: 20,000 (14 MB, 19
+ * with the parsed URLs) is the largest batch bench/http runs. */
 #define MAX_BATCH 20000
 #define MAX_REDIRECTS 5
 #define MAX_CONCURRENCY 1000
@@ -49,6 +50,10 @@ struct http_request {
      * (job->spec, freed by the runner only after http_free), so the job-level
      * body a batch falls back to is shared, never copied per request. */
     const char *url, *method, *body;
+    /* url as check_url() parsed it (owned), handed to libcurl as it is
+     * (CURLOPT_CURLU) so that no attempt parses it again: libcurl only reads
+     * it, copying it for each transfer, and follows redirects in its copy. */
+    CURLU *uh;
     char *shown_url;            /* url without its password, for messages; NULL: url */
     size_t body_len;
     struct curl_slist *headers;         /* sent: own_headers or the job's list */
@@ -155,6 +160,10 @@ static CURL *easy_get(void)
 static void easy_put(CURL *e)
 {
     if (nspare < SPARE_HANDLES) {
+        /* The reset also drops the URL text libcurl kept from the last
+         * transfer. Kept, a handle given its next URL as a CURLU reports the
+         * last one's as CURLINFO_EFFECTIVE_URL (curl/curl#15984, fixed in
+         * 8.12), which refuse_downgrade() and lookup_begin() read. */
         curl_easy_reset(e);
         spare[nspare++] = e;
     } else {
@@ -264,18 +273,22 @@ static bool is_token(const char *s)
 }
 
 /* The URL as messages show it, its password replaced by "***": they go to
- * the result record, the log and dead letters. NULL when it has none. */
+ * the result record, the log and dead letters. NULL when it has none. The
+ * password is masked in a copy: U itself is what libcurl sends. */
 static char *shown_url(CURLU *u)
 {
     char *password = NULL, *text = NULL, *shown = NULL;
+    CURLU *masked = NULL;
     if (curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK &&
-        curl_url_set(u, CURLUPART_PASSWORD, "***", 0) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_URL, &text, 0) == CURLUE_OK)
+        (masked = curl_url_dup(u)) &&
+        curl_url_set(masked, CURLUPART_PASSWORD, "***", 0) == CURLUE_OK &&
+        curl_url_get(masked, CURLUPART_URL, &text, 0) == CURLUE_OK)
         shown = strdup(text);
     else if (password)
         shown = strdup("(a URL with a password)");  /* never the URL itself */
     curl_free(password);
     curl_free(text);
+    curl_url_cleanup(masked);
     return shown;
 }
 
@@ -296,8 +309,10 @@ static char *shown_text(const char *url)
     return shown;
 }
 
-/* Checks URL; *SHOWN: shown_url(), or NULL. */
-static int check_url(const char *where, const char *url, char **shown, struct job_error *err)
+/* Checks URL; *PARSED: the handle it was parsed into (the caller's to free),
+ * *SHOWN: shown_url(), or NULL. */
+static int check_url(const char *where, const char *url, CURLU **parsed, char **shown,
+                     struct job_error *err)
 {
     if (strlen(url) > MAX_URL) {
         job_error_set(err, ERR_INVALID_JOB, "%s: longer than %d bytes", where, MAX_URL);
@@ -313,10 +328,13 @@ static int check_url(const char *where, const char *url, char **shown, struct jo
         job_error_set(err, ERR_INVALID_JOB, "%s: only http and https URLs are allowed", where);
     else
         rc = 0;
-    if (rc == 0)
+    if (rc == 0) {
         *shown = shown_url(u);
+        *parsed = u;
+    } else {
+        curl_url_cleanup(u);
+    }
     curl_free(scheme);
-    curl_url_cleanup(u);
     return rc;
 }
 
@@ -398,7 +416,7 @@ static int parse_request(struct http_job *hj, struct http_request *rq, const jso
         return -1;
     }
     snprintf(label, sizeof(label), "%s.url", where);
-    if (check_url(label, json_string_value(url), &rq->shown_url, err))
+    if (check_url(label, json_string_value(url), &rq->uh, &rq->shown_url, err))
         return -1;
     rq->url = json_string_value(url);
 
@@ -547,6 +565,9 @@ static bool park(struct http_request *rq)
     http.nparked++;
     curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);     /* rq->errbuf goes with rq */
+    /* rq->uh too. libcurl read it when the transfer started and has the URL
+     * as text since; it is not left pointing at freed memory regardless. */
+    curl_easy_setopt(e, CURLOPT_CURLU, NULL);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, NULL);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, NULL);
     curl_easy_setopt(e, CURLOPT_RESOLVER_START_DATA, NULL);
@@ -666,6 +687,7 @@ static void http_free(struct job *job)
         request_reset(rq);
         curl_slist_free_all(rq->own_headers);
         free(rq->shown_url);
+        curl_url_cleanup(rq->uh);      /* after request_reset(): no transfer reads it */
     }
     curl_slist_free_all(hj->headers);
     free(hj->reqs);
@@ -795,7 +817,7 @@ static int request_setup(struct http_job *hj, struct http_request *rq)
         return -1;
     if (http_response_begin(&rq->resp))
         return -1;
-    curl_easy_setopt(e, CURLOPT_URL, rq->url);
+    curl_easy_setopt(e, CURLOPT_CURLU, rq->uh);
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);

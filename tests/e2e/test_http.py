@@ -1,4 +1,5 @@
 """PROTOCOL §3 http jobs against a real HTTP server on loopback."""
+import base64
 import hashlib
 import json
 import os
@@ -309,6 +310,58 @@ def test_https_to_http_redirect_is_refused(r, web, tls_web, start_jobd):
     tls_web.state.targets["same"] = tls_web.url("/redirect/2")
     rec = run(r, "same", url=tls_web.url("/goto/same"), follow_redirects=True)
     assert rec["result"] == {"status": 200, "bytes": 4, "body": "done"}, rec
+
+
+def test_the_url_reaches_the_server_as_written(r, web, jobd_http):
+    # jobd parses a job's URL once and hands libcurl that parse (CURLOPT_CURLU):
+    # what goes out is still the URL as written, its password too, on every
+    # hop and every attempt, while messages show the password as ***.
+    path = "/echo/a%20b/%C3%A9?x=1&y=a%2Fb&z"
+    rec = run(r, "parts", url=web.url(path), response="json")
+    assert rec["status"] == "succeeded", rec
+    assert web.state.paths == [path]
+    basic = "Basic " + base64.b64encode(b"user:p@ss w").decode()
+    url = web.url("/echo").replace("://", "://user:p%40ss%20w@")
+    rec = run(r, "userinfo", url=url, response="json")
+    assert rec["result"]["json"]["headers"]["Authorization"] == basic, rec
+    # A redirect on the same host keeps the credentials; its target is
+    # relative to the URL as written.
+    web.state.targets["auth"] = "/echo?from=goto"
+    rec = run(r, "redirected", url=web.url("/goto/auth").replace("://", "://user:p%40ss%20w@"),
+              follow_redirects=True, response="json")
+    assert rec["result"]["json"]["headers"]["Authorization"] == basic, rec
+    assert web.state.paths[-2:] == ["/goto/auth", "/echo?from=goto"]
+    # A second attempt sends the same request; a failed one shows ***.
+    url = web.url("/flaky/f1").replace("://", "://user:p%40ss%20w@")
+    rec = run(r, "again", url=url, retry={"attempts": 2, "delay_ms": 10, "jitter": False})
+    assert rec["status"] == "succeeded" and rec["attempts"] == 2, rec
+    assert web.state.paths[-2:] == ["/flaky/f1", "/flaky/f1"]
+    rec = run(r, "status", url=web.url("/status/404?q=1").replace("://", "://user:p%40ss%20w@"))
+    assert rec["error"]["message"] == (
+        web.url("/status/404?q=1").replace("://", "://user:***@") + ": HTTP status 404"), rec
+    port = free_port()
+    rec = run(r, "v6", url=f"http://user:p%40ss@[::1]:{port}/a%2Fb?c=d", retry={"attempts": 1})
+    assert rec["error"]["code"] == "http_error", rec
+    assert rec["error"]["message"].startswith(f"http://user:***@[::1]:{port}/a%2Fb?c=d: "), rec
+    assert "p%40ss" not in json.dumps(rec) and "p%40ss" not in jobd_http.log_text()
+
+
+def test_a_reused_transfer_handle_names_its_own_urls(r, web, tls_web, start_jobd):
+    # Easy handles are reused job after job. libcurl before 8.12 could report
+    # the previous transfer's URL (CURLINFO_EFFECTIVE_URL) for a handle given
+    # its URL as a CURLU (curl/curl#15984): the downgrade message takes its
+    # URLs from there, so it must name this job's, not the last job's.
+    start_jobd(http__allow_private=True, http__ca_file=tls_web.cert, jobs__timeout_ms=10000)
+    for i in range(3):
+        assert run(r, f"before{i}", url=tls_web.url(f"/bytes/{i + 1}"))["status"] == "succeeded"
+    tls_web.state.targets["down"] = web.url("/echo")
+    start = tls_web.url("/goto/down?k=v").replace("://", "://me:pw@")
+    rec = run(r, "down", url=start, follow_redirects=True)
+    assert rec["error"]["code"] == "forbidden", rec
+    assert rec["error"]["message"].startswith(
+        tls_web.url("/goto/down?k=v").replace("://", "://me:***@") + ": redirect to "
+        + web.url("/echo") + " refused"), rec
+    assert web.state.requests == 0
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f.1", "[::1]",

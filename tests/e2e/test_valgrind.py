@@ -92,6 +92,13 @@ def test_memcheck_http_sql_and_outages(tmp_path, redis_server, r):
                            "retry": {"attempts": 3, "delay_ms": 10}},
                 "vtimeout": {"type": "http", "url": web.url("/delay/3000"), "timeout_ms": 300},
                 "vcancel": {"type": "http", "url": web.url("/delay/5000")},
+                # The parsed URL kept for libcurl: masked in a copy, freed
+                # when a later field of the job is refused.
+                "vpass": {"type": "http", "url": web.url("/redirect/1").replace("://", "://u:pw@"),
+                          "follow_redirects": True},
+                "vinvalid": {"type": "http", "requests": [{"url": web.url("/json")},
+                                                          {"url": web.url("/json"),
+                                                           "method": "BREW"}]},
                 "vsql": {"type": "sql", "query": "echo", "params": ["x"]},
                 "vsqlfail": {"type": "sql", "query": "fail"},
                 "vsqlcancel": {"type": "sql", "query": "sleep", "params": [5]},
@@ -105,11 +112,12 @@ def test_memcheck_http_sql_and_outages(tmp_path, redis_server, r):
             for job_id in ("vcancel", "vsqlcancel"):
                 r.publish(f"{NS}:control", json.dumps({"cmd": "cancel", "id": job_id}))
             recs = wait_results(r, list(jobs), timeout=60)
-            for job_id in ("vok", "vretry", "vsql", "vlost"):
+            for job_id in ("vok", "vretry", "vsql", "vlost", "vpass"):
                 assert recs[job_id]["status"] == "succeeded", recs[job_id]
             assert recs["vretry"]["attempts"] == 2
             assert recs["vtimeout"]["status"] == "timed_out", recs["vtimeout"]
             assert recs["vsqlfail"]["status"] == "failed", recs["vsqlfail"]
+            assert recs["vinvalid"]["error"]["code"] == "invalid_job", recs["vinvalid"]
             assert recs["vcancel"]["status"] == "cancelled", recs["vcancel"]
             assert recs["vsqlcancel"]["status"] == "cancelled", recs["vsqlcancel"]
             assert proxy.dropped == 1
