@@ -572,18 +572,18 @@ def add_huge(r, count):
         pipe.execute()
 
 
-def check_dropped(r, daemon, count, hwm_before):
-    """Each of COUNT huge entries ended too_large without jobd's peak memory
-    growing by a quarter of one: dead-lettered without its bytes
-    (truncated), acknowledged; and a job after them runs."""
+def check_dropped(r, daemon, count, hwm_before, size=HUGE):
+    """Each of COUNT huge entries (of SIZE bytes) ended too_large without
+    jobd's peak memory growing by a quarter of one: dead-lettered without
+    its bytes (truncated), acknowledged; and a job after them runs."""
     dead = wait_for(lambda: len(dead_entries(r)) == count and dead_entries(r),
                     timeout=30, what=f"{count} dead letters")
     grown = vm_hwm(daemon.proc.pid) - hwm_before
-    assert grown < HUGE // 4, f"peak memory grew by {grown / MB:.0f} MB"
+    assert grown < size // 4, f"peak memory grew by {grown / MB:.0f} MB"
     for letter in dead:
         err = json.loads(letter["error"])
         assert err["code"] == "too_large", letter
-        assert f"envelope is {HUGE} bytes" in err["message"], err
+        assert f"envelope is {size} bytes" in err["message"], err
         assert letter["job"] == "" and letter["truncated"] == "1", letter
     wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
     assert daemon.log_text().count("rejected a stream message: too_large") == count
@@ -643,5 +643,58 @@ def test_a_reply_that_takes_longer_to_come_than_a_read_may_wait_is_waited_for(
         assert "timed out" not in daemon.log_text()
         wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
         assert json.loads(dead_entries(r)[0]["error"])["code"] == "too_large"
+    finally:
+        proxy.close()
+
+
+class CutLink(ForwardingProxy):
+    """Closes the first connection that has brought jobd CUT bytes, there:
+    in the middle of whatever reply is coming. Every other connection, the
+    ones made after it included, is left whole."""
+
+    def __init__(self, redis_port, cut):
+        self.cut, self.done = cut, False
+        super().__init__(redis_port)
+
+    def new_state(self):
+        return {"down": 0}
+
+    def forward(self, data, src, dst, state, upstream):
+        if not upstream:
+            state["down"] += len(data)
+            if state["down"] >= self.cut and not self.done:
+                self.done = True
+                return False
+        dst.sendall(data)
+        return True
+
+
+def test_a_connection_lost_while_an_entry_is_dropped_reads_the_next_afresh(
+        r, redis_server, start_jobd):
+    # The stream connection is cut 5 MB into a 20 MB entry, while the
+    # filter is dropping it. The connection made after it must not inherit
+    # that state (it would drop the first 15 MB it is sent: every reply on
+    # it lost). The entry, pending in jobd's name, comes back through
+    # reclaim on the command connection: too_large and dead-lettered once,
+    # and the job queued after it runs once.
+    size = 20 * MB
+    proxy = CutLink(redis_server.port, 5 * MB)
+    try:
+        r.xadd(f"{NS}:queue", {"job": padded({"id": "huge", "type": "sleep", "ms": 1}, size)})
+        submit(r, {"id": "after", "type": "sleep", "ms": 1})
+        daemon = start_jobd(redis__port=proxy.port, limits__max_job_bytes=64 * 1024,
+                            limits__max_held_bytes=MB, intake__visibility_timeout_ms=1000)
+        before = vm_hwm(daemon.proc.pid)
+        wait_for(lambda: proxy.done, what="the cut")
+        wait_for(lambda: daemon.log_text().count("redis stream connection ready") == 2,
+                 what="the stream connection back")
+        rec = wait_result(r, "after", timeout=15)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec
+        check_dropped(r, daemon, 1, before, size)
+        log = daemon.log_text()
+        assert "redis stream connection lost" in log, log
+        assert "redis command connection lost" not in log, log
+        assert daemon.stop() == 0, daemon.log_text()   # alive, and a clean exit
+        assert len(dead_entries(r)) == 1
     finally:
         proxy.close()
