@@ -698,3 +698,84 @@ def test_a_connection_lost_while_an_entry_is_dropped_reads_the_next_afresh(
         assert len(dead_entries(r)) == 1
     finally:
         proxy.close()
+
+
+class SplitLink(ForwardingProxy):
+    """Sends Redis's replies on to jobd split where told: the i-th time a
+    pattern of CUTS ({bytes: [offset, ...]}) comes, it is sent in two
+    writes 0.1 s apart, the first ending offsets[i] bytes into it, so jobd
+    reads the two parts apart. A reply's last bytes that may begin a
+    pattern wait for the next chunk (a reply ends with LF, which a pattern
+    has only at its end, so no reply is held back whole)."""
+
+    def __init__(self, redis_port, cuts):
+        self.cuts = {p: list(o) for p, o in cuts.items()}
+        super().__init__(redis_port)
+
+    def new_state(self):
+        return {"held": b""}
+
+    def forward(self, data, src, dst, state, upstream):
+        if upstream:
+            dst.sendall(data)
+            return True
+        buf = state["held"] + data
+        while True:
+            hits = sorted((buf.find(p), p) for p, o in self.cuts.items() if o and p in buf)
+            if not hits:
+                break
+            at, p = hits[0]
+            at += self.cuts[p].pop(0)
+            dst.sendall(buf[:at])
+            time.sleep(0.1)
+            buf = buf[at:]
+        keep = max([k for p, o in self.cuts.items() if o
+                    for k in range(1, min(len(p), len(buf) + 1)) if buf.endswith(p[:k])],
+                   default=0)
+        state["held"] = buf[len(buf) - keep:]
+        if len(buf) > keep:
+            dst.sendall(buf[:len(buf) - keep])
+        return True
+
+
+def test_bulk_headers_split_across_reads_and_the_drop_boundary(r, redis_server, start_jobd):
+    # The RESP filter reads the socket 64 kB at a time, so any read may end
+    # inside a bulk header ("$131073\r\n"), where the filter holds the part
+    # it has until the rest comes. Here every header of a job value is
+    # split at each of its bytes, for a job (3000 bytes), an entry of
+    # exactly max_job_bytes + 64 KiB (the most the filter passes whole:
+    # read, and too_large with its first bytes kept) and one a byte over
+    # (dropped as it comes: too_large, nothing kept).
+    limit = 64 * 1024
+    kept, dropped = 2 * limit, 2 * limit + 1
+    heads = {n: b"$%d\r\n" % n for n in (3000, kept, dropped)}
+    proxy = SplitLink(redis_server.port,
+                      {h: range(1, len(h)) for h in heads.values()})
+    try:
+        jobs = []
+        for k in range(len(heads[kept]) - 1):
+            if k < len(heads[3000]) - 1:
+                jobs.append(f"n{k}")
+                r.xadd(f"{NS}:queue", {"job": padded({"id": f"n{k}", "type": "sleep", "ms": 1},
+                                                     3000)})
+            for size in (kept, dropped):
+                r.xadd(f"{NS}:queue", {"job": padded({"id": f"big{k}", "type": "sleep", "ms": 1},
+                                                     size)})
+        daemon = start_jobd(redis__port=proxy.port, limits__max_job_bytes=limit)
+        recs = wait_results(r, jobs)
+        assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
+        dead = wait_for(lambda: len(dead_entries(r)) == 16 and dead_entries(r),
+                        what="16 dead letters")
+        assert all(not o for o in proxy.cuts.values()), proxy.cuts   # every split was made
+        for size in (kept, dropped):
+            letters = [d for d in dead if f"envelope is {size} bytes" in d["error"]]
+            assert len(letters) == 8, dead
+            for letter in letters:
+                assert json.loads(letter["error"])["code"] == "too_large", letter
+                assert letter["truncated"] == "1", letter
+                assert len(letter["job"]) == (limit if size == kept else 0), len(letter["job"])
+        wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
+        assert daemon.stop() == 0, daemon.log_text()
+        assert "connection lost" not in daemon.log_text(), daemon.log_text()
+    finally:
+        proxy.close()
