@@ -13,8 +13,9 @@
  * connections, with a limit taken from the input's last byte (so the seeds
  * are read as they are, and also with their longer strings dropped): fed
  * whole and fed in pieces (sized by the first byte) the output is the same,
- * no string hiredis reads from it is over the limit unless the filter found
- * the input broken, and its replies are taken as above.
+ * no string hiredis reads from it is over the limit (a filter that stops
+ * the stream passes nothing after that point), and its replies are taken
+ * as above.
  */
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -127,6 +128,7 @@ static int filter(const uint8_t *data, size_t size, uint64_t max, size_t piece, 
         resp_filter_feed(&f, (const char *)data + at, size - at < piece ? size - at : piece, max,
                          collect, out);
     FUZZ_CHECK(out->len <= size);
+    FUZZ_CHECK((f.state == RF_BROKEN) == (f.error != NULL));
     return f.state == RF_BROKEN;
 }
 
@@ -140,7 +142,7 @@ static void filtered(const uint8_t *data, size_t size)
     int broken = filter(data, size, max, size, &whole);
     FUZZ_CHECK(filter(data, size, max, (size_t)data[0] % 13 + 1, &pieces) == broken);
     FUZZ_CHECK(whole.len == pieces.len && !memcmp(whole.p, pieces.p, whole.len));
-    read_replies(whole.p, whole.len, broken ? SIZE_MAX : (size_t)max);
+    read_replies(whole.p, whole.len, (size_t)max);
     free(whole.p);
     free(pieces.p);
 }

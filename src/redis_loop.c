@@ -5,6 +5,7 @@
  * nothing and make no system call. */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -40,6 +41,19 @@ static void feed_reader(void *arg, const char *p, size_t n)
     redisReaderFeed(arg, p, n);
 }
 
+/* The filter stopped the stream (resp_filter.h): the reader is failed as
+ * hiredis fails it on a protocol error, so redisProcessCallbacks() drops
+ * the connection with WHY as its error (logged, and reconnected). Replies
+ * complete before that point in the same read are lost with it, as with
+ * any connection lost. */
+static void fail_reader(redisReader *r, const char *why)
+{
+    if (r->err)
+        return;
+    r->err = REDIS_ERR_PROTOCOL;
+    snprintf(r->errstr, sizeof(r->errstr), "%s", why);
+}
+
 /* A filtered connection's socket is read here, through the filter, and
  * hiredis is handed what is left (redis_loop.h). The end of the stream or
  * an error is left to redisAsyncHandleRead(): it reads it again itself and
@@ -59,6 +73,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (n > 0) {
         uint64_t max = (uint64_t)*e->max_job_bytes + REDIS_LOOP_BULK_SLACK;
         resp_filter_feed(&e->filter, buf, (size_t)n, max, feed_reader, ac->c.reader);
+        if (e->filter.error)
+            fail_reader(ac->c.reader, e->filter.error);
         redisProcessCallbacks(ac);  /* may free the context, and E with it */
     } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
         redisAsyncHandleRead(ac);

@@ -27,7 +27,9 @@
  * hiredis as the integer reply of its length, its bytes dropped unread:
  * hiredis 0.14.1 would hold it whole first (a stream entry of Redis's
  * proto-max-bulk-len is 512 MB). *MAX_JOB_BYTES is read at every read of
- * the socket, so a reload applies at once. */
+ * the socket, so a reload applies at once. A reply the filter cannot follow
+ * (not RESP2, or a line over RESP_FILTER_LINE_MAX) drops the connection
+ * with the filter's reason as its error. */
 int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes);
 
 /* How many times AC's socket was found readable so far: bytes arrived, or

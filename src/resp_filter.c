@@ -33,6 +33,16 @@ static bool head_length(const char *h, size_t len, int64_t *out)
     return true;
 }
 
+static const char not_a_length[] = "RESP filter: a bulk string header that is not a length",
+                  too_long[] = "RESP filter: a reply line longer than 64 KiB";
+
+/* Nothing from here on is passed (resp_filter.h). */
+static void stop(struct resp_filter *f, const char *why)
+{
+    f->state = RF_BROKEN;
+    f->error = why;
+}
+
 /* The bulk header H (LEN bytes, up to its LF) is complete: F's state for
  * what follows it. True when the header is to be passed on as an integer,
  * its payload dropped. */
@@ -40,7 +50,7 @@ static bool take_head(struct resp_filter *f, const char *h, size_t len, uint64_t
 {
     int64_t n;
     if (!head_length(h, len, &n)) {
-        f->state = RF_BROKEN;
+        stop(f, not_a_length);
         return false;
     }
     if (n < 0) {
@@ -67,10 +77,12 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
         switch (f->state) {
         case RF_TOKEN: {
             if (p[i] != '$') {
-                /* '*', ':', '+', '-': a line, passed whole. Anything else
-                 * too: hiredis says what is wrong with it. */
+                /* '*', ':', '+', '-': a line, passed as it comes. Anything
+                 * else too (a RESP3 type byte): hiredis says what is wrong
+                 * with it as soon as it sees it. */
                 f->state = RF_LINE;
                 f->cr = false;
+                f->line_len = 1;
                 i++;
                 break;
             }
@@ -82,16 +94,19 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
             const char *end = memchr(p + i, '\n', most);
             if (end) {
                 size_t len = (size_t)(end - p) + 1 - i;
-                if (take_head(f, p + i, len, max)) {
+                bool drop = take_head(f, p + i, len, max);
+                if (drop || f->state == RF_BROKEN) {
                     if (i > from)
                         emit(arg, p + from, i - from);
-                    emit(arg, ":", 1);
-                    emit(arg, p + i + 1, len - 1);
+                    if (drop) {
+                        emit(arg, ":", 1);
+                        emit(arg, p + i + 1, len - 1);
+                    }
                     from = i + len;
                 }
                 i += len;
             } else if (n - i >= sizeof(f->head)) {
-                f->state = RF_BROKEN;           /* no number is that long */
+                stop(f, not_a_length);          /* no number is that long */
             } else {
                 if (i > from)
                     emit(arg, p + from, i - from);
@@ -103,19 +118,28 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
             break;
         }
         case RF_LINE: {
-            /* Up to CRLF, as hiredis reads a line: a lone LF is part of it. */
-            const char *lf = memchr(p + i, '\n', n - i);
+            /* Up to CRLF, as hiredis reads a line: a lone LF is part of it.
+             * Looked for only as far as the line may go, so it stops at
+             * the same byte however the input is cut. */
+            size_t room = RESP_FILTER_LINE_MAX - f->line_len, most = n - i < room ? n - i : room;
+            const char *lf = memchr(p + i, '\n', most);
             if (!lf) {
-                f->cr = p[n - 1] == '\r';
-                i = n;
+                f->cr = p[i + most - 1] == '\r';
+                f->line_len += most;
+                i += most;
+                if (f->line_len == RESP_FILTER_LINE_MAX)
+                    stop(f, too_long);
                 break;
             }
             size_t at = (size_t)(lf - p);
             bool ended = at > i ? p[at - 1] == '\r' : f->cr;
+            f->line_len += at + 1 - i;
             i = at + 1;
             f->cr = false;
             if (ended)
                 f->state = RF_TOKEN;
+            else if (f->line_len == RESP_FILTER_LINE_MAX)
+                stop(f, too_long);
             break;
         }
         case RF_HEAD:
@@ -125,11 +149,11 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
                 f->head[f->head_len++] = p[i++];       /* the '\n' */
                 if (take_head(f, f->head, f->head_len, max))
                     f->head[0] = ':';
-                emit(arg, f->head, f->head_len);
+                if (f->state != RF_BROKEN)
+                    emit(arg, f->head, f->head_len);
                 f->head_len = 0;
             } else if (f->head_len == sizeof(f->head)) {
-                f->state = RF_BROKEN;                   /* no number is that long */
-                emit(arg, f->head, f->head_len);
+                stop(f, not_a_length);                  /* no number is that long */
                 f->head_len = 0;
             }
             from = i;
@@ -146,7 +170,11 @@ void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t m
             break;
         }
         case RF_BROKEN:
-            i = n;
+            /* What came before the point it stopped at goes on (the
+             * replies whole in it can be read); nothing after. */
+            if (i > from)
+                emit(arg, p + from, i - from);
+            i = from = n;
             break;
         }
     }

@@ -14,9 +14,17 @@
  * Cheap on the hot path: only the type byte and header of each token are
  * looked at; the payload of a bulk under the limit is skipped by its length,
  * not scanned. The filter is a stream state machine: a token may be split
- * across feeds at any byte. Anything that is not RESP2 as the filter knows
- * it (a bulk header too long or not a number) is passed through untouched
- * from there on, for hiredis to report as the protocol error it is.
+ * across feeds at any byte.
+ *
+ * Anything that is not RESP2 as the filter knows it (a bulk header too long
+ * or not a number) or a line (status, error, integer, array header) longer
+ * than RESP_FILTER_LINE_MAX stops the stream there: nothing from that point
+ * on is passed, and F->error says why, for the caller to drop the
+ * connection. Passing it on, as the filter first did, handed hiredis a
+ * token it holds whole until its CRLF, however long: a header "$12x" or an
+ * error line followed by gigabytes without CRLF was all held, the filter
+ * bypassed. Redis never sends either; only something else on the port (or
+ * in between) can.
  */
 #ifndef JOBD_RESP_FILTER_H
 #define JOBD_RESP_FILTER_H
@@ -28,13 +36,20 @@
 /* "$" then up to 20 characters ("-1", a length of up to 19 digits), "\r\n". */
 #define RESP_FILTER_HEAD_MAX 24
 
+/* The longest line passed, type byte and CRLF included. Redis's lines to
+ * jobd are counts, integers, "+OK"-like statuses and error texts of at
+ * most a few hundred bytes (it cuts what it quotes of a command to 128). */
+#define RESP_FILTER_LINE_MAX (64 * 1024)
+
 struct resp_filter {
     enum { RF_TOKEN, RF_LINE, RF_HEAD, RF_PASS, RF_DROP, RF_BROKEN } state;
     uint64_t left;              /* RF_PASS, RF_DROP: payload and CRLF bytes still to come */
     bool cr;                    /* RF_LINE: the last byte seen was CR */
+    size_t line_len;            /* RF_LINE: bytes of the line so far, type byte included */
     size_t head_len;            /* RF_HEAD: bytes of the bulk header held in head */
     char head[RESP_FILTER_HEAD_MAX];
     uint64_t dropped;           /* bulk strings dropped so far */
+    const char *error;          /* RF_BROKEN: why the stream stopped (a static string) */
 };
 
 /* Receives the filtered bytes, in order, in one or more pieces per feed. */
@@ -45,7 +60,7 @@ void resp_filter_init(struct resp_filter *f);
 /* Filter the N bytes at P: bulk strings longer than MAX bytes are replaced
  * as said above, everything else goes to EMIT unchanged. A bulk header split
  * across feeds is held in F (at most RESP_FILTER_HEAD_MAX bytes) until its
- * end is seen. */
+ * end is seen. Once F->state is RF_BROKEN nothing more is emitted. */
 void resp_filter_feed(struct resp_filter *f, const char *p, size_t n, uint64_t max,
                       resp_filter_emit *emit, void *arg);
 

@@ -35,12 +35,14 @@ static void collect(void *arg, const char *p, size_t n)
     o->pieces++;
 }
 
+/* The filter of the last run(), as it was left. */
+static struct resp_filter f;
+
 /* IN (N bytes) through a fresh filter in the pieces that CUTS (sorted,
  * inside 0..N, NCUTS of them) mark. */
 static struct out run(const char *in, size_t n, uint64_t max, const size_t *cuts, int ncuts,
                       uint64_t *dropped)
 {
-    struct resp_filter f;
     struct out o = {0};
     resp_filter_init(&f);
     size_t from = 0;
@@ -54,37 +56,64 @@ static struct out run(const char *in, size_t n, uint64_t max, const size_t *cuts
     return o;
 }
 
-/* IN gives WANT (as EXPECTED bulks dropped) whole, split in two at every
- * byte, and fed a byte at a time. */
-static void check(const char *in, size_t n, uint64_t max, const char *want, size_t want_len,
-                  uint64_t expected)
+/* The output of the last run() is WANT (WANT_LEN bytes), with EXPECTED
+ * bulks dropped, and the filter stopped with ERROR (NULL: not stopped). */
+static void same(struct out o, uint64_t dropped, const char *want, size_t want_len,
+                 uint64_t expected, const char *error)
+{
+    assert_int_equal(o.len, want_len);
+    if (want_len)
+        assert_memory_equal(o.p, want, want_len);
+    assert_int_equal(dropped, expected);
+    if (error) {
+        assert_int_equal(f.state, RF_BROKEN);
+        assert_string_equal(f.error, error);
+    } else {
+        assert_int_not_equal(f.state, RF_BROKEN);
+        assert_null(f.error);
+    }
+    free(o.p);
+}
+
+/* IN gives WANT (as EXPECTED bulks dropped, and stopped with ERROR) whole,
+ * split in two at every byte, and fed a byte at a time. An input of more
+ * than 4 kB is split at its first and last 72 bytes and every 509th
+ * (every byte would take seconds). */
+static void check_error(const char *in, size_t n, uint64_t max, const char *want, size_t want_len,
+                        uint64_t expected, const char *error)
 {
     uint64_t dropped;
     struct out o = run(in, n, max, NULL, 0, &dropped);
-    assert_int_equal(o.len, want_len);
-    assert_memory_equal(o.p, want, want_len);
-    assert_int_equal(dropped, expected);
-    free(o.p);
+    same(o, dropped, want, want_len, expected, error);
     for (size_t cut = 0; cut <= n; cut++) {
+        if (n > 4096 && cut >= 72 && n - cut >= 72 && cut % 509)
+            continue;
         o = run(in, n, max, &cut, 1, &dropped);
-        assert_int_equal(o.len, want_len);
-        assert_memory_equal(o.p, want, want_len);
-        assert_int_equal(dropped, expected);
-        free(o.p);
+        same(o, dropped, want, want_len, expected, error);
     }
     size_t *every = malloc((n + 1) * sizeof(*every));
     assert_non_null(every);
     for (size_t i = 0; i < n; i++)
         every[i] = i + 1;
     o = run(in, n, max, every, n ? (int)n - 1 : 0, &dropped);
-    assert_int_equal(o.len, want_len);
-    assert_memory_equal(o.p, want, want_len);
-    assert_int_equal(dropped, expected);
-    free(o.p);
+    same(o, dropped, want, want_len, expected, error);
     free(every);
 }
 
+static void check(const char *in, size_t n, uint64_t max, const char *want, size_t want_len,
+                  uint64_t expected)
+{
+    check_error(in, n, max, want, want_len, expected, NULL);
+}
+
 #define CHECK_SAME(in, max) check(in, sizeof(in) - 1, max, in, sizeof(in) - 1, 0)
+
+static const char not_a_length[] = "RESP filter: a bulk string header that is not a length",
+                  too_long[] = "RESP filter: a reply line longer than 64 KiB";
+
+/* IN stops the filter with ERROR after passing its first WANT_LEN bytes. */
+#define CHECK_STOPS(in, want_len, error) \
+    check_error(in, sizeof(in) - 1, 1, in, want_len, 0, error)
 
 /* An XREADGROUP reply: nested arrays, bulks holding what looks like RESP
  * ("$", "*", CRLF) and binary, a nil bulk, a nil array, an integer, a
@@ -148,18 +177,123 @@ static void test_a_line_ends_at_crlf_only(void **state)
     CHECK_SAME("+a\n$20\r\n:1\r\n-b\r$20\n\r\n*1\r\n$1\r\nx\r\n", 1);
 }
 
-/* What is not RESP the filter knows is passed as it is, from there on. */
-static void test_a_broken_header_passes_through(void **state)
+/* What is not RESP the filter knows stops the stream at its first byte:
+ * passed on, a header hiredis holds until its CRLF ("$12x" and then
+ * gigabytes) bypassed the filter, and so did every bulk after it. The
+ * replies before it go on. */
+static void test_a_broken_header_stops_the_stream(void **state)
 {
     (void)state;
-    CHECK_SAME("*1\r\n$12x\r\n$99\r\nabc", 1);
-    CHECK_SAME("$123456789012345678901234567890\r\n$99\r\n", 1);
-    /* Found broken as soon as its bytes show it, however they come: at the
-     * end of the input it is passed on, not held. */
-    CHECK_SAME("$12345678901234567890123", 1);
-    CHECK_SAME("$99999999999999999999\r\n$99\r\n", 1);   /* past 2^64 */
-    CHECK_SAME("$5\n$99\r\n", 1);                         /* no CR */
-    CHECK_SAME("$\r\n$99\r\n", 1);
+    CHECK_STOPS("*1\r\n$12x\r\n$99\r\nabc", 4, not_a_length);
+    CHECK_STOPS(":1\r\n$123456789012345678901234567890\r\n$99\r\n", 4, not_a_length);
+    /* Found broken as soon as its bytes show it, however they come. */
+    CHECK_STOPS("$12345678901234567890123", 0, not_a_length);
+    CHECK_STOPS("$99999999999999999999\r\n$99\r\n", 0, not_a_length);   /* past 2^64 */
+    CHECK_STOPS("$9223372036854775808\r\n$99\r\n", 0, not_a_length);    /* past 2^63-1 */
+    CHECK_STOPS("$5\n$99\r\n", 0, not_a_length);                         /* no CR */
+    CHECK_STOPS("$\r\n$99\r\n", 0, not_a_length);
+    CHECK_STOPS("$-\r\n", 0, not_a_length);
+    CHECK_STOPS("$+5\r\nhello\r\n", 0, not_a_length);
+    CHECK_STOPS("$ 5\r\nhello\r\n", 0, not_a_length);
+    /* RESP3's streamed string (HELLO 3, which jobd never sends). */
+    CHECK_STOPS("$?\r\n;4\r\nHell\r\n;0\r\n", 0, not_a_length);
+    /* The largest length there is is a length: dropped, not broken. */
+    static const char in[] = "$9223372036854775807\r\nabc";
+    static const char want[] = ":9223372036854775807\r\n";
+    check(in, sizeof(in) - 1, 1, want, sizeof(want) - 1, 1);
+}
+
+/* hiredis reads the N bytes at P as a protocol error that says SAYS. */
+static void refused_by_hiredis(const char *p, size_t n, const char *says)
+{
+    redisReader *reader = redisReaderCreate();
+    assert_non_null(reader);
+    assert_int_equal(redisReaderFeed(reader, p, n), REDIS_OK);
+    void *r = NULL;
+    assert_int_equal(redisReaderGetReply(reader, &r), REDIS_ERR);
+    assert_int_equal(reader->err, REDIS_ERR_PROTOCOL);
+    assert_non_null(strstr(reader->errstr, says));
+    redisReaderFree(reader);
+}
+
+/* The filter judges a bulk's length, hiredis its sign: a negative one other
+ * than the nil -1 is passed as a nil, and hiredis refuses it, so the
+ * connection is dropped all the same. */
+static void test_negative_lengths_reach_hiredis(void **state)
+{
+    (void)state;
+    static const char in[] = "*2\r\n$-1\r\n$-5\r\n$20\r\n01234567890123456789\r\n";
+    static const char want[] = "*2\r\n$-1\r\n$-5\r\n:20\r\n";
+    check(in, sizeof(in) - 1, 1, want, sizeof(want) - 1, 1);
+    CHECK_SAME("*-1\r\n*-5\r\n", 1);
+    refused_by_hiredis(want, sizeof(want) - 1, "out of range");
+}
+
+/* A RESP3 type byte is a line to the filter, passed at once; hiredis
+ * (RESP2 only) refuses it as it arrives. '=' and '!' carry a length, but
+ * the connection ends at their type byte. */
+static void test_resp3_type_bytes_reach_hiredis(void **state)
+{
+    (void)state;
+    static const char *const in[] = {"%1\r\n+a\r\n:1\r\n",
+                                     "=15\r\ntxt:Some string\r\n",
+                                     "!21\r\nSYNTAX invalid syntax\r\n",
+                                     ",1.23\r\n",
+                                     "#t\r\n",
+                                     "_\r\n",
+                                     ">2\r\n+a\r\n+b\r\n",
+                                     "~1\r\n:1\r\n"};
+    for (size_t i = 0; i < sizeof(in) / sizeof(*in); i++) {
+        check(in[i], strlen(in[i]), 1, in[i], strlen(in[i]), 0);
+        struct out o = run(in[i], 1, 1, NULL, 0, NULL);  /* the type byte alone */
+        refused_by_hiredis(o.p, o.len, "reply type byte");
+        free(o.p);
+    }
+}
+
+/* The filter does not follow arrays: a bulk over the limit is dropped at
+ * any depth, and what hiredis refuses (nesting past 7) it refuses. */
+static void test_nesting_is_not_tracked(void **state)
+{
+    (void)state;
+    char in[256] = "", want[256] = "";
+    for (int d = 0; d < 12; d++) {
+        strcat(in, "*2\r\n");
+        strcat(want, "*2\r\n");
+    }
+    strcat(in, "$20\r\n01234567890123456789\r\n:1\r\n");
+    strcat(want, ":20\r\n:1\r\n");
+    check(in, strlen(in), 19, want, strlen(want), 1);
+    refused_by_hiredis(want, strlen(want), "nested multi bulk");
+}
+
+/* A line (error, status, integer, array header) runs up to its CRLF, and
+ * hiredis holds it whole until then: one longer than Redis ever sends
+ * stops the stream once RESP_FILTER_LINE_MAX bytes of it went by, however
+ * it comes. One of exactly that length is passed. (The limit is in the
+ * last 72 bytes of each input, where every split is tried.) */
+static void test_a_line_too_long_stops_the_stream(void **state)
+{
+    (void)state;
+    size_t n = RESP_FILTER_LINE_MAX + 64;
+    char *in = malloc(n + 1);
+    assert_non_null(in);
+    memcpy(in, ":1\r\n-ERR ", 9);
+    memset(in + 9, 'x', n - 9);
+    in[n] = '\0';
+    /* Error texts with LFs and CRs in them are one line all the same. */
+    in[100] = '\n';
+    in[200] = '\r';
+    in[n - 2] = '\r';
+    in[n - 1] = '\n';
+    check_error(in, n, 1, in, 4 + RESP_FILTER_LINE_MAX, 0, too_long);
+    /* The line ending just at the limit is whole, and what follows goes on. */
+    memcpy(in + 4 + RESP_FILTER_LINE_MAX - 2, "\r\n:2\r\n", 6);
+    check(in, 4 + RESP_FILTER_LINE_MAX + 4, 1, in, 4 + RESP_FILTER_LINE_MAX + 4, 0);
+    /* A lone LF as its last byte does not end it. */
+    in[4 + RESP_FILTER_LINE_MAX - 2] = 'x';
+    check_error(in, 4 + RESP_FILTER_LINE_MAX + 4, 1, in, 4 + RESP_FILTER_LINE_MAX, 0, too_long);
+    free(in);
 }
 
 /* A bulk of many megabytes fed in small pieces: dropped as it comes, and the
@@ -175,7 +309,6 @@ static void test_a_big_bulk_is_dropped_in_pieces(void **state)
     memcpy(in, head, strlen(head));
     memset(in + strlen(head), '$', big);
     memcpy(in + strlen(head) + big, tail, strlen(tail));
-    struct resp_filter f;
     struct out o = {0};
     resp_filter_init(&f);
     for (size_t at = 0; at < n; at += 4093)
@@ -221,7 +354,11 @@ int main(void)
         cmocka_unit_test(test_a_bulk_of_exactly_the_limit_is_kept),
         cmocka_unit_test(test_nil_and_empty_bulks_are_never_dropped),
         cmocka_unit_test(test_a_line_ends_at_crlf_only),
-        cmocka_unit_test(test_a_broken_header_passes_through),
+        cmocka_unit_test(test_a_broken_header_stops_the_stream),
+        cmocka_unit_test(test_negative_lengths_reach_hiredis),
+        cmocka_unit_test(test_resp3_type_bytes_reach_hiredis),
+        cmocka_unit_test(test_nesting_is_not_tracked),
+        cmocka_unit_test(test_a_line_too_long_stops_the_stream),
         cmocka_unit_test(test_a_big_bulk_is_dropped_in_pieces),
         cmocka_unit_test(test_hiredis_reads_the_integer),
     };
