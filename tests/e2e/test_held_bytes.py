@@ -782,49 +782,54 @@ def test_bulk_headers_split_across_reads_and_the_drop_boundary(r, redis_server, 
 
 
 class GarbageLink(ForwardingProxy):
-    """Answers the first XREADGROUP with GARBAGE instead of Redis's reply
-    (which is then never sent): what something other than Redis on the
-    port, or a broken proxy, could send."""
+    """Answers the first command that starts with COMMAND with GARBAGE
+    instead of Redis's reply (which, and all after it on that connection,
+    is then never sent): what something other than Redis on the port, or a
+    broken proxy, could send."""
 
-    def __init__(self, redis_port, garbage):
-        self.garbage, self.done = garbage, False
+    def __init__(self, redis_port, command, garbage):
+        self.command, self.garbage, self.done = command, garbage, False
         super().__init__(redis_port)
 
     def new_state(self):
-        return {"mute": False}
+        return {"mute": False, "lock": threading.Lock()}
 
     def forward(self, data, src, dst, state, upstream):
-        if state["mute"]:
+        with state["lock"]:         # the garbage is not cut into a reply
+            if state["mute"]:
+                return True
+            if upstream and b"\r\n%s\r\n" % self.command in data and not self.done:
+                self.done = state["mute"] = True
+                src.sendall(self.garbage)
+                return True
+            dst.sendall(data)
             return True
-        if upstream and b"XREADGROUP" in data and not self.done:
-            self.done = state["mute"] = True
-            src.sendall(self.garbage)
-            return True
-        dst.sendall(data)
-        return True
 
 
-@pytest.mark.parametrize("garbage,said", [
-    (b"-ERR " + b"x" * (20 * MB), "a reply line longer than 64 KiB"),
-    (b"*1\r\n$12x" + b"x" * (20 * MB), "a bulk string header that is not a length")],
-    ids=["error-line", "bulk-header"])
+@pytest.mark.parametrize("command,role,garbage,said", [
+    (b"XREADGROUP", "stream", b"-ERR " + b"x" * (20 * MB), "a reply line longer than 64 KiB"),
+    (b"XREADGROUP", "stream", b"*1\r\n$12x" + b"x" * (20 * MB),
+     "a bulk string header that is not a length"),
+    (b"EVAL", "command", b"-ERR " + b"x" * (20 * MB), "a reply line longer than 64 KiB")],
+    ids=["error-line", "bulk-header", "command-error-line"])
 def test_a_reply_the_filter_cannot_follow_drops_the_connection(
-        r, redis_server, start_jobd, garbage, said):
+        r, redis_server, start_jobd, command, role, garbage, said):
     # 20 MB with no CRLF, after an error's "-" or a bulk header that is no
-    # length. hiredis holds a line until its CRLF, so jobd held all of it
-    # (the filter passed the header on, and everything after it), and then
-    # waited for the rest until the read timed out. Now the connection is
-    # dropped once 64 KiB of the line or the header went by, with the
-    # reason, and the next one reads as ever.
-    proxy = GarbageLink(redis_server.port, garbage)
+    # length, on the stream connection (XREADGROUP) or the command one (the
+    # scheduler's EVAL, every 100 ms). hiredis holds a line until its CRLF,
+    # so jobd held all of it (the filter passed the header on, and
+    # everything after it), and then waited for the rest until the read
+    # timed out. Now the connection is dropped once 64 KiB of the line or
+    # the header went by, with the reason, and the next one works.
+    proxy = GarbageLink(redis_server.port, command, garbage)
     try:
         daemon = start_jobd(redis__port=proxy.port, limits__max_job_bytes=64 * 1024)
         before = vm_hwm(daemon.proc.pid)
-        wait_for(lambda: daemon.log_text().count("redis stream connection ready") == 2,
-                 what="the stream connection back")
+        wait_for(lambda: daemon.log_text().count(f"redis {role} connection ready") == 2,
+                 what=f"the {role} connection back")
         grown = vm_hwm(daemon.proc.pid) - before
         assert grown < 4 * MB, f"peak memory grew by {grown / MB:.0f} MB"
-        assert f"redis stream connection lost: RESP filter: {said}" in daemon.log_text()
+        assert f"redis {role} connection lost: RESP filter: {said}" in daemon.log_text()
         submit(r, {"id": "after", "type": "sleep", "ms": 1})
         assert wait_result(r, "after")["status"] == "succeeded"
         assert daemon.stop() == 0, daemon.log_text()
