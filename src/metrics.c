@@ -242,6 +242,14 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
                              "jobd_lost_replies_total{found=\"stored\"} %llu\n"
                              "jobd_lost_replies_total{found=\"not_stored\"} %llu\n",
                         (unsigned long long)lost_stored, (unsigned long long)lost_not_stored);
+    bool events_refused, stats_refused;
+    result_refused_parts(&events_refused, &stats_refused);
+    gauge(out, "jobd_events_refused", "1 once Redis refused the PUBLISH of a record on "
+          "NS:events (an ACL user without the channel): records are stored without it until "
+          "jobd restarts.", events_refused);
+    gauge(out, "jobd_stats_refused", "1 once Redis refused a HINCRBY of NS:stats (an ACL): "
+          "outcomes are stored without counting them there until jobd restarts.",
+          stats_refused);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
     gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight, and what "
           "their group children take.", (double)c.held_bytes);

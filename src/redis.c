@@ -73,7 +73,7 @@ struct redis {
     uint64_t reconnects;
     bool stopping;
     bool version_unknown_said;  /* "could not learn the version", said once */
-    struct jbuf resp;           /* redis_send_unanswered()'s buffer, reused */
+    struct jbuf resp;           /* redis_send_queued()'s buffer, reused */
 };
 
 /* One in-flight command: keeps the counters right even when the reply comes
@@ -553,8 +553,8 @@ static void resp_header(struct jbuf *b, char kind, size_t n)
     jbuf_lit(b, "\r\n");
 }
 
-int redis_send_unanswered(struct redis *r, enum redis_role role, int argc, const char **argv,
-                          const size_t *lens)
+int redis_send_queued(struct redis *r, enum redis_role role, redisCallbackFn *fn, void *priv,
+                      int argc, const char **argv, const size_t *lens)
 {
     struct jbuf *resp = &r->resp;
     struct conn *c = &r->conns[role];
@@ -576,7 +576,7 @@ int redis_send_unanswered(struct redis *r, enum redis_role role, int argc, const
      * __redisAsyncCommand): a NUL there, as its own sds strings have. The
      * buffer always keeps room for it. */
     resp->p[resp->len] = '\0';
-    return redisAsyncFormattedCommand(c->ac, NULL, NULL, resp->p, resp->len) == REDIS_OK ? 0 : -1;
+    return redisAsyncFormattedCommand(c->ac, fn, priv, resp->p, resp->len) == REDIS_OK ? 0 : -1;
 }
 
 int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,

@@ -56,13 +56,14 @@ int redis_send(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *
 int redis_sendf(struct redis *r, enum redis_role role, redis_reply_fn *fn, void *priv,
                 const char *fmt, ...);
 
-/* Send one command whose reply nobody reads, formatted here as RESP instead
- * of by hiredis (its sdscatfmt() formatting and our per-command bookkeeping
- * were a tenth of the cost of writing outcomes). Meant for the commands
- * between MULTI and EXEC: the EXEC, sent with redis_send(), carries the
- * deadline for all of them. Returns 0, or -1 when the connection is not ready. */
-int redis_send_unanswered(struct redis *r, enum redis_role role, int argc, const char **argv,
-                          const size_t *lens);
+/* Send one command queued in a MULTI, formatted here as RESP instead of by
+ * hiredis (its sdscatfmt() formatting and our per-command bookkeeping were a
+ * tenth of the cost of writing outcomes). The EXEC, sent with redis_send(),
+ * carries the deadline for all of them. FN (may be NULL) gets the reply,
+ * "QUEUED" or Redis's refusal, straight from hiredis: NULL when the
+ * connection went first. Returns 0, or -1 when the connection is not ready. */
+int redis_send_queued(struct redis *r, enum redis_role role, redisCallbackFn *fn, void *priv,
+                      int argc, const char **argv, const size_t *lens);
 
 /* The raw hiredis context of a ready connection (for SUBSCRIBE, whose
  * callback runs once per message), or NULL. */

@@ -11,6 +11,7 @@
 #include "jsonw.h"
 #include "list.h"
 #include "log.h"
+#include "queued_replies.h"
 #include "redis.h"
 #include "result.h"
 #include "runner.h"
@@ -174,6 +175,7 @@ struct pending {
     struct job *job;
     result_done_fn *done;
     int first_cmd, ncmds;       /* its commands' places in the EXEC reply */
+    int events_cmd;             /* its PUBLISH on NS:events among them, or -1 */
     char *put_back_stream;      /* a put-back's stream, as written (else NULL) */
     bool key_wrong;             /* checked after a lost reply: its key is of another type */
     /* Its result record as stored, kept for its reply_to until the EXEC
@@ -188,6 +190,8 @@ struct txn {
     struct list_link link;      /* on unsettled while its fate is unknown */
     uint64_t marker;            /* the NS:txn key it sets (0: no job in it) */
     bool checking;              /* its check is on the wire */
+    uint64_t id;                /* numbers its queued commands' replies (queued_replies.h) */
+    int stats_first, xacks_first;   /* the places of its HINCRBYs and XACKs; markers before */
     int n;
     struct pending items[];
 };
@@ -199,13 +203,30 @@ static struct {
 } batch;
 
 static int queued_in_txn;      /* commands queued since the MULTI: the next one's place */
+static uint64_t txn_seq;        /* the id of the transaction being queued */
+
+static void queued_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    const redisReply *r = reply;
+    queued_reply_note((uint64_t)(uintptr_t)priv,
+                      r && r->type == REDIS_REPLY_ERROR ? r->str : NULL);
+}
 
 static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
 {
-    /* Counted only when sent: the EXEC reply has an element for each. */
-    if (redis_send_unanswered(d->redis, REDIS_CMD, argc, argv, lens) == 0)
+    /* Counted only when sent: the EXEC reply has an element for each, and
+     * each reply to its queueing is noted in the same order. */
+    if (redis_send_queued(d->redis, REDIS_CMD, queued_reply, (void *)(uintptr_t)txn_seq, argc,
+                          argv, lens) == 0)
         queued_in_txn++;
 }
+
+/* Shared writes Redis refused as they were queued (an ACL user without
+ * NS:events or HINCRBY): left out of every transaction since, instead of
+ * aborting each one (see retry_without_refused()). Until jobd restarts. */
+static struct {
+    bool events, stats;
+} part_refused;
 
 /* Where JOB goes back (put back, or due again after a retry's wait): its own
  * stream while it can be read, else the first that can (intake.c). */
@@ -243,6 +264,15 @@ static const char *write_kind_name(enum job_write kind)
     case WRITE_REQUEUE: return "putting it back on a stream";
     }
     return "writing its outcome";
+}
+
+/* Redis refused a command of P's (ERR). KEPT: its job is kept and written
+ * again, every second, so that is said once at error level. */
+static void say_refused(const struct pending *p, const char *err, bool kept)
+{
+    log_job(!kept ? LOG_WARN : p->job->write_refused ? LOG_DEBUG : LOG_ERROR, p->job,
+            "%s failed: %s%s", write_kind_name(p->job->write_kind), err,
+            kept ? "; kept here and written again" : "");
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -544,11 +574,7 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
                 continue;
             bool kept = p->job->write_kind == WRITE_REQUEUE ||
                         p->job->write_kind == WRITE_SCHEDULE;
-            /* Once per job at error level: it is written again every second. */
-            log_job(!kept ? LOG_WARN : p->job->write_refused ? LOG_DEBUG : LOG_ERROR, p->job,
-                    "%s failed: %s%s",
-                    write_kind_name(p->job->write_kind), e->str,
-                    kept ? "; kept here and written again" : "");
+            say_refused(p, e->str, kept);
             if (kept && (refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
                 refused[i] = true;
             note_put_back_refused(t->d, p->job, e->str);
@@ -560,6 +586,103 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
             log_warn("command %zu of a batch of %d outcome(s) failed: %s", c, t->n,
                      reply->element[c]->str);
     return refused;
+}
+
+void result_refused_parts(bool *events, bool *stats)
+{
+    *events = part_refused.events;
+    *stats = part_refused.stats;
+}
+
+/* ---- commands Redis refused as they were queued --------------------------
+ *
+ * An ACL's NOPERM (a put-back's stream, NS:dead, NS:events), an unknown
+ * command or a wrong arity is refused as the command is queued, and EXEC
+ * then runs nothing (EXECABORT). Written again as it was, the same
+ * transaction was refused again every second: one job's refused write kept
+ * every outcome that ended in the same pass from being stored, and a user
+ * without NS:events could store none. The replies to the queued commands
+ * (queued_replies.h) say which were refused. */
+
+static int batch_add(struct job *job, result_done_fn *done);
+
+/* The job among T's that queued command CMD, or -1: a shared one. */
+static int command_owner(const struct txn *t, int cmd)
+{
+    for (int i = 0; i < t->n; i++)
+        if (cmd >= t->items[i].first_cmd && cmd < t->items[i].first_cmd + t->items[i].ncmds)
+            return i;
+    return -1;
+}
+
+/* Said once at error level, naming the channel or key and Redis's error
+ * (the ACL's NOPERM says whether the command or the name is missing).
+ * False when it was off already: then the refusal was not of it. */
+static bool refuse_part(struct daemon *d, bool *off, const char *command, const char *suffix,
+                        const char *err, const char *without)
+{
+    if (*off)
+        return false;
+    *off = true;
+    char key[128];
+    result_key(d, key, sizeof(key), suffix);
+    log_error("redis refused %s %s: %s; outcomes are stored without %s from now on, until "
+              "jobd restarts (check redis.username's ACL)", command, key, err, without);
+    return true;
+}
+
+/* T was refused whole (EXECABORT). Each refusal goes to what it belongs to:
+ * a job's own write (its record, dead letter, schedule or put-back) keeps
+ * that job, said once at error level and written again a second later, its
+ * put-back elsewhere when the stream refused it, as when a write fails as
+ * the transaction runs (refused_commands()); a PUBLISH on NS:events or a
+ * HINCRBY of NS:stats is left out from now on. The other jobs go straight
+ * back into the batch, stored in this same loop pass without what was
+ * refused. Returns false when the refusals cannot be told apart (not known,
+ * or of a marker or an XACK, which no outcome can go without): then T is
+ * not stored, as for any failed EXEC. Frees T when it returns true. */
+static bool retry_without_refused(struct txn *t)
+{
+    static bool said;           /* a shared write refused: said once at error level */
+    struct queued_refusal *v;
+    int n = queued_refusals_take(t->id, &v);
+    bool *refused = n > 0 ? calloc((size_t)t->n, sizeof(*refused)) : NULL;
+    bool told_apart = refused != NULL;
+    for (int k = 0; k < n && told_apart; k++) {
+        int c = v[k].cmd, i = command_owner(t, c);
+        const char *err = v[k].err;
+        if (i >= 0 && t->items[i].events_cmd == c) {
+            told_apart = refuse_part(t->d, &part_refused.events, "PUBLISH on", "events", err,
+                                     "publishing them there");
+        } else if (i >= 0) {
+            if (!refused[i])
+                say_refused(&t->items[i], err, true);
+            refused[i] = true;
+            note_put_back_refused(t->d, t->items[i].job, err);
+        } else if (c >= t->stats_first && c < t->xacks_first) {
+            told_apart = refuse_part(t->d, &part_refused.stats, "HINCRBY of", "stats", err,
+                                     "counting them there");
+        } else {
+            log_msg(said ? LOG_DEBUG : LOG_ERROR, "redis refused the %s of a batch of %d "
+                   "outcome(s): %s; none of them stored, written again every second",
+                   c < t->stats_first ? "marker (NS:txn:...)" : "XACK", t->n, err);
+            told_apart = false;
+            said = true;
+        }
+    }
+    queued_refusals_free(v, n > 0 ? n : 0);
+    if (!told_apart) {
+        free(refused);
+        return false;
+    }
+    for (int i = 0; i < t->n; i++) {
+        struct pending *p = &t->items[i];
+        if (refused[i] || batch_add(p->job, p->done))
+            p->done(p->job, false);
+    }
+    free(refused);
+    txn_free(t);
+    return true;
 }
 
 static void exec_reply(struct redis *r, redisReply *reply, void *priv)
@@ -583,6 +706,9 @@ static void exec_reply(struct redis *r, redisReply *reply, void *priv)
         return;
     }
     bool ok = reply->type == REDIS_REPLY_ARRAY;
+    if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "EXECABORT", 9) &&
+        retry_without_refused(t))
+        return;
     if (reply->type == REDIS_REPLY_ERROR)
         log_error("storing %d outcome(s) failed: %s", t->n, reply->str);
     bool *refused = ok ? refused_commands(t, reply) : NULL;
@@ -631,7 +757,7 @@ static void send_stats(struct daemon *d, const struct txn *t)
     } fields[STATS_FIELDS];
     int nfields = 0;
     char field[96];
-    for (int i = 0; i < t->n; i++) {
+    for (int i = 0; i < t->n && !part_refused.stats; i++) {
         const struct job *job = t->items[i].job;
         if (job->write_kind != WRITE_RESULT)
             continue;
@@ -724,10 +850,14 @@ static int write_result(struct daemon *d, struct pending *p)
         queue_command(d, 5, argv, lens);
     }
     /* Not reply_to: see publish_replies(). */
-    result_key(d, key, sizeof(key), "events");
-    const char *pub[] = {"PUBLISH", key, text};
-    const size_t lens[] = {7, strlen(key), len};
-    queue_command(d, 3, pub, lens);
+    p->events_cmd = -1;
+    if (!part_refused.events) {
+        result_key(d, key, sizeof(key), "events");
+        const char *pub[] = {"PUBLISH", key, text};
+        const size_t lens[] = {7, strlen(key), len};
+        p->events_cmd = queued_in_txn;
+        queue_command(d, 3, pub, lens);
+    }
     if (result_goes_to_dead(job))
         send_dead_letter(d, job);
     if (job->reply_to) {
@@ -836,8 +966,9 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         const char *multi[] = {"MULTI"};
-        queue_command(d, 1, multi, NULL);
+        redis_send_queued(d->redis, REDIS_CMD, NULL, NULL, 1, multi, NULL);
         queued_in_txn = 0;
+        t->id = ++txn_seq;
         /* An outcome that could not be written (out of memory) leaves the
          * transaction, so its entry is not acknowledged or counted either:
          * it goes back to its job, to be written again. The written ones
@@ -864,7 +995,9 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         hand_back(t->items + kept, n - kept);
         t->n = kept;
         send_markers(d, t);
+        t->stats_first = queued_in_txn;
         send_stats(d, t);
+        t->xacks_first = queued_in_txn;
         send_xacks(d, t);
         const char *exec[] = {"EXEC"};
         if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
@@ -872,6 +1005,21 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             txn_free(t);
         }
     }
+}
+
+static int batch_add(struct job *job, result_done_fn *done)
+{
+    if (batch.n == batch.cap) {
+        int cap = batch.cap ? 2 * batch.cap : 256;
+        struct pending *grown = realloc(batch.items, (size_t)cap * sizeof(*grown));
+        if (!grown)
+            return -1;
+        batch.items = grown;
+        batch.cap = cap;
+    }
+    batch.items[batch.n++] = (struct pending){.job = job, .done = done, .events_cmd = -1};
+    event_active(batch.flush, EV_TIMEOUT, 0);   /* once, when this loop pass ends */
+    return 0;
 }
 
 int result_write(struct daemon *d, struct job *job, result_done_fn *done)
@@ -883,17 +1031,7 @@ int result_write(struct daemon *d, struct job *job, result_done_fn *done)
         if (!batch.flush)
             return -1;
     }
-    if (batch.n == batch.cap) {
-        int cap = batch.cap ? 2 * batch.cap : 256;
-        struct pending *grown = realloc(batch.items, (size_t)cap * sizeof(*grown));
-        if (!grown)
-            return -1;
-        batch.items = grown;
-        batch.cap = cap;
-    }
-    batch.items[batch.n++] = (struct pending){.job = job, .done = done};
-    event_active(batch.flush, EV_TIMEOUT, 0);   /* once, when this loop pass ends */
-    return 0;
+    return batch_add(job, done);
 }
 
 void result_shutdown(void)
@@ -913,5 +1051,7 @@ void result_shutdown(void)
     }
     free(spent_markers.seqs);
     memset(&spent_markers, 0, sizeof(spent_markers));
+    queued_replies_reset();
+    memset(&part_refused, 0, sizeof(part_refused));
     memset(&lost, 0, sizeof(lost));
 }
