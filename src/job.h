@@ -133,6 +133,9 @@ struct job {
     int64_t write_due;
     bool write_waiting;         /* in the runner's backlog until Redis is back */
     bool write_refused;         /* a write failed once (warned about) */
+    /* Redis refused one of its writes, said at error level: once, not at
+     * every resend, yet not hidden by an earlier outage's warning. */
+    bool refusal_said;
     char write_nonce[200];      /* NS:scheduled member's nonce, the same on a resend */
 
     /* Runner bookkeeping: on its list of live jobs, hash chain by id. */

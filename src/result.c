@@ -270,9 +270,10 @@ static const char *write_kind_name(enum job_write kind)
  * again, every second, so that is said once at error level. */
 static void say_refused(const struct pending *p, const char *err, bool kept)
 {
-    log_job(!kept ? LOG_WARN : p->job->write_refused ? LOG_DEBUG : LOG_ERROR, p->job,
+    log_job(!kept ? LOG_WARN : p->job->refusal_said ? LOG_DEBUG : LOG_ERROR, p->job,
             "%s failed: %s%s", write_kind_name(p->job->write_kind), err,
             kept ? "; kept here and written again" : "");
+    p->job->refusal_said |= kept;
 }
 
 /* ---- transactions whose EXEC reply was lost ------------------------------
@@ -631,6 +632,16 @@ static bool refuse_part(struct daemon *d, bool *off, const char *command, const 
     return true;
 }
 
+/* A refusal of the command itself or of the names it uses (an ACL, an
+ * unknown command or arity), which writing it again will meet again; not one
+ * about Redis (OOM, READONLY, MISCONF, LOADING), which refuses every write
+ * alike and passes. */
+static bool refuses_the_command(const char *err)
+{
+    return !strncmp(err, "NOPERM", 6) || !strncmp(err, "ERR unknown", 11) ||
+           !strncmp(err, "ERR wrong number of arguments", 29);
+}
+
 /* T was refused whole (EXECABORT). Each refusal goes to what it belongs to:
  * a job's own write (its record, dead letter, schedule or put-back) keeps
  * that job, said once at error level and written again a second later, its
@@ -638,43 +649,52 @@ static bool refuse_part(struct daemon *d, bool *off, const char *command, const 
  * the transaction runs (refused_commands()); a PUBLISH on NS:events or a
  * HINCRBY of NS:stats is left out from now on. The other jobs go straight
  * back into the batch, stored in this same loop pass without what was
- * refused. Returns false when the refusals cannot be told apart (not known,
- * or of a marker or an XACK, which no outcome can go without): then T is
- * not stored, as for any failed EXEC. Frees T when it returns true. */
+ * refused. Each round keeps a job back or leaves a write out, so the rounds
+ * end. Returns false when the refusals cannot be told apart (not known,
+ * about Redis itself, or of a marker or an XACK, which no outcome can go
+ * without): then T is not stored, as for any failed EXEC. Frees T when it
+ * returns true. */
 static bool retry_without_refused(struct txn *t)
 {
-    static bool said;           /* a shared write refused: said once at error level */
+    static bool said;           /* a marker or XACK refused: said once at error level */
     struct queued_refusal *v;
     int n = queued_refusals_take(t->id, &v);
-    bool *refused = n > 0 ? calloc((size_t)t->n, sizeof(*refused)) : NULL;
-    bool told_apart = refused != NULL;
+    bool told_apart = n > 0;
     for (int k = 0; k < n && told_apart; k++) {
         int c = v[k].cmd, i = command_owner(t, c);
+        told_apart = refuses_the_command(v[k].err);
+        if (told_apart && i < 0 && (c < t->stats_first || c >= t->xacks_first)) {
+            log_msg(said ? LOG_DEBUG : LOG_ERROR, "redis refused the %s of a batch of %d "
+                    "outcome(s): %s; none of them stored, written again every second",
+                    c < t->stats_first ? "marker (NS:txn:...)" : "XACK", t->n, v[k].err);
+            said = true;
+            told_apart = false;
+        }
+    }
+    bool *refused = told_apart ? calloc((size_t)t->n, sizeof(*refused)) : NULL;
+    for (int k = 0; k < n && refused; k++) {
+        int c = v[k].cmd, i = command_owner(t, c);
         const char *err = v[k].err;
-        if (i >= 0 && t->items[i].events_cmd == c) {
-            told_apart = refuse_part(t->d, &part_refused.events, "PUBLISH on", "events", err,
-                                     "publishing them there");
-        } else if (i >= 0) {
-            if (!refused[i])
-                say_refused(&t->items[i], err, true);
+        bool progress = true;
+        if (i < 0)
+            progress = refuse_part(t->d, &part_refused.stats, "HINCRBY of", "stats", err,
+                                   "counting them there");
+        else if (t->items[i].events_cmd == c)
+            progress = refuse_part(t->d, &part_refused.events, "PUBLISH on", "events", err,
+                                   "publishing them there");
+        else if (!refused[i]) {
+            say_refused(&t->items[i], err, true);
             refused[i] = true;
             note_put_back_refused(t->d, t->items[i].job, err);
-        } else if (c >= t->stats_first && c < t->xacks_first) {
-            told_apart = refuse_part(t->d, &part_refused.stats, "HINCRBY of", "stats", err,
-                                     "counting them there");
-        } else {
-            log_msg(said ? LOG_DEBUG : LOG_ERROR, "redis refused the %s of a batch of %d "
-                   "outcome(s): %s; none of them stored, written again every second",
-                   c < t->stats_first ? "marker (NS:txn:...)" : "XACK", t->n, err);
-            told_apart = false;
-            said = true;
+        }
+        if (!progress) {        /* refused while left out: cannot be */
+            free(refused);
+            refused = NULL;
         }
     }
     queued_refusals_free(v, n > 0 ? n : 0);
-    if (!told_apart) {
-        free(refused);
+    if (!refused)
         return false;
-    }
     for (int i = 0; i < t->n; i++) {
         struct pending *p = &t->items[i];
         if (refused[i] || batch_add(p->job, p->done))

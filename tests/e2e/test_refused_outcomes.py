@@ -51,6 +51,37 @@ def test_a_refused_dead_letter_keeps_only_its_own_job(r, start_jobd):
     assert stats(r) == {"sleep.succeeded": 3, "unknown.rejected": 1}
 
 
+def test_a_refusal_after_a_refused_write_is_still_said_at_error_level(r, start_jobd):
+    # The job's first write is refused for Redis itself (NOREPLICAS: every
+    # write alike, warned once as "not stored yet"), the next for its dead
+    # letter (NOPERM). That refusal, the one an operator must act on, was
+    # said at debug level only, since the job had been warned about once.
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", f"~{NS}:*", "&*", "+@all")
+    daemon = start_jobd(redis__username="u", redis__password="pw")
+    submit(r, {"id": "late", "type": "sleep", "ms": 1500, "timeout_ms": 500,
+               "retry": {"attempts": 1}})
+    wait_for(lambda: "job late: attempt 1" in daemon.log_text(), what="late to start")
+    r.execute_command("ACL", "SETUSER", "u", "resetkeys", f"~{NS}:[^d]*",
+                      f"(~{NS}:* &* +@all -xadd)")
+    r.config_set("min-replicas-to-write", 1)
+    try:
+        wait_for(lambda: "job late: outcome not stored yet" in daemon.log_text(),
+                 what="the write refused for want of replicas")
+    finally:
+        r.config_set("min-replicas-to-write", 0)
+    said = "ERROR job late: storing its result record or dead letter failed: NOPERM"
+    wait_for(lambda: said in daemon.log_text(), timeout=5, what="the NOPERM said")
+    time.sleep(1.5)
+    log = daemon.log_text()
+    assert log.count(said) == 1, log
+    # NOREPLICAS was about Redis, not the job or the marker: pinned on neither.
+    assert "failed: NOREPLICAS" not in log and "refused the marker" not in log, log
+    assert result(r, "late") is None and pending(r) == 1
+    r.execute_command("ACL", "SETUSER", "u", f"~{NS}:dead")
+    assert wait_results(r, ["late"], timeout=5)["late"]["status"] == "timed_out"
+    wait_for(lambda: pending(r) == 0, what="the XACK of late")
+
+
 def test_a_put_back_its_stream_refuses_as_queued_goes_elsewhere_and_others_go_back(
         r, start_jobd):
     # Draining: both jobs are stopped in one pass and put back in one
