@@ -189,6 +189,9 @@ struct txn {
     struct daemon *d;
     struct list_link link;      /* on unsettled while its fate is unknown */
     uint64_t marker;            /* the NS:txn key it sets (0: no job in it) */
+    uint64_t *spent;            /* the markers it deletes (spent_markers, taken) */
+    int nspent;
+    bool ran;                   /* known to have run: its deletions done */
     bool checking;              /* its check is on the wire */
     uint64_t id;                /* numbers its queued commands' replies (queued_replies.h) */
     int stats_first, xacks_first;   /* the places of its HINCRBYs and XACKs; markers before */
@@ -331,8 +334,15 @@ static void marker_spent(uint64_t seq)
 
 static void publish_replies(struct daemon *d, const struct txn *t);
 
+/* T's deletions of spent markers are done only if it ran: else (refused,
+ * an EXECABORT, its reply lost and the marker not found) those go to the
+ * next transaction, or the keys stayed a day. A DEL of a key already gone
+ * is harmless, so a fate not known counts as "not run". */
 static void txn_free(struct txn *t)
 {
+    for (int i = 0; i < t->nspent && !t->ran; i++)
+        marker_spent(t->spent[i]);
+    free(t->spent);
     for (int i = 0; i < t->n; i++) {
         free(t->items[i].put_back_stream);
         free(t->items[i].reply_text);
@@ -348,6 +358,7 @@ static void conclude(struct txn *t, bool stored, const bool *refused)
 {
     if (stored && t->marker)
         marker_spent(t->marker);
+    t->ran = stored;
     if (stored)
         publish_replies(t->d, t);
     for (int i = 0; i < t->n; i++)
@@ -514,7 +525,9 @@ static void send_markers(struct daemon *d, struct txn *t)
             argv[1 + i] = keys[i];
         }
         queue_command(d, argc, argv, NULL);
-        spent_markers.n = 0;
+        t->spent = spent_markers.seqs;
+        t->nspent = spent_markers.n;
+        memset(&spent_markers, 0, sizeof(spent_markers));
     }
     free(argv);
     free(keys);

@@ -49,6 +49,11 @@ def test_a_refused_dead_letter_keeps_only_its_own_job(r, start_jobd):
     assert [f["id"] for _, f in r.xrange(f"{NS}:dead")] == ["bad"]
     wait_for(lambda: pending(r) == 0, what="the XACK of bad")
     assert stats(r) == {"sleep.succeeded": 3, "unknown.rejected": 1}
+    # Each transaction's marker is deleted by the next one that runs, even
+    # when one refused in between was to delete it: only the last is left.
+    submit(r, {"id": "last", "type": "sleep", "ms": 1})
+    wait_results(r, ["last"], timeout=5)
+    assert len(r.keys(f"{NS}:txn:*")) == 1, r.keys(f"{NS}:txn:*")
 
 
 def test_a_refusal_after_a_refused_write_is_still_said_at_error_level(r, start_jobd):
