@@ -841,9 +841,10 @@ static void send_dead_letter(struct daemon *d, const struct job *job)
     free(err);
 }
 
-/* P's result record, stored and published on NS:events; kept in P for its
- * reply_to, which is published after the transaction (publish_replies()),
- * so that the record is written once. */
+/* P's result record, stored and published on NS:events (unless Redis
+ * refused that: part_refused); kept in P for its reply_to, which is
+ * published after the transaction (publish_replies()), so that the record
+ * is written once. */
 static int write_result(struct daemon *d, struct pending *p)
 {
     struct job *job = p->job;
