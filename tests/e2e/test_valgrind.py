@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 import redis
@@ -157,3 +158,25 @@ def submit_when_up(r, job):
         return True
     except redis.exceptions.ConnectionError:
         return False
+
+
+def test_memcheck_outcome_writes_an_acl_refuses(tmp_path, redis_server, r):
+    # The queued commands' refusals (queued_replies.c), a batch written again
+    # without them, a job kept while its dead letter is refused, NS:events
+    # left out, and the spent markers handed back by refused transactions.
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", f"~{NS}:[^d]*", "resetchannels",
+                      f"&{NS}:[^e]*", "+@all", f"(~{NS}:* &{NS}:[^e]* +@all -xadd)")
+    submit(r, {"id": "vbad", "type": "no-such-type"})
+    for n in range(3):
+        submit(r, {"id": f"vgood{n}", "type": "sleep", "ms": 1, "delay_ms": 50})
+    daemon = Jobd(tmp_path, redis_server.port, redis__username="u", redis__password="pw")
+    with under_memcheck(daemon, tmp_path):
+        wait_results(r, [f"vgood{n}" for n in range(3)], timeout=60)
+        wait_for(lambda: "ERROR job vbad: storing its result record or dead letter failed: "
+                 "NOPERM" in daemon.log_text(), timeout=20, what="the refused dead letter")
+        time.sleep(2)                   # written again, refused again
+        r.execute_command("ACL", "SETUSER", "u", f"~{NS}:dead")
+        wait_results(r, ["vbad"], timeout=30)
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.wait(60)
+    assert f"ERROR redis refused PUBLISH on {NS}:events" in daemon.log_text()
