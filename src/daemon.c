@@ -194,6 +194,7 @@ static void reload(struct daemon *d)
      * file). Not while draining: the channels are being left. */
     if (!d->draining)
         intake_ask_refused(d->intake);
+    result_reload();
     if (config_load(d->config_path, &fresh, err, sizeof(err))) {
         log_error("reload: %s is not valid; keeping the running configuration:\n%s",
                   d->config_path, err);

@@ -246,9 +246,10 @@ void metrics_render(const struct daemon *d, struct evbuffer *out)
     result_refused_parts(&events_refused, &stats_refused);
     gauge(out, "jobd_events_refused", "1 once Redis refused the PUBLISH of a record on "
           "NS:events (an ACL user without the channel): records are stored without it until "
-          "jobd restarts.", events_refused);
+          "a reload or a restart tries again.", events_refused);
     gauge(out, "jobd_stats_refused", "1 once Redis refused a HINCRBY of NS:stats (an ACL): "
-          "outcomes are stored without counting them there until jobd restarts.",
+          "outcomes are stored without counting them there until a reload or a restart "
+          "tries again.",
           stats_refused);
     gauge(out, "jobd_max_inflight", "limits.max_inflight.", d->cfg.max_inflight);
     gauge(out, "jobd_held_bytes", "Bytes of raw envelope held by the jobs in flight, and what "

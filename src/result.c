@@ -226,7 +226,8 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
 
 /* Shared writes Redis refused as they were queued (an ACL user without
  * NS:events or HINCRBY): left out of every transaction since, instead of
- * aborting each one (see retry_without_refused()). Until jobd restarts. */
+ * aborting each one (see retry_without_refused()). Until a reload asks
+ * again (result_reload()), or jobd restarts. */
 static struct {
     bool events, stats;
 } part_refused;
@@ -602,6 +603,18 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
     return refused;
 }
 
+/* An operator who granted the ACL reloads to have it used. Still refused,
+ * the next transaction is refused once more (EXECABORT), said again and
+ * stored without it in the same loop pass: one round trip a reload. */
+void result_reload(void)
+{
+    if (part_refused.events || part_refused.stats)
+        log_notice("reload: outcomes try %s again", part_refused.events && part_refused.stats
+                   ? "the PUBLISH on NS:events and the HINCRBY of NS:stats"
+                   : part_refused.events ? "the PUBLISH on NS:events" : "the HINCRBY of NS:stats");
+    part_refused.events = part_refused.stats = false;
+}
+
 void result_refused_parts(bool *events, bool *stats)
 {
     *events = part_refused.events;
@@ -641,7 +654,8 @@ static bool refuse_part(struct daemon *d, bool *off, const char *command, const 
     char key[128];
     result_key(d, key, sizeof(key), suffix);
     log_error("redis refused %s %s: %s; outcomes are stored without %s from now on, until "
-              "jobd restarts (check redis.username's ACL)", command, key, err, without);
+              "a reload (SIGHUP) or a restart tries again (check redis.username's ACL)",
+              command, key, err, without);
     return true;
 }
 

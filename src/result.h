@@ -41,6 +41,8 @@ void result_lost_counts(int *outcomes, uint64_t *stored, uint64_t *not_stored);
 /* Whether Redis refused the PUBLISH on NS:events, or the HINCRBY of
  * NS:stats, as it was queued (an ACL): outcomes are stored without it since. */
 void result_refused_parts(bool *events, bool *stats);
+/* A reload: the refused parts above are tried again. */
+void result_reload(void);
 /* Frees the batching state (outcomes are written together once per loop
  * pass); after the loop has stopped, before the event base goes. */
 void result_shutdown(void);

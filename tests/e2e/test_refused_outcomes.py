@@ -5,6 +5,7 @@ channel the ACL user may not touch), and EXEC then runs none of the
 transaction (EXECABORT). jobd writes the outcomes that end in one loop pass
 in one transaction: such a refusal kept every other outcome of that pass
 from ever being stored, written again together every second."""
+import json
 import signal
 import time
 
@@ -150,3 +151,52 @@ def test_a_refused_events_publish_or_stats_count_is_left_out(r, start_jobd, part
         assert heard == [] and stats(r) == {"sleep.succeeded": 3, "unknown.rejected": 1}
     else:
         assert len(heard) == 4 and stats(r) == {}
+
+
+@pytest.mark.parametrize("part", ["events", "stats"])
+def test_a_reload_tries_a_refused_events_publish_or_stats_count_again(r, start_jobd, part):
+    # Left out once refused; an operator who grants it reloads (SIGHUP). A
+    # reload with it still refused says so again and stores the outcomes.
+    if part == "events":
+        acl, grant = ["~*", "resetchannels", f"&{NS}:[^e]*", "+@all"], [f"&{NS}:events"]
+        said = f"ERROR redis refused PUBLISH on {NS}:events: NOPERM"
+    else:
+        acl, grant = ["~*", "&*", "+@all", "-hincrby"], ["+hincrby"]
+        said = f"ERROR redis refused HINCRBY of {NS}:stats: NOPERM"
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", *acl)
+    port = free_port()
+    daemon = start_jobd(redis__username="u", redis__password="pw",
+                        admin__listen=f"127.0.0.1:{port}")
+
+    def gauge():
+        return parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])[f"jobd_{part}_refused"]
+
+    events = r.pubsub()
+    events.subscribe(f"{NS}:events")
+    submit(r, {"id": "before", "type": "sleep", "ms": 1})
+    assert wait_results(r, ["before"], timeout=10)["before"]["status"] == "succeeded"
+    assert gauge() == 1
+    # Reloaded while still refused: tried, said again, and stored without it.
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "reload: outcomes try" in daemon.log_text(), what="the reload")
+    submit(r, {"id": "still", "type": "sleep", "ms": 1})
+    assert wait_results(r, ["still"], timeout=10)["still"]["status"] == "succeeded"
+    wait_for(lambda: daemon.log_text().count(said) == 2, what="the refusal said again")
+    assert gauge() == 1
+    # Granted and reloaded: the next outcome is published and counted.
+    r.execute_command("ACL", "SETUSER", "u", *grant)
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log_text().count("reload: outcomes try") == 2, what="the reload")
+    submit(r, {"id": "after", "type": "sleep", "ms": 1})
+    assert wait_results(r, ["after"], timeout=10)["after"]["status"] == "succeeded"
+    assert gauge() == 0
+    assert daemon.log_text().count(said) == 2
+    heard = [m for m in iter(lambda: events.get_message(timeout=0.2), None)
+             if m["type"] == "message"]
+    if part == "events":
+        assert [json.loads(m["data"])["id"] for m in heard] == ["after"]
+        assert stats(r) == {"sleep.succeeded": 3}
+    else:
+        assert len(heard) == 3 and stats(r) == {"sleep.succeeded": 1}
+    wait_for(lambda: pending(r) == 0, what="the XACKs")
+    assert daemon.stop() == 0
