@@ -291,6 +291,32 @@ static struct call *call_new(struct conn *c, redis_reply_fn *fn, void *priv, int
 static int call_sent(struct conn *c, struct call *call, int rc);
 static void call_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
+/* The command connection's handshake ends with an empty MULTI and EXEC:
+ * every outcome is stored with its acknowledgement in one transaction
+ * (result.c), and an ACL user without them broke that silently. Without
+ * MULTI, the commands meant for one ran one by one as they came and EXEC
+ * failed ("without MULTI"), so each outcome was written, counted and
+ * published again every second; without EXEC, Redis discarded every
+ * transaction (EXECABORT) and no outcome was ever stored, with no word of
+ * why. Refused, the connection is refused like a wrong password, saying
+ * why; sent with the rest of the handshake, it costs no round trip. */
+static void transaction_reply(struct redis *r, redisReply *reply, void *priv)
+{
+    struct conn *c = priv;
+    if (!reply || !c->ac || c->state != CONN_HANDSHAKE)
+        return;     /* the connection went meanwhile (or MULTI's refusal dropped it) */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_error("redis %s connection: MULTI/EXEC refused: %s; jobd stores each outcome with "
+                  "its acknowledgement in one MULTI/EXEC: allow both (+multi +exec) for "
+                  "redis.username; no outcome is stored until then", role_names[c->role],
+                  reply->str);
+        refuse_slowly(c, "MULTI/EXEC refused");
+        return;
+    }
+    if (--c->handshake_left == 0)
+        became_ready(c);
+}
+
 /* A handshake command: sent while redis_ready() is still false. */
 static void handshake_send(struct conn *c, redis_reply_fn *fn, int argc, const char **argv)
 {
@@ -331,6 +357,12 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
         const char *argv[] = {"HELLO", "2"};
         *c->server_version = 0;
         handshake_send(c, hello_reply, 2, argv);
+    }
+    if (c->ac && c->role == REDIS_CMD) {
+        const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+        handshake_send(c, transaction_reply, 1, multi);
+        if (c->ac)
+            handshake_send(c, transaction_reply, 1, exec);
     }
     if (c->ac && c->state == CONN_HANDSHAKE && c->handshake_left == 0)
         became_ready(c);

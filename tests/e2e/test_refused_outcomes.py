@@ -200,3 +200,27 @@ def test_a_reload_tries_a_refused_events_publish_or_stats_count_again(r, start_j
         assert len(heard) == 3 and stats(r) == {"sleep.succeeded": 1}
     wait_for(lambda: pending(r) == 0, what="the XACKs")
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("refused", ["-multi", "-exec"])
+def test_a_user_without_multi_or_exec_reads_no_job_until_allowed(r, start_jobd, refused):
+    # Every outcome is stored with its acknowledgement in one MULTI/EXEC.
+    # Without MULTI the commands ran one by one as they were sent and EXEC
+    # failed ("without MULTI"), so the outcome was written again and again;
+    # without EXEC every transaction was discarded (EXECABORT), no outcome
+    # stored and nothing said of why. Now the command
+    # connection asks for an empty MULTI/EXEC as it connects: refused, it
+    # says why, and no job is read until Redis allows it.
+    r.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~*", "&*", "+@all", refused)
+    submit(r, {"id": "waits", "type": "sleep", "ms": 1})
+    daemon = start_jobd(redis__username="u", redis__password="pw", wait=False)
+    wait_for(lambda: "MULTI/EXEC refused"
+             in daemon.log_text(), what="the refusal said")
+    time.sleep(1.5)
+    assert result(r, "waits") is None and stats(r) == {}
+    r.execute_command("ACL", "SETUSER", "u", "+multi", "+exec")
+    assert wait_results(r, ["waits"], timeout=20)["waits"]["status"] == "succeeded"
+    time.sleep(1.5)
+    assert stats(r) == {"sleep.succeeded": 1}
+    wait_for(lambda: pending(r) == 0, what="the XACK")
+    assert daemon.stop() == 0
