@@ -203,14 +203,14 @@ def test_a_reload_tries_a_refused_events_publish_or_stats_count_again(r, start_j
 
 
 @pytest.mark.parametrize("refused", ["-multi", "-exec"])
-def test_a_user_without_multi_or_exec_reads_no_job_until_allowed(r, start_jobd, refused):
+def test_a_user_without_multi_or_exec_stores_no_outcome_until_allowed(r, start_jobd, refused):
     # Every outcome is stored with its acknowledgement in one MULTI/EXEC.
     # Without MULTI the commands ran one by one as they were sent and EXEC
     # failed ("without MULTI"), so the outcome was written again and again;
     # without EXEC every transaction was discarded (EXECABORT), no outcome
     # stored and nothing said of why. Now the command
     # connection asks for an empty MULTI/EXEC as it connects: refused, it
-    # says why, and no job is read until Redis allows it.
+    # says why, and no outcome is stored until Redis allows it.
     r.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~*", "&*", "+@all", refused)
     submit(r, {"id": "waits", "type": "sleep", "ms": 1})
     daemon = start_jobd(redis__username="u", redis__password="pw", wait=False)
