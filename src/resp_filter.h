@@ -25,6 +25,20 @@
  * error line followed by gigabytes without CRLF was all held, the filter
  * bypassed. Redis never sends either; only something else on the port (or
  * in between) can.
+ *
+ * Counted replies (resp_filter_cap()): the same for element counts. hiredis
+ * makes a redisReply of every element (about 80 bytes with its string,
+ * however short the string), so an array of a million one-byte strings is
+ * 7 MB of RESP but some 100 MB in the reader, and no bulk in it is over
+ * the limit. On a connection whose replies all have a known shape (the
+ * stream connection: XREADGROUP's, and replies without arrays that deep),
+ * the filter follows the nesting with a stack of the elements each open
+ * array still has to come, and an array at the capped depth with more
+ * elements than the cap is passed on as the integer ":<count>", its
+ * elements skipped as they arrive (a bulk's payload dropped, an array's
+ * elements skipped with the rest), never passed to hiredis. Arrays nested
+ * deeper than RESP_FILTER_DEPTH, or an array header that is not a count,
+ * stop the stream as above.
  */
 #ifndef JOBD_RESP_FILTER_H
 #define JOBD_RESP_FILTER_H
@@ -41,6 +55,10 @@
  * most a few hundred bytes (it cuts what it quotes of a command to 128). */
 #define RESP_FILTER_LINE_MAX (64 * 1024)
 
+/* The arrays a counted reply may nest: XREADGROUP's fields array is the
+ * fifth (streams, [stream, entries], entries, [id, fields], fields). */
+#define RESP_FILTER_DEPTH 8
+
 struct resp_filter {
     enum { RF_TOKEN, RF_LINE, RF_HEAD, RF_PASS, RF_DROP, RF_BROKEN } state;
     uint64_t left;              /* RF_PASS, RF_DROP: payload and CRLF bytes still to come */
@@ -50,12 +68,26 @@ struct resp_filter {
     char head[RESP_FILTER_HEAD_MAX];
     uint64_t dropped;           /* bulk strings dropped so far */
     const char *error;          /* RF_BROKEN: why the stream stopped (a static string) */
+    /* Counted replies only (cap non-zero): */
+    unsigned cap_depth;         /* arrays this deep (0: a reply itself) are capped... */
+    uint64_t cap;               /* ...at this many elements */
+    unsigned depth;             /* arrays open */
+    uint64_t open[RESP_FILTER_DEPTH]; /* elements still to come of each */
+    uint64_t skip;              /* elements of a capped array still to skip */
+    bool hide;                  /* the current token is one of them */
+    uint64_t capped;            /* arrays capped so far */
 };
 
 /* Receives the filtered bytes, in order, in one or more pieces per feed. */
 typedef void resp_filter_emit(void *arg, const char *p, size_t n);
 
 void resp_filter_init(struct resp_filter *f);
+
+/* Makes F count the elements of arrays (see above): an array DEPTH arrays
+ * deep (0: a reply) with more than MAX_ELEMENTS elements is passed as
+ * ":<count>" and its elements skipped. MAX_ELEMENTS 0: not counted (the
+ * default). Set before the first feed: the count starts at a reply. */
+void resp_filter_cap(struct resp_filter *f, unsigned depth, uint64_t max_elements);
 
 /* Filter the N bytes at P: bulk strings longer than MAX bytes are replaced
  * as said above, everything else goes to EMIT unchanged. A bulk header split

@@ -38,6 +38,11 @@ static void collect(void *arg, const char *p, size_t n)
 /* The filter of the last run(), as it was left. */
 static struct resp_filter f;
 
+/* What run() counts (resp_filter_cap()): arrays CAP_DEPTH deep capped at
+ * CAP elements; CAP 0, not counted. CAPPED: how many the checks expect. */
+static unsigned cap_depth;
+static uint64_t cap, capped;
+
 /* IN (N bytes) through a fresh filter in the pieces that CUTS (sorted,
  * inside 0..N, NCUTS of them) mark. */
 static struct out run(const char *in, size_t n, uint64_t max, const size_t *cuts, int ncuts,
@@ -45,6 +50,7 @@ static struct out run(const char *in, size_t n, uint64_t max, const size_t *cuts
 {
     struct out o = {0};
     resp_filter_init(&f);
+    resp_filter_cap(&f, cap_depth, cap);
     size_t from = 0;
     for (int c = 0; c <= ncuts; c++) {
         size_t to = c < ncuts ? cuts[c] : n;
@@ -65,6 +71,7 @@ static void same(struct out o, uint64_t dropped, const char *want, size_t want_l
     if (want_len)
         assert_memory_equal(o.p, want, want_len);
     assert_int_equal(dropped, expected);
+    assert_int_equal(f.capped, capped);
     if (error) {
         assert_int_equal(f.state, RF_BROKEN);
         assert_string_equal(f.error, error);
@@ -203,6 +210,133 @@ static void test_a_broken_header_stops_the_stream(void **state)
     check(in, sizeof(in) - 1, 1, want, sizeof(want) - 1, 1);
 }
 
+/* The first reply hiredis reads from O's bytes. */
+static redisReply *first_reply(struct out o)
+{
+    redisReader *reader = redisReaderCreate();
+    assert_non_null(reader);
+    assert_int_equal(redisReaderFeed(reader, o.p, o.len), REDIS_OK);
+    redisReply *r = NULL;
+    assert_int_equal(redisReaderGetReply(reader, (void **)&r), REDIS_OK);
+    assert_non_null(r);
+    redisReaderFree(reader);
+    return r;
+}
+
+/* ---- counted replies: the stream connection's (XREADGROUP) ---------------- */
+
+static const char not_a_count[] = "RESP filter: an array header that is not a count",
+                  too_deep[] = "RESP filter: arrays nested deeper than it follows";
+
+/* Counted, with an entry's fields (depth 4) capped at 4 elements, and
+ * CAPPED arrays expected to be. */
+static void count_fields(uint64_t expected_capped)
+{
+    cap_depth = 4;
+    cap = 4;
+    capped = expected_capped;
+}
+
+static void uncounted(void)
+{
+    cap_depth = 0;
+    cap = capped = 0;
+}
+
+/* Fields exactly at the cap pass, and so do longer arrays at every other
+ * depth (the reply's streams, a stream's entries, a reply after it). */
+static void test_fields_at_the_cap_pass(void **state)
+{
+    (void)state;
+    count_fields(0);
+    CHECK_SAME("*1\r\n*2\r\n$1\r\ns\r\n*6\r\n"
+               "*2\r\n$3\r\n1-0\r\n*4\r\n$3\r\njob\r\n$2\r\n{}\r\n$2\r\nid\r\n$1\r\nx\r\n"
+               "*2\r\n$3\r\n1-1\r\n*-1\r\n"
+               "*2\r\n$3\r\n1-2\r\n*0\r\n"
+               "*2\r\n$3\r\n1-3\r\n*2\r\n$3\r\njob\r\n$-1\r\n"
+               "*2\r\n$3\r\n1-4\r\n*4\r\n:1\r\n+a\r\n-b\r\n$0\r\n\r\n"
+               "*2\r\n$3\r\n1-5\r\n*2\r\n$3\r\njob\r\n$2\r\n{}\r\n"
+               "*6\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n:6\r\n+OK\r\n",
+               1 << 20);
+    uncounted();
+}
+
+/* Fields one over the cap (an odd count only a hostile server sends) and
+ * many over: each becomes the integer of its count, its elements skipped
+ * whatever they are (a bulk over the limit not counted as dropped, nested
+ * arrays as deep as they go, lines, nils), at any split; the entries after
+ * it and the next reply pass. */
+static void test_fields_over_the_cap_become_their_count(void **state)
+{
+    (void)state;
+    static const char in[] =
+        "*1\r\n*2\r\n$1\r\ns\r\n*4\r\n"
+        "*2\r\n$3\r\n1-0\r\n*5\r\n$3\r\njob\r\n$2\r\n{}\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        "*2\r\n$3\r\n1-1\r\n*4\r\n$3\r\njob\r\n$2\r\n{}\r\n$2\r\nid\r\n$1\r\nx\r\n"
+        "*2\r\n$3\r\n1-2\r\n*9\r\n$3\r\njob\r\n$16\r\n*1\r\n$1\r\n:7\r\n*2\r\n\r\n"
+        ":1\r\n+OK\r\n-ERR $5\r\n$-1\r\n*-1\r\n*0\r\n"
+        "*2\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n$3\r\nabc\r\n"
+        "*2\r\n$1\r\nx\r\n$1\r\ny\r\n"
+        "*2\r\n$3\r\n1-3\r\n*2\r\n$3\r\njob\r\n$2\r\n{}\r\n"
+        "*1\r\n$10\r\n0123456789\r\n";
+    static const char want[] =
+        "*1\r\n*2\r\n$1\r\ns\r\n*4\r\n"
+        "*2\r\n$3\r\n1-0\r\n:5\r\n"
+        "*2\r\n$3\r\n1-1\r\n*4\r\n$3\r\njob\r\n$2\r\n{}\r\n$2\r\nid\r\n$1\r\nx\r\n"
+        "*2\r\n$3\r\n1-2\r\n:9\r\n"
+        "*2\r\n$3\r\n1-3\r\n*2\r\n$3\r\njob\r\n$2\r\n{}\r\n"
+        "*1\r\n:10\r\n";
+    count_fields(2);
+    check(in, sizeof(in) - 1, 8, want, sizeof(want) - 1, 1);
+    uncounted();
+}
+
+/* hiredis reads the capped entry as [id, integer], and the entry after it
+ * whole. */
+static void test_hiredis_reads_the_field_count(void **state)
+{
+    (void)state;
+    static const char in[] = "*1\r\n*2\r\n$1\r\ns\r\n*2\r\n"
+                             "*2\r\n$3\r\n1-0\r\n*6\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+                             "$1\r\nd\r\n$1\r\ne\r\n$1\r\nf\r\n"
+                             "*2\r\n$3\r\n1-1\r\n*2\r\n$3\r\njob\r\n$2\r\n{}\r\n";
+    count_fields(1);
+    struct out o = run(in, sizeof(in) - 1, 1 << 20, NULL, 0, NULL);
+    uncounted();
+    redisReply *r = first_reply(o);
+    const redisReply *entries = r->element[0]->element[1];
+    assert_int_equal(entries->elements, 2);
+    assert_int_equal(entries->element[0]->element[1]->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(entries->element[0]->element[1]->integer, 6);
+    assert_int_equal(entries->element[1]->element[1]->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(entries->element[1]->element[1]->elements, 2);
+    freeReplyObject(r);
+    free(o.p);
+}
+
+/* Counted, an array header must be a count, and arrays may not nest deeper
+ * than the filter follows (outside a capped array: inside one, nesting is
+ * only more to skip). Not counted, both pass, as any line. */
+static void test_counted_arrays_that_cannot_be_followed_stop_the_stream(void **state)
+{
+    (void)state;
+    count_fields(0);
+    CHECK_STOPS(":1\r\n*1x\r\n:1\r\n", 4, not_a_count);
+    CHECK_STOPS("*-\r\n", 0, not_a_count);
+    CHECK_STOPS("*123456789012345678901234567890\r\n", 0, not_a_count);
+    CHECK_STOPS("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 32, too_deep);
+    uncounted();
+    CHECK_SAME(":1\r\n*1x\r\n", 1);
+    CHECK_SAME("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 1);
+}
+
+/* Not counted (the command connection), a long fields array is passed. */
+static void test_uncounted_fields_pass(void **state)
+{
+    (void)state;
+    CHECK_SAME("*2\r\n$3\r\n1-0\r\n*6\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n:6\r\n", 16);
+}
+
 /* hiredis reads the N bytes at P as a protocol error that says SAYS. */
 static void refused_by_hiredis(const char *p, size_t n, const char *says)
 {
@@ -330,18 +464,12 @@ static void test_hiredis_reads_the_integer(void **state)
     static const char in[] = "*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$3\r\njob\r\n$20\r\n"
                              "01234567890123456789\r\n";
     struct out o = run(in, sizeof(in) - 1, 19, NULL, 0, NULL);
-    redisReader *reader = redisReaderCreate();
-    assert_non_null(reader);
-    assert_int_equal(redisReaderFeed(reader, o.p, o.len), REDIS_OK);
-    redisReply *r = NULL;
-    assert_int_equal(redisReaderGetReply(reader, (void **)&r), REDIS_OK);
-    assert_non_null(r);
+    redisReply *r = first_reply(o);
     const redisReply *fields = r->element[0]->element[1];
     assert_int_equal(fields->element[0]->type, REDIS_REPLY_STRING);
     assert_int_equal(fields->element[1]->type, REDIS_REPLY_INTEGER);
     assert_int_equal(fields->element[1]->integer, 20);
     freeReplyObject(r);
-    redisReaderFree(reader);
     free(o.p);
 }
 
@@ -361,6 +489,11 @@ int main(void)
         cmocka_unit_test(test_a_line_too_long_stops_the_stream),
         cmocka_unit_test(test_a_big_bulk_is_dropped_in_pieces),
         cmocka_unit_test(test_hiredis_reads_the_integer),
+        cmocka_unit_test(test_fields_at_the_cap_pass),
+        cmocka_unit_test(test_fields_over_the_cap_become_their_count),
+        cmocka_unit_test(test_hiredis_reads_the_field_count),
+        cmocka_unit_test(test_counted_arrays_that_cannot_be_followed_stop_the_stream),
+        cmocka_unit_test(test_uncounted_fields_pass),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
