@@ -392,9 +392,15 @@ static void conn_connect(struct conn *c)
      * it arrives instead of held whole (redis_loop.h). Not the subscriber:
      * Redis closes it rather than send it a message over its pubsub client
      * output limit (32 MB by default), and a message under that is read
-     * whole and refused as too_large by the runner. */
+     * whole and refused as too_large by the runner.
+     *
+     * Only the stream connection has its entries' fields counted too: all
+     * it reads is XREADGROUP and replies without arrays that deep. The
+     * command connection's replies (EVAL, XPENDING, ...) have other shapes
+     * at any depth; an entry is read there only when reclaimed (another
+     * daemon took it and died), and one of many fields is held whole. */
     const int64_t *max = c->role == REDIS_SUB ? NULL : &c->r->d->cfg.max_job_bytes;
-    if (redis_loop_attach(ac, c->r->d->base, max)) {
+    if (redis_loop_attach(ac, c->r->d->base, max, c->role == REDIS_STREAM)) {
         log_error("redis %s connection: out of memory", role_names[c->role]);
         redisAsyncFree(ac);
         conn_schedule_retry(c);

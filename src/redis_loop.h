@@ -12,6 +12,7 @@
 
 #include <event2/event.h>
 #include <hiredis/async.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Slack over limits.max_job_bytes: what a filtered connection still reads
@@ -19,6 +20,19 @@
  * jobd itself wrote (its worker snapshot), and an envelope that long is
  * still read and refused as too_large with its first bytes kept. */
 #define REDIS_LOOP_BULK_SLACK (64 * 1024)
+
+/* The most fields (name-value pairs) a stream entry read on a connection
+ * attached with STREAM_READS may have. A producer writes "job" and perhaps
+ * a few fields of its own (jobd's requeues add a few); the cap leaves room
+ * for many more, and bounds what one entry costs in hiredis's reader
+ * (about 80 bytes an element: 256 of them, some 20 KB) to tens of KB
+ * instead of the 80 MB of one with Redis's million arguments. */
+#define REDIS_LOOP_MAX_ENTRY_FIELDS 128
+
+/* Where XREADGROUP's reply holds an entry's fields: in the reply's array
+ * of streams, a stream's [name, entries], its entries, an entry's [id,
+ * fields] (resp_filter.h). */
+#define REDIS_LOOP_FIELDS_DEPTH 4
 
 /* 0, or -1 (out of memory, or AC already attached).
  *
@@ -29,8 +43,17 @@
  * proto-max-bulk-len is 512 MB). *MAX_JOB_BYTES is read at every read of
  * the socket, so a reload applies at once. A reply the filter cannot follow
  * (not RESP2, or a line over RESP_FILTER_LINE_MAX) drops the connection
- * with the filter's reason as its error. */
-int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes);
+ * with the filter's reason as its error.
+ *
+ * STREAM_READS (with MAX_JOB_BYTES): AC receives XREADGROUP replies and
+ * replies with no arrays as deep as its fields (AUTH, SELECT, HELLO, XGROUP,
+ * CLIENT ID, ZREVRANGEBYSCORE), so an array at REDIS_LOOP_FIELDS_DEPTH is
+ * an entry's fields: one with more than REDIS_LOOP_MAX_ENTRY_FIELDS fields
+ * reaches hiredis as the integer of its element count, the elements skipped
+ * unread. A connection whose replies are not all of that shape must not set
+ * it: another reply's arrays that deep would be cut. */
+int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes,
+                      bool stream_reads);
 
 /* How many times AC's socket was found readable so far: bytes arrived, or
  * its end. */

@@ -38,6 +38,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "redis_loop.h"
 #include "result.h"
 #include "runner.h"
 #include "scheduler.h"
@@ -665,6 +666,10 @@ void runner_accept(struct runner *r, const struct job_message *msg)
     int rc = -1;
     if (msg->problem)
         job_error_set(&err, ERR_INVALID_JOB, "%s", msg->problem);
+    else if (msg->unread_fields)
+        job_error_set(&err, ERR_TOO_LARGE,
+                      "stream entry has %zu fields, more than the %d jobd reads; none was read",
+                      msg->unread_fields, REDIS_LOOP_MAX_ENTRY_FIELDS);
     else if (msg->unread_len)
         envelope_too_large(msg->unread_len, &d->cfg, &err);
     else

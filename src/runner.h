@@ -41,6 +41,11 @@ struct job_message {
      * bytes were dropped unread (raw is ""): the job is rejected as
      * too_large. */
     size_t unread_len;
+    /* A stream entry with more fields than jobd reads (redis_loop.h): how
+     * many. Skipped unread, "job" with them: rejected as too_large, and
+     * unread_len is set too (the least RESP they took, 6 bytes a name or
+     * value), so the rest goes as for a "job" too long to read. */
+    size_t unread_fields;
 };
 
 struct runner *runner_create(struct daemon *d);

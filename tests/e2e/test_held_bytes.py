@@ -572,18 +572,20 @@ def add_huge(r, count):
         pipe.execute()
 
 
-def check_dropped(r, daemon, count, hwm_before, size=HUGE):
-    """Each of COUNT huge entries (of SIZE bytes) ended too_large without
-    jobd's peak memory growing by a quarter of one: dead-lettered without
-    its bytes (truncated), acknowledged; and a job after them runs."""
+def check_dropped(r, daemon, count, hwm_before, size=HUGE, says=None, most=None):
+    """Each of COUNT huge entries (of SIZE bytes) ended too_large, its error
+    saying SAYS (by default, its size), without jobd's peak memory growing by
+    MOST (a quarter of one): dead-lettered without its bytes (truncated),
+    acknowledged; and a job after them runs."""
     dead = wait_for(lambda: len(dead_entries(r)) == count and dead_entries(r),
                     timeout=30, what=f"{count} dead letters")
     grown = vm_hwm(daemon.proc.pid) - hwm_before
-    assert grown < size // 4, f"peak memory grew by {grown / MB:.0f} MB"
+    assert grown < (size // 4 if most is None else most), \
+        f"peak memory grew by {grown / MB:.0f} MB"
     for letter in dead:
         err = json.loads(letter["error"])
         assert err["code"] == "too_large", letter
-        assert f"envelope is {size} bytes" in err["message"], err
+        assert (says or f"envelope is {size} bytes") in err["message"], err
         assert letter["job"] == "" and letter["truncated"] == "1", letter
     wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="XACK")
     assert daemon.log_text().count("rejected a stream message: too_large") == count
@@ -599,6 +601,34 @@ def test_stream_entries_too_long_to_be_jobs_are_never_held_whole(r, start_jobd):
     before = vm_hwm(daemon.proc.pid)
     add_huge(r, 4)
     check_dropped(r, daemon, 4, before)
+
+
+FIELDS = 200000     # an entry's: "job" and 199,999 one-byte others
+
+
+def test_stream_entries_with_too_many_fields_are_never_held_whole(r, start_jobd):
+    # No bulk string of these is long, but hiredis made a reply object of
+    # each name and value (about 80 bytes): four of them in one read took
+    # jobd's peak memory up by some 130 MB (20 of Redis's million arguments:
+    # 1.6 GB). Now each entry's fields are skipped as they come.
+    daemon = start_jobd()
+    before = vm_hwm(daemon.proc.pid)
+    args = ["job", json.dumps({"type": "sleep", "ms": 1})]
+    for i in range(FIELDS - 1):
+        args += [f"f{i}", "v"]
+    with r.pipeline(transaction=True) as pipe:      # all there for one read
+        for k in range(4):
+            pipe.execute_command("XADD", f"{NS}:queue", "*", *args)
+            if k == 1:
+                pipe.xadd(f"{NS}:queue",
+                          {"job": json.dumps({"id": "among", "type": "sleep", "ms": 1})})
+        pipe.execute()
+    # The job among them came in the same read: once it ran, all were read.
+    assert wait_result(r, "among")["status"] == "succeeded"
+    grown = vm_hwm(daemon.proc.pid) - before
+    assert grown < 16 * MB, f"peak memory grew by {grown / MB:.0f} MB"
+    check_dropped(r, daemon, 4, before, says=f"stream entry has {FIELDS} fields, more than "
+                  "the 128 jobd reads", most=16 * MB)
 
 
 def test_reclaimed_entries_too_long_to_be_jobs_are_never_held_whole(r, start_jobd):
@@ -810,12 +840,15 @@ class GarbageLink(ForwardingProxy):
     (b"XREADGROUP", "stream", b"-ERR " + b"x" * (20 * MB), "a reply line longer than 64 KiB"),
     (b"XREADGROUP", "stream", b"*1\r\n$12x" + b"x" * (20 * MB),
      "a bulk string header that is not a length"),
+    (b"XREADGROUP", "stream", b"*1\r\n*12x" + b"x" * (20 * MB),
+     "an array header that is not a count"),
     (b"EVAL", "command", b"-ERR " + b"x" * (20 * MB), "a reply line longer than 64 KiB")],
-    ids=["error-line", "bulk-header", "command-error-line"])
+    ids=["error-line", "bulk-header", "array-header", "command-error-line"])
 def test_a_reply_the_filter_cannot_follow_drops_the_connection(
         r, redis_server, start_jobd, command, role, garbage, said):
     # 20 MB with no CRLF, after an error's "-" or a bulk header that is no
-    # length, on the stream connection (XREADGROUP) or the command one (the
+    # length (or, on the stream connection, whose arrays are counted, an
+    # array header that is no count), on the stream connection (XREADGROUP) or the command one (the
     # scheduler's EVAL, every 100 ms). hiredis holds a line until its CRLF,
     # so jobd held all of it (the filter passed the header on, and
     # everything after it), and then waited for the rest until the read
