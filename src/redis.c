@@ -299,13 +299,25 @@ static void call_reply(redisAsyncContext *ac, void *reply, void *privdata);
  * published again every second; without EXEC, Redis discarded every
  * transaction (EXECABORT) and no outcome was ever stored, with no word of
  * why. Refused, the connection is refused like a wrong password, saying
- * why; sent with the rest of the handshake, it costs no round trip. */
+ * why; sent with the rest of the handshake, it costs no round trip.
+ *
+ * Only a refusal of the commands themselves counts: NOPERM (also inside an
+ * EXECABORT), or a command renamed away. Any other error says nothing about
+ * them and passes: a long script running (EXECABORT ... BUSY: MULTI and EXEC
+ * are let through a busy Redis, the transaction is discarded, and the
+ * connection is out of it either way), LOADING; the outcomes' own path
+ * handles those. */
+static bool refuses_transactions(const char *err)
+{
+    return strstr(err, "NOPERM") || !strncmp(err, "ERR unknown command", 19);
+}
+
 static void transaction_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct conn *c = priv;
     if (!reply || !c->ac || c->state != CONN_HANDSHAKE)
         return;     /* the connection went meanwhile (or MULTI's refusal dropped it) */
-    if (reply->type == REDIS_REPLY_ERROR) {
+    if (reply->type == REDIS_REPLY_ERROR && refuses_transactions(reply->str)) {
         log_error("redis %s connection: MULTI/EXEC refused: %s; jobd stores each outcome with "
                   "its acknowledgement in one MULTI/EXEC: allow both (+multi +exec) for "
                   "redis.username; no outcome is stored until then", role_names[c->role],
