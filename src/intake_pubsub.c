@@ -337,6 +337,16 @@ static void subscribe(struct intake *in, redisAsyncContext *ac, int slot)
         in->chan_seq[slot] = in->subs_expected++;
 }
 
+/* Channel NAME, in every slot that repeats it, refused or allowed again;
+ * chans_refused counts names, not slots. */
+static void mark_refused(struct intake *in, const char *name, bool refused)
+{
+    for (int s = 0; s < intake_chan_slots(in); s++)
+        if (!strcmp(slot_channel(in, s), name))
+            in->chan_refused[s] = refused;
+    in->chans_refused += refused ? 1 : -1;
+}
+
 /* The subscriber connection was lost for WHY. Redis answers a SUBSCRIBE it
  * refuses (an ACL user without that channel) with a NOPERM error, for
  * which hiredis 0.14.1 has no callback: it drops the connection. Every
@@ -361,10 +371,7 @@ static void note_refused(struct intake *in, const char *why)
     if (slot < 0)
         return;
     const char *name = slot_channel(in, slot);
-    for (int s = 0; s < intake_chan_slots(in); s++)     /* a repeat of it too */
-        if (!strcmp(slot_channel(in, s), name))
-            in->chan_refused[s] = true;
-    in->chans_refused++;
+    mark_refused(in, name, true);
     log_error("redis refused to subscribe to %s: %s; %s; it is left out of the subscriptions "
               "until a reload (SIGHUP) finds it allowed, or jobd restarts "
               "(jobd_channels_refused)",
@@ -449,10 +456,7 @@ static void ask_reply(struct redis *r, redisReply *reply, void *priv)
                   name);
         return;
     }
-    for (int s = 0; s < intake_chan_slots(in); s++)     /* its repeats too, as noted */
-        if (!strcmp(slot_channel(in, s), name))
-            in->chan_refused[s] = false;
-    in->chans_refused--;
+    mark_refused(in, name, false);
     log_notice("reload: redis now lets jobd subscribe to %s: subscribing", name);
     subscribe_allowed(in, name);
 }

@@ -177,6 +177,13 @@ static void refuse_slowly(struct conn *c, const char *why)
     drop_context(c, why);
 }
 
+/* One handshake reply accepted: the connection is ready after the last. */
+static void handshake_step(struct conn *c)
+{
+    if (--c->handshake_left == 0)
+        became_ready(c);
+}
+
 static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct conn *c = priv;
@@ -187,8 +194,7 @@ static void handshake_reply(struct redis *r, redisReply *reply, void *priv)
         refuse_slowly(c, "authentication or SELECT refused");
         return;
     }
-    if (--c->handshake_left == 0)
-        became_ready(c);
+    handshake_step(c);
 }
 
 /* The server's version, from HELLO's reply (a flat list of names and values
@@ -283,8 +289,7 @@ static void hello_reply(struct redis *r, redisReply *reply, void *priv)
                                                   : "HELLO did not say",
                  REDIS_MIN_MAJOR, REDIS_MIN_MINOR);
     }
-    if (--c->handshake_left == 0)
-        became_ready(c);
+    handshake_step(c);
 }
 
 static struct call *call_new(struct conn *c, redis_reply_fn *fn, void *priv, int64_t timeout_ms);
@@ -325,8 +330,7 @@ static void transaction_reply(struct redis *r, redisReply *reply, void *priv)
         refuse_slowly(c, "MULTI/EXEC refused");
         return;
     }
-    if (--c->handshake_left == 0)
-        became_ready(c);
+    handshake_step(c);
 }
 
 /* A handshake command: sent while redis_ready() is still false. */
