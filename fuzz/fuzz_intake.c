@@ -15,9 +15,11 @@
  * whole and fed in pieces (sized by the first byte) the output is the same,
  * no string hiredis reads from it is over the limit (a filter that stops
  * the stream passes nothing after that point), and its replies are taken
- * as above. Twice: as on the command connection, and as on the stream
- * connection, where no fields array (an array REDIS_LOOP_FIELDS_DEPTH deep)
- * hiredis reads has more than REDIS_LOOP_MAX_ENTRY_FIELDS fields.
+ * as above. Three times: with no arrays counted, as on the command
+ * connection (fields arrays REDIS_LOOP_CLAIMED_FIELDS_DEPTH deep: XCLAIM's
+ * and XRANGE's entries) and as on the stream connection (fields arrays
+ * REDIS_LOOP_FIELDS_DEPTH deep: XREADGROUP's); where counted, no fields
+ * array hiredis reads has more than REDIS_LOOP_MAX_ENTRY_FIELDS fields.
  */
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -82,29 +84,29 @@ static void take(const redisReply *entry)
 }
 
 /* MAX_STRING: the longest string the reply may hold (SIZE_MAX: any);
- * COUNTED: no fields array may have more elements than the stream
- * connection's cap. R is DEPTH arrays deep. */
-static void walk(const redisReply *r, size_t max_string, bool counted, unsigned depth)
+ * FIELDS_DEPTH (0: none): how deep the fields arrays are that may have no
+ * more elements than the cap. R is DEPTH arrays deep. */
+static void walk(const redisReply *r, size_t max_string, unsigned fields_depth, unsigned depth)
 {
     FUZZ_CHECK(r->type != REDIS_REPLY_STRING || r->len <= max_string);
     if (r->type != REDIS_REPLY_ARRAY)
         return;
-    FUZZ_CHECK(!counted || depth != REDIS_LOOP_FIELDS_DEPTH ||
+    FUZZ_CHECK(!fields_depth || depth != fields_depth ||
                r->elements <= 2 * REDIS_LOOP_MAX_ENTRY_FIELDS);
     take(r);
     for (size_t i = 0; i < r->elements; i++)
-        walk(r->element[i], max_string, counted, depth + 1);
+        walk(r->element[i], max_string, fields_depth, depth + 1);
 }
 
 /* Every reply in the N bytes at P, read as the daemon's reader does. */
-static void read_replies(const char *p, size_t n, size_t max_string, bool counted)
+static void read_replies(const char *p, size_t n, size_t max_string, unsigned fields_depth)
 {
     redisReader *reader = redisReaderCreateWithFunctions(&fns);
     FUZZ_CHECK(reader);
     if (redisReaderFeed(reader, p, n) == REDIS_OK) {
         void *reply = NULL;
         while (redisReaderGetReply(reader, &reply) == REDIS_OK && reply) {
-            walk(reply, max_string, counted, 0);
+            walk(reply, max_string, fields_depth, 0);
             freeReplyObject(reply);
             reply = NULL;
         }
@@ -125,18 +127,18 @@ static void collect(void *arg, const char *p, size_t n)
     o->len += n;
 }
 
-/* DATA through the filter with limit MAX (COUNTED: as on the stream
- * connection), in pieces of PIECE bytes. The output is never longer than
- * the input: a held header is at most RESP_FILTER_HEAD_MAX bytes, emitted
- * as it was or as ":" and the same digits, and a dropped payload or skipped
- * element emits nothing. OUT has room for SIZE. */
-static int filter(const uint8_t *data, size_t size, uint64_t max, bool counted, size_t piece,
-                  struct out *out)
+/* DATA through the filter with limit MAX (fields arrays FIELDS_DEPTH deep
+ * counted, unless 0), in pieces of PIECE bytes. The output is never longer
+ * than the input: a held header is at most RESP_FILTER_HEAD_MAX bytes,
+ * emitted as it was or as ":" and the same digits, and a dropped payload or
+ * skipped element emits nothing. OUT has room for SIZE. */
+static int filter(const uint8_t *data, size_t size, uint64_t max, unsigned fields_depth,
+                  size_t piece, struct out *out)
 {
     struct resp_filter f;
     resp_filter_init(&f);
-    if (counted)
-        resp_filter_cap(&f, REDIS_LOOP_FIELDS_DEPTH, 2 * REDIS_LOOP_MAX_ENTRY_FIELDS);
+    if (fields_depth)
+        resp_filter_cap(&f, fields_depth, 2 * REDIS_LOOP_MAX_ENTRY_FIELDS);
     out->len = 0;
     for (size_t at = 0; at < size; at += piece)
         resp_filter_feed(&f, (const char *)data + at, size - at < piece ? size - at : piece, max,
@@ -146,17 +148,17 @@ static int filter(const uint8_t *data, size_t size, uint64_t max, bool counted, 
     return f.state == RF_BROKEN;
 }
 
-static void filtered(const uint8_t *data, size_t size, bool counted)
+static void filtered(const uint8_t *data, size_t size, unsigned fields_depth)
 {
     if (!size)
         return;
     uint64_t max = data[size - 1];
     struct out whole = {malloc(size), 0}, pieces = {malloc(size), 0};
     FUZZ_CHECK(whole.p && pieces.p);
-    int broken = filter(data, size, max, counted, size, &whole);
-    FUZZ_CHECK(filter(data, size, max, counted, (size_t)data[0] % 13 + 1, &pieces) == broken);
+    int broken = filter(data, size, max, fields_depth, size, &whole);
+    FUZZ_CHECK(filter(data, size, max, fields_depth, (size_t)data[0] % 13 + 1, &pieces) == broken);
     FUZZ_CHECK(whole.len == pieces.len && !memcmp(whole.p, pieces.p, whole.len));
-    read_replies(whole.p, whole.len, (size_t)max, counted);
+    read_replies(whole.p, whole.len, (size_t)max, fields_depth);
     free(whole.p);
     free(pieces.p);
 }
@@ -171,8 +173,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         create_array = fns.createArray;
         fns.createArray = capped_array;
     }
-    read_replies((const char *)data, size, SIZE_MAX, false);
-    filtered(data, size, false);
-    filtered(data, size, true);
+    read_replies((const char *)data, size, SIZE_MAX, 0);
+    filtered(data, size, 0);
+    filtered(data, size, REDIS_LOOP_CLAIMED_FIELDS_DEPTH);
+    filtered(data, size, REDIS_LOOP_FIELDS_DEPTH);
     return 0;
 }

@@ -405,18 +405,17 @@ static void conn_connect(struct conn *c)
     }
     /* The stream and command connections bring stream entries (XREADGROUP;
      * reclaim's XCLAIM and XRANGE): one too long to be a job is dropped as
-     * it arrives instead of held whole (redis_loop.h). Not the subscriber:
-     * Redis closes it rather than send it a message over its pubsub client
-     * output limit (32 MB by default), and a message under that is read
-     * whole and refused as too_large by the runner.
-     *
-     * Only the stream connection has its entries' fields counted too: all
-     * it reads is XREADGROUP and replies without arrays that deep. The
-     * command connection's replies (EVAL, XPENDING, ...) have other shapes
-     * at any depth; an entry is read there only when reclaimed (another
-     * daemon took it and died), and one of many fields is held whole. */
+     * it arrives instead of held whole (redis_loop.h), and so are the
+     * fields of one with too many of them, where each role's replies hold
+     * an entry's fields. Not the subscriber: Redis closes it rather than
+     * send it a message over its pubsub client output limit (32 MB by
+     * default), and a message under that is read whole and refused as
+     * too_large by the runner. */
     const int64_t *max = c->role == REDIS_SUB ? NULL : &c->r->d->cfg.max_job_bytes;
-    if (redis_loop_attach(ac, c->r->d->base, max, c->role == REDIS_STREAM)) {
+    unsigned fields_depth = c->role == REDIS_STREAM ? REDIS_LOOP_FIELDS_DEPTH
+                            : c->role == REDIS_CMD  ? REDIS_LOOP_CLAIMED_FIELDS_DEPTH
+                                                    : 0;
+    if (redis_loop_attach(ac, c->r->d->base, max, fields_depth)) {
         log_error("redis %s connection: out of memory", role_names[c->role]);
         redisAsyncFree(ac);
         conn_schedule_retry(c);

@@ -147,7 +147,7 @@ static void cleanup(void *priv)
 }
 
 int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes,
-                      bool stream_reads)
+                      unsigned fields_depth)
 {
     if (ac->ev.data)
         return -1;
@@ -157,8 +157,8 @@ int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int6
     e->ac = ac;
     e->max_job_bytes = max_job_bytes;
     resp_filter_init(&e->filter);
-    if (stream_reads)
-        resp_filter_cap(&e->filter, REDIS_LOOP_FIELDS_DEPTH, 2 * REDIS_LOOP_MAX_ENTRY_FIELDS);
+    if (fields_depth)
+        resp_filter_cap(&e->filter, fields_depth, 2 * REDIS_LOOP_MAX_ENTRY_FIELDS);
     int fd = ac->c.fd;
     e->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, e);
     e->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, e);

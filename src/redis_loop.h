@@ -22,17 +22,21 @@
 #define REDIS_LOOP_BULK_SLACK (64 * 1024)
 
 /* The most fields (name-value pairs) a stream entry read on a connection
- * attached with STREAM_READS may have. A producer writes "job" and perhaps
- * a few fields of its own (jobd's requeues add a few); the cap leaves room
- * for many more, and bounds what one entry costs in hiredis's reader
- * (about 80 bytes an element: 256 of them, some 20 KB) to tens of KB
+ * attached with a FIELDS_DEPTH may have. A producer writes "job" and
+ * perhaps a few fields of its own (jobd's requeues add a few); the cap
+ * leaves room for many more, and bounds what one entry costs in hiredis's
+ * reader (about 80 bytes an element: 256 of them, some 20 KB) to tens of KB
  * instead of the 80 MB of one with Redis's million arguments. */
 #define REDIS_LOOP_MAX_ENTRY_FIELDS 128
 
-/* Where XREADGROUP's reply holds an entry's fields: in the reply's array
- * of streams, a stream's [name, entries], its entries, an entry's [id,
- * fields] (resp_filter.h). */
+/* Where an entry's fields are in the replies that bring entries
+ * (resp_filter.h counts a reply itself as depth 0). XREADGROUP, on the
+ * stream connection: in the reply's array of streams, a stream's [name,
+ * entries], its entries, an entry's [id, fields]. */
 #define REDIS_LOOP_FIELDS_DEPTH 4
+/* XCLAIM and XRANGE, on the command connection (reclaim.c): in the reply's
+ * entries, an entry's [id, fields]. */
+#define REDIS_LOOP_CLAIMED_FIELDS_DEPTH 2
 
 /* 0, or -1 (out of memory, or AC already attached).
  *
@@ -45,15 +49,19 @@
  * (not RESP2, or a line over RESP_FILTER_LINE_MAX) drops the connection
  * with the filter's reason as its error.
  *
- * STREAM_READS (with MAX_JOB_BYTES): AC receives XREADGROUP replies and
- * replies with no arrays as deep as its fields (AUTH, SELECT, HELLO, XGROUP,
- * CLIENT ID, ZREVRANGEBYSCORE), so an array at REDIS_LOOP_FIELDS_DEPTH is
- * an entry's fields: one with more than REDIS_LOOP_MAX_ENTRY_FIELDS fields
- * reaches hiredis as the integer of its element count, the elements skipped
- * unread. A connection whose replies are not all of that shape must not set
- * it: another reply's arrays that deep would be cut. */
+ * FIELDS_DEPTH (non-zero, with MAX_JOB_BYTES): every array that deep in any
+ * of AC's replies is an entry's fields, so one with more than
+ * REDIS_LOOP_MAX_ENTRY_FIELDS fields reaches hiredis as the integer of its
+ * element count, the elements skipped unread. The caller vouches for the
+ * shapes of all its replies: another reply's array that deep would be cut.
+ * The stream connection reads XREADGROUP and replies with no arrays that
+ * deep (AUTH, SELECT, HELLO, XGROUP, CLIENT ID, ZREVRANGEBYSCORE). The
+ * command connection reads XCLAIM and XRANGE; its other replies have no
+ * array that deep but small ones: XPENDING's and XINFO GROUPS' entries
+ * (depth 1), EXEC's replies to writes (depth 1, none an array), the EVAL
+ * scripts' flat tables, HELLO's modules (a few fields each, depth 2). */
 int redis_loop_attach(redisAsyncContext *ac, struct event_base *base, const int64_t *max_job_bytes,
-                      bool stream_reads);
+                      unsigned fields_depth);
 
 /* How many times AC's socket was found readable so far: bytes arrived, or
  * its end. */

@@ -643,6 +643,24 @@ def test_reclaimed_entries_too_long_to_be_jobs_are_never_held_whole(r, start_job
     assert "reclaimed" in daemon.log_text()
 
 
+def test_reclaimed_entries_with_too_many_fields_are_never_held_whole(r, start_jobd):
+    # An entry read whole by a daemon that died before it could refuse it is
+    # reclaimed through XCLAIM on the command connection, where hiredis held
+    # all its fields (about 80 bytes each: some 30 MB for two of these).
+    r.xgroup_create(f"{NS}:queue", "jobd", id="0", mkstream=True)
+    args = ["job", json.dumps({"type": "sleep", "ms": 1})]
+    for i in range(FIELDS - 1):
+        args += [f"f{i}", "v"]
+    for _ in range(2):
+        r.execute_command("XADD", f"{NS}:queue", "*", *args)
+    r.execute_command("XREADGROUP", "GROUP", "jobd", "dead-consumer", "COUNT", "2",
+                      "STREAMS", f"{NS}:queue", ">")
+    daemon = start_jobd(intake__visibility_timeout_ms=1000)
+    check_dropped(r, daemon, 2, vm_hwm(daemon.proc.pid), says=f"stream entry has {FIELDS} "
+                  "fields, more than the 128 jobd reads", most=8 * MB)
+    assert "reclaimed" in daemon.log_text()
+
+
 class SlowLink(ForwardingProxy):
     """Redis at RATE bytes/s towards jobd, in chunks of at most 64 kB."""
 
