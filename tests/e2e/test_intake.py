@@ -541,6 +541,62 @@ def test_a_reload_turns_the_heartbeat_on_again_once_redis_allows_its_channel(r, 
     assert daemon.stop() == 0
 
 
+def test_a_reload_with_an_invalid_file_still_asks_about_refused_channels(r, start_jobd):
+    # Whether a channel is refused is Redis's, not a setting: a reload whose
+    # file does not load keeps the running settings, but asks all the same.
+    daemon, metrics = refused_setup(r, start_jobd, [f"&{NS}:*"], ["other:jobs", f"{NS}:jobs"])
+    r.execute_command("ACL", "SETUSER", "u", "&other:jobs")
+    daemon.write_config("intake = { batch = \"not a number\"; };\n")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: r.pubsub_numsub("other:jobs")[0][1] == 1, what="other:jobs subscribed")
+    assert publish(r, {"id": "granted", "type": "sleep", "ms": 1}, channel="other:jobs") == 1
+    assert wait_result(r, "granted")["status"] == "succeeded"
+    assert metrics()["jobd_channels_refused"] == 0
+    log = daemon.log_text()
+    assert "is not valid; keeping the running configuration" in log, log
+    assert "redis now lets jobd subscribe to other:jobs" in log, log
+    assert daemon.stop() == 0
+
+
+def jobd_command_connection(r, user):
+    """The id of the connection of USER that is neither a subscriber nor
+    reading the streams: jobd's command connection."""
+    ids = [c["id"] for c in r.client_list()
+           if c.get("user") == user and c["cmd"] != "xreadgroup"
+           and c["sub"] == "0" and c["psub"] == "0" and "P" not in c["flags"]]
+    assert len(ids) == 1, r.client_list()
+    return ids[0]
+
+
+def test_a_reload_that_cannot_ask_says_so_and_the_next_one_asks(r, start_jobd):
+    # The question goes on the command connection: down (here, Redis refuses
+    # the user's new logins while the other connections stay), the reload
+    # says it cannot ask and the channel stays left out; nothing is left
+    # waiting for an answer, so the reload after it asks and subscribes.
+    daemon, metrics = refused_setup(r, start_jobd, [f"&{NS}:*"], ["other:jobs", f"{NS}:jobs"])
+    r.execute_command("ACL", "SETUSER", "u", "&other:jobs", "off")
+    r.execute_command("CLIENT", "KILL", "ID", jobd_command_connection(r, "u"))
+    wait_for(lambda: "redis command connection: WRONGPASS" in daemon.log_text(),
+             what="the command connection refused")
+    daemon.signal(signal.SIGHUP)
+    said = ("WARN reload: could not ask redis whether jobd may now subscribe to other:jobs: "
+            "the command connection is down")
+    wait_for(lambda: said in daemon.log_text(), what="the reload saying it could not ask")
+    assert metrics()["jobd_channels_refused"] == 1
+    assert r.pubsub_numsub("other:jobs")[0][1] == 0
+    # Jobs on the channels it holds still run (the subscriber stayed up);
+    # their records wait for the command connection.
+    assert publish(r, {"id": "meanwhile", "type": "sleep", "ms": 1}) == 1
+    r.execute_command("ACL", "SETUSER", "u", "on")
+    assert wait_result(r, "meanwhile", timeout=30)["status"] == "succeeded"
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: r.pubsub_numsub("other:jobs")[0][1] == 1, what="other:jobs subscribed")
+    assert publish(r, {"id": "granted", "type": "sleep", "ms": 1}, channel="other:jobs") == 1
+    assert wait_result(r, "granted")["status"] == "succeeded"
+    assert metrics()["jobd_channels_refused"] == 0
+    assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize("why", ["still refused", "EVAL refused"])
 def test_a_reload_with_the_channel_still_refused_loses_no_job_on_the_others(r, start_jobd, why):
     # Still refused: said again, and the working subscription is not dropped
