@@ -1013,8 +1013,16 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             free(t);
             continue;
         }
+        /* Not sent (out of memory): the commands below would run one by one
+         * and EXEC fail "without MULTI", after storing, counting and
+         * publishing each outcome and acknowledging its entry, all of it
+         * again at the next attempt. Nothing is sent; they go back. */
         const char *multi[] = {"MULTI"};
-        redis_send_queued(d->redis, REDIS_CMD, NULL, NULL, 1, multi, NULL);
+        if (redis_send_queued(d->redis, REDIS_CMD, NULL, NULL, 1, multi, NULL)) {
+            hand_back(t->items, n);
+            free(t);
+            continue;
+        }
         queued_in_txn = 0;
         t->id = ++txn_seq;
         /* An outcome that could not be written (out of memory) leaves the
