@@ -215,6 +215,10 @@ static void queued_reply(redisAsyncContext *ac, void *reply, void *priv)
                       r && r->type == REDIS_REPLY_ERROR ? r->str : NULL);
 }
 
+/* A command of the transaction being built could not be sent (out of
+ * memory): see flush_batch(). */
+static bool txn_broken;
+
 static void queue_command(struct daemon *d, int argc, const char **argv, const size_t *lens)
 {
     /* Counted only when sent: the EXEC reply has an element for each, and
@@ -222,6 +226,8 @@ static void queue_command(struct daemon *d, int argc, const char **argv, const s
     if (redis_send_queued(d->redis, REDIS_CMD, queued_reply, (void *)(uintptr_t)txn_seq, argc,
                           argv, lens) == 0)
         queued_in_txn++;
+    else
+        txn_broken = true;
 }
 
 /* Shared writes Redis refused as they were queued (an ACL user without
@@ -1024,6 +1030,7 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         queued_in_txn = 0;
+        txn_broken = false;
         t->id = ++txn_seq;
         /* An outcome that could not be written (out of memory) leaves the
          * transaction, so its entry is not acknowledged or counted either:
@@ -1055,10 +1062,17 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
         send_stats(d, t);
         t->xacks_first = queued_in_txn;
         send_xacks(d, t);
+        /* A command left out (out of memory) would make the EXEC store an
+         * outcome in part: an entry acknowledged without its record, when
+         * the SET was the one. An EXEC not sent leaves the transaction open
+         * in Redis, where the next one's commands would join it. Either
+         * way, dropping the connection makes Redis discard it, and the
+         * outcomes are written again once it is back. */
         const char *exec[] = {"EXEC"};
-        if (redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
+        if (txn_broken || redis_send(d->redis, REDIS_CMD, exec_reply, t, 0, 1, exec, NULL)) {
             hand_back(t->items, t->n);
             txn_free(t);
+            redis_reset(d->redis, REDIS_CMD, "out of memory sending an outcome transaction");
         }
     }
 }

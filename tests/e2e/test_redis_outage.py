@@ -1,5 +1,6 @@
 """Redis killed and restarted under the daemon."""
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -9,8 +10,8 @@ import time
 import pytest
 import redis
 
-from conftest import (RedisServer, Jobd, Ledger, NS, free_port, publish, stats, submit, wait_for,
-                      wait_result, wait_results)
+from conftest import (REPO, RedisServer, Jobd, Ledger, NS, build_preload_shim, free_port, publish,
+                      stats, submit, wait_for, wait_result, wait_results)
 from redis_proxy import ForwardingProxy
 from test_admin import get, parse_metrics
 from test_intake import unreadable_gauge
@@ -53,6 +54,36 @@ def test_outcomes_wait_for_redis_and_nothing_is_lost(tmp_path):
         if daemon.proc and daemon.proc.poll() is None:
             daemon.kill9()
         server.kill()
+
+
+def test_an_outcome_command_hiredis_cannot_take_sends_none_of_its_transaction(
+        r, start_jobd, tmp_path):
+    # hiredis refusing one command of an outcome transaction (out of memory:
+    # here a shim refuses the record's SET) left that command out and sent
+    # the rest: the EXEC acknowledged the entry without its record, and the
+    # job was lost. Now the transaction is dropped with the connection (Redis
+    # discards it) and its outcomes are written again until they go whole.
+    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
+    flag = tmp_path / "fail-sends"
+    flag.touch()
+    ledger = Ledger(r)
+    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_MARK": "doomed",
+                             "SEND_FAIL_WHILE": str(flag)})
+    submit(r, {"id": "doomed", "type": "sleep", "ms": 1})
+    wait_for(lambda: "out of memory sending an outcome transaction" in daemon.log_text(),
+             what="the transaction dropped")
+    time.sleep(1.5)                     # written again (every second), refused again
+    assert r.get(f"{NS}:result:doomed") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 1   # not acknowledged
+    assert "doomed" not in ledger.records                       # nor published
+    assert stats(r) == {}                                       # nor counted
+    flag.unlink()
+    assert wait_result(r, "doomed")["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+    assert stats(r) == {"sleep.succeeded": 1}
+    lost, duplicated = ledger.report(["doomed"])
+    assert lost == [] and duplicated == {}
+    assert daemon.stop() == 0
 
 
 def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
