@@ -86,6 +86,36 @@ def test_an_outcome_command_hiredis_cannot_take_sends_none_of_its_transaction(
     assert daemon.stop() == 0
 
 
+def test_an_outcome_transaction_whose_multi_cannot_be_sent_sends_nothing(
+        r, start_jobd, tmp_path):
+    # The MULTI's own send was not checked: refused, the outcome's commands
+    # ran one by one as they came and the EXEC failed ("without MULTI"), so
+    # each outcome was stored, published, counted and acknowledged, and then
+    # all of it again every second. Now nothing of it is sent until the
+    # MULTI goes, and the outcome is stored once.
+    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
+    flag = tmp_path / "fail-sends"
+    flag.touch()
+    ledger = Ledger(r)
+    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_COMMAND": "MULTI",
+                             "SEND_FAIL_WHILE": str(flag)})
+    submit(r, {"id": "held", "type": "sleep", "ms": 1})
+    wait_for(lambda: "job held: outcome not stored yet" in daemon.log_text(),
+             what="the outcome handed back")
+    time.sleep(1.5)                     # written again (every second), refused again
+    assert r.get(f"{NS}:result:held") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 1
+    assert "held" not in ledger.records
+    assert stats(r) == {}
+    flag.unlink()
+    assert wait_result(r, "held")["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+    lost, duplicated = ledger.report(["held"])
+    assert lost == [] and duplicated == {}
+    assert stats(r) == {"sleep.succeeded": 1}
+    assert daemon.stop() == 0
+
+
 def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
     # Redis out of memory (noeviction) answers the outcome's MULTI/EXEC with
     # an error while the connection stays up: no reconnect will come, so
