@@ -560,12 +560,15 @@ def test_a_reload_with_an_invalid_file_still_asks_about_refused_channels(r, star
 
 def jobd_command_connection(r, user):
     """The id of the connection of USER that is neither a subscriber nor
-    reading the streams: jobd's command connection."""
-    ids = [c["id"] for c in r.client_list()
-           if c.get("user") == user and c["cmd"] != "xreadgroup"
-           and c["sub"] == "0" and c["psub"] == "0" and "P" not in c["flags"]]
-    assert len(ids) == 1, r.client_list()
-    return ids[0]
+    reading the streams: jobd's command connection. (Waited for: the stream
+    connection reads NS:cancels and makes its groups before its first
+    XREADGROUP.)"""
+    def others():
+        ids = [c["id"] for c in r.client_list()
+               if c.get("user") == user and c["cmd"] != "xreadgroup"
+               and c["sub"] == "0" and c["psub"] == "0" and "P" not in c["flags"]]
+        return ids if len(ids) == 1 else None
+    return wait_for(others, what="one command connection")[0]
 
 
 def test_a_reload_that_cannot_ask_says_so_and_the_next_one_asks(r, start_jobd):
