@@ -56,6 +56,32 @@ def test_outcomes_wait_for_redis_and_nothing_is_lost(tmp_path):
         server.kill()
 
 
+def refused_sends_store_nothing_then_once(r, start_jobd, tmp_path, job_id, shim_env, said, what):
+    """A daemon whose hiredis refuses the commands SHIM_ENV names (send_fail_shim.c)
+    while a flag file exists: JOB_ID's outcome, once the log says SAID, is
+    not stored, acknowledged, published or counted, a second later neither
+    (written again, refused again); with the flag gone, all of it exactly once."""
+    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
+    flag = tmp_path / "fail-sends"
+    flag.touch()
+    ledger = Ledger(r)
+    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_WHILE": str(flag), **shim_env})
+    submit(r, {"id": job_id, "type": "sleep", "ms": 1})
+    wait_for(lambda: said in daemon.log_text(), what=what)
+    time.sleep(1.5)                     # written again (every second), refused again
+    assert r.get(f"{NS}:result:{job_id}") is None
+    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 1   # not acknowledged
+    assert job_id not in ledger.records                         # nor published
+    assert stats(r) == {}                                       # nor counted
+    flag.unlink()
+    assert wait_result(r, job_id)["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
+    assert stats(r) == {"sleep.succeeded": 1}
+    lost, duplicated = ledger.report([job_id])
+    assert lost == [] and duplicated == {}
+    assert daemon.stop() == 0
+
+
 def test_an_outcome_command_hiredis_cannot_take_sends_none_of_its_transaction(
         r, start_jobd, tmp_path):
     # hiredis refusing one command of an outcome transaction (out of memory:
@@ -63,27 +89,9 @@ def test_an_outcome_command_hiredis_cannot_take_sends_none_of_its_transaction(
     # the rest: the EXEC acknowledged the entry without its record, and the
     # job was lost. Now the transaction is dropped with the connection (Redis
     # discards it) and its outcomes are written again until they go whole.
-    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
-    flag = tmp_path / "fail-sends"
-    flag.touch()
-    ledger = Ledger(r)
-    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_MARK": "doomed",
-                             "SEND_FAIL_WHILE": str(flag)})
-    submit(r, {"id": "doomed", "type": "sleep", "ms": 1})
-    wait_for(lambda: "out of memory sending an outcome transaction" in daemon.log_text(),
-             what="the transaction dropped")
-    time.sleep(1.5)                     # written again (every second), refused again
-    assert r.get(f"{NS}:result:doomed") is None
-    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 1   # not acknowledged
-    assert "doomed" not in ledger.records                       # nor published
-    assert stats(r) == {}                                       # nor counted
-    flag.unlink()
-    assert wait_result(r, "doomed")["status"] == "succeeded"
-    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
-    assert stats(r) == {"sleep.succeeded": 1}
-    lost, duplicated = ledger.report(["doomed"])
-    assert lost == [] and duplicated == {}
-    assert daemon.stop() == 0
+    refused_sends_store_nothing_then_once(
+        r, start_jobd, tmp_path, "doomed", {"SEND_FAIL_MARK": "doomed"},
+        "out of memory sending an outcome transaction", "the transaction dropped")
 
 
 def test_an_outcome_transaction_whose_multi_cannot_be_sent_sends_nothing(
@@ -93,27 +101,9 @@ def test_an_outcome_transaction_whose_multi_cannot_be_sent_sends_nothing(
     # each outcome was stored, published, counted and acknowledged, and then
     # all of it again every second. Now nothing of it is sent until the
     # MULTI goes, and the outcome is stored once.
-    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
-    flag = tmp_path / "fail-sends"
-    flag.touch()
-    ledger = Ledger(r)
-    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_COMMAND": "MULTI",
-                             "SEND_FAIL_WHILE": str(flag)})
-    submit(r, {"id": "held", "type": "sleep", "ms": 1})
-    wait_for(lambda: "job held: outcome not stored yet" in daemon.log_text(),
-             what="the outcome handed back")
-    time.sleep(1.5)                     # written again (every second), refused again
-    assert r.get(f"{NS}:result:held") is None
-    assert r.xpending(f"{NS}:queue", "jobd")["pending"] == 1
-    assert "held" not in ledger.records
-    assert stats(r) == {}
-    flag.unlink()
-    assert wait_result(r, "held")["status"] == "succeeded"
-    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="the XACK")
-    lost, duplicated = ledger.report(["held"])
-    assert lost == [] and duplicated == {}
-    assert stats(r) == {"sleep.succeeded": 1}
-    assert daemon.stop() == 0
+    refused_sends_store_nothing_then_once(
+        r, start_jobd, tmp_path, "held", {"SEND_FAIL_COMMAND": "MULTI"},
+        "job held: outcome not stored yet", "the outcome handed back")
 
 
 def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
