@@ -1014,17 +1014,13 @@ static void flush_batch(evutil_socket_t fd, short what, void *arg)
             batch.n = 0;
             return;
         }
-        if (!redis_ready(d->redis, REDIS_CMD)) {
-            hand_back(t->items, n);
-            free(t);
-            continue;
-        }
-        /* Not sent (out of memory): the commands below would run one by one
-         * and EXEC fail "without MULTI", after storing, counting and
-         * publishing each outcome and acknowledging its entry, all of it
+        /* A MULTI not sent (out of memory): the commands below would run
+         * one by one and EXEC fail "without MULTI", after storing, counting
+         * and publishing each outcome and acknowledging its entry, all of it
          * again at the next attempt. Nothing is sent; they go back. */
         const char *multi[] = {"MULTI"};
-        if (redis_send_queued(d->redis, REDIS_CMD, NULL, NULL, 1, multi, NULL)) {
+        if (!redis_ready(d->redis, REDIS_CMD) ||
+            redis_send_queued(d->redis, REDIS_CMD, NULL, NULL, 1, multi, NULL)) {
             hand_back(t->items, n);
             free(t);
             continue;

@@ -2,8 +2,9 @@
  * cannot take, as when it runs out of memory.
  *
  * While the file SEND_FAIL_WHILE exists, redisAsyncFormattedCommand() (how
- * jobd queues the MULTI and each command of an outcome transaction)
- * refuses a command whose name is SEND_FAIL_COMMAND (default SET) and
+ * jobd queues the MULTI and each command of an outcome transaction) and
+ * redisAsyncCommandArgv() (how it sends every other command, the EXEC among
+ * them) refuse a command whose name is SEND_FAIL_COMMAND (default SET) and
  * whose text contains SEND_FAIL_MARK (default: any), returning REDIS_ERR
  * without sending it: what hiredis does when it cannot allocate the
  * command's buffer or callback. Every other command passes through. Built
@@ -17,6 +18,8 @@
 #include <unistd.h>
 
 typedef int formatted_fn(redisAsyncContext *, redisCallbackFn *, void *, const char *, size_t);
+typedef int argv_fn(redisAsyncContext *, redisCallbackFn *, void *, int, const char **,
+                    const size_t *);
 
 static int refused(const char *cmd, size_t len)
 {
@@ -45,4 +48,17 @@ int redisAsyncFormattedCommand(redisAsyncContext *ac, redisCallbackFn *fn, void 
     if (refused(cmd, len))
         return REDIS_ERR;
     return real(ac, fn, privdata, cmd, len);
+}
+
+int redisAsyncCommandArgv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
+                          const char **argv, const size_t *argvlen)
+{
+    static argv_fn *real;
+    if (!real)
+        real = (argv_fn *)dlsym(RTLD_NEXT, "redisAsyncCommandArgv");
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
+    int no = len > 0 && refused(cmd, (size_t)len);
+    free(cmd);
+    return no ? REDIS_ERR : real(ac, fn, privdata, argc, argv, argvlen);
 }

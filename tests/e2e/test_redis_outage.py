@@ -63,9 +63,9 @@ def refused_sends_store_nothing_then_once(r, start_jobd, tmp_path, job_id, shim_
     (written again, refused again); with the flag gone, all of it exactly once."""
     so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
     flag = tmp_path / "fail-sends"
-    flag.touch()
     ledger = Ledger(r)
     daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_WHILE": str(flag), **shim_env})
+    flag.touch()                        # once ready: the connection's own MULTI/EXEC probe goes
     submit(r, {"id": job_id, "type": "sleep", "ms": 1})
     wait_for(lambda: said in daemon.log_text(), what=what)
     time.sleep(1.5)                     # written again (every second), refused again
@@ -104,6 +104,17 @@ def test_an_outcome_transaction_whose_multi_cannot_be_sent_sends_nothing(
     refused_sends_store_nothing_then_once(
         r, start_jobd, tmp_path, "held", {"SEND_FAIL_COMMAND": "MULTI"},
         "job held: outcome not stored yet", "the outcome handed back")
+
+
+def test_an_outcome_transaction_whose_exec_cannot_be_sent_is_discarded_whole(
+        r, start_jobd, tmp_path):
+    # The MULTI and every command went, the EXEC did not: the transaction
+    # stays open in Redis, where the next one's commands would join it. The
+    # connection is dropped, so Redis discards it, and the outcome is written
+    # again until its EXEC goes.
+    refused_sends_store_nothing_then_once(
+        r, start_jobd, tmp_path, "unexecuted", {"SEND_FAIL_COMMAND": "EXEC"},
+        "out of memory sending an outcome transaction", "the transaction dropped")
 
 
 def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
