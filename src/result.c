@@ -245,11 +245,36 @@ static const char *requeue_stream(struct daemon *d, const struct job *job)
     return intake_home_stream(d->intake, job->source == SOURCE_STREAM ? job->stream : NULL);
 }
 
-/* A stream that refuses a put-back gets no more of them. */
-static void note_put_back_refused(struct daemon *d, const struct job *job, const char *err)
+/* Redis refused P's write with ERR, as its transaction ran or was queued.
+ * A put-back's stream gets no more of them when the refusal is about the
+ * key (intake_write_refused()), and the job is written to another; one about
+ * the command (an ACL without XADD) is written again until an operator
+ * allows it, or the drain gives up. One stream refuses every XADD for good:
+ * one whose ids are used up ("ERR The stream has exhausted the last possible
+ * ID", after a producer's XADD with the largest id), which no ACL or type
+ * repair ends while the drain runs. The job, whose entry was acknowledged
+ * beside the refused XADD, was kept until the drain gave up on it, and lost.
+ * It ends instead, failed (internal), with its record and a dead letter that
+ * keeps its envelope, to be replayed once the stream is replaced. */
+static void note_put_back_refused(struct daemon *d, const struct pending *p, const char *err)
 {
-    if (job->write_kind == WRITE_REQUEUE)
-        intake_write_refused(d->intake, requeue_stream(d, job), err);
+    struct job *job = p->job;
+    if (job->write_kind != WRITE_REQUEUE)
+        return;
+    const char *refused_by = p->put_back_stream ? p->put_back_stream : requeue_stream(d, job);
+    intake_write_refused(d->intake, refused_by, err);
+    if (strncmp(err, "ERR The stream has exhausted", 28))
+        return;
+    job->write_kind = WRITE_RESULT;
+    job->status = JOB_FAILED;
+    job_error_set(&job->error, ERR_INTERNAL,
+                  "stream %s refused to take the job back: %s; its envelope is in the dead letters",
+                  refused_by, err);
+    job->finished_at = now_ms();
+    if (!job->started_at)
+        job->started_at = job->finished_at;
+    log_job(LOG_ERROR, job, "stream %s takes no more entries (%s); the job ends failed, with "
+            "a dead letter", refused_by, err);
 }
 
 /* The key a put-back or a retry's schedule went to, for the check after a
@@ -392,7 +417,7 @@ static bool *refused_by_key_type(struct txn *t)
         log_job(LOG_ERROR, p->job, "%s failed in a transaction whose reply was lost: %s is a "
                 "key of another type; kept here and written again",
                 write_kind_name(p->job->write_kind), kept_key(t->d, p, sched));
-        note_put_back_refused(t->d, p->job, "WRONGTYPE (found after a lost reply)");
+        note_put_back_refused(t->d, p, "WRONGTYPE (found after a lost reply)");
     }
     return refused;
 }
@@ -598,7 +623,7 @@ static bool *refused_commands(const struct txn *t, const redisReply *reply)
             say_refused(p, e->str, kept);
             if (kept && (refused || (refused = calloc((size_t)t->n, sizeof(*refused)))))
                 refused[i] = true;
-            note_put_back_refused(t->d, p->job, e->str);
+            note_put_back_refused(t->d, p, e->str);
         }
     }
     /* The rest, queued after the jobs' own: markers, stats, acknowledgements. */
@@ -718,7 +743,7 @@ static bool retry_without_refused(struct txn *t)
         else if (!refused[i]) {
             say_refused(&t->items[i], err, true);
             refused[i] = true;
-            note_put_back_refused(t->d, t->items[i].job, err);
+            note_put_back_refused(t->d, &t->items[i], err);
         }
         if (!progress) {        /* refused while left out: cannot be */
             free(refused);

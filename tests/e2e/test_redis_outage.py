@@ -117,6 +117,42 @@ def test_an_outcome_transaction_whose_exec_cannot_be_sent_is_discarded_whole(
         "out of memory sending an outcome transaction", "the transaction dropped")
 
 
+def test_a_transaction_dropped_unsent_settles_the_ones_still_in_flight_once(
+        r, start_jobd, tmp_path):
+    # Dropping the command connection for a transaction hiredis could not
+    # take also drops the earlier ones still waiting for their EXEC's reply
+    # (Redis is paused here). Their callbacks run inside that drop; they go
+    # to the markers' check, which says whether they ran once Redis answers:
+    # one record each, none written twice.
+    so = build_preload_shim(tmp_path, os.path.join(REPO, "tests", "e2e", "send_fail_shim.c"))
+    flag = tmp_path / "fail-sends"
+    ledger = Ledger(r)
+    daemon = start_jobd(env={"LD_PRELOAD": so, "SEND_FAIL_WHILE": str(flag),
+                             "SEND_FAIL_MARK": "doomed"})
+    flag.touch()
+    submit(r, {"id": "early", "type": "sleep", "ms": 400})
+    submit(r, {"id": "doomed", "type": "sleep", "ms": 1000})
+    wait_for(lambda: daemon.log_text().count("started (sleep)") == 2, what="both jobs running")
+    r.execute_command("CLIENT", "PAUSE", 1800, "ALL")   # early's EXEC goes unanswered
+    wait_for(lambda: "out of memory sending an outcome transaction" in daemon.log_text(),
+             what="doomed's transaction dropped")
+    time.sleep(2.0)                     # the pause is over; doomed is refused again
+    assert r.get(f"{NS}:result:doomed") is None
+    flag.unlink()
+    # Run or not (Redis drops a paused client's commands with it), early's
+    # transaction is settled by its marker, not written blind. (While doomed
+    # keeps dropping the connection, the check's reply is lost with it.)
+    wait_for(lambda: "1 outcome(s) sent before the connection went" in daemon.log_text(),
+             what="early's transaction checked")
+    assert wait_result(r, "early")["status"] == "succeeded"
+    assert wait_result(r, "doomed")["status"] == "succeeded"
+    wait_for(lambda: r.xpending(f"{NS}:queue", "jobd")["pending"] == 0, what="both XACKs")
+    assert stats(r) == {"sleep.succeeded": 2}
+    lost, duplicated = ledger.report(["early", "doomed"])
+    assert lost == [] and duplicated == {}
+    assert daemon.stop() == 0
+
+
 def test_outcomes_refused_on_a_live_connection_are_written_again(r, start_jobd):
     # Redis out of memory (noeviction) answers the outcome's MULTI/EXEC with
     # an error while the connection stays up: no reconnect will come, so

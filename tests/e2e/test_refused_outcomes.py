@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import NS, free_port, result, stats, submit, wait_for, wait_results
+from conftest import (NS, dead_entries, free_port, publish, result, stats, submit, wait_for,
+                      wait_results)
 from test_admin import get, parse_metrics
 from test_redis_outage import copies_of
 
@@ -113,6 +114,34 @@ def test_a_put_back_its_stream_refuses_as_queued_goes_elsewhere_and_others_go_ba
     assert copies_of(r, "from-queue") == 1
     assert copies_of(r, "from-other") == 1          # on NS:queue instead
     assert r.xpending(other, "jobd")["pending"] == 0
+
+
+def test_a_put_back_on_a_stream_whose_ids_are_used_up_ends_failed_with_a_dead_letter(r, start_jobd):
+    # A producer's XADD with the largest id leaves the stream unable to take
+    # any entry ("ERR The stream has exhausted the last possible ID"). The
+    # drain's put-back failed as the transaction ran, beside the XACK of the job's
+    # entry; it was kept and written again until the drain gave up (exit 1),
+    # and the stream job and the pub/sub one were both lost. Now each ends
+    # failed (internal) with its record and a dead letter keeping its
+    # envelope, and the drain ends cleanly.
+    daemon = start_jobd(shutdown__drain_ms=300)
+    submit(r, {"id": "from-stream", "type": "sleep", "ms": 60000})
+    publish(r, {"id": "from-channel", "type": "sleep", "ms": 60000})
+    wait_for(lambda: daemon.log_text().count("attempt 1 of 1 started") == 2, what="both to start")
+    last = "18446744073709551615-18446744073709551615"
+    r.xadd(f"{NS}:queue", {"job": '{"id": "last", "type": "sleep", "ms": 1}'}, id=last)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0, daemon.log_text()
+    log = daemon.log_text()
+    for job_id in ("from-stream", "from-channel"):
+        rec = result(r, job_id)
+        assert rec["status"] == "failed" and rec["error"]["code"] == "internal", rec
+        assert "exhausted the last possible ID" in rec["error"]["message"], rec
+        assert f"ERROR job {job_id}: stream {NS}:queue takes no more entries" in log, log
+    dead = {f["id"]: f for f in dead_entries(r)}
+    assert set(dead) == {"from-stream", "from-channel"}
+    assert json.loads(dead["from-stream"]["job"])["ms"] == 60000     # replayable
+    assert pending(r) <= 1          # at most "last", read by the drain's last read
 
 
 @pytest.mark.parametrize("part", ["events", "stats"])
