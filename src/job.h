@@ -79,6 +79,8 @@ struct job {
     char *raw;
     size_t raw_len;
     size_t unread_len;          /* an envelope too long to read: its length, raw "" */
+    int64_t parsed_bytes;       /* what its executor holds for it beyond the envelope,
+                                 * charged to held_bytes (runner_charge_parsed()) */
     json_t *envelope;           /* NULL for a message that did not parse */
     json_t *spec;               /* what the type parses: the envelope (a reference) */
     const char *type;           /* points into envelope; "" when unreadable */

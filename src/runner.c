@@ -124,6 +124,8 @@ struct runner *runner_create(struct daemon *d)
 
 static void job_free(struct runner *r, struct job *job)
 {
+    if (r)
+        r->held_bytes -= job->parsed_bytes;
     if (job->exec && job->exec->free)
         job->exec->free(job);
     if (job->timer)
@@ -935,6 +937,15 @@ int runner_inflight(const struct runner *r)
 int64_t runner_held_bytes(const struct runner *r)
 {
     return r->held_bytes;
+}
+
+void runner_charge_parsed(struct job *job, int64_t bytes)
+{
+    struct runner *r = job->d->runner;
+    if (!r)     /* the fuzz targets parse without one */
+        return;
+    r->held_bytes += bytes;
+    job->parsed_bytes += bytes;
 }
 
 void runner_counts(const struct runner *r, struct runner_counts *out)

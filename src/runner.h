@@ -63,6 +63,9 @@ int runner_inflight(const struct runner *r);
 /* Bytes of raw envelope those jobs hold (a group's includes its children),
  * the measure limits.max_held_bytes bounds. */
 int64_t runner_held_bytes(const struct runner *r);
+/* An executor's parse of JOB holds BYTES more than its envelope (an http
+ * batch's requests): charged to held_bytes until the job is freed. */
+void runner_charge_parsed(struct job *job, int64_t bytes);
 
 /* Redis (the command connection) is up again: write what waited. */
 void runner_redis_ready(struct runner *r);

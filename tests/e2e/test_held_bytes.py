@@ -4,6 +4,7 @@ Big envelopes are made the way any producer may: JSON allows whitespace
 between tokens, and the daemon counts the envelope as received."""
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -270,6 +271,76 @@ def test_a_group_is_charged_what_its_children_take(r, start_jobd):
     assert held() >= 1000 * 1000, (held(), envelope)
     assert wait_result(r, "g", timeout=30)["status"] == "succeeded"
     wait_for(lambda: held() == 0, what="everything released")
+
+
+def silent_http_port():
+    """A loopback port that takes connections (into its backlog) and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+def http_batch(job_id, port, n, timeout_ms):
+    return {"id": job_id, "type": "http", "urls": [f"http://127.0.0.1:{port}/i"] * n,
+            "concurrency": 1, "timeout_ms": timeout_ms}
+
+
+def test_an_http_batch_is_charged_what_its_requests_take(r, start_jobd):
+    # A batch URL is ~30 bytes of envelope and ~1.1 KB once parsed (its
+    # request, its parsed URL). Charged its envelope only, a hostile
+    # producer's batches went far past the budget: 200 of 20,000 URLs held
+    # 4.5 GB under a 256 MiB budget. Here twelve of 5,000 (~160 kB each,
+    # ~5.6 MB parsed) and a 16 MiB budget: all twelve were taken at once.
+    silent = silent_http_port()
+    try:
+        ids = [f"batch{i}" for i in range(12)]
+        for i in ids:
+            submit(r, http_batch(i, silent.getsockname()[1], 5000, 1500))
+        port = free_port()
+        budget = 16 << 20
+        daemon = start_jobd(http__allow_private=True, limits__max_held_bytes=budget,
+                            admin__listen=f"127.0.0.1:{port}")
+        hwm_before = vm_hwm(daemon.proc.pid)
+        sampler = Sampler(port)
+        try:
+            recs = wait_results(r, ids, timeout=60)
+        finally:
+            sampler.stop()
+        assert all(rec["status"] == "timed_out" for rec in recs.values()), recs
+        assert max(sampler.running) <= 4, sampler.running
+        assert max(sampler.held) <= budget + (6 << 20), max(sampler.held)
+        assert vm_hwm(daemon.proc.pid) - hwm_before < 3 * budget
+        assert metrics(port)["jobd_held_bytes"] == 0
+    finally:
+        silent.close()
+
+
+def test_big_batches_are_parsed_a_few_at_a_time_not_all_in_one_loop_pass(r, start_jobd):
+    # Every entry of a read is parsed in one loop pass, and 20,000 batch URLs
+    # take ~70 ms to parse: a read of a hundred held the loop for 7 s. Reads
+    # now bring about 4 MiB of parsed jobs at a time, so a job that arrives
+    # meanwhile waits for one read's parsing, not for the whole backlog's.
+    silent = silent_http_port()
+    try:
+        daemon = start_jobd(http__allow_private=True, limits__max_held_bytes=4 << 30)
+        with r.pipeline(transaction=False) as pipe:
+            for i in range(50):
+                pipe.xadd(f"{NS}:queue", {"job": json.dumps(
+                    http_batch(f"flood{i}", silent.getsockname()[1], 20000, 60000))})
+            pipe.execute()
+        wait_for(lambda: "job flood0: attempt 1 of 1 started" in daemon.log_text(),
+                 what="the first batch to start")
+        worst = 0.0
+        for k in range(5):
+            t0 = time.monotonic()
+            assert publish(r, {"id": f"probe{k}", "type": "sleep", "ms": 1}) == 1
+            wait_result(r, f"probe{k}", timeout=30)
+            worst = max(worst, time.monotonic() - t0)
+        # 50 x 70 ms (3.5 s) if parsed in one pass; one read's worth now.
+        assert worst < 1.5, worst
+    finally:
+        silent.close()
 
 
 def numsub(r, channel):
