@@ -123,7 +123,7 @@ static int parse_reply_to(struct job *job, const json_t *env, const struct confi
 static int parse_due(struct job *job, const json_t *env, struct job_error *err)
 {
     int64_t run_at = -1, delay = -1;
-    if (get_int(env, "run_at", "run_at", 0, 4102444800000LL, &run_at, err) ||
+    if (get_int(env, "run_at", "run_at", 0, ENVELOPE_MAX_RUN_AT_MS, &run_at, err) ||
         get_int(env, "delay_ms", "delay_ms", 0, MAX_DELAY_MS, &delay, err))
         return -1;
     if (run_at >= 0 && delay >= 0) {

@@ -710,7 +710,13 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         return;
     }
     job->delay_waited = msg->has_due;
-    if (msg->early_due_ms > now_ms())
+    /* "early_due" is jobd's own field (write_requeue()), but a producer can
+     * write it too: a time past any run_at parked the job where the cancel
+     * sweep does not look, for ever. */
+    if (msg->early_due_ms > ENVELOPE_MAX_RUN_AT_MS)
+        log_job(LOG_WARN, job, "stream entry field early_due %" PRId64 " is past any run_at "
+                "(%lld); ignored", msg->early_due_ms, ENVELOPE_MAX_RUN_AT_MS);
+    else if (msg->early_due_ms > now_ms())
         job->early_due = msg->early_due_ms;
     /* A reclaimed entry runs again, whatever NS:result holds under its id:
      * a job's record and its entry's XACK go in one transaction, so a

@@ -118,6 +118,20 @@ def test_a_job_made_due_early_whose_cancel_is_forgotten_waits_again(r, start_job
     assert wait_result(r, "late")["status"] == "succeeded"
 
 
+def test_an_early_due_past_any_run_at_is_ignored_not_parked_for_ever(r, start_jobd):
+    # "early_due" is jobd's own stream entry field, but a producer can write
+    # it: 9223372036854775807 parked the job in NS:scheduled past the year
+    # 2100 that run_at allows, where the cancel sweep does not look, never to
+    # run. Now it is ignored, with a warning, and the job runs.
+    daemon = start_jobd()
+    r.xadd(f"{NS}:queue", {"job": json.dumps({"id": "forged", "type": "sleep", "ms": 1}),
+                           "early_due": "9223372036854775807"})
+    assert wait_result(r, "forged")["status"] == "succeeded"
+    assert r.zcard(f"{NS}:scheduled") == 0
+    assert "job forged: stream entry field early_due 9223372036854775807 is past any run_at" \
+        in daemon.log_text()
+
+
 def test_a_refused_sweep_is_logged_once_and_the_daemon_goes_on(r, start_jobd):
     # NS:cancels of another type: the sweep's ZSCORE is refused. Cancels
     # still work in memory; the refusal is logged at error level once.
