@@ -56,6 +56,16 @@ class Sampler:
         self.thread.join()
 
 
+def results_sampled(r, ids, port, timeout):
+    """The records of IDS, waited for while /metrics is sampled; and the Sampler."""
+    sampler = Sampler(port)
+    try:
+        recs = wait_results(r, ids, timeout=timeout)
+    finally:
+        sampler.stop()
+    return recs, sampler
+
+
 def test_big_envelopes_are_held_within_the_budget(r, start_jobd):
     ids = [f"big{i}" for i in range(20)]
     for i in ids:
@@ -65,11 +75,7 @@ def test_big_envelopes_are_held_within_the_budget(r, start_jobd):
     port = free_port()
     daemon = start_jobd(limits__max_inflight=100, limits__max_held_bytes=BUDGET,
                         admin__listen=f"127.0.0.1:{port}")
-    sampler = Sampler(port)
-    try:
-        recs = wait_results(r, ids, timeout=30)
-    finally:
-        sampler.stop()
+    recs, sampler = results_sampled(r, ids, port, timeout=30)
     assert all(rec["status"] == "succeeded" for rec in recs.values()), recs
     # The 4th envelope reaches the budget; one read may overshoot it by what
     # it brings, and reads are sized by recent envelopes: 5 at the most.
@@ -302,11 +308,7 @@ def test_an_http_batch_is_charged_what_its_requests_take(r, start_jobd):
         daemon = start_jobd(http__allow_private=True, limits__max_held_bytes=budget,
                             admin__listen=f"127.0.0.1:{port}")
         hwm_before = vm_hwm(daemon.proc.pid)
-        sampler = Sampler(port)
-        try:
-            recs = wait_results(r, ids, timeout=60)
-        finally:
-            sampler.stop()
+        recs, sampler = results_sampled(r, ids, port, timeout=60)
         assert all(rec["status"] == "timed_out" for rec in recs.values()), recs
         assert max(sampler.running) <= 4, sampler.running
         assert max(sampler.held) <= budget + (6 << 20), max(sampler.held)
