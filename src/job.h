@@ -138,6 +138,8 @@ struct job {
     /* Redis refused one of its writes, said at error level: once, not at
      * every resend, yet not hidden by an earlier outage's warning. */
     bool refusal_said;
+    bool dead_written;          /* its dead letter is in NS:dead already (the
+                                 * scheduler's mover wrote it): the record only */
     char write_nonce[200];      /* NS:scheduled member's nonce, the same on a resend */
 
     /* Runner bookkeeping: on its list of live jobs, hash chain by id. */

@@ -937,7 +937,7 @@ static int write_result(struct daemon *d, struct pending *p)
         p->events_cmd = queued_in_txn;
         queue_command(d, 3, pub, lens);
     }
-    if (result_goes_to_dead(job))
+    if (result_goes_to_dead(job) && !job->dead_written)
         send_dead_letter(d, job);
     if (job->reply_to) {
         p->reply_text = text;

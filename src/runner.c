@@ -709,6 +709,13 @@ void runner_accept(struct runner *r, const struct job_message *msg)
         finish(r, job, WRITE_RESULT);
         return;
     }
+    if (msg->unrun) {
+        job->status = JOB_FAILED;
+        job_error_set(&job->error, ERR_INTERNAL, "%s", msg->unrun);
+        job->dead_written = true;
+        finish(r, job, WRITE_RESULT);
+        return;
+    }
     job->delay_waited = msg->has_due;
     /* "early_due" is jobd's own field (write_requeue()), but a producer can
      * write it too: a time past any run_at parked the job where the cancel

@@ -37,6 +37,9 @@ struct job_message {
     const char *problem;
     /* Delivered too many times without an outcome: fail it without running. */
     int poison_deliveries;
+    /* Due in NS:scheduled, but its stream refused it (scheduler.c): fail it
+     * without running, for this reason; its dead letter is written already. */
+    const char *unrun;
     /* A "job" value longer than jobd reads (redis_loop.h): its length. Its
      * bytes were dropped unread (raw is ""): the job is rejected as
      * too_large. */

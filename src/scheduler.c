@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "runner.h"
 #include "scheduler.h"
 #include "timer.h"
 
@@ -48,11 +49,14 @@
  * whose stream refuses it (a key of another type), goes to NS:dead instead
  * of blocking the set: a script error does not undo the ZREM before it, so
  * the XADD must not fail the script. Returns {members taken, of them
- * dead-lettered, of them put back}. */
+ * dead-lettered, of them put back, and of the dead-lettered ones those
+ * whose stream refused them: {job, id, attempts, queued_at, why} each}. The
+ * last are valid jobs that end there, so jobd writes each one's record too
+ * (refused_jobs()); an unreadable member has nothing to write one for. */
 static const char mover_script[] =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, "
     "tonumber(ARGV[2]))\n"
-    "local ours, dead, deferred = {}, 0, 0\n"
+    "local ours, dead, deferred, refused = {}, 0, 0, {}\n"
     "for i = 3, #KEYS do ours[KEYS[i]] = true end\n"
     "local function bury(job, code, message)\n"
     "  redis.call('XADD', KEYS[2], '*', 'job', job, 'error',\n"
@@ -78,11 +82,14 @@ static const char mover_script[] =
     "    end\n"
     "    local r = redis.pcall('XADD', unpack(entry))\n"
     "    if type(r) == 'table' and r.err then\n"
-    "      bury(w.job, 'internal', 'stream ' .. w.stream .. ' refused the job: ' .. r.err)\n"
+    "      local why = 'stream ' .. w.stream .. ' refused the job: ' .. r.err\n"
+    "      bury(w.job, 'internal', why)\n"
+    "      refused[#refused + 1] = {w.job, tostring(w.id or ''), tostring(w.attempts or '0'),\n"
+    "        tostring(w.queued_at or '0'), why}\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "return {#due, dead, deferred}\n";
+    "return {#due, dead, deferred, refused}\n";
 
 /* KEYS[1] NS:scheduled, KEYS[2] NS:cancels; ARGV[1] the ZSCAN cursor,
  * ARGV[2] now (ms), ARGV[3] the page's COUNT. Each member not yet due whose
@@ -145,6 +152,35 @@ struct scheduler {
     uint64_t pulled;
 };
 
+/* The jobs the mover dead-lettered because their stream refused them
+ * (mover_script's fourth element): each ends failed (internal) through the
+ * runner, with the record, event and count every ended job has; only the
+ * dead letter is written already. Before, they had a dead letter and no
+ * record, so a producer waiting for one waited for ever. */
+static void refused_jobs(struct scheduler *s, const redisReply *list)
+{
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *e = list->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 5)
+            continue;
+        bool strings = true;
+        for (size_t k = 0; k < 5; k++)
+            strings = strings && e->element[k]->type == REDIS_REPLY_STRING;
+        if (!strings)
+            continue;
+        struct job_message msg = {
+            .raw = e->element[0]->str,
+            .raw_len = e->element[0]->len,
+            .source = SOURCE_PUBSUB,    /* no entry of its own to acknowledge */
+            .id = e->element[1]->str,
+            .attempts = atoi(e->element[2]->str),
+            .queued_at = strtoll(e->element[3]->str, NULL, 10),
+            .unrun = e->element[4]->str,
+        };
+        runner_accept(s->d->runner, &msg);
+    }
+}
+
 static void moved_reply(struct redis *r, redisReply *reply, void *priv)
 {
     struct scheduler *s = priv;
@@ -163,10 +199,11 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
         s->failing = false;
         log_notice("moving due jobs from %s:scheduled works again", s->d->cfg.ns);
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
         reply->element[1]->type != REDIS_REPLY_INTEGER ||
-        reply->element[2]->type != REDIS_REPLY_INTEGER) {
+        reply->element[2]->type != REDIS_REPLY_INTEGER ||
+        reply->element[3]->type != REDIS_REPLY_ARRAY) {
         log_error("moving due jobs from %s:scheduled: unexpected reply", s->d->cfg.ns);
         return;
     }
@@ -187,6 +224,7 @@ static void moved_reply(struct redis *r, redisReply *reply, void *priv)
         log_warn("%lld member(s) of %s:scheduled dead-lettered instead of moved (see %s:dead)",
                  dead, s->d->cfg.ns, s->d->cfg.ns);
     }
+    refused_jobs(s, reply->element[3]);
 }
 
 /* The mover's arguments: EVAL, the script, NKEYS, NS:scheduled, NS:dead,

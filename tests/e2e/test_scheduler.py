@@ -3,7 +3,7 @@ streams, and only to streams jobd reads."""
 import json
 import time
 
-from conftest import NS, wait_for, wait_result
+from conftest import NS, dead_entries, stats, wait_for, wait_result
 
 
 def member(job_id, stream):
@@ -40,3 +40,30 @@ def test_a_member_naming_a_stream_jobd_does_not_read_is_left_for_another(r, star
     assert wait_result(r, "newer", timeout=15)["status"] == "succeeded"
     assert not r.exists("otherapp:payments")
     assert r.zcard(f"{NS}:scheduled") == 1
+
+
+def test_a_due_job_its_stream_refuses_ends_failed_with_its_record(r, start_jobd):
+    # A retry or delay comes due, and its stream refuses the XADD: a key of
+    # another type, or ids used up by a producer's XADD with the largest id.
+    # The mover dead-lettered it, and no record was ever written: a producer
+    # waiting for one waited for ever. Now the job ends failed (internal)
+    # with its record, event and count, beside its one dead letter.
+    other = f"{NS}:other"
+    r.set(other, "not a stream")
+    daemon = start_jobd(intake__streams=[f"{NS}:queue", other])
+    r.xadd(f"{NS}:queue", {"job": json.dumps({"id": "seed", "type": "sleep", "ms": 1})})
+    wait_result(r, "seed")
+    r.xadd(f"{NS}:queue", {"job": "{}"}, id="18446744073709551615-18446744073709551615")
+    now = time.time() * 1000
+    r.zadd(f"{NS}:scheduled", {member("full", f"{NS}:queue"): now,
+                               member("wrong", other): now})
+    for job_id, says in (("full", "exhausted the last possible ID"), ("wrong", "WRONGTYPE")):
+        rec = wait_result(r, job_id)
+        assert rec["status"] == "failed" and rec["error"]["code"] == "internal", rec
+        assert "refused the job: " in rec["error"]["message"] and says in rec["error"]["message"]
+        assert rec["type"] == "sleep" and rec["attempts"] == 0, rec
+    dead = [f for f in dead_entries(r) if "refused the job" in f["error"]]
+    assert sorted(json.loads(f["job"])["id"] for f in dead) == ["full", "wrong"]   # one each
+    assert stats(r).get("sleep.failed") == 2
+    assert r.zcard(f"{NS}:scheduled") == 0
+    assert daemon.proc.poll() is None
