@@ -10,14 +10,14 @@
 #include "config.h"
 #include "job.h"
 
-/* Parse job->raw into job->envelope/spec and the job's settings, and run the
- * executor's parse(). On failure returns -1 with err filled; job->id is set
- * whenever the envelope carried a valid id, so the rejection can be stored
- * under it. */
 /* The latest run_at an envelope may ask for (2100-01-01): later times pass
  * neither Lua's numbers nor the cancel sweep (scheduler.c). */
 #define ENVELOPE_MAX_RUN_AT_MS 4102444800000LL
 
+/* Parse job->raw into job->envelope/spec and the job's settings, and run the
+ * executor's parse(). On failure returns -1 with err filled; job->id is set
+ * whenever the envelope carried a valid id, so the rejection can be stored
+ * under it. */
 int envelope_parse(struct job *job, const struct config *cfg, struct job_error *err);
 
 /* ERR says an envelope of LEN bytes is over limits.max_job_bytes (too_large). */

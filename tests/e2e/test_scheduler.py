@@ -3,7 +3,8 @@ streams, and only to streams jobd reads."""
 import json
 import time
 
-from conftest import NS, dead_entries, stats, wait_for, wait_result
+from conftest import NS, dead_entries, free_port, stats, wait_for, wait_result
+from test_admin import get, parse_metrics
 
 
 def member(job_id, stream):
@@ -50,7 +51,8 @@ def test_a_due_job_its_stream_refuses_ends_failed_with_its_record(r, start_jobd)
     # with its record, event and count, beside its one dead letter.
     other = f"{NS}:other"
     r.set(other, "not a stream")
-    daemon = start_jobd(intake__streams=[f"{NS}:queue", other])
+    port = free_port()
+    daemon = start_jobd(intake__streams=[f"{NS}:queue", other], admin__listen=f"127.0.0.1:{port}")
     r.xadd(f"{NS}:queue", {"job": json.dumps({"id": "seed", "type": "sleep", "ms": 1})})
     wait_result(r, "seed")
     r.xadd(f"{NS}:queue", {"job": "{}"}, id="18446744073709551615-18446744073709551615")
@@ -65,5 +67,8 @@ def test_a_due_job_its_stream_refuses_ends_failed_with_its_record(r, start_jobd)
     dead = [f for f in dead_entries(r) if "refused the job" in f["error"]]
     assert sorted(json.loads(f["job"])["id"] for f in dead) == ["full", "wrong"]   # one each
     assert stats(r).get("sleep.failed") == 2
+    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    # Counted once each (with the max-id entry's own, rejected: no type).
+    assert metrics["jobd_dead_letters_total"] == len(dead_entries(r)) == 3
     assert r.zcard(f"{NS}:scheduled") == 0
     assert daemon.proc.poll() is None
