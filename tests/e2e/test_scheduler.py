@@ -67,8 +67,9 @@ def test_a_due_job_its_stream_refuses_ends_failed_with_its_record(r, start_jobd)
     dead = [f for f in dead_entries(r) if "refused the job" in f["error"]]
     assert sorted(json.loads(f["job"])["id"] for f in dead) == ["full", "wrong"]   # one each
     assert stats(r).get("sleep.failed") == 2
-    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
     # Counted once each (with the max-id entry's own, rejected: no type).
-    assert metrics["jobd_dead_letters_total"] == len(dead_entries(r)) == 3
+    wait_for(lambda: len(dead_entries(r)) == 3, what="the rejected entry's dead letter")
+    metrics = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[1])
+    assert metrics["jobd_dead_letters_total"] == 3
     assert r.zcard(f"{NS}:scheduled") == 0
     assert daemon.proc.poll() is None
