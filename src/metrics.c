@@ -71,7 +71,7 @@ double metrics_job_seconds(int64_t started_at, int64_t finished_at)
 
 void metrics_job_finished(const struct job *job)
 {
-    dead_letters += result_goes_to_dead(job) && !job->dead_written;
+    dead_letters += result_goes_to_dead(job);
     struct type_metrics *t = type_slot(job->exec ? job->exec->type : "unknown");
     if (!t)
         return;

@@ -669,3 +669,8 @@ bool redis_key_error(const char *err)
 {
     return !strncmp(err, "WRONGTYPE", 9) || (!strncmp(err, "NOPERM", 6) && strstr(err, " key"));
 }
+
+bool redis_stream_full(const char *err)
+{
+    return !strncmp(err, "ERR The stream has exhausted", 28);
+}

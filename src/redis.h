@@ -79,6 +79,10 @@ void redis_reset(struct redis *r, enum redis_role role, const char *why);
  * which passes, nor NOPERM for the command ("... run the 'xgroup|create'
  * command": a user whose groups an admin makes). */
 bool redis_key_error(const char *err);
+/* A stream whose ids are used up ("ERR The stream has exhausted the last
+ * possible ID", after an XADD with the largest id): it takes no entry, and
+ * no ACL or type repair changes that. */
+bool redis_stream_full(const char *err);
 
 /* Commands sent on the connection and not yet answered. */
 int redis_outstanding(const struct redis *r, enum redis_role role);

@@ -90,8 +90,8 @@ static const char *reported_type(const struct job *job)
 
 bool result_goes_to_dead(const struct job *job)
 {
-    return job->status == JOB_REJECTED || job->status == JOB_FAILED ||
-           job->status == JOB_TIMED_OUT;
+    return (job->status == JOB_REJECTED || job->status == JOB_FAILED ||
+            job->status == JOB_TIMED_OUT) && !job->dead_written;
 }
 
 /* The record as PROTOCOL §4 spells it, written straight as text: building a
@@ -263,7 +263,7 @@ static void note_put_back_refused(struct daemon *d, const struct pending *p, con
         return;
     const char *refused_by = p->put_back_stream ? p->put_back_stream : requeue_stream(d, job);
     intake_write_refused(d->intake, refused_by, err);
-    if (strncmp(err, "ERR The stream has exhausted", 28))
+    if (!redis_stream_full(err))
         return;
     job->write_kind = WRITE_RESULT;
     job->status = JOB_FAILED;
@@ -937,7 +937,7 @@ static int write_result(struct daemon *d, struct pending *p)
         p->events_cmd = queued_in_txn;
         queue_command(d, 3, pub, lens);
     }
-    if (result_goes_to_dead(job) && !job->dead_written)
+    if (result_goes_to_dead(job))
         send_dead_letter(d, job);
     if (job->reply_to) {
         p->reply_text = text;

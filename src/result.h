@@ -47,7 +47,9 @@ void result_reload(void);
  * pass); after the loop has stopped, before the event base goes. */
 void result_shutdown(void);
 
-/* Rejected messages and jobs that failed for good go to NS:dead whole. */
+/* Rejected messages and jobs that failed for good go to NS:dead whole:
+ * whether storing JOB's outcome writes its dead letter (not when the
+ * scheduler's mover wrote it already: job->dead_written). */
 bool result_goes_to_dead(const struct job *job);
 
 /* The result record of PROTOCOL §4. */
